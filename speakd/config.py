@@ -1,0 +1,211 @@
+"""Configuration: one TOML file, every key overridable by ``SPEAKD_<SECTION>_<KEY>``.
+
+Sections and their keys are the dataclasses below. Provider sections (``[piper]``,
+``[elevenlabs]``, ``[gcp]``, ``[aws]``) are kept as plain tables and read by each provider's
+own module, so adding a provider key never touches this file. Environment values are
+parsed to the type of the key they replace (``true``/``1`` for bools, ``k=v,k2=v2`` for
+tables, ``a,b`` for lists).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROVIDER_SECTIONS = ("piper", "elevenlabs", "gcp", "aws")
+PROVIDER_NAMES = ("elevenlabs", "gcp", "aws", "piper")
+
+
+class ConfigError(Exception):
+    """The configuration file or environment is invalid; the message says which key."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8090
+
+
+@dataclass
+class AriConfig:
+    url: str = "http://127.0.0.1:8088"
+    username: str = "speakd"
+    password: str = ""
+    app: str = "speakd"
+    # Seconds; the events socket reconnects with exponential backoff up to this.
+    reconnect_max_backoff: float = 10.0
+    request_timeout: float = 5.0
+
+
+@dataclass
+class RtpConfig:
+    # Where speakd's RTP socket binds; Asterisk must be able to reach it (external_host).
+    bind_host: str = "127.0.0.1"
+    port: int = 0
+    codec: str = "ulaw"
+
+
+@dataclass
+class AuthConfig:
+    # access key -> customer id
+    access_keys: dict[str, str] = field(default_factory=dict)
+    jwt_secret: str = ""
+    # A channel variable naming the customer that owns a call; another customer gets 404.
+    customer_variable: str = "SPEAKD_CUSTOMER_ID"
+
+
+@dataclass
+class StoreConfig:
+    path: str = "/var/lib/speakd/speakd.sqlite3"
+
+
+@dataclass
+class TtsConfig:
+    # What an omitted ``provider`` means. The spec's default is elevenlabs; the sandbox
+    # and README set piper so that everything works offline.
+    default_provider: str = "elevenlabs"
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"
+    format: str = "console"  # or "json"
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    ari: AriConfig = field(default_factory=AriConfig)
+    rtp: RtpConfig = field(default_factory=RtpConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.rtp.codec not in ("ulaw", "alaw"):
+            raise ConfigError(
+                f"rtp.codec must be 'ulaw' or 'alaw', not {self.rtp.codec!r} "
+                "(Asterisk drops slin RTP on ExternalMedia)"
+            )
+        if self.tts.default_provider not in PROVIDER_NAMES:
+            raise ConfigError(
+                f"tts.default_provider must be one of {', '.join(PROVIDER_NAMES)}, "
+                f"not {self.tts.default_provider!r}"
+            )
+        if self.log.format not in ("console", "json"):
+            raise ConfigError(f"log.format must be 'console' or 'json', not {self.log.format!r}")
+
+
+_SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name != "providers"}
+
+
+def _parse_env_value(raw: str, current: Any, where: str) -> Any:
+    if isinstance(current, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{where}: expected true/false, got {raw!r}")
+    if isinstance(current, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {raw!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+    if isinstance(current, dict):
+        table: dict[str, str] = {}
+        for item in filter(None, (p.strip() for p in raw.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"{where}: expected key=value[,key=value...], got {item!r}")
+            table[key.strip()] = value.strip()
+        return table
+    if isinstance(current, list):
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    return raw
+
+
+def _build_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(
+            f"[{section}] has unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+        )
+    obj = cls()
+    for key, value in values.items():
+        current = getattr(obj, key)
+        if isinstance(current, bool) and not isinstance(value, bool):
+            raise ConfigError(f"[{section}] {key} must be true or false")
+        if isinstance(current, int | float) and not isinstance(current, bool):
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigError(f"[{section}] {key} must be a number")
+            value = type(current)(value)
+        elif isinstance(current, str) and not isinstance(value, str):
+            raise ConfigError(f"[{section}] {key} must be a string")
+        elif isinstance(current, dict) and not isinstance(value, dict):
+            raise ConfigError(f"[{section}] {key} must be a table")
+        setattr(obj, key, value)
+    return obj
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (if given), then apply ``SPEAKD_<SECTION>_<KEY>`` overrides."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+    unknown_sections = set(data) - set(_SECTIONS) - set(PROVIDER_SECTIONS)
+    if unknown_sections:
+        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown_sections))}")
+
+    config = Config()
+    for name, f in _SECTIONS.items():
+        section = data.get(name, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        setattr(config, name, _build_section(f.default_factory, section, name))  # type: ignore[misc]
+    for name in PROVIDER_SECTIONS:
+        if name in data:
+            if not isinstance(data[name], dict):
+                raise ConfigError(f"[{name}] must be a table")
+            config.providers[name] = dict(data[name])
+
+    for env_key, raw in environ.items():
+        if not env_key.startswith("SPEAKD_"):
+            continue
+        rest = env_key[len("SPEAKD_") :].lower()
+        for name in _SECTIONS:
+            if rest.startswith(name + "_"):
+                key = rest[len(name) + 1 :]
+                section_obj = getattr(config, name)
+                if not hasattr(section_obj, key):
+                    break  # SPEAKD_* variables of other tools (e.g. tests) are not ours to reject
+                setattr(section_obj, key, _parse_env_value(raw, getattr(section_obj, key), env_key))
+                break
+        else:
+            for name in PROVIDER_SECTIONS:
+                if rest.startswith(name + "_"):
+                    config.providers.setdefault(name, {})[rest[len(name) + 1 :]] = raw
+                    break
+
+    config.validate()
+    return config

@@ -1,0 +1,83 @@
+"""The provider interface: text in, an async stream of audio chunks out.
+
+A provider is one module under ``speakd.providers`` that imports its SDK and nothing
+imports that SDK anywhere else. The session layer only sees this interface:
+
+* :meth:`Provider.check` validates language/voice/payload type before a session or
+  ``say`` is accepted, so a bad request is a 400 and not a failure mid-call;
+* :meth:`Provider.synthesize` is an async generator of raw audio chunks in
+  :attr:`AudioChunk.format`. It is cancelled (``aclose()``/task cancel) on flush or stop,
+  so it must not swallow :class:`asyncio.CancelledError` and must release its stream.
+
+Providers that can produce telephony audio directly (8 kHz mu-law/a-law) should do so when
+``request.codec`` asks for it: the session then skips resampling and encoding entirely.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Encoding = Literal["pcm_s16le", "ulaw", "alaw"]
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    encoding: Encoding
+    sample_rate: int
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    data: bytes
+    format: AudioFormat
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisRequest:
+    text: str
+    language: str
+    voice_id: str
+    """Provider voice id; empty means the provider's default voice for ``language``."""
+    codec: Literal["ulaw", "alaw"] = "ulaw"
+    """The RTP codec of the session: a provider may return exactly this at 8 kHz."""
+    payload_type: Literal["text", "ssml"] = "text"
+    model: str = ""
+    """Provider model, from a ``Provider.Model.VoiceId`` voice or the provider config."""
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    provider: str
+    voice_id: str
+    name: str
+    languages: tuple[str, ...]
+    gender: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider(abc.ABC):
+    """One TTS provider. Instances are shared by every session; they must be task-safe."""
+
+    name: str
+    supports_ssml: bool = False
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load models / open clients. Called once at daemon start."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release clients. Called once at daemon stop."""
+
+    @abc.abstractmethod
+    def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
+        """Raise :class:`speakd.errors.InvalidRequest` (or a subclass) naming the provider and
+        what is wrong if this provider cannot speak ``language`` with ``voice_id``."""
+
+    @abc.abstractmethod
+    def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+        """Stream audio for ``request``: an async generator, first chunk as early as possible."""
+
+    async def list_voices(self, language: str | None = None) -> list[Voice]:
+        return []
