@@ -91,13 +91,11 @@ class Config:
     def validate(self) -> None:
         if self.rtp.codec not in ("ulaw", "alaw"):
             raise ConfigError(
-                f"rtp.codec must be 'ulaw' or 'alaw', not {self.rtp.codec!r} "
-                "(Asterisk drops slin RTP on ExternalMedia)"
+                f"rtp.codec must be 'ulaw' or 'alaw', not {self.rtp.codec!r} (Asterisk drops slin RTP on ExternalMedia)"
             )
         if self.tts.default_provider not in PROVIDER_NAMES:
             raise ConfigError(
-                f"tts.default_provider must be one of {', '.join(PROVIDER_NAMES)}, "
-                f"not {self.tts.default_provider!r}"
+                f"tts.default_provider must be one of {', '.join(PROVIDER_NAMES)}, not {self.tts.default_provider!r}"
             )
         if self.log.format not in ("console", "json"):
             raise ConfigError(f"log.format must be 'console' or 'json', not {self.log.format!r}")

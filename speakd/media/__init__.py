@@ -1,0 +1,1 @@
+"""Audio path: provider PCM -> 8 kHz telephony codec -> 20 ms frames -> paced RTP."""

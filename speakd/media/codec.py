@@ -1,0 +1,166 @@
+"""G.711 (mu-law / a-law) encoding and the streaming converter from provider audio to frames.
+
+Pure functions and small stateful objects, no I/O. Encoding uses 64 Ki lookup tables built
+once with numpy, so a 20 ms frame costs one fancy-index.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import soxr
+
+from speakd.providers.base import AudioFormat
+
+Codec = Literal["ulaw", "alaw"]
+
+SAMPLE_RATE = 8000
+FRAME_MS = 20
+FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 160 samples = 160 bytes of G.711
+PAYLOAD_TYPES: dict[str, int] = {"ulaw": 0, "alaw": 8}
+# The byte each codec uses for digital silence.
+SILENCE_BYTE: dict[str, int] = {"ulaw": 0xFF, "alaw": 0xD5}
+
+
+def _build_ulaw_table() -> np.ndarray:
+    # G.711 reference algorithm on the 14-bit sample (arithmetic shift, as the ITU code).
+    pcm = np.arange(-32768, 32768, dtype=np.int32) >> 2
+    mask = np.where(pcm < 0, 0x7F, 0xFF)
+    mag = np.minimum(np.abs(pcm), 8159) + 0x21
+    segment = np.maximum(np.floor(np.log2(mag)).astype(np.int32) - 5, 0)
+    value = np.where(segment > 7, 0x7F, (segment << 4) | ((mag >> (segment + 1)) & 0x0F))
+    return (value ^ mask).astype(np.uint8)
+
+
+def _build_alaw_table() -> np.ndarray:
+    pcm = np.arange(-32768, 32768, dtype=np.int32)
+    sign = np.where(pcm >= 0, 0x80, 0x00)
+    mag = np.where(pcm >= 0, pcm, -pcm - 1) >> 3  # 13-bit magnitude
+    mag = np.minimum(mag, 0x0FFF)
+    exponent = np.where(mag >= 32, np.floor(np.log2(np.maximum(mag, 1))).astype(np.int32) - 4, 0)
+    mantissa = np.where(exponent == 0, mag >> 1, mag >> exponent) & 0x0F
+    return ((sign | (exponent << 4) | mantissa) ^ 0x55).astype(np.uint8)
+
+
+def _build_ulaw_decode() -> np.ndarray:
+    u = ~np.arange(256, dtype=np.int32) & 0xFF
+    sign = u & 0x80
+    exponent = (u >> 4) & 0x07
+    mantissa = u & 0x0F
+    mag = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    return np.where(sign != 0, -mag, mag).astype(np.int16)
+
+
+def _build_alaw_decode() -> np.ndarray:
+    a = np.arange(256, dtype=np.int32) ^ 0x55
+    sign = a & 0x80
+    exponent = (a >> 4) & 0x07
+    mantissa = a & 0x0F
+    mag = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
+    return np.where(sign != 0, mag, -mag).astype(np.int16)
+
+
+# Tables are indexed by the int16 sample viewed as uint16, hence the half-turn roll.
+_ENCODE = {"ulaw": np.roll(_build_ulaw_table(), 32768), "alaw": np.roll(_build_alaw_table(), 32768)}
+_DECODE = {"ulaw": _build_ulaw_decode(), "alaw": _build_alaw_decode()}
+
+
+def encode(pcm: np.ndarray, codec: Codec) -> bytes:
+    """Encode int16 samples to G.711 bytes."""
+    return _ENCODE[codec][pcm.astype(np.int16, copy=False).view(np.uint16)].tobytes()
+
+
+def decode(data: bytes, codec: Codec) -> np.ndarray:
+    """Decode G.711 bytes to int16 samples."""
+    return _DECODE[codec][np.frombuffer(data, dtype=np.uint8)]
+
+
+def encode_ulaw(pcm: np.ndarray) -> bytes:
+    return encode(pcm, "ulaw")
+
+
+def encode_alaw(pcm: np.ndarray) -> bytes:
+    return encode(pcm, "alaw")
+
+
+def decode_ulaw(data: bytes) -> np.ndarray:
+    return decode(data, "ulaw")
+
+
+def decode_alaw(data: bytes) -> np.ndarray:
+    return decode(data, "alaw")
+
+
+def strip_wav_header(data: bytes) -> bytes:
+    """Return the sample data of a RIFF/WAVE blob (providers sometimes prepend one).
+
+    Played as audio, a 44-byte header is a click; so every provider path calls this on the
+    first chunk of an utterance.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return data
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id = data[pos : pos + 4]
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if chunk_id == b"data":
+            return data[pos + 8 :]
+        pos += 8 + size + (size & 1)
+    return b""
+
+
+class FrameEncoder:
+    """Streams provider chunks of one utterance into 20 ms frames of the session codec.
+
+    One instance per utterance: a flush throws the instance away, so no resampler history or
+    half frame from before a flush can leak into what follows (what-users-hit #1/#2).
+    """
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self._pending = bytearray()
+        self._resampler: soxr.ResampleStream | None = None
+        self._in_rate = 0
+        self._odd_byte = b""
+
+    def _to_codec(self, data: bytes, fmt: AudioFormat) -> bytes:
+        if fmt.encoding == self.codec and fmt.sample_rate == SAMPLE_RATE:
+            return data
+        if fmt.encoding == "pcm_s16le":
+            if self._odd_byte:
+                data = self._odd_byte + data
+                self._odd_byte = b""
+            if len(data) % 2:
+                self._odd_byte, data = data[-1:], data[:-1]
+            pcm = np.frombuffer(data, dtype="<i2")
+        else:
+            pcm = decode(data, fmt.encoding)
+        if fmt.sample_rate != SAMPLE_RATE:
+            if self._resampler is None or self._in_rate != fmt.sample_rate:
+                self._resampler = soxr.ResampleStream(fmt.sample_rate, SAMPLE_RATE, 1, dtype="int16", quality="HQ")
+                self._in_rate = fmt.sample_rate
+            pcm = self._resampler.resample_chunk(pcm)
+        return encode(pcm, self.codec)
+
+    def feed(self, data: bytes, fmt: AudioFormat) -> list[bytes]:
+        """Add a chunk; return every complete frame it finishes."""
+        self._pending += self._to_codec(data, fmt)
+        n = len(self._pending) // FRAME_SAMPLES
+        frames = [bytes(self._pending[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]) for i in range(n)]
+        del self._pending[: n * FRAME_SAMPLES]
+        return frames
+
+    def finish(self) -> list[bytes]:
+        """End of utterance: drain the resampler and pad the last frame with silence."""
+        if self._resampler is not None:
+            tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
+            self._pending += encode(tail, self.codec)
+            self._resampler = None
+        if not self._pending:
+            return []
+        pad = (-len(self._pending)) % FRAME_SAMPLES
+        self._pending += bytes([SILENCE_BYTE[self.codec]]) * pad
+        frames = [bytes(self._pending[i : i + FRAME_SAMPLES]) for i in range(0, len(self._pending), FRAME_SAMPLES)]
+        self._pending.clear()
+        return frames
