@@ -1,0 +1,434 @@
+"""A real Asterisk for development and tests: a Debian sid chroot beside the host.
+
+    python -m speakd.sandbox up|down|status|env|call
+
+Debian bookworm ships no Asterisk and installing sid packages on it would replace libc,
+so `up` builds a minimal sid root with debootstrap (cached outside the repo, keyed by the
+package list), copies the repo's asterisk-config/ into it and runs Asterisk there. The
+chroot shares the host network: ARI on 127.0.0.1:18088, RTP on 31000-31999, no SIP.
+
+Standard library only: it must run before the daemon's dependencies are installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+SUITE = "sid"
+VARIANT = "minbase"
+PACKAGES = ("asterisk", "asterisk-modules")
+MIRROR = os.environ.get("SPEAKD_SANDBOX_MIRROR", "http://deb.debian.org/debian")
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = Path(os.environ.get("SPEAKD_SANDBOX_CONFIG", REPO / "asterisk-config"))
+START_TIMEOUT = 60.0
+ASTERISK_LOG = "var/log/asterisk/messages"
+STDOUT_LOG = "var/log/asterisk/sandbox-stdout.log"
+
+
+class SandboxError(Exception):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPEAKD_SANDBOX_DIR", "/var/cache/speakd/sandbox"))
+
+
+def root_key() -> str:
+    # The mirror is not part of the key: the same packages from another mirror are the same root.
+    spec = json.dumps({"suite": SUITE, "variant": VARIANT, "packages": sorted(PACKAGES)}, sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
+def root_path() -> Path:
+    return cache_dir() / f"root-{root_key()}"
+
+
+def state_path() -> Path:
+    return cache_dir() / "state.json"
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _parse_conf(path: Path) -> dict[str, dict[str, str]]:
+    """Asterisk .conf as {section: {key: value}} (last value wins; enough for http/ari)."""
+    sections: dict[str, dict[str, str]] = {}
+    current = sections.setdefault("", {})
+    for raw in path.read_text().splitlines():
+        line = raw.split(";", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line[1 : line.index("]")], {})
+        elif "=" in line:
+            key, value = line.split("=", 1)
+            current[key.strip()] = value.lstrip(">").strip()
+    return sections
+
+
+def ari_settings() -> dict[str, str]:
+    http = _parse_conf(CONFIG_DIR / "http.conf").get("general", {})
+    host = http.get("bindaddr", "127.0.0.1")
+    port = http.get("bindport", "8088")
+    users = [
+        (name, s) for name, s in _parse_conf(CONFIG_DIR / "ari.conf").items() if s.get("type") == "user"
+    ]
+    if not users:
+        raise SandboxError(f"no type=user section in {CONFIG_DIR / 'ari.conf'}")
+    name, section = users[0]
+    return {"url": f"http://{host}:{port}", "user": name, "password": section.get("password", "")}
+
+
+def config_hash() -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(CONFIG_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def install_config(root: Path) -> None:
+    """Replace the root's /etc/asterisk with exactly what we ship (stock config pulls in Lua/DUNDi)."""
+    etc = root / "etc/asterisk"
+    if etc.exists():
+        shutil.rmtree(etc)
+    etc.mkdir(parents=True)
+    for path in CONFIG_DIR.iterdir():
+        if path.is_file() and path.suffix == ".conf":
+            shutil.copy2(path, etc / path.name)
+    sounds = CONFIG_DIR / "sounds"
+    if sounds.is_dir():
+        shutil.copytree(sounds, root / "usr/share/asterisk/sounds", dirs_exist_ok=True)
+    for d in ("var/spool/asterisk/recording", "var/run/asterisk", "var/log/asterisk"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+
+
+# --------------------------------------------------------------------------- root build
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def ensure_debootstrap() -> None:
+    if shutil.which("debootstrap"):
+        return
+    print("sandbox: installing debootstrap", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(["apt-get", "install", "-y", "debootstrap"], env=env, check=False).returncode:
+        _run(["apt-get", "update"], env=env)
+        _run(["apt-get", "install", "-y", "debootstrap"], env=env)
+
+
+def ensure_root() -> Path:
+    root = root_path()
+    if root.is_dir():
+        return root  # only ever created by the rename below, so it is complete
+    ensure_debootstrap()
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    for stale in cache_dir().glob(f"{root.name}.tmp-*"):
+        _remove_tree(stale)
+    tmp = cache_dir() / f"{root.name}.tmp-{os.getpid()}"
+    print(f"sandbox: building Debian {SUITE} root with {', '.join(PACKAGES)} (about a minute)", file=sys.stderr)
+    cmd = ["debootstrap", f"--variant={VARIANT}", f"--include={','.join(PACKAGES)}", SUITE, str(tmp), MIRROR]
+    try:
+        _run(cmd, stdout=sys.stderr)
+    except (subprocess.CalledProcessError, KeyboardInterrupt):
+        _remove_tree(tmp)
+        raise
+    tmp.rename(root)
+    return root
+
+
+def _remove_tree(path: Path) -> None:
+    unmount_all(path)
+    if any(_mounts_under(path)):
+        raise SandboxError(f"{path} still has mounts; not removing it")
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
+
+
+# --------------------------------------------------------------------------- mounts
+
+
+def _mounts_under(root: Path) -> list[Path]:
+    prefix = str(root.resolve())
+    found = []
+    with open("/proc/mounts") as f:
+        for line in f:
+            # /proc/mounts escapes spaces etc. as octal (\040)
+            target = line.split()[1].encode().decode("unicode_escape")
+            if target == prefix or target.startswith(prefix + "/"):
+                found.append(Path(target))
+    return found
+
+
+def mount_all(root: Path) -> None:
+    mounted = set(_mounts_under(root))
+    if root / "proc" not in mounted:
+        _run(["mount", "-t", "proc", "proc", str(root / "proc")])
+    if root / "dev" not in mounted:
+        # non-recursive bind: Asterisk needs /dev/null, /dev/urandom; no pts (it never gets a console)
+        _run(["mount", "--bind", "/dev", str(root / "dev")])
+
+
+def unmount_all(root: Path) -> None:
+    for target in sorted(_mounts_under(root), key=lambda p: len(str(p)), reverse=True):
+        if subprocess.run(["umount", str(target)], check=False, capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+# --------------------------------------------------------------------------- process
+
+
+def _root_pids(root: Path) -> list[int]:
+    """Every process whose filesystem root is our chroot (Asterisk and anything it spawned)."""
+    want = str(root.resolve())
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.readlink(entry / "root") == want:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _ari_ok(settings: dict[str, str], timeout: float = 2.0) -> bool:
+    token = base64.b64encode(f"{settings['user']}:{settings['password']}".encode()).decode()
+    req = urllib.request.Request(
+        settings["url"] + "/ari/asterisk/info", headers={"Authorization": f"Basic {token}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"({path} not readable)"
+
+
+def start_asterisk(root: Path, settings: dict[str, str]) -> int:
+    log = root / STDOUT_LOG
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            ["chroot", str(root), "/usr/sbin/asterisk", "-f", "-n"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives this command and the terminal it ran in
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"},
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        if _ari_ok(settings):
+            return proc.pid
+        time.sleep(0.3)
+    reason = "exited" if proc.poll() is not None else f"did not answer ARI within {START_TIMEOUT:.0f} s"
+    stop_asterisk(root)
+    raise SandboxError(
+        f"Asterisk {reason} ({settings['url']}/ari/asterisk/info as {settings['user']}).\n"
+        f"--- {ASTERISK_LOG} ---\n{_tail(root / ASTERISK_LOG)}\n--- {STDOUT_LOG} ---\n{_tail(log)}"
+    )
+
+
+def stop_asterisk(root: Path) -> None:
+    if not _root_pids(root):
+        return
+    if (root / "proc/self").exists():  # `asterisk -rx` needs /proc in the chroot
+        subprocess.run(
+            ["chroot", str(root), "/usr/sbin/asterisk", "-rx", "core stop now"],
+            check=False,
+            capture_output=True,
+            timeout=15,
+        )
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            for pid in _root_pids(root):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        deadline = time.monotonic() + 5
+        while _root_pids(root) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _root_pids(root):
+            return
+    raise SandboxError(f"processes in {root} would not stop: {_root_pids(root)}")
+
+
+# --------------------------------------------------------------------------- state
+
+
+def read_state() -> dict | None:
+    try:
+        return json.loads(state_path().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_state(state: dict) -> None:
+    tmp = state_path().with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(state_path())
+
+
+def is_running(state: dict | None) -> bool:
+    if not state:
+        return False
+    root = Path(state["root"])
+    return state.get("pid") in _root_pids(root)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise SandboxError("the sandbox needs root (debootstrap, chroot, mount)")
+
+
+def cmd_up() -> int:
+    _require_root()
+    settings = ari_settings()
+    wanted = config_hash()
+    state = read_state()
+    if is_running(state) and _ari_ok(settings):
+        if state.get("config_hash") == wanted:
+            print(f"sandbox: already up (pid {state['pid']}, {settings['url']})", file=sys.stderr)
+            return 0
+        print("sandbox: asterisk-config changed; restarting Asterisk", file=sys.stderr)
+    root = ensure_root()
+    if state and state.get("root") and Path(state["root"]) != root:
+        _down_root(Path(state["root"]))  # the package list changed: retire the old root
+    stop_asterisk(root)
+    install_config(root)
+    mount_all(root)
+    t0 = time.monotonic()
+    pid = start_asterisk(root, settings)
+    write_state({"pid": pid, "root": str(root), "config_hash": wanted, "ari_url": settings["url"],
+                 "started_at": time.time()})
+    print(f"sandbox: up in {time.monotonic() - t0:.1f} s (pid {pid}, ARI {settings['url']}, "
+          f"user {settings['user']})", file=sys.stderr)
+    return 0
+
+
+def _down_root(root: Path) -> None:
+    stop_asterisk(root)
+    unmount_all(root)
+    left = _mounts_under(root)
+    if left:
+        raise SandboxError(f"still mounted: {', '.join(map(str, left))}")
+
+
+def cmd_down() -> int:
+    _require_root()
+    state = read_state()
+    roots = {root_path()}
+    if state and state.get("root"):
+        roots.add(Path(state["root"]))
+    for root in roots:
+        if root.exists():
+            _down_root(root)
+    with contextlib.suppress(FileNotFoundError):
+        state_path().unlink()
+    print("sandbox: down", file=sys.stderr)
+    return 0
+
+
+def cmd_status() -> int:
+    settings = ari_settings()
+    state = read_state()
+    running = is_running(state)
+    ari = _ari_ok(settings)
+    fresh = bool(state) and state.get("config_hash") == config_hash()
+    print(f"root:    {state['root'] if state else root_path()} ({'built' if root_path().is_dir() else 'not built'})")
+    print(f"asterisk: {'running, pid ' + str(state['pid']) if running else 'not running'}")
+    print(f"ari:     {settings['url']} {'answers' if ari else 'does not answer'}")
+    if running:
+        print(f"config:  {'current' if fresh else 'CHANGED since start (run up to apply)'}")
+    return 0 if running and ari else 3
+
+
+def cmd_env() -> int:
+    s = ari_settings()
+    print(f"SPEAKD_TEST_ARI_URL={s['url']}")
+    print(f"SPEAKD_TEST_ARI_USER={s['user']}")
+    print(f"SPEAKD_TEST_ARI_PASSWORD={s['password']}")
+    return 0
+
+
+def _ari(settings: dict[str, str], method: str, path: str, body: dict | None = None) -> dict:
+    token = base64.b64encode(f"{settings['user']}:{settings['password']}".encode()).decode()
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(settings["url"] + "/ari" + path, data=data, method=method,
+                                 headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else {}
+
+
+def cmd_call(minutes: float) -> int:
+    """Place the test two-party call (alice <-> bob) and print the channel to speak into."""
+    settings = ari_settings()
+    if not _ari_ok(settings):
+        raise SandboxError("ARI does not answer: run `python -m speakd.sandbox up` first")
+    test_id = "manual-" + uuid.uuid4().hex[:8]
+    a1, a2 = f"{test_id}-a1", f"{test_id}-a2"
+    query = (f"endpoint=Local/alice@speakd-test/n&context=speakd-test&extension=dialbob"
+             f"&channelId={a1}&otherChannelId={a2}")
+    _ari(settings, "POST", f"/channels?{query}", {"variables": {
+        "_SPEAKD_TEST_ID": test_id, "_SPEAKD_TEST_MAX_SECONDS": str(int(minutes * 60))}})
+    print(a1)
+    print(f"sandbox: call up for {minutes:g} min; alice hears whisper=out on {a1}. Recordings: "
+          f"/ari/recordings/stored/{test_id}-alice and {test_id}-bob (after hangup). "
+          f"Hang up early: curl -u {settings['user']}:*** -X DELETE {settings['url']}/ari/channels/{a1}",
+          file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="speakd sandbox", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="build (once) and start the sandbox Asterisk; apply config changes")
+    sub.add_parser("down", help="stop Asterisk and unmount; keep the cached root")
+    sub.add_parser("status", help="say whether it is up (exit 0) or not (exit 3)")
+    sub.add_parser("env", help="print SPEAKD_TEST_ARI_* settings for the tests")
+    call = sub.add_parser("call", help="place a test two-party call; prints the channel id to speak into")
+    call.add_argument("--minutes", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "up":
+            return cmd_up()
+        if args.cmd == "down":
+            return cmd_down()
+        if args.cmd == "status":
+            return cmd_status()
+        if args.cmd == "env":
+            return cmd_env()
+        return cmd_call(args.minutes)
+    except (SandboxError, subprocess.CalledProcessError, urllib.error.URLError) as exc:
+        print(f"sandbox: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
