@@ -1,0 +1,361 @@
+"""Google Cloud Text-to-Speech, through the official ``google-cloud-texttospeech`` SDK (gRPC).
+
+Chirp 3 HD voices stream (``StreamingSynthesize``: audio arrives while the rest is synthesized);
+every other voice, and any SSML, goes through unary ``SynthesizeSpeech``. Audio is asked for as
+8 kHz MULAW/ALAW matching the session codec; WAV headers are stripped.
+
+Config (``[gcp]`` in the config file, or ``SPEAKD_GCP_<KEY>``):
+
+``credentials_file``      path of a service-account JSON key file, or
+``api_key``               an API key (sent as ``x-goog-api-key``), or
+``application_default``   ``true`` to use Application Default Credentials. One is required.
+``endpoint``              ``host:port`` of the gRPC endpoint (default ``texttospeech.googleapis.com``);
+                          a private endpoint or a local stand-in.
+``insecure``              ``true`` for a plain-text gRPC endpoint (a local stand-in); then only
+                          ``api_key`` is sent, as metadata.
+``connect_timeout``       seconds to get the channel connected (default 3).
+``first_byte_timeout``    seconds from request to first audio byte (default 6); one retry.
+``read_timeout``          seconds a stream may stall once audio flows (default 10).
+``retries``               retries before any audio was yielded (default 1).
+``streaming``             ``false`` to use unary synthesis even for Chirp 3 HD voices (default true).
+``voices``                per-language default voices overriding the built-in table, e.g.
+                          ``{ "de-DE" = "de-DE-Chirp3-HD-Puck" }`` or ``de-DE=...,fr-FR=...``.
+``voice_cache_ttl``       seconds ``GET /v1.0/voices`` caches the voice list (default 300).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured
+from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
+from speakd.providers.voices import (
+    ConnectTimeout,
+    Failure,
+    Section,
+    Timeouts,
+    credentials_rejected,
+    normalize_language,
+    pick_locale,
+    resilient_stream,
+    split_voice,
+)
+
+NAME = "gcp"
+DEFAULT_ENDPOINT = "texttospeech.googleapis.com"
+CHUNK_BYTES = 1600  # 200 ms of 8 kHz G.711: how a unary response is handed on
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+# Locales with Chirp 3 HD voices (streaming); their default is a Chirp 3 HD voice.
+CHIRP3_LOCALES = _words(
+    "ar-XA bn-IN cmn-CN de-DE en-AU en-GB en-IN en-US es-ES es-US fr-CA fr-FR gu-IN hi-IN id-ID it-IT "
+    "ja-JP kn-IN ko-KR ml-IN mr-IN nl-BE nl-NL pl-PL pt-BR ru-RU sw-KE ta-IN te-IN th-TH tr-TR uk-UA "
+    "ur-IN vi-VN"
+)
+# Other locales Google speaks, with Standard voices.
+STANDARD_LOCALES = _words(
+    "af-ZA am-ET bg-BG ca-ES cmn-TW cs-CZ da-DK el-GR es-MX et-EE eu-ES fi-FI fil-PH gl-ES he-IL "
+    "hr-HR hu-HU is-IS lt-LT lv-LV ms-MY nb-NO pa-IN pt-PT ro-RO sk-SK sr-RS sv-SE yue-HK"
+)
+DEFAULT_VOICES: dict[str, str] = {
+    **{loc: f"{loc}-Chirp3-HD-Kore" for loc in CHIRP3_LOCALES},
+    **{loc: f"{loc}-Standard-A" for loc in STANDARD_LOCALES},
+    "en-US": "en-US-Chirp3-HD-Charon",
+}
+_ALIASES = {
+    "zh": "cmn-CN",
+    "zh-CN": "cmn-CN",
+    "zh-TW": "cmn-TW",
+    "zh-HK": "yue-HK",
+    "ar": "ar-XA",
+    "no": "nb-NO",
+    "nb": "nb-NO",
+    "nn-NO": "nb-NO",
+    "tl": "fil-PH",
+    "iw-IL": "he-IL",
+    "en": "en-US",
+    "es": "es-ES",
+    "pt": "pt-BR",
+    "fr": "fr-FR",
+    "de": "de-DE",
+}
+
+
+def is_streaming_voice(voice: str) -> bool:
+    """Voices ``StreamingSynthesize`` serves: Chirp 3 HD (and Chirp HD)."""
+    return "-Chirp3-HD-" in voice or "-Chirp-HD-" in voice
+
+
+def voice_locale(voice: str) -> str:
+    """``en-US-Chirp3-HD-Charon`` → ``en-US``."""
+    parts = voice.split("-")
+    return "-".join(parts[:2]) if len(parts) >= 3 else ""
+
+
+def create(section: Mapping[str, Any]) -> GoogleProvider:
+    cfg = Section(NAME, section)
+    credentials_file = cfg.str("credentials_file")
+    api_key = cfg.str("api_key")
+    adc = cfg.bool("application_default", False)
+    if not (credentials_file or api_key or adc):
+        raise ProviderNotConfigured(
+            "gcp: no credentials configured: set credentials_file (a service-account JSON key), "
+            "api_key, or application_default = true in [gcp] (or SPEAKD_GCP_CREDENTIALS_FILE / "
+            "SPEAKD_GCP_API_KEY)"
+        )
+    if credentials_file and not os.path.isfile(credentials_file):
+        raise ProviderNotConfigured(f"gcp: credentials_file '{credentials_file}' does not exist")
+    insecure = cfg.bool("insecure", False)
+    if insecure and not api_key and not adc:
+        raise ProviderNotConfigured("gcp: an insecure endpoint takes only api_key as credentials: set api_key")
+    return GoogleProvider(
+        credentials_file=credentials_file,
+        api_key=api_key,
+        endpoint=cfg.str("endpoint", DEFAULT_ENDPOINT),
+        insecure=insecure,
+        timeouts=Timeouts.from_section(cfg),
+        streaming=cfg.bool("streaming", True),
+        voices=cfg.table("voices"),
+        voice_cache_ttl=cfg.float("voice_cache_ttl", 300.0),
+    )
+
+
+class GoogleProvider(Provider):
+    name = NAME
+    supports_ssml = True
+
+    def __init__(
+        self,
+        *,
+        credentials_file: str = "",
+        api_key: str = "",
+        endpoint: str = DEFAULT_ENDPOINT,
+        insecure: bool = False,
+        timeouts: Timeouts | None = None,
+        streaming: bool = True,
+        voices: Mapping[str, str] | None = None,
+        voice_cache_ttl: float = 300.0,
+    ) -> None:
+        self.credentials_file = credentials_file
+        self.api_key = api_key
+        self.endpoint = endpoint
+        self.insecure = insecure
+        self.timeouts = timeouts or Timeouts()
+        self.streaming = streaming
+        self.voices = dict(DEFAULT_VOICES)
+        for lang, voice in (voices or {}).items():
+            self.voices[self._locale(lang)] = voice
+        self.voice_cache_ttl = voice_cache_ttl
+        self._client: Any = None
+        self._channel: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _sdk(self) -> Any:
+        if self._client is not None:
+            return self._client
+        from google.api_core.client_options import ClientOptions
+        from google.cloud import texttospeech_v1 as tts
+
+        if self.insecure:
+            import grpc
+            from google.cloud.texttospeech_v1.services.text_to_speech.transports import (
+                TextToSpeechGrpcAsyncIOTransport,
+            )
+
+            channel = grpc.aio.insecure_channel(self.endpoint)
+            self._client = tts.TextToSpeechAsyncClient(transport=TextToSpeechGrpcAsyncIOTransport(channel=channel))
+        else:
+            credentials = None
+            options: dict[str, Any] = {}
+            if self.endpoint != DEFAULT_ENDPOINT:
+                options["api_endpoint"] = self.endpoint
+            if self.credentials_file:
+                from google.oauth2 import service_account
+
+                credentials = service_account.Credentials.from_service_account_file(
+                    self.credentials_file, scopes=["https://www.googleapis.com/auth/cloud-platform"]
+                )
+            elif self.api_key:
+                options["api_key"] = self.api_key
+            self._client = tts.TextToSpeechAsyncClient(
+                credentials=credentials,
+                client_options=ClientOptions(**options),
+                transport="grpc_asyncio",
+            )
+        self._channel = self._client.transport.grpc_channel
+        return self._client
+
+    async def start(self) -> None:
+        self._sdk()
+
+    async def aclose(self) -> None:
+        client, self._client, self._channel = self._client, None, None
+        if client is not None:
+            await client.transport.close()
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        # Over an insecure channel no call credentials are attached: send the key ourselves.
+        return [("x-goog-api-key", self.api_key)] if self.insecure and self.api_key else []
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _locale(self, language: str) -> str:
+        lang = normalize_language(language)
+        lang = _ALIASES.get(lang, lang)
+        return pick_locale(NAME, lang, self.voices) if lang not in self.voices else lang
+
+    def _resolve(self, language: str, voice_id: str) -> tuple[str, str]:
+        """(locale, voice name) or a 400."""
+        try:
+            locale = self._locale(language)
+        except InvalidRequest as exc:
+            raise type(exc)(f"provider 'gcp' does not speak language '{language}'") from None
+        _model, voice = split_voice(NAME, voice_id)
+        if not voice:
+            return locale, self.voices[locale]
+        vloc = voice_locale(voice)
+        if vloc and vloc.lower() != locale.lower():
+            raise InvalidRequest(f"gcp voice '{voice}' speaks {vloc}, not the requested language '{language}'")
+        return locale, voice
+
+    def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
+        if payload_type not in ("text", "ssml"):
+            raise InvalidRequest(f"payload_type must be 'text' or 'ssml', not '{payload_type}'")
+        self._resolve(language, voice_id)
+
+    def default_voice(self, language: str) -> str:
+        return self._resolve(language, "")[1]
+
+    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+        self.check(request.language, request.voice_id, request.payload_type)
+        locale, voice = self._resolve(request.language, request.voice_id)
+        from google.cloud import texttospeech_v1 as tts
+
+        client = self._sdk()
+        encoding = tts.AudioEncoding.ALAW if request.codec == "alaw" else tts.AudioEncoding.MULAW
+        fmt = AudioFormat(request.codec, 8000)
+        params = tts.VoiceSelectionParams(language_code=locale, name=voice)
+        streaming = self.streaming and is_streaming_voice(voice) and request.payload_type == "text"
+
+        def attempt() -> AsyncIterator[bytes]:
+            if streaming:
+                return self._stream_attempt(client, tts, params, encoding, request.text)
+            return self._unary_attempt(client, tts, params, encoding, request)
+
+        async for data in resilient_stream(NAME, attempt, _classify, self.timeouts):
+            yield AudioChunk(data, fmt)
+
+    async def _connect(self) -> None:
+        try:
+            async with asyncio.timeout(self.timeouts.connect):
+                await self._channel.channel_ready()
+        except TimeoutError:
+            raise ConnectTimeout(f"gRPC channel to {self.endpoint} not ready") from None
+
+    async def _stream_attempt(self, client: Any, tts: Any, params: Any, encoding: Any, text: str):
+        from speakd.media.codec import strip_wav_header
+
+        await self._connect()
+
+        async def requests():
+            yield tts.StreamingSynthesizeRequest(
+                streaming_config=tts.StreamingSynthesizeConfig(
+                    voice=params,
+                    streaming_audio_config=tts.StreamingAudioConfig(audio_encoding=encoding, sample_rate_hertz=8000),
+                )
+            )
+            yield tts.StreamingSynthesizeRequest(input=tts.StreamingSynthesisInput(text=text))
+
+        call = await client.streaming_synthesize(requests=requests(), retry=None, metadata=self._metadata())
+        first = True
+        try:
+            async for response in call:
+                data = response.audio_content
+                if first and data:
+                    data = strip_wav_header(data)
+                    first = False
+                if data:
+                    yield data
+        finally:
+            call.cancel()
+
+    async def _unary_attempt(self, client: Any, tts: Any, params: Any, encoding: Any, request: SynthesisRequest):
+        from speakd.media.codec import strip_wav_header
+
+        await self._connect()
+        if request.payload_type == "ssml":
+            synthesis_input = tts.SynthesisInput(ssml=request.text)
+        else:
+            synthesis_input = tts.SynthesisInput(text=request.text)
+        response = await client.synthesize_speech(
+            input=synthesis_input,
+            voice=params,
+            audio_config=tts.AudioConfig(audio_encoding=encoding, sample_rate_hertz=8000),
+            retry=None,
+            timeout=self.timeouts.first_byte,
+            metadata=self._metadata(),
+        )
+        audio = strip_wav_header(response.audio_content)
+        for start in range(0, len(audio), CHUNK_BYTES):
+            yield audio[start : start + CHUNK_BYTES]
+
+    async def list_voices(self, language: str | None = None) -> list[Voice]:
+        client = self._sdk()
+        try:
+            await self._connect()
+            response = await client.list_voices(
+                language_code=language or "",
+                retry=None,
+                timeout=self.timeouts.first_byte,
+                metadata=self._metadata(),
+            )
+        except ConnectTimeout as exc:
+            raise ProviderError(f"gcp: listing voices failed: could not connect: {exc}") from exc
+        except Exception as exc:
+            raise ProviderError(f"gcp: listing voices failed: {_classify(exc).message}") from exc
+        from google.cloud import texttospeech_v1 as tts
+
+        return [
+            Voice(
+                provider=NAME,
+                voice_id=v.name,
+                name=v.name,
+                languages=tuple(v.language_codes),
+                gender=tts.SsmlVoiceGender(v.ssml_gender).name.lower() if v.ssml_gender else "",
+                extra={"natural_sample_rate_hertz": v.natural_sample_rate_hertz},
+            )
+            for v in response.voices
+        ]
+
+
+_RETRYABLE = {"UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN"}
+
+
+def _classify(exc: BaseException) -> Failure:
+    code = None
+    message = str(exc)
+    status = getattr(exc, "grpc_status_code", None)  # google.api_core exceptions
+    if status is not None:
+        code = status.name
+        message = getattr(exc, "message", message)
+    elif hasattr(exc, "code") and callable(exc.code):  # a raw grpc.aio.AioRpcError
+        try:
+            code = exc.code().name
+            message = exc.details() or message
+        except Exception:
+            code = None
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return credentials_rejected(NAME, f"{code}: {message}")
+    if code in _RETRYABLE:
+        return Failure(f"gcp: the provider failed with {code}: {message}", retryable=True)
+    if code is not None:
+        return Failure(f"gcp: the provider refused the request with {code}: {message}", retryable=False)
+    return Failure(f"gcp: {type(exc).__name__}: {message}", retryable=False)
