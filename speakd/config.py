@@ -47,6 +47,9 @@ class RtpConfig:
     # Where speakd's RTP socket binds; Asterisk must be able to reach it (external_host).
     bind_host: str = "127.0.0.1"
     port: int = 0
+    # The address Asterisk sends to and expects RTP from (ExternalMedia external_host);
+    # empty means bind_host. Set it when binding 0.0.0.0.
+    external_host: str = ""
     codec: str = "ulaw"
 
 

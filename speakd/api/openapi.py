@@ -1,0 +1,191 @@
+"""The OpenAPI 3.1 document of the Speaking API, served at /v1.0/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from speakd import __version__
+
+_TIMESTAMP = {
+    "type": "string",
+    "description": "UTC, 'YYYY-MM-DD HH:MM:SS.ffffff'; '9999-01-01 00:00:00.000000' means not yet",
+    "examples": ["2025-06-15 14:30:00.123456"],
+}
+
+_SPEAKING = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "customer_id": {"type": "string"},
+        "reference_type": {"type": "string", "enum": ["call", "confbridge"]},
+        "reference_id": {"type": "string", "description": "Asterisk channel id (call) or conference id"},
+        "language": {"type": "string", "description": "BCP47, e.g. en-US"},
+        "provider": {"type": "string", "enum": ["elevenlabs", "gcp", "aws", "piper"]},
+        "voice_id": {"type": "string"},
+        "direction": {"type": "string", "enum": ["in", "out", "both"]},
+        "status": {"type": "string", "enum": ["initiating", "active", "stopped"]},
+        "tm_create": _TIMESTAMP,
+        "tm_update": _TIMESTAMP,
+        "tm_delete": _TIMESTAMP,
+    },
+    "required": [
+        "id",
+        "customer_id",
+        "reference_type",
+        "reference_id",
+        "language",
+        "provider",
+        "voice_id",
+        "direction",
+        "status",
+        "tm_create",
+        "tm_update",
+        "tm_delete",
+    ],
+}
+
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
+            "required": ["status", "message"],
+        }
+    },
+}
+
+
+def _responses(ok: int, *errors: int) -> dict[str, Any]:
+    described = {
+        400: "Invalid request (the message says which field and why)",
+        401: "Missing, invalid or expired credentials",
+        404: "No such speaking session for this customer",
+        409: "Another session is active on the reference, or the call is not answered",
+        503: "speakd is not connected to Asterisk",
+    }
+    out: dict[str, Any] = {
+        str(ok): {
+            "description": "OK",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Speaking"}}},
+        }
+    }
+    for status in errors:
+        out[str(status)] = {
+            "description": described[status],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+    return out
+
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "speakd Speaking API", "version": __version__},
+    "servers": [{"url": "/"}],
+    "security": [{"accesskey": []}, {"token": []}, {"bearer": []}],
+    "components": {
+        "securitySchemes": {
+            "accesskey": {"type": "apiKey", "in": "query", "name": "accesskey"},
+            "token": {"type": "apiKey", "in": "query", "name": "token"},
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+        },
+        "schemas": {"Speaking": _SPEAKING, "Error": _ERROR},
+    },
+    "paths": {
+        "/v1.0/speakings": {
+            "post": {
+                "summary": "Create a speaking session on a call or conference",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["reference_type", "reference_id"],
+                                "properties": {
+                                    "reference_type": {"type": "string", "enum": ["call", "confbridge"]},
+                                    "reference_id": {"type": "string"},
+                                    "language": {"type": "string", "default": "en-US"},
+                                    "provider": {"type": "string", "enum": ["elevenlabs", "gcp", "aws", "piper"]},
+                                    "voice_id": {"type": "string"},
+                                    "direction": {"type": "string", "enum": ["in", "out", "both"], "default": "both"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": _responses(201, 400, 401, 404, 409, 503),
+            },
+            "get": {
+                "summary": "List this customer's speaking sessions, newest first (deleted ones left out)",
+                "parameters": [
+                    {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                    {"name": "page_token", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "A page",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "result": {"type": "array", "items": {"$ref": "#/components/schemas/Speaking"}},
+                                        "next_page_token": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": {"description": "Bad paging parameters"},
+                    "401": {"description": "Missing, invalid or expired credentials"},
+                },
+            },
+        },
+        "/v1.0/speakings/{id}": {
+            "parameters": [_ID],
+            "get": {"summary": "Get a speaking session", "responses": _responses(200, 401, 404)},
+            "delete": {
+                "summary": "Delete (stops it first if needed; GET still returns it with tm_delete set)",
+                "responses": _responses(200, 401, 404),
+            },
+        },
+        "/v1.0/speakings/{id}/say": {
+            "parameters": [_ID],
+            "post": {
+                "summary": "Queue text to speak; items play in order with no gap",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["text"],
+                                "properties": {
+                                    "text": {"type": "string", "minLength": 1, "maxLength": 5000},
+                                    "payload_type": {"type": "string", "enum": ["text", "ssml"], "default": "text"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": _responses(200, 400, 401, 404),
+            },
+        },
+        "/v1.0/speakings/{id}/flush": {
+            "parameters": [_ID],
+            "post": {
+                "summary": "Barge-in: drop queued text and stop the audio now; the session stays active",
+                "responses": _responses(200, 400, 401, 404),
+            },
+        },
+        "/v1.0/speakings/{id}/stop": {
+            "parameters": [_ID],
+            "post": {"summary": "Stop the session and release the call", "responses": _responses(200, 401, 404)},
+        },
+    },
+}

