@@ -214,7 +214,7 @@ class Section:
         return result
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Timeouts:
     connect: float = 3.0
     """Seconds to open the connection to the provider."""
