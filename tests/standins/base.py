@@ -4,6 +4,7 @@ and the streaming events tests assert on (ordering, not wall-clock)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import Awaitable, Callable
@@ -205,10 +206,8 @@ class Blackhole:
         for _ in range(4):
             s = socket.socket()
             s.setblocking(False)
-            try:
+            with contextlib.suppress(BlockingIOError):
                 s.connect((self.host, self.port))
-            except BlockingIOError:
-                pass
             self._fillers.append(s)
 
     @property
