@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -218,6 +219,16 @@ def _ari_ok(settings: dict[str, str], timeout: float = 2.0) -> bool:
         return False
 
 
+def _check_port_free(settings: dict[str, str]) -> None:
+    # else our ARI check would be answered by whatever else holds the port
+    host, port = settings["url"].rsplit("/", 1)[-1].rsplit(":", 1)
+    with socket.socket() as s:
+        s.settimeout(1)
+        if s.connect_ex((host, int(port))) == 0:
+            raise SandboxError(f"{host}:{port} is already in use by another process (another sandbox "
+                               f"with a different SPEAKD_SANDBOX_DIR?); stop it first")
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -320,6 +331,7 @@ def cmd_up() -> int:
     if state and state.get("root") and Path(state["root"]) != root:
         _down_root(Path(state["root"]))  # the package list changed: retire the old root
     stop_asterisk(root)
+    _check_port_free(settings)
     install_config(root)
     mount_all(root)
     t0 = time.monotonic()
