@@ -222,11 +222,17 @@ def _ari_ok(settings: dict[str, str], timeout: float = 2.0) -> bool:
 def _check_port_free(settings: dict[str, str]) -> None:
     # else our ARI check would be answered by whatever else holds the port
     host, port = settings["url"].rsplit("/", 1)[-1].rsplit(":", 1)
-    with socket.socket() as s:
-        s.settimeout(1)
-        if s.connect_ex((host, int(port))) == 0:
+    # a stopping Asterisk's last threads can hold the socket briefly after its pid looks gone
+    deadline = time.monotonic() + 5
+    while True:
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex((host, int(port))) != 0:
+                return
+        if time.monotonic() > deadline:
             raise SandboxError(f"{host}:{port} is already in use by another process (another sandbox "
                                f"with a different SPEAKD_SANDBOX_DIR?); stop it first")
+        time.sleep(0.1)
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -263,9 +269,26 @@ def start_asterisk(root: Path, settings: dict[str, str]) -> int:
     )
 
 
+def _alive(pid: int) -> bool:
+    """Still running (a zombie or an exited pid is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def stop_asterisk(root: Path) -> None:
-    if not _root_pids(root):
+    seen = set(_root_pids(root))
+    if not seen:
         return
+
+    def remaining() -> set[int]:
+        # /proc/<pid>/root stops resolving once the main thread exits, while other threads
+        # may still hold sockets: also wait for every pid we saw to be fully gone
+        seen.update(_root_pids(root))
+        return {pid for pid in seen if _alive(pid)}
+
     if (root / "proc/self").exists():  # `asterisk -rx` needs /proc in the chroot
         subprocess.run(
             ["chroot", str(root), "/usr/sbin/asterisk", "-rx", "core stop now"],
@@ -275,15 +298,15 @@ def stop_asterisk(root: Path) -> None:
         )
     for sig in (None, signal.SIGTERM, signal.SIGKILL):
         if sig is not None:
-            for pid in _root_pids(root):
+            for pid in remaining():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
         deadline = time.monotonic() + 5
-        while _root_pids(root) and time.monotonic() < deadline:
+        while remaining() and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not _root_pids(root):
+        if not remaining():
             return
-    raise SandboxError(f"processes in {root} would not stop: {_root_pids(root)}")
+    raise SandboxError(f"processes in {root} would not stop: {sorted(remaining())}")
 
 
 # --------------------------------------------------------------------------- state
