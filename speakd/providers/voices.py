@@ -379,10 +379,13 @@ def clear_voice_cache() -> None:
 
 
 def language_matches(wanted: str, voice_languages: tuple[str, ...]) -> bool:
-    """``en`` matches ``en-US``; ``en-US`` matches only ``en-US`` (case-insensitive)."""
+    """Case-insensitive; a bare language on either side matches any region of it
+    (``en`` ~ ``en-US``), two regions must be equal (``en-US`` !~ ``en-GB``)."""
     wanted = wanted.lower()
     for lang in voice_languages:
         lang = lang.lower()
-        if lang == wanted or ("-" not in wanted and lang.split("-")[0] == wanted):
+        if lang == wanted:
+            return True
+        if ("-" not in wanted or "-" not in lang) and lang.split("-")[0] == wanted.split("-")[0]:
             return True
     return False
