@@ -129,9 +129,9 @@ class AriClient:
                 ) as ws:
                     log.info("ari_connected", url=str(self._base), app=self.app)
                     backoff = 0.25
-                    self.connected.set()
                     if on_connected is not None:
-                        await on_connected()
+                        await on_connected()  # reconcile first: "connected" means ready to serve
+                    self.connected.set()
                     async for msg in ws:
                         if msg.type != aiohttp.WSMsgType.TEXT:
                             continue

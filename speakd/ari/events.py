@@ -1,7 +1,9 @@
 """Routing of ARI events to whoever waits for them.
 
 Asterisk can deliver a channel's StasisStart before the POST that created it returns, so a
-waiter is registered under the id we chose for the channel *before* creating it.
+waiter is registered under the id we chose for the object *before* creating it. The same
+holds for teardown: a DELETE returns before the channel is destroyed, so whoever must know
+it is gone waits for its ChannelDestroyed.
 """
 
 from __future__ import annotations
@@ -20,29 +22,27 @@ def event_object_ids(event: dict[str, Any]) -> list[str]:
     return ids
 
 
-class StasisWaiters:
-    """Futures resolved by the StasisStart of a channel id we chose."""
+class EventWaiters:
+    """Futures resolved by the first event of a type about an object id."""
 
     def __init__(self) -> None:
-        self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._waiters: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
 
-    def expect(self, channel_id: str) -> asyncio.Future[dict[str, Any]]:
+    def expect(self, event_type: str, object_id: str) -> asyncio.Future[dict[str, Any]]:
         future = asyncio.get_running_loop().create_future()
-        self._waiters[channel_id] = future
+        self._waiters[(event_type, object_id)] = future
         return future
 
-    def discard(self, channel_id: str) -> None:
-        future = self._waiters.pop(channel_id, None)
+    def discard(self, event_type: str, object_id: str) -> None:
+        future = self._waiters.pop((event_type, object_id), None)
         if future is not None and not future.done():
             future.cancel()
 
     def resolve(self, event: dict[str, Any]) -> None:
-        channel_id = event.get("channel", {}).get("id", "")
-        future = self._waiters.pop(channel_id, None)
-        if future is not None and not future.done():
-            future.set_result(event)
-
-    def fail(self, channel_id: str, exc: BaseException) -> None:
-        future = self._waiters.pop(channel_id, None)
-        if future is not None and not future.done():
-            future.set_exception(exc)
+        if not self._waiters:
+            return
+        event_type = event.get("type", "")
+        for object_id in event_object_ids(event):
+            future = self._waiters.pop((event_type, object_id), None)
+            if future is not None and not future.done():
+                future.set_result(event)

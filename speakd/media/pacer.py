@@ -89,8 +89,10 @@ class Pacer:
             deadline += self.interval
             now = self._clock()
             if now - deadline > self.interval:
+                # Stalled past a whole tick: resume on a new grid from now rather than
+                # catch up, which would put several frames on the wire at once.
                 missed = int((now - deadline) / self.interval)
                 self.skipped_ticks += missed
                 log.warning("pacer_stalled", missed_ticks=missed, late_ms=round((now - deadline) * 1000, 1))
-                deadline += missed * self.interval
+                deadline = now + self.interval
             await asyncio.sleep(max(0.0, deadline - self._clock()))

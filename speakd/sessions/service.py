@@ -17,7 +17,7 @@ import structlog
 
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError
-from speakd.ari.events import StasisWaiters, event_object_ids
+from speakd.ari.events import EventWaiters, event_object_ids
 from speakd.errors import Conflict, InvalidRequest, NotFound, SpeakdError
 from speakd.media.pacer import Pacer
 from speakd.providers import ProviderRegistry
@@ -70,7 +70,7 @@ class SpeakingService:
         self.pacer = pacer
         self.codec = codec
         self.owner_variable = owner_variable
-        self.waiters = StasisWaiters()
+        self.waiters = EventWaiters()
         self.ctx = AttachContext(ari=ari, waiters=self.waiters, app=ari.app, external_host=external_host, codec=codec)
         self._live: dict[str, _Live] = {}
         self._by_reference: dict[tuple[str, str], str] = {}
@@ -253,12 +253,10 @@ class SpeakingService:
     # -- ARI events -------------------------------------------------------------------------
 
     async def on_event(self, event: dict[str, Any]) -> None:
+        self.waiters.resolve(event)
         handler = getattr(self, "_" + _snake(event.get("type", "")), None)
         if handler is not None:
             handler(event)
-
-    def _stasis_start(self, event: dict[str, Any]) -> None:
-        self.waiters.resolve(event)
 
     def _end_for(self, event: dict[str, Any], why: str) -> None:
         for object_id in event_object_ids(event):

@@ -20,12 +20,13 @@ import structlog
 
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError, AriNotFound, AriUnavailable
-from speakd.ari.events import StasisWaiters
+from speakd.ari.events import EventWaiters
 from speakd.errors import Conflict, InvalidRequest, NotFound, SpeakdError
 
 log = structlog.get_logger(__name__)
 
 STASIS_TIMEOUT = 5.0
+DESTROY_TIMEOUT = 2.0
 
 
 class SetupFailed(SpeakdError):
@@ -35,7 +36,7 @@ class SetupFailed(SpeakdError):
 @dataclass
 class AttachContext:
     ari: AriClient
-    waiters: StasisWaiters
+    waiters: EventWaiters
     app: str
     external_host: str  # host:port of speakd's RTP socket
     codec: str
@@ -72,14 +73,30 @@ class Target(abc.ABC):
         """Ids of the channels/bridges whose end ends the session."""
 
 
-async def _quietly(coro: Any, what: str) -> None:
-    """Run a clean-up call; an object that is already gone is the goal, not an error."""
+async def _quietly(coro: Any, what: str) -> bool:
+    """Run a clean-up call; an object that is already gone is the goal, not an error.
+
+    Returns True if the object existed (and was asked to go)."""
     try:
         await coro
     except AriNotFound:
-        pass
+        return False
     except AriError as exc:
         log.warning("cleanup_failed", what=what, error=str(exc))
+        return False
+    return True
+
+
+async def hang_up_and_wait(ctx: AttachContext, channel_id: str, what: str) -> None:
+    """DELETE returns before the channel is gone: wait for its ChannelDestroyed (bounded)."""
+    destroyed = ctx.waiters.expect("ChannelDestroyed", channel_id)
+    try:
+        if await _quietly(ctx.ari.delete(f"channels/{channel_id}"), what):
+            await asyncio.wait_for(destroyed, DESTROY_TIMEOUT)
+    except TimeoutError:
+        log.warning("cleanup_slow", what=what, channel=channel_id)
+    finally:
+        ctx.waiters.discard("ChannelDestroyed", channel_id)
 
 
 def rtp_destination(channel: dict[str, Any]) -> tuple[str, int]:
@@ -93,7 +110,7 @@ def rtp_destination(channel: dict[str, Any]) -> tuple[str, int]:
 
 async def create_external_media(ctx: AttachContext, channel_id: str) -> tuple[str, int]:
     """An ExternalMedia channel in our app; speakd's RTP goes to the address it returns."""
-    entered = ctx.waiters.expect(channel_id)
+    entered = ctx.waiters.expect("StasisStart", channel_id)
     try:
         channel = await ctx.ari.post(
             "channels/externalMedia",
@@ -106,7 +123,7 @@ async def create_external_media(ctx: AttachContext, channel_id: str) -> tuple[st
         )
         await asyncio.wait_for(entered, STASIS_TIMEOUT)
     finally:
-        ctx.waiters.discard(channel_id)
+        ctx.waiters.discard("StasisStart", channel_id)
     return rtp_destination(channel)
 
 
@@ -167,7 +184,7 @@ class CallTarget(Target):
         # Events for the call leg (hangup) come only if we subscribe: it is not in our app.
         await ctx.ari.post(f"applications/{app}/subscription", eventSource=f"channel:{self.reference_id}")
         self._subscribed = True
-        snoop_entered = ctx.waiters.expect(self.snoop_id)
+        snoop_entered = ctx.waiters.expect("StasisStart", self.snoop_id)
         try:
 
             async def snoop() -> None:
@@ -189,7 +206,7 @@ class CallTarget(Target):
         except TimeoutError:
             raise SetupFailed("Asterisk did not hand the snoop/media channel to speakd within 5 s") from None
         finally:
-            ctx.waiters.discard(self.snoop_id)
+            ctx.waiters.discard("StasisStart", self.snoop_id)
         try:
             await ctx.ari.post(f"bridges/{self.bridge_id}/addChannel", channel=f"{self.snoop_id},{self.media_id}")
         except AriError as exc:
@@ -199,8 +216,8 @@ class CallTarget(Target):
     async def detach(self, ctx: AttachContext) -> None:
         await asyncio.gather(
             _quietly(ctx.ari.delete(f"bridges/{self.bridge_id}"), "bridge"),
-            _quietly(ctx.ari.delete(f"channels/{self.snoop_id}"), "snoop channel"),
-            _quietly(ctx.ari.delete(f"channels/{self.media_id}"), "media channel"),
+            hang_up_and_wait(ctx, self.snoop_id, "snoop channel"),
+            hang_up_and_wait(ctx, self.media_id, "media channel"),
         )
         if self._subscribed:
             self._subscribed = False
