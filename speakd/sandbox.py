@@ -115,6 +115,11 @@ def install_config(root: Path) -> None:
         shutil.copytree(sounds, root / "usr/share/asterisk/sounds", dirs_exist_ok=True)
     for d in ("var/spool/asterisk/recording", "var/run/asterisk", "var/log/asterisk"):
         (root / d).mkdir(parents=True, exist_ok=True)
+    # test recordings pile up otherwise; a day is long enough to look at a failed run's files
+    for rec in (root / "var/spool/asterisk/recording").glob("*.wav"):
+        with contextlib.suppress(OSError):
+            if time.time() - rec.stat().st_mtime > 86400:
+                rec.unlink()
 
 
 # --------------------------------------------------------------------------- root build

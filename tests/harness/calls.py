@@ -76,6 +76,7 @@ class TwoPartyCall:
     other_id: str  # A2: alice's phone
     answered_at: float = 0.0  # monotonic, when both phones were recording
     hung_up_at: float | None = None
+    _recordings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     parties = ("alice", "bob")
 
@@ -88,8 +89,12 @@ class TwoPartyCall:
         """What `party` heard, int16 at 8 kHz. Hangs the call up first if it is still up."""
         if party not in self.parties:
             raise ValueError(f"party must be one of {self.parties}")
-        await self.hangup()
-        return await fetch_recording(self.ari, f"{self.test_id}-{party}", gone=[self.channel_id, self.other_id])
+        if party not in self._recordings:
+            await self.hangup()
+            self._recordings[party] = await fetch_recording(
+                self.ari, f"{self.test_id}-{party}", gone=[self.channel_id, self.other_id]
+            )
+        return self._recordings[party]
 
 
 async def start_two_party_call(ari: Ari, max_seconds: int = 300, test_id: str | None = None) -> TwoPartyCall:
@@ -129,16 +134,20 @@ class Participant:
     name: str
     channel_id: str
     phone_id: str
+    _recording: np.ndarray | None = field(default=None, repr=False)
 
     async def hangup(self) -> None:
         await self.ari.delete_quietly(f"/channels/{self.channel_id}")
         await self.ari.delete_quietly(f"/channels/{self.phone_id}")
 
     async def recording(self) -> np.ndarray:
-        await self.hangup()
-        return await fetch_recording(
-            self.ari, f"{self.test_id}-{self.name}", gone=[self.channel_id, self.phone_id]
-        )
+        """What this participant heard, int16 at 8 kHz. Hangs this participant up first."""
+        if self._recording is None:
+            await self.hangup()
+            self._recording = await fetch_recording(
+                self.ari, f"{self.test_id}-{self.name}", gone=[self.channel_id, self.phone_id]
+            )
+        return self._recording
 
 
 @dataclass
