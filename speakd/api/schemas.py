@@ -14,9 +14,10 @@ MAX_TEXT_CHARS = 5000
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 10
 
-# RFC 5646 language tags (well-formed check; grandfathered tags are not accepted).
+# RFC 5646 language tags. Only 2-3 letter primary subtags (the registered ones): "english"
+# is well-formed RFC 5646 but is a mistake in practice. Grandfathered tags are not accepted.
 _BCP47 = re.compile(
-    r"""^(?:[a-z]{2,3}(?:-[a-z]{3}){0,3}|[a-z]{4,8})
+    r"""^[a-z]{2,3}(?:-[a-z]{3}){0,3}
     (?:-[a-z]{4})?
     (?:-(?:[a-z]{2}|[0-9]{3}))?
     (?:-(?:[a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from speakd.api.schemas import canonical_language, parse_create, parse_say
+from speakd.errors import InvalidRequest
+
+
+@pytest.mark.parametrize(
+    ("tag", "canonical"),
+    [
+        ("en-US", "en-US"),
+        ("en-us", "en-US"),
+        ("ko-KR", "ko-KR"),
+        ("zh-Hant-TW", "zh-Hant-TW"),
+        ("es-419", "es-419"),
+        ("de", "de"),
+        ("sr-latn-rs", "sr-Latn-RS"),
+        ("en-US-x-twain", "en-US-x-twain"),
+    ],
+)
+def test_bcp47_tags_are_accepted_and_canonicalised(tag, canonical):
+    assert canonical_language(tag) == canonical
+
+
+@pytest.mark.parametrize("tag", ["", "english", "en_US", "e", "en-", "-US", "en-US-", "12-34", "en US"])
+def test_malformed_language_tags_are_rejected(tag):
+    with pytest.raises(InvalidRequest, match="BCP47"):
+        canonical_language(tag)
+
+
+def test_create_defaults():
+    req = parse_create(json.dumps({"reference_type": "call", "reference_id": "abc.123"}).encode(), "piper")
+    assert (req.language, req.provider, req.direction, req.voice_id) == ("en-US", "piper", "both", "")
+
+
+def test_text_limit_counts_characters_not_bytes():
+    text, payload_type = parse_say(json.dumps({"text": "한" * 5000}, ensure_ascii=False).encode())
+    assert len(text) == 5000 and payload_type == "text"
+    with pytest.raises(InvalidRequest, match="5001 characters"):
+        parse_say(json.dumps({"text": "한" * 5001}).encode())
