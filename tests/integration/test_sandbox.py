@@ -5,6 +5,7 @@ asterisk-facts notes on our own config."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from harness import audio
 from harness.ari import AriApp
-from harness.inject import inject_into
+from harness.inject import Injection, inject_into
 
 TONE_HZ = 440.0
 TONE_S = 2.0
@@ -101,7 +102,7 @@ async def test_whisper_in_tone_reaches_bob_only(ari, two_party_call, speakd_like
 
 async def test_mixing_conference_hears_external_media(ari, mixing_conference, speakd_like_app):
     conf = await mixing_conference(n=2)
-    host_sock = __import__("socket").socket(2, 2)  # AF_INET, SOCK_DGRAM
+    host_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     host_sock.bind(("127.0.0.1", 0))
     host_sock.setblocking(False)
     em_id = f"{conf.test_id}-em"
@@ -112,8 +113,6 @@ async def test_mixing_conference_hears_external_media(ari, mixing_conference, sp
         await speakd_like_app.wait_stasis_start(em_id)
         # a bridge made by another app accepts our channel as long as it is in Stasis
         await ari.post(f"/bridges/{conf.bridge_id}/addChannel", channel=em_id)
-        from harness.inject import Injection
-
         inj = Injection(ari, speakd_like_app, "", em_id, "", host_sock,
                         (em["channelvars"]["UNICASTRTP_LOCAL_ADDRESS"],
                          int(em["channelvars"]["UNICASTRTP_LOCAL_PORT"])))
@@ -151,10 +150,6 @@ async def test_confbridge_room_hears_announcer(ari, confbridge_room, speakd_like
 
 async def _em_bridged_with(ari, app, channel_id):
     """ExternalMedia + mixing bridge with `channel_id` (no snoop: the channel itself is the leg)."""
-    import socket
-
-    from harness.inject import Injection
-
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
