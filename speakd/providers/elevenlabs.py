@@ -203,7 +203,8 @@ class ElevenLabsProvider(Provider):
             "model_id": model,
             "output_format": output_format,
             # The SDK's own retries would replay; speakd retries itself, once, before any audio.
-            "request_options": {"max_retries": 0, "chunk_size": 1600},
+            # chunk_size None: hand on every chunk as it arrives (a size would buffer up to it).
+            "request_options": {"max_retries": 0, "chunk_size": None},
         }
         if model in LANGUAGE_CODE_MODELS:
             kwargs["language_code"] = iso

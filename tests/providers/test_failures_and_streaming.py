@@ -15,6 +15,7 @@ from speakd.providers import SynthesisRequest
 
 TEXT = "Hello, this is speakd speaking through a stand-in. It has two sentences."
 REQ = SynthesisRequest(TEXT, "en-US", "")
+PATIENT = {"first_byte_timeout": "60", "read_timeout": "60"}
 
 
 def _pcm(chunks) -> np.ndarray:
@@ -38,6 +39,7 @@ async def test_streams_real_speech(cloud):
 async def test_first_chunk_is_yielded_before_the_provider_finishes(cloud):
     _name, standin, factory = cloud
     standin.hold_after_first_chunk()
+    standin.chunk_bytes = 640  # smaller than any read buffer a provider might wait to fill
     gen = factory().synthesize(REQ)
     try:
         first = await asyncio.wait_for(anext(gen), 15)
@@ -56,17 +58,20 @@ async def test_first_chunk_is_yielded_before_the_provider_finishes(cloud):
 async def test_closing_the_stream_mid_way_closes_the_providers_stream(cloud):
     _name, standin, factory = cloud
     standin.hold_after_first_chunk()
-    gen = factory().synthesize(REQ)
+    standin.chunk_bytes = 640  # one provider read: speakd is then blocked waiting for more
+    # Long provider timeouts: the stream must close because speakd closes it, not time out.
+    gen = factory(**PATIENT).synthesize(REQ)
     await asyncio.wait_for(anext(gen), 15)
     await gen.aclose()
-    assert await asyncio.to_thread(standin.client_closed.wait, 10), standin.events
+    assert await asyncio.to_thread(standin.client_closed.wait, 5), standin.events
     assert not standin.finished.is_set()
 
 
 async def test_cancelling_the_consumer_propagates_and_closes_the_stream(cloud):
     _name, standin, factory = cloud
     standin.hold_after_first_chunk()
-    provider = factory()
+    standin.chunk_bytes = 640
+    provider = factory(**PATIENT)
     got_first = asyncio.Event()
 
     async def consume():
@@ -79,7 +84,7 @@ async def test_cancelling_the_consumer_propagates_and_closes_the_stream(cloud):
     with pytest.raises(asyncio.CancelledError):
         await task
     assert task.cancelled()
-    assert await asyncio.to_thread(standin.client_closed.wait, 10), standin.events
+    assert await asyncio.to_thread(standin.client_closed.wait, 5), standin.events
 
 
 async def test_connect_timeout_is_retried_once_then_reported(cloud, blackhole):

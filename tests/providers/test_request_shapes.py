@@ -71,7 +71,7 @@ async def test_elevenlabs_peer_voice_form_sets_model_and_voice(eleven, elevenlab
 
 
 async def test_elevenlabs_rejects_ssml(eleven, elevenlabs_standin):
-    with pytest.raises(InvalidRequest, match="elevenlabs.*SSML"):
+    with pytest.raises(InvalidRequest, match=r"elevenlabs.*SSML"):
         eleven.check("en-US", "", "ssml")
     with pytest.raises(InvalidRequest, match="SSML"):
         await collect(eleven, SynthesisRequest("<speak>Hi</speak>", "en-US", "", payload_type="ssml"))
