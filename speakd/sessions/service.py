@@ -197,6 +197,10 @@ class SpeakingService:
             session.log.warning("session_setup_failed", error=str(exc))
             self._stop_soon(speaking_id, f"setup failed: {exc}")
             return
+        except Exception as exc:  # a bug must not leave a session initiating forever
+            session.log.exception("session_setup_crashed")
+            self._stop_soon(speaking_id, f"setup failed: {type(exc).__name__}: {exc}")
+            return
         if speaking_id not in self._live or live.stopping is not None:
             return
         session.start_playout(destination)

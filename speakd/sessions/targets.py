@@ -88,15 +88,24 @@ async def _quietly(coro: Any, what: str) -> bool:
 
 
 async def hang_up_and_wait(ctx: AttachContext, channel_id: str, what: str) -> None:
-    """DELETE returns before the channel is gone: wait for its ChannelDestroyed (bounded)."""
-    destroyed = ctx.waiters.expect("ChannelDestroyed", channel_id)
-    try:
-        if await _quietly(ctx.ari.delete(f"channels/{channel_id}"), what):
-            await asyncio.wait_for(destroyed, DESTROY_TIMEOUT)
-    except TimeoutError:
-        log.warning("cleanup_slow", what=what, channel=channel_id)
-    finally:
-        ctx.waiters.discard("ChannelDestroyed", channel_id)
+    """DELETE returns before the channel is gone: poll until ARI no longer lists it (bounded).
+
+    Polling, not an event: a channel that already left our app (a snoop whose target hung
+    up) is destroyed without a ChannelDestroyed reaching us.
+    """
+    if not await _quietly(ctx.ari.delete(f"channels/{channel_id}"), what):
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DESTROY_TIMEOUT
+    while loop.time() < deadline:
+        try:
+            await ctx.ari.get(f"channels/{channel_id}")
+        except AriNotFound:
+            return
+        except AriError:
+            break
+        await asyncio.sleep(0.005)
+    log.warning("cleanup_slow", what=what, channel=channel_id)
 
 
 def rtp_destination(channel: dict[str, Any]) -> tuple[str, int]:

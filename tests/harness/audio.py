@@ -191,7 +191,11 @@ def _render_piper_cached(text: str) -> bytes:
     import soxr
 
     voice = _piper_voice()
-    chunks = list(voice.synthesize(text))
+    from piper import SynthesisConfig
+
+    # The test daemon runs Piper with noise_w_scale = 0 too: the same text then has the same
+    # timing every time, so a recording can be compared with this rendering frame by frame.
+    chunks = list(voice.synthesize(text, syn_config=SynthesisConfig(noise_w_scale=0.0)))
     pcm = np.frombuffer(b"".join(c.audio_int16_bytes for c in chunks), dtype=np.int16)
     rate = chunks[0].sample_rate if chunks and hasattr(chunks[0], "sample_rate") else 22050
     out = soxr.resample(pcm.astype(np.float32) / 32768.0, rate, RATE)

@@ -90,6 +90,10 @@ path = "{self.workdir / "speakd.sqlite3"}"
 [log]
 level = "info"
 format = "json"
+
+[piper]
+# Same timing on every rendering, so the recordings can be compared with a reference.
+noise_w_scale = 0.0
 {self.extra_config}
 """
         )
