@@ -180,12 +180,12 @@ class Standin:
             if is_gone():
                 self._closed()
                 raise ClientGone
-            await send(part)
-            if index == 0:
+            if index == 0:  # marked before sending: the client may see it before we resume
                 self.events.append("first_chunk")
                 self.first_chunk_sent.set()
-                if self._hold is not None:
-                    await self._wait(is_gone, self._hold, HANG_LIMIT)
+            await send(part)
+            if index == 0 and self._hold is not None:
+                await self._wait(is_gone, self._hold, HANG_LIMIT)
         self.events.append("finished")
         self.finished.set()
         return True

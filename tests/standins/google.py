@@ -178,12 +178,12 @@ class GoogleStandin(Standin):
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "Connection reset by peer")
                 if index and self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
-                yield tts.StreamingSynthesizeResponse(audio_content=part)
-                if index == 0:
+                if index == 0:  # marked before sending: the client may see it before we resume
                     self.events.append("first_chunk")
                     self.first_chunk_sent.set()
-                    if self._hold is not None:
-                        await self._wait(lambda: context.done(), self._hold, HANG_LIMIT)
+                yield tts.StreamingSynthesizeResponse(audio_content=part)
+                if index == 0 and self._hold is not None:
+                    await self._wait(lambda: context.done(), self._hold, HANG_LIMIT)
             self.events.append("finished")
             self.finished.set()
         except (asyncio.CancelledError, ClientGone):
