@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 import pytest
+from providers_support import FAST, make_provider
 from standins.conftest_plugin import aws_standin, blackhole, elevenlabs_standin, gcp_standin, standin_speech_ready
 
 from speakd.providers.voices import clear_voice_cache
 
 __all__ = ["aws_standin", "blackhole", "elevenlabs_standin", "gcp_standin", "standin_speech_ready"]
-
-FAST = {"connect_timeout": "0.5", "first_byte_timeout": "3", "read_timeout": "3"}
-
-
-def make_provider(name: str, section: dict[str, Any]):
-    return importlib.import_module(f"speakd.providers.{name}").create(section)
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +33,3 @@ async def cloud(request, standin_speech_ready):
     yield name, standin, factory
     for provider in made:
         await provider.aclose()
-
-
-async def collect(provider, request) -> list:
-    return [chunk async for chunk in provider.synthesize(request)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from conftest import FAST, make_provider
+from providers_support import FAST, make_provider
 
 from speakd.api.voices import PROVIDERS_KEY, list_voices
 from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLanguage

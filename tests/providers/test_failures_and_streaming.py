@@ -7,7 +7,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from conftest import collect
+from providers_support import collect
 
 from speakd.errors import ProviderError
 from speakd.media.codec import decode_ulaw

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FAST, collect, make_provider
+from providers_support import FAST, collect, make_provider
 
 from speakd.errors import InvalidRequest, UnsupportedLanguage
 from speakd.providers import AudioFormat, SynthesisRequest
