@@ -72,6 +72,10 @@ class Target(abc.ABC):
     def watched_ids(self) -> set[str]:
         """Ids of the channels/bridges whose end ends the session."""
 
+    def on_event(self, event: dict[str, Any]) -> str | None:
+        """An ARI event about one of ``watched_ids``; return a reason to end the session, or None."""
+        return None
+
 
 async def _quietly(coro: Any, what: str) -> bool:
     """Run a clean-up call; an object that is already gone is the goal, not an error.

@@ -1,0 +1,288 @@
+"""Conference targets: speaking into an ARI mixing bridge or a dialplan ConfBridge room.
+
+``reference_type: confbridge`` names a conference by ``reference_id``, resolved in this order:
+
+1. an ARI bridge with that id (``GET /bridges/{id}``):
+   * a Stasis mixing bridge (``bridge_class: stasis``, made by any ARI application) ->
+     :class:`BridgeConferenceTarget`: the ExternalMedia channel joins it directly;
+   * the bridge of a dialplan ConfBridge room (``creator: ConfBridge``) -> that room, as below;
+   * any other bridge (a Dial()ed call, a holding bridge) -> 400;
+2. else a live ConfBridge room of that name (its bridge shows in ``GET /bridges`` with
+   ``creator: ConfBridge`` and ``name: <room>``) -> :class:`ConfBridgeTarget`: an announcer
+   ``Local/<room>@speakd-confbridge/n`` whose ``;2`` half joins the room with the quiet
+   ``speakd_announcer`` user profile, its ``;1`` half bridged with the ExternalMedia channel;
+3. else 400. A conference with no participant in it is a 409.
+
+How the end of a conference is seen (events, no polling):
+
+* ARI bridge: speakd subscribes to the bridge; ``ChannelLeftBridge`` leaving only speakd's
+  channel, or ``BridgeDestroyed``, ends the session.
+* ConfBridge room: ARI cannot subscribe to a bridge outside Stasis ("Event source does not
+  exist"), but Asterisk rewrites ``BRIDGEPEER`` on every member of a bridge whenever its
+  membership changes (a comma list of the other members' channel names). speakd subscribes
+  to its announcer's ``;2`` half and ends the session when no one but ConfBridge's own
+  ``CBAnn/`` playback channel is left, so the announcer never keeps an empty room alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from speakd.ari.client import AriClient
+from speakd.ari.errors import AriError, AriNotFound, AriUnavailable
+from speakd.errors import Conflict, InvalidRequest
+from speakd.sessions.targets import (
+    STASIS_TIMEOUT,
+    AttachContext,
+    SetupFailed,
+    Target,
+    _quietly,
+    create_external_media,
+    hang_up_and_wait,
+)
+
+log = structlog.get_logger(__name__)
+
+ANNOUNCER_CONTEXT = "speakd-confbridge"
+JOIN_TIMEOUT = 5.0
+CONFBRIDGE_CREATOR = "ConfBridge"
+CONFBRIDGE_PLAYBACK_PREFIX = "CBAnn/"  # ConfBridge's own announcement channel, a member of every room
+
+
+def _unreachable(exc: AriUnavailable) -> SetupFailed:
+    return SetupFailed(f"Asterisk is not reachable: {exc.message}")
+
+
+class BridgeConferenceTarget(Target):
+    """An ARI mixing bridge (made by any ARI application): the ExternalMedia channel joins it."""
+
+    reference_type = "confbridge"
+
+    def __init__(self, reference_id: str, direction: str, session_id: str, app: str) -> None:
+        super().__init__(reference_id, direction, session_id, app)
+        self.bridge_id = reference_id
+        self.media_id = f"{self.prefix}-media"
+        self._subscribed = False
+        self._joined: asyncio.Future[None] | None = None
+
+    @property
+    def watched_ids(self) -> set[str]:
+        return {self.bridge_id, self.media_id}
+
+    async def validate(self, ari: AriClient, customer_id: str, owner_variable: str) -> None:
+        bridge = await ari.get(f"bridges/{self.bridge_id}")
+        self.check(bridge)
+
+    def check(self, bridge: dict[str, Any]) -> None:
+        if bridge.get("bridge_type") != "mixing":
+            raise InvalidRequest(
+                f"bridge '{self.bridge_id}' is a {bridge.get('bridge_type')} bridge, not a conference (mixing)"
+            )
+        if not bridge.get("channels"):
+            raise Conflict(f"conference '{self.bridge_id}' has no participant; create the session once one has joined")
+
+    def on_event(self, event: dict[str, Any]) -> str | None:
+        kind = event.get("type")
+        bridge = event.get("bridge") or {}
+        if bridge.get("id") != self.bridge_id or kind not in ("ChannelEnteredBridge", "ChannelLeftBridge"):
+            return None
+        joined = kind == "ChannelEnteredBridge" and (event.get("channel") or {}).get("id") == self.media_id
+        if joined and self._joined is not None and not self._joined.done():
+            self._joined.set_result(None)
+        if set(bridge.get("channels") or []) <= {self.media_id}:
+            return "conference has no participant left"
+        return None
+
+    async def attach(self, ctx: AttachContext) -> tuple[str, int]:
+        self._joined = asyncio.get_running_loop().create_future()
+        try:
+            # The bridge is another app's: its events reach us only if we subscribe.
+            await ctx.ari.post(f"applications/{ctx.app}/subscription", eventSource=f"bridge:{self.bridge_id}")
+            self._subscribed = True
+            destination = await create_external_media(ctx, self.media_id)
+            await ctx.ari.post(f"bridges/{self.bridge_id}/addChannel", channel=self.media_id)
+            await asyncio.wait_for(self._joined, STASIS_TIMEOUT)
+        except AriNotFound as exc:
+            raise SetupFailed(f"conference '{self.bridge_id}' ended during setup ({exc.message})") from None
+        except AriError as exc:
+            raise SetupFailed(f"Asterisk refused the session setup: {exc}") from None
+        except TimeoutError:
+            raise SetupFailed(f"the media channel did not join conference '{self.bridge_id}' within 5 s") from None
+        return destination
+
+    async def detach(self, ctx: AttachContext) -> None:
+        # Hanging up our channel takes it out of the bridge; the bridge is not ours to delete.
+        await hang_up_and_wait(ctx, self.media_id, "media channel")
+        if self._subscribed:
+            self._subscribed = False
+            with contextlib.suppress(AriError):
+                await ctx.ari.delete(f"applications/{ctx.app}/subscription", eventSource=f"bridge:{self.bridge_id}")
+
+
+class ConfBridgeTarget(Target):
+    """A dialplan ConfBridge room, joined by speakd's announcer Local channel."""
+
+    reference_type = "confbridge"
+
+    def __init__(self, reference_id: str, direction: str, session_id: str, app: str, room: str) -> None:
+        super().__init__(reference_id, direction, session_id, app)
+        self.room = room
+        self.conf_bridge_id = ""  # the room's bridge, as resolved (informational)
+        self.announcer_id = f"{self.prefix}-announcer"  # ;1, in our app, bridged with the media
+        self.member_id = f"{self.prefix}-announcer2"  # ;2, the participant inside the room
+        self.media_id = f"{self.prefix}-media"
+        self.bridge_id = f"{self.prefix}-bridge"
+        self._subscribed = False
+        self._joined: asyncio.Future[list[str]] | None = None
+
+    @property
+    def watched_ids(self) -> set[str]:
+        return {self.announcer_id, self.member_id, self.media_id, self.bridge_id}
+
+    async def validate(self, ari: AriClient, customer_id: str, owner_variable: str) -> None:
+        bridge = await find_confbridge_room(ari, self.room)
+        if bridge is None:
+            raise InvalidRequest(f"no conference '{self.reference_id}': no ConfBridge room of that name is live")
+        self.check(bridge)
+
+    def check(self, bridge: dict[str, Any]) -> None:
+        self.conf_bridge_id = bridge["id"]
+        if not bridge.get("channels"):
+            raise Conflict(
+                f"conference '{self.reference_id}' has no participant; create the session once one has joined"
+            )
+
+    def on_event(self, event: dict[str, Any]) -> str | None:
+        if event.get("type") != "ChannelVarset" or event.get("variable") != "BRIDGEPEER":
+            return None
+        if (event.get("channel") or {}).get("id") != self.member_id:
+            return None
+        peers = [p for p in (event.get("value") or "").split(",") if p and not p.startswith(CONFBRIDGE_PLAYBACK_PREFIX)]
+        if self._joined is not None and not self._joined.done():
+            self._joined.set_result(peers)
+        if not peers:
+            return f"conference '{self.room}' has no participant left"
+        return None
+
+    async def attach(self, ctx: AttachContext) -> tuple[str, int]:
+        self._joined = asyncio.get_running_loop().create_future()
+        entered = ctx.waiters.expect("StasisStart", self.announcer_id)
+        try:
+
+            async def announcer() -> None:
+                # Created, not yet dialled: we subscribe to the ;2 half before it joins the room,
+                # so its first BRIDGEPEER (= joined, and who is there) cannot be missed.
+                await ctx.ari.post(
+                    "channels/create",
+                    endpoint=f"Local/{self.room}@{ANNOUNCER_CONTEXT}/n",
+                    app=ctx.app,
+                    channelId=self.announcer_id,
+                    otherChannelId=self.member_id,
+                )
+                await asyncio.wait_for(entered, STASIS_TIMEOUT)
+                await ctx.ari.post(f"applications/{ctx.app}/subscription", eventSource=f"channel:{self.member_id}")
+                self._subscribed = True
+
+            bridge = ctx.ari.post("bridges", type="mixing", bridgeId=self.bridge_id, name=self.prefix)
+            _, destination, _ = await asyncio.gather(announcer(), create_external_media(ctx, self.media_id), bridge)
+            await ctx.ari.post(f"bridges/{self.bridge_id}/addChannel", channel=f"{self.announcer_id},{self.media_id}")
+            await ctx.ari.post(f"channels/{self.announcer_id}/dial", timeout=int(JOIN_TIMEOUT))
+            peers = await asyncio.wait_for(self._joined, JOIN_TIMEOUT)
+        except AriNotFound as exc:
+            raise SetupFailed(f"conference '{self.room}' went away during setup ({exc.message})") from None
+        except AriError as exc:
+            raise SetupFailed(f"Asterisk refused the session setup: {exc}") from None
+        except TimeoutError:
+            raise SetupFailed(f"speakd's announcer did not join conference '{self.room}' within 5 s") from None
+        finally:
+            ctx.waiters.discard("StasisStart", self.announcer_id)
+        if not peers:
+            # The room emptied between validation and the join: the announcer made a new one.
+            raise SetupFailed(f"conference '{self.room}' ended before speakd joined it")
+        return destination
+
+    async def detach(self, ctx: AttachContext) -> None:
+        await asyncio.gather(
+            _quietly(ctx.ari.delete(f"bridges/{self.bridge_id}"), "bridge"),
+            hang_up_and_wait(ctx, self.announcer_id, "announcer channel"),
+            hang_up_and_wait(ctx, self.member_id, "announcer channel (room side)"),
+            hang_up_and_wait(ctx, self.media_id, "media channel"),
+        )
+        if self._subscribed:
+            self._subscribed = False
+            with contextlib.suppress(AriError):
+                await ctx.ari.delete(f"applications/{ctx.app}/subscription", eventSource=f"channel:{self.member_id}")
+
+
+async def find_confbridge_room(ari: AriClient, room: str) -> dict[str, Any] | None:
+    """The bridge of the live ConfBridge room named `room`, if any."""
+    for bridge in await ari.get("bridges"):
+        if bridge.get("creator") == CONFBRIDGE_CREATOR and bridge.get("name") == room:
+            return bridge
+    return None
+
+
+class ConferenceTarget(Target):
+    """``reference_type: confbridge``: resolves ``reference_id`` at validation (see the module doc)
+    and then acts as the :class:`BridgeConferenceTarget` or :class:`ConfBridgeTarget` it found."""
+
+    reference_type = "confbridge"
+
+    def __init__(self, reference_id: str, direction: str, session_id: str, app: str) -> None:
+        if direction != "both":
+            raise InvalidRequest(
+                f"'direction' must be 'both' on a conference (everyone in it hears the speech); got '{direction}'"
+            )
+        super().__init__(reference_id, direction, session_id, app)
+        self._app = app
+        self.resolved: BridgeConferenceTarget | ConfBridgeTarget | None = None
+
+    def _inner(self) -> BridgeConferenceTarget | ConfBridgeTarget:
+        if self.resolved is None:
+            raise RuntimeError("conference target used before validate()")
+        return self.resolved
+
+    @property
+    def watched_ids(self) -> set[str]:
+        return self.resolved.watched_ids if self.resolved is not None else set()
+
+    async def validate(self, ari: AriClient, customer_id: str, owner_variable: str) -> None:
+        args = (self.reference_id, self.direction, self.session_id, self._app)
+        try:
+            try:
+                bridge = await ari.get(f"bridges/{self.reference_id}")
+            except AriNotFound:
+                bridge = None
+            if bridge is not None:
+                if bridge.get("bridge_class") == "stasis":
+                    target: BridgeConferenceTarget | ConfBridgeTarget = BridgeConferenceTarget(*args)
+                elif bridge.get("creator") == CONFBRIDGE_CREATOR and bridge.get("name"):
+                    target = ConfBridgeTarget(*args, room=bridge["name"])
+                else:
+                    raise InvalidRequest(
+                        f"bridge '{self.reference_id}' is not a conference: neither an ARI (Stasis) bridge nor a "
+                        "ConfBridge room; to speak into a call use reference_type 'call'"
+                    )
+                target.check(bridge)
+            else:
+                target = ConfBridgeTarget(*args, room=self.reference_id)
+                await target.validate(ari, customer_id, owner_variable)
+        except AriUnavailable as exc:
+            raise _unreachable(exc) from None
+        except AriNotFound:
+            raise InvalidRequest(f"no conference '{self.reference_id}'") from None
+        self.resolved = target
+
+    def on_event(self, event: dict[str, Any]) -> str | None:
+        return self.resolved.on_event(event) if self.resolved is not None else None
+
+    async def attach(self, ctx: AttachContext) -> tuple[str, int]:
+        return await self._inner().attach(ctx)
+
+    async def detach(self, ctx: AttachContext) -> None:
+        if self.resolved is not None:
+            await self.resolved.detach(ctx)
