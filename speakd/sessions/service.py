@@ -21,6 +21,7 @@ from speakd.ari.events import EventWaiters, event_object_ids
 from speakd.errors import Conflict, InvalidRequest, NotFound, SpeakdError
 from speakd.media.pacer import Pacer
 from speakd.providers import ProviderRegistry
+from speakd.sessions.conference import ConferenceTarget
 from speakd.sessions.model import NOT_YET, Speaking, Status, now_stamp
 from speakd.sessions.session import Session
 from speakd.sessions.targets import AttachContext, CallTarget, SetupFailed, Target
@@ -181,6 +182,8 @@ class SpeakingService:
     def _target(self, req: CreateRequest, speaking_id: str) -> Target:
         if req.reference_type == "call":
             return CallTarget(req.reference_id, req.direction, speaking_id, self.ari.app)
+        if req.reference_type == "confbridge":
+            return ConferenceTarget(req.reference_id, req.direction, speaking_id, self.ari.app)
         raise InvalidRequest(f"reference_type '{req.reference_type}' is not supported by this speakd")
 
     async def _setup(self, live: _Live) -> None:
@@ -258,6 +261,10 @@ class SpeakingService:
 
     async def on_event(self, event: dict[str, Any]) -> None:
         self.waiters.resolve(event)
+        for object_id in event_object_ids(event):  # targets that judge events themselves (conferences)
+            live = self._live.get(self._by_object.get(object_id, ""))
+            if live is not None and (reason := live.target.on_event(event)):
+                self._stop_soon(live.session.record.id, reason)
         handler = getattr(self, "_" + _snake(event.get("type", "")), None)
         if handler is not None:
             handler(event)
