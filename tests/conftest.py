@@ -84,8 +84,8 @@ async def make_two_party_call(ari):
     """`await make_two_party_call(max_seconds=300)` -> a ready TwoPartyCall; all hung up at teardown."""
     made: list[TwoPartyCall] = []
 
-    async def make(max_seconds: int = 300) -> TwoPartyCall:
-        call = await start_two_party_call(ari, max_seconds=max_seconds)
+    async def make(max_seconds: int = 300, variables: dict[str, str] | None = None) -> TwoPartyCall:
+        call = await start_two_party_call(ari, max_seconds=max_seconds, variables=variables)
         made.append(call)
         return call
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from speakd.api import schemas
 from speakd.api.auth import Authenticator
 from speakd.api.openapi import OPENAPI
+from speakd.api.voices import PROVIDERS_KEY, list_voices
 from speakd.errors import SpeakdError
 from speakd.sessions.model import Speaking
 from speakd.sessions.service import SpeakingService
@@ -110,6 +111,7 @@ def create_app(service: SpeakingService, authenticator: Authenticator, default_p
     app[SERVICE] = service
     app[AUTH] = authenticator
     app[DEFAULT_PROVIDER] = default_provider
+    app[PROVIDERS_KEY] = service.providers
     app.router.add_post("/v1.0/speakings", create_speaking)
     app.router.add_get("/v1.0/speakings", list_speakings)
     app.router.add_get("/v1.0/speakings/{id}", get_speaking)
@@ -117,6 +119,7 @@ def create_app(service: SpeakingService, authenticator: Authenticator, default_p
     app.router.add_post("/v1.0/speakings/{id}/say", say)
     app.router.add_post("/v1.0/speakings/{id}/flush", flush)
     app.router.add_post("/v1.0/speakings/{id}/stop", stop)
+    app.router.add_get("/v1.0/voices", list_voices)
     app.router.add_get("/v1.0/openapi.json", openapi)
     app.router.add_get("/health", health)
     return app

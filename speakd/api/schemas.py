@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from speakd.errors import InvalidRequest
+from speakd.providers.voices import resolve_voice
 from speakd.sessions.model import Direction, ProviderName, ReferenceType
 from speakd.sessions.service import CreateRequest
 
@@ -92,12 +93,22 @@ def parse_create(body: bytes, default_provider: str) -> CreateRequest:
             "'reference_id' must be a call (channel) or conference id: letters, digits and ._:@+=- only"
         )
     language = canonical_language(_string(data, "language", default="en-US") or "en-US")
-    provider = _enum(data, "provider", ProviderName, default=default_provider)
+    provider = _enum(data, "provider", ProviderName) if data.get("provider") is not None else None
     voice_id = _string(data, "voice_id").strip()
     if len(voice_id) > 200:
         raise InvalidRequest("'voice_id' is too long (200 characters at most)")
+    # A peer-form voice ("AWS.Polly.Joanna-Neural") names its provider and model.
+    voice = resolve_voice(provider, voice_id)
     direction = _enum(data, "direction", Direction, default="both")
-    return CreateRequest(reference_type, reference_id, language, provider, voice_id, direction)
+    return CreateRequest(
+        reference_type,
+        reference_id,
+        language,
+        voice.provider or default_provider,
+        voice_id,
+        direction,
+        model=voice.model,
+    )
 
 
 def parse_say(body: bytes) -> tuple[str, str]:

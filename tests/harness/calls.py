@@ -97,12 +97,21 @@ class TwoPartyCall:
         return self._recordings[party]
 
 
-async def start_two_party_call(ari: Ari, max_seconds: int = 300, test_id: str | None = None) -> TwoPartyCall:
+async def start_two_party_call(
+    ari: Ari, max_seconds: int = 300, test_id: str | None = None, variables: dict[str, str] | None = None
+) -> TwoPartyCall:
+    """`variables` are set on A1 (the call leg) as well, e.g. SPEAKD_CUSTOMER_ID."""
     test_id = test_id or new_test_id()
     call = TwoPartyCall(ari, test_id, f"{test_id}-a1", f"{test_id}-a2")
     await ari.post(
         "/channels",
-        json={"variables": {"_SPEAKD_TEST_ID": test_id, "_SPEAKD_TEST_MAX_SECONDS": str(max_seconds)}},
+        json={
+            "variables": {
+                "_SPEAKD_TEST_ID": test_id,
+                "_SPEAKD_TEST_MAX_SECONDS": str(max_seconds),
+                **(variables or {}),
+            }
+        },
         endpoint=f"Local/alice@{TEST_CONTEXT}/n",
         context=TEST_CONTEXT,
         extension="dialbob",

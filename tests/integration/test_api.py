@@ -237,10 +237,10 @@ async def test_unknown_and_foreign_sessions_are_404(api, two_party_call):
     await api.stop(speaking_id)
 
 
-async def test_call_owned_by_another_customer_is_404(api, ari, two_party_call):
-    await ari.post(f"/channels/{two_party_call.channel_id}/variable", variable="SPEAKD_CUSTOMER_ID", value=CUSTOMER_B)
-    assert_error(await api.create(two_party_call.channel_id), 404)
-    created = await api.as_customer(KEY_B).create(two_party_call.channel_id)
+async def test_call_owned_by_another_customer_is_404(api, make_two_party_call):
+    call = await make_two_party_call(variables={"SPEAKD_CUSTOMER_ID": CUSTOMER_B})
+    assert_error(await api.create(call.channel_id), 404)
+    created = await api.as_customer(KEY_B).create(call.channel_id)
     assert created.status == 201, created
     await api.as_customer(KEY_B).stop(created.body["id"])
 
