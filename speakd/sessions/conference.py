@@ -97,6 +97,15 @@ class BridgeConferenceTarget(Target):
             return "conference has no participant left"
         return None
 
+    async def reconcile(self, ari: AriClient) -> str | None:
+        try:
+            bridge = await ari.get(f"bridges/{self.bridge_id}")
+        except AriError:
+            return None  # gone: the watched-ids check ends the session; unreachable: try next time
+        if set(bridge.get("channels") or []) <= {self.media_id}:
+            return "conference has no participant left"
+        return None
+
     async def attach(self, ctx: AttachContext) -> tuple[str, int]:
         self._joined = asyncio.get_running_loop().create_future()
         try:
@@ -167,6 +176,20 @@ class ConfBridgeTarget(Target):
         if not peers:
             return f"conference '{self.room}' has no participant left"
         return None
+
+    async def reconcile(self, ari: AriClient) -> str | None:
+        try:
+            reply = await ari.get(f"channels/{self.member_id}/variable", variable="BRIDGEPEER")
+        except AriError:
+            return None
+        return self.on_event(
+            {
+                "type": "ChannelVarset",
+                "variable": "BRIDGEPEER",
+                "value": (reply or {}).get("value", ""),
+                "channel": {"id": self.member_id},
+            }
+        )
 
     async def attach(self, ctx: AttachContext) -> tuple[str, int]:
         self._joined = asyncio.get_running_loop().create_future()
@@ -279,6 +302,9 @@ class ConferenceTarget(Target):
 
     def on_event(self, event: dict[str, Any]) -> str | None:
         return self.resolved.on_event(event) if self.resolved is not None else None
+
+    async def reconcile(self, ari: AriClient) -> str | None:
+        return await self.resolved.reconcile(ari) if self.resolved is not None else None
 
     async def attach(self, ctx: AttachContext) -> tuple[str, int]:
         return await self._inner().attach(ctx)

@@ -300,6 +300,8 @@ class SpeakingService:
             missing = [i for i in live.target.watched_ids if i not in present]
             if missing and live.session.record.status == Status.ACTIVE:
                 self._stop_soon(speaking_id, f"gone while ARI was disconnected: {', '.join(sorted(missing))}")
+            elif live.session.record.status == Status.ACTIVE and (reason := await live.target.reconcile(self.ari)):
+                self._stop_soon(speaking_id, f"{reason} (seen on reconnect)")
         prefix = f"{self.ari.app}-"
         mine = set(self._by_object)
         orphans = [("bridges", b) for b in bridges if b.startswith(prefix) and b not in mine]

@@ -76,6 +76,10 @@ class Target(abc.ABC):
         """An ARI event about one of ``watched_ids``; return a reason to end the session, or None."""
         return None
 
+    async def reconcile(self, ari: AriClient) -> str | None:
+        """On an ARI reconnect (events may have been missed): a reason to end the session, or None."""
+        return None
+
 
 async def _quietly(coro: Any, what: str) -> bool:
     """Run a clean-up call; an object that is already gone is the goal, not an error.
