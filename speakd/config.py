@@ -50,6 +50,8 @@ class RtpConfig:
     # The address Asterisk sends to and expects RTP from (ExternalMedia external_host);
     # empty means bind_host. Set it when binding 0.0.0.0.
     external_host: str = ""
+    # SCHED_FIFO priority of the pacer thread (needs CAP_SYS_NICE); 0 = normal scheduling.
+    realtime_priority: int = 10
     codec: str = "ulaw"
 
 

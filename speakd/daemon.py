@@ -1,7 +1,7 @@
 """The daemon: owns every long-lived resource and task, in the order they depend on each other.
 
-Start: store -> providers (Piper loads) -> RTP socket -> ARI client -> stale records stopped ->
-pacer + ARI events tasks -> HTTP. Stop (on the shutdown trigger): HTTP stops taking requests,
+Start: store -> providers (Piper loads) -> RTP socket -> ARI client -> pacer thread ->
+stale records stopped -> ARI events task -> HTTP. Stop (on the shutdown trigger): HTTP stops taking requests,
 live sessions are stopped (their Asterisk objects removed), then the tasks are cancelled and
 awaited, then the resources close in reverse order.
 """
@@ -21,7 +21,7 @@ from speakd.api import create_app
 from speakd.api.auth import Authenticator
 from speakd.ari.client import AriClient
 from speakd.config import Config
-from speakd.media.pacer import Pacer
+from speakd.media.pacer import Pacer, PacerThread
 from speakd.providers import ProviderRegistry
 from speakd.sessions.service import SpeakingService
 from speakd.store.sqlite import SqliteStore
@@ -29,13 +29,6 @@ from speakd.store.sqlite import SqliteStore
 log = structlog.get_logger(__name__)
 
 ShutdownTrigger = Callable[[], Awaitable[None]]
-
-
-class _RtpProtocol(asyncio.DatagramProtocol):
-    """speakd only sends; whatever Asterisk sends back (nothing, with spy=none) is ignored."""
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("rtp_socket_error", error=str(exc))
 
 
 def signal_trigger() -> ShutdownTrigger:
@@ -55,18 +48,19 @@ def signal_trigger() -> ShutdownTrigger:
 
 async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -> None:
     shutdown_trigger = shutdown_trigger or signal_trigger()
-    loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(SqliteStore(config.store.path))
         providers = ProviderRegistry.from_config(config.providers)
         stack.push_async_callback(providers.aclose)
         await providers.start()
 
-        transport, _ = await loop.create_datagram_endpoint(
-            _RtpProtocol, local_addr=(config.rtp.bind_host, config.rtp.port), family=socket.AF_INET
-        )
-        stack.callback(transport.close)
-        rtp_port = transport.get_extra_info("sockname")[1]
+        # One socket sends every session's RTP (each ExternalMedia channel has its own port to
+        # send to). speakd never reads from it: with spy=none Asterisk sends nothing back.
+        rtp_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stack.callback(rtp_socket.close)
+        rtp_socket.bind((config.rtp.bind_host, config.rtp.port))
+        rtp_socket.setblocking(False)
+        rtp_port = rtp_socket.getsockname()[1]
         external_host = f"{config.rtp.external_host or config.rtp.bind_host}:{rtp_port}"
 
         ari = await stack.enter_async_context(
@@ -79,7 +73,8 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
                 max_backoff=config.ari.reconnect_max_backoff,
             )
         )
-        pacer = Pacer(transport.sendto)
+        pacer = Pacer(rtp_socket.sendto)
+        stack.enter_context(PacerThread(pacer, config.rtp.realtime_priority))
         service = SpeakingService(
             store=store,
             ari=ari,
@@ -92,7 +87,6 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
         await service.recover()
 
         tasks = [
-            asyncio.create_task(pacer.run(), name="speakd-pacer"),
             asyncio.create_task(ari.run_events(service.on_event, service.on_ari_connected), name="speakd-ari-events"),
         ]
         runner = web.AppRunner(

@@ -49,6 +49,14 @@ class RtpPacketizer:
         self._talking = False
         self.timestamp = (self.timestamp + self.samples_per_frame) & 0xFFFFFFFF
 
+    def skip(self, samples: int) -> None:
+        """Advance the sampling clock by ``samples`` without sending (a silence)."""
+        self.timestamp = (self.timestamp + max(0, samples)) & 0xFFFFFFFF
+
+    def idle_marker(self) -> None:
+        """The next packet starts a talkspurt: it carries the marker bit."""
+        self._talking = False
+
 
 def parse_header(packet: bytes) -> dict[str, int]:
     """Decode an RTP fixed header (for tests and diagnostics)."""

@@ -24,7 +24,7 @@ from speakd.providers import ProviderRegistry
 from speakd.sessions.conference import ConferenceTarget
 from speakd.sessions.model import NOT_YET, Speaking, Status, now_stamp
 from speakd.sessions.session import Session
-from speakd.sessions.targets import AttachContext, CallTarget, SetupFailed, Target
+from speakd.sessions.targets import AttachContext, CallTarget, SetupFailed, Target, hang_up_and_wait
 from speakd.store.sqlite import SqliteStore
 
 log = structlog.get_logger(__name__)
@@ -307,11 +307,15 @@ class SpeakingService:
         orphans = [("bridges", b) for b in bridges if b.startswith(prefix) and b not in mine]
         orphans += [("channels", c) for c in channels if c.startswith(prefix) and c not in mine]
         for kind, object_id in orphans:
-            try:
-                await self.ari.delete(f"{kind}/{object_id}")
-                log.info("orphan_removed", kind=kind, id=object_id)
-            except AriError as exc:
-                log.warning("orphan_remove_failed", kind=kind, id=object_id, error=str(exc))
+            if kind == "channels":
+                await hang_up_and_wait(self.ctx, object_id, "orphan channel")
+            else:
+                try:
+                    await self.ari.delete(f"{kind}/{object_id}")
+                except AriError as exc:
+                    log.warning("orphan_remove_failed", kind=kind, id=object_id, error=str(exc))
+                    continue
+            log.info("orphan_removed", kind=kind, id=object_id)
 
     async def recover(self) -> None:
         """Start-up: sessions a previous run left unfinished are stopped (their objects go on connect)."""

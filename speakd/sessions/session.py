@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 # 10 s of audio may be synthesized ahead of playout: enough to ride out a slow provider,
 # little enough that a flushed backlog wasted little synthesis.
 MAX_BUFFERED_FRAMES = 500
+CONVERT_SLICE_BYTES = 8192
 
 
 @dataclass
@@ -147,10 +148,15 @@ class Session:
                             latency_ms=round((time.monotonic() - item.accepted_at) * 1000, 1),
                         )
                         self.frames.mark(generation, self._mark_started(item))
-                    for frame in encoder.feed(chunk.data, chunk.format):
-                        if not await self.frames.put(generation, frame):
-                            return
-                        frames += 1
+                    # Convert in slices: a sentence-sized chunk at once would hold the GIL (and
+                    # the loop) for milliseconds; slices let the loop and the pacer breathe.
+                    for start in range(0, len(chunk.data), CONVERT_SLICE_BYTES):
+                        piece = chunk.data[start : start + CONVERT_SLICE_BYTES]
+                        for frame in encoder.feed(piece, chunk.format):
+                            if not await self.frames.put(generation, frame):
+                                return
+                            frames += 1
+                        await asyncio.sleep(0)
             for frame in encoder.finish():
                 if not await self.frames.put(generation, frame):
                     return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import warnings
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from speakd.media import codec
 from speakd.media.codec import FRAME_SAMPLES, FrameEncoder, strip_wav_header
 from speakd.media.frames import FrameBuffer
-from speakd.media.pacer import Pacer, RtpStream
+from speakd.media.pacer import SLOTS, Pacer, PacerThread, RtpStream
 from speakd.media.rtp import RtpPacketizer, parse_header
 from speakd.providers.base import AudioFormat
 
@@ -119,54 +120,98 @@ async def test_marks_fire_in_playout_order():
     assert buf.pop() == b"b" and fired == ["mark"]
 
 
-def test_pacer_sends_one_frame_per_stream_per_tick():
+def _buffer_with(frames: list[bytes]) -> FrameBuffer:
+    buf = FrameBuffer(max_frames=1000)
+    for frame in frames:
+        buf._entries.append((0, frame))
+        buf._frames += 1
+    return buf
+
+
+def test_pacer_sends_one_frame_per_stream_per_frame_period():
     sent = []
-    pacer = Pacer(lambda packet, addr: sent.append((addr, packet)))
-    a, b = FrameBuffer(), FrameBuffer()
-    for i in range(3):
-        a._entries.append((0, bytes([i]) * 160))
-        a._frames += 1
-    b._entries.append((0, b"\x09" * 160))
-    b._frames += 1
+    pacer = Pacer(lambda packet, addr: sent.append((pacer.subticks, addr[1], packet)))
+    a = _buffer_with([bytes([i]) * 160 for i in range(3)])
+    b = _buffer_with([b"\x09" * 160])
     pacer.add(RtpStream(("127.0.0.1", 1), "ulaw", a))
     pacer.add(RtpStream(("127.0.0.1", 2), "ulaw", b))
-    assert pacer.tick() == 2
-    assert pacer.tick() == 1
-    assert pacer.tick() == 1
-    assert pacer.tick() == 0
-    to_a = [parse_header(p) for addr, p in sent if addr[1] == 1]
-    assert [h["sequence"] - to_a[0]["sequence"] for h in to_a] == [0, 1, 2]
-    assert [p[12:13] for addr, p in sent if addr[1] == 1] == [b"\x00", b"\x01", b"\x02"]
+    for _ in range(4 * SLOTS):
+        pacer.tick()
+    to_a = [(tick, packet) for tick, port, packet in sent if port == 1]
+    assert [tick for tick, _ in to_a] == [0, SLOTS, 2 * SLOTS]  # exactly one frame period apart
+    assert [p[12:13] for _, p in to_a] == [b"\x00", b"\x01", b"\x02"]
+    headers = [parse_header(p) for _, p in to_a]
+    assert [h["sequence"] - headers[0]["sequence"] for h in headers] == [0, 1, 2]
+    assert [h["timestamp"] - headers[0]["timestamp"] for h in headers] == [0, 160, 320]
+    assert [h["marker"] for h in headers] == [1, 0, 0]
+    assert [tick for tick, port, _ in sent if port == 2] == [0]
 
 
-async def test_pacer_keeps_absolute_deadlines_and_never_bursts():
-    clock = [0.0]
-    sent_at = []
-    pacer = Pacer(lambda packet, addr: sent_at.append(clock[0]), clock=lambda: clock[0])
+def test_a_talkspurt_starts_on_the_next_subtick_not_the_next_frame():
+    sent = []
+    pacer = Pacer(lambda packet, addr: sent.append((pacer.subticks, packet)))
     buf = FrameBuffer(max_frames=1000)
-    for _ in range(200):
-        await buf.put(0, b"\xff" * 160)
+    pacer.add(RtpStream(("127.0.0.1", 1), "ulaw", buf))
+    buf._entries.append((0, b"\x01" * 160))
+    buf._frames += 1
+    pacer.tick()  # sub-tick 0: first talkspurt
+    for _ in range(6):  # idle for a while
+        pacer.tick()
+    for _ in range(2):
+        buf._entries.append((0, b"\x02" * 160))
+        buf._frames += 1
+    for _ in range(2 * SLOTS):
+        pacer.tick()
+    ticks = [tick for tick, _ in sent]
+    assert ticks == [0, 7, 7 + SLOTS]  # started at once on sub-tick 7, then its own slot
+    first, second, third = (parse_header(p) for _, p in sent)
+    assert second["marker"] == 1 and third["marker"] == 0
+    assert second["timestamp"] - first["timestamp"] == 7 * 40  # the clock ran through the silence
+    assert third["timestamp"] - second["timestamp"] == 160
+
+
+def test_pacer_keeps_absolute_deadlines_and_never_bursts():
+    clock = [0.0]
+    sent_at: list[float] = []
+    stop = threading.Event()
+    pacer = Pacer(lambda packet, addr: sent_at.append(clock[0]), clock=lambda: clock[0])
+    buf = _buffer_with([b"\xff" * 160] * 200)
     pacer.add(RtpStream(("127.0.0.1", 9), "ulaw", buf))
-    real_sleep = asyncio.sleep
+    stalled: list[bool] = []
 
-    async def fake_sleep(delay):
-        # Each sleep oversleeps by 3 ms; once the loop stalls for 100 ms.
-        clock[0] += delay + 0.003 + (0.100 if len(sent_at) == 50 else 0.0)
-        await real_sleep(0)
+    def sleep(delay: float) -> None:
+        # Each sleep oversleeps by 1 ms; once the thread stalls for 100 ms.
+        clock[0] += delay + 0.001
+        if len(sent_at) == 50 and not stalled:
+            clock[0] += 0.100
+            stalled.append(True)
+        if len(sent_at) >= 120:
+            stop.set()
 
-    import speakd.media.pacer as pacer_module
-
-    pacer_module.asyncio.sleep = fake_sleep
-    try:
-        task = asyncio.create_task(pacer.run())
-        while len(sent_at) < 120:
-            await real_sleep(0)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    finally:
-        pacer_module.asyncio.sleep = real_sleep
+    pacer.run(stop, sleep=sleep)
     gaps = np.diff(sent_at[:120])
-    assert gaps.min() >= 0.0199  # never two frames in one tick
-    # Oversleeping does not accumulate: frames 0..49 are on the 20 ms grid (+3 ms jitter).
-    assert abs(sent_at[49] - 49 * 0.020) < 0.0035
+    assert gaps.min() >= 0.0199  # never two frames within one frame period
+    # Oversleeping does not accumulate: frames 0..49 are on the 20 ms grid (+1 ms jitter).
+    assert abs(sent_at[49] - 49 * 0.020) < 0.0015
     assert pacer.skipped_ticks >= 4  # the stall was skipped, not caught up with a burst
+
+
+def test_pacer_thread_starts_and_stops():
+    sent = threading.Event()
+    pacer = Pacer(lambda packet, addr: sent.set())
+    with PacerThread(pacer) as thread:
+        pacer.add(RtpStream(("127.0.0.1", 9), "ulaw", _buffer_with([b"\xff" * 160])))
+        assert sent.wait(2)
+    assert not thread._thread.is_alive()
+
+
+def test_removed_stream_gets_nothing_more():
+    sent = []
+    pacer = Pacer(lambda packet, addr: sent.append(addr))
+    stream = RtpStream(("127.0.0.1", 9), "ulaw", _buffer_with([b"\xff" * 160] * 10))
+    pacer.add(stream)
+    pacer.tick()
+    pacer.remove(stream)
+    for _ in range(3 * SLOTS):
+        pacer.tick()
+    assert len(sent) == 1
