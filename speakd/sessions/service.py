@@ -24,7 +24,14 @@ from speakd.providers import ProviderRegistry
 from speakd.sessions.conference import ConferenceTarget
 from speakd.sessions.model import NOT_YET, Speaking, Status, now_stamp
 from speakd.sessions.session import Session
-from speakd.sessions.targets import AttachContext, CallTarget, SetupFailed, Target, hang_up_and_wait
+from speakd.sessions.targets import (
+    AttachContext,
+    CallTarget,
+    SetupFailed,
+    Target,
+    hang_up_and_wait,
+    is_own_object,
+)
 from speakd.store.sqlite import SqliteStore
 
 log = structlog.get_logger(__name__)
@@ -302,10 +309,9 @@ class SpeakingService:
                 self._stop_soon(speaking_id, f"gone while ARI was disconnected: {', '.join(sorted(missing))}")
             elif live.session.record.status == Status.ACTIVE and (reason := await live.target.reconcile(self.ari)):
                 self._stop_soon(speaking_id, f"{reason} (seen on reconnect)")
-        prefix = f"{self.ari.app}-"
         mine = set(self._by_object)
-        orphans = [("bridges", b) for b in bridges if b.startswith(prefix) and b not in mine]
-        orphans += [("channels", c) for c in channels if c.startswith(prefix) and c not in mine]
+        orphans = [("bridges", b) for b in bridges if is_own_object(self.ari.app, b) and b not in mine]
+        orphans += [("channels", c) for c in channels if is_own_object(self.ari.app, c) and c not in mine]
         for kind, object_id in orphans:
             if kind == "channels":
                 await hang_up_and_wait(self.ctx, object_id, "orphan channel")

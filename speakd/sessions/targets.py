@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,18 @@ class AttachContext:
 
 def object_prefix(app: str, session_id: str) -> str:
     return f"{app}-{session_id}"
+
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def is_own_object(app: str, object_id: str) -> bool:
+    """Whether an Asterisk object id was made by a speakd using ``app``.
+
+    The session UUID must follow the app name exactly, so app "speakd" never claims the
+    objects of another speakd whose app is "speakd-2" on the same Asterisk.
+    """
+    return re.fullmatch(rf"{re.escape(app)}-{_UUID}(?:-[A-Za-z0-9;-]+)?", object_id) is not None
 
 
 class Target(abc.ABC):

@@ -41,3 +41,14 @@ def test_text_limit_counts_characters_not_bytes():
     assert len(text) == 5000 and payload_type == "text"
     with pytest.raises(InvalidRequest, match="5001 characters"):
         parse_say(json.dumps({"text": "한" * 5001}).encode())
+
+
+def test_orphan_detection_never_claims_another_apps_objects():
+    from speakd.sessions.targets import is_own_object
+
+    sid = "01e86610-3799-4e83-8d5d-5b863067f235"
+    assert is_own_object("speakd", f"speakd-{sid}-media")
+    assert is_own_object("speakd", f"speakd-{sid}")
+    assert not is_own_object("speakd", f"speakd-t2794c9-{sid}-media")  # app "speakd-t2794c9"
+    assert not is_own_object("speakd", "speakd-something")
+    assert not is_own_object("speakd", f"other-{sid}-media")
