@@ -300,6 +300,13 @@ class ConferenceTarget(Target):
             raise InvalidRequest(f"no conference '{self.reference_id}'") from None
         self.resolved = target
 
+    @property
+    def conflict_key(self) -> str:
+        # A ConfBridge room named by its name or by its bridge id is one conference.
+        if isinstance(self.resolved, ConfBridgeTarget):
+            return f"room:{self.resolved.room}"
+        return f"bridge:{self.reference_id}"
+
     def on_event(self, event: dict[str, Any]) -> str | None:
         return self.resolved.on_event(event) if self.resolved is not None else None
 

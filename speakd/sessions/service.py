@@ -98,7 +98,7 @@ class SpeakingService:
         target = self._target(req, speaking_id)
         await target.validate(self.ari, customer_id, self.owner_variable)
 
-        key = (req.reference_type, req.reference_id)
+        key = (req.reference_type, target.conflict_key)
         if key in self._by_reference:  # checked and taken with no await in between
             other = self._by_reference[key]
             raise Conflict(
@@ -258,7 +258,7 @@ class SpeakingService:
             await self.store.update(record)
         finally:
             self._live.pop(record.id, None)
-            self._by_reference.pop((record.reference_type, record.reference_id), None)
+            self._by_reference.pop((record.reference_type, live.target.conflict_key), None)
             for object_id in live.target.watched_ids:
                 self._by_object.pop(object_id, None)
         session.log.info("session_stopped", reason=reason, dropped_says=dropped)

@@ -68,6 +68,12 @@ class Target(abc.ABC):
         self.session_id = session_id
         self.prefix = object_prefix(app, session_id)
 
+    @property
+    def conflict_key(self) -> str:
+        """What "one active session per reference" is about (after validate()): two names of
+        the same conference must clash."""
+        return self.reference_id
+
     @abc.abstractmethod
     async def validate(self, ari: AriClient, customer_id: str, owner_variable: str) -> None:
         """Raise InvalidRequest/NotFound/Conflict if a session cannot attach now."""

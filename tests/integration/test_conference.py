@@ -96,6 +96,9 @@ async def test_a_confbridge_room_named_by_its_bridge_id(api, ari, confbridge_roo
     conf = await confbridge_room(n=1)
     [bridge] = await confbridge_rooms(ari, conf.room)
     speaking_id = await start(api, bridge["id"])
+    # The same room by its name is the same conference: one session at a time.
+    second = await api.create(conf.room, reference_type="confbridge", direction="both")
+    assert second.status == 409, second
     reference = render_piper(GREETING)
     assert (await api.say(speaking_id, GREETING)).status == 200
     await asyncio.sleep(len(reference) / 8000 + 1.0)

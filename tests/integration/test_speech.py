@@ -111,6 +111,7 @@ async def test_flush_stops_speech_within_a_frame_and_the_next_say_plays(api, spe
     reference = render_piper(LONG)
     assert (await api.say(speaking_id, LONG)).status == 200
     await asyncio.sleep(2.0)
+    flush_asked = time.time()
     flushed = await api.flush(speaking_id)
     flushed_by = time.time()  # the flush was done by the time its answer arrived
     assert flushed.status == 200 and flushed.body["status"] == "active"
@@ -119,10 +120,11 @@ async def test_flush_stops_speech_within_a_frame_and_the_next_say_plays(api, spe
     await asyncio.sleep(len(render_piper(after)) / 8000 + 1.0)
     recording = await two_party_call.recording("alice")
 
-    played = flushed_by - first_frame_sent_at(speakd, speaking_id)
+    first_frame = first_frame_sent_at(speakd, speaking_id)
+    played = flushed_by - first_frame  # at most this much can have played
     assert len(reference) / 8000 > played + 2.0, "the text must be long enough to be cut"
-    # Where the long text started in the recording: align the part of it that played.
-    corr, lag = envelope_correlation(recording, reference[: int(played * 8000)])
+    # Where the long text started in the recording: align the part of it that surely played.
+    corr, lag = envelope_correlation(recording, reference[: int((flush_asked - first_frame) * 8000)])
     assert corr > 0.8, f"the start of the long text should be heard (corr {corr:.2f})"
     start_s = lag * FRAME_S
     cut_by = start_s + played + 0.020 + ASTERISK_DELAY_S
@@ -156,16 +158,17 @@ async def test_stop_mid_speech_silences_and_cleans_up(api, ari, speakd, two_part
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
     assert (await api.say(speaking_id, LONG)).status == 200
     await asyncio.sleep(1.5)
+    stop_asked = time.time()
     stopped = await api.stop(speaking_id)
-    stopped_by = time.time()
+    stopped_by = time.time()  # the answer also waits for the teardown: an upper bound
     assert stopped.status == 200 and stopped.body["status"] == "stopped"
     assert await leftovers(ari, speakd.app) == []
     await asyncio.sleep(1.0)
     recording = await two_party_call.recording("alice")
-    played = stopped_by - first_frame_sent_at(speakd, speaking_id)
-    corr, lag = envelope_correlation(recording, render_piper(LONG)[: int(played * 8000)])
+    first_frame = first_frame_sent_at(speakd, speaking_id)
+    corr, lag = envelope_correlation(recording, render_piper(LONG)[: int((stop_asked - first_frame) * 8000)])
     assert corr > 0.8, f"the start of the long text should be heard (corr {corr:.2f})"
-    cut_by = lag * FRAME_S + played + 0.020 + ASTERISK_DELAY_S
+    cut_by = lag * FRAME_S + (stopped_by - first_frame) + 0.020 + ASTERISK_DELAY_S
     tail = recording[int(cut_by * 8000) :]
     assert speech_seconds(tail) == 0.0, f"speech after the stop, at {loud_times(tail, cut_by)}"
     assert last_speech_s(recording) > cut_by - 0.8
