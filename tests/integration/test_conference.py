@@ -13,7 +13,7 @@ import time
 import pytest
 from conftest import leftovers
 from harness.audio import FRAME_S, envelope_correlation, render_piper
-from test_speech import (
+from harness.hearing import (
     ASTERISK_DELAY_S,
     GREETING,
     LONG,
