@@ -306,8 +306,9 @@ async def resilient_stream(
                             f"{yielded} bytes and was abandoned"
                         ) from None
                     except Exception as exc:
+                        detail = classify(exc).message.removeprefix(f"{provider}: ")
                         raise ProviderError(
-                            f"{provider}: the audio stream was cut off after {yielded} bytes: {classify(exc).message}"
+                            f"{provider}: the audio stream was cut off after {yielded} bytes: {detail}"
                         ) from exc
                     if chunk:
                         yielded += len(chunk)

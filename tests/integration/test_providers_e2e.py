@@ -36,7 +36,7 @@ CLOUD = ("elevenlabs", "gcp", "aws")
 TIMEOUTS = {"connect_timeout": 1.0, "first_byte_timeout": 2.0, "read_timeout": 4.0, "retries": 1}
 
 SPEECH_DBFS = -40.0  # speech sits around -20 dBFS; the test phones' carrier near -60
-HEARD_CORR = 0.9  # measured 0.97-0.99 against what the stand-in sent (see the report in the commit)
+HEARD_CORR = 0.9  # measured 0.95-1.00 against what the stand-in sent (sub-frame alignment costs a little)
 
 FIRST = "Good morning. This is the first sentence, streamed while the provider is held."
 SECOND = "And here is the second sentence, played straight through."
@@ -163,9 +163,9 @@ async def capi(cloud_speakd):
 class DaemonLog:
     """The daemon's JSON log lines written since this object was made."""
 
-    def __init__(self, daemon: SpeakdProcess) -> None:
+    def __init__(self, daemon: SpeakdProcess, from_start: bool = False) -> None:
         self.daemon = daemon
-        self.start = len(daemon.log_text().splitlines())
+        self.start = 0 if from_start else len(daemon.log_text().splitlines())
 
     def events(self, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
         found = []
@@ -497,7 +497,8 @@ async def test_cut_off_mid_stream_is_not_replayed_and_the_next_say_works(
     await say_ok(capi, speaking_id, CUT)
     (failed,) = await log.wait("say_failed", speaking_id=speaking_id)
     print(f"{name} say_failed: {failed['error']}")
-    assert "cut off after" in failed["error"], failed
+    assert failed["error"].startswith(f"{name}: the audio stream was cut off after"), failed
+    assert failed["error"].count(f"{name}:") == 1, f"the provider is named once: {failed['error']}"
     assert "cut" in standin.events
     assert len(standin.synth_requests()) == 1, "audio was played: the request must not be retried"
     await assert_still_active(capi, speaking_id)
@@ -589,9 +590,8 @@ async def test_missing_credentials_are_a_400_that_says_what_is_missing(
             assert voices.status == 400 and says in voices.message, voices
         reply = await client.create(two_party_call.channel_id, voice_id="Google.en-US-Chirp3-HD-Charon")
         assert reply.status == 400 and missing["gcp"] in reply.message, reply
-        unavailable = DaemonLog.__new__(DaemonLog)
-        unavailable.daemon, unavailable.start = daemon, 0
-        assert {e["provider"] for e in unavailable.events("provider_unavailable")} == set(CLOUD)
+        log = DaemonLog(daemon, from_start=True)
+        assert {e["provider"] for e in log.events("provider_unavailable")} == set(CLOUD)
         assert not any(s.requests for s in standins.values()), "nothing should reach a provider"
 
         # The daemon still runs, and speaks with what it has.
@@ -599,7 +599,7 @@ async def test_missing_credentials_are_a_400_that_says_what_is_missing(
             assert health.status == 200
         speaking_id = await client.start_session(two_party_call.channel_id, provider="piper", direction="out")
         await say_ok(client, speaking_id, SECOND)
-        await asyncio.sleep(len(render_piper(SECOND)) / RATE + 1.0)
+        await log.wait("say_played", speaking_id=speaking_id)
         assert daemon.proc is not None and daemon.proc.poll() is None
         recording = await heard_by_alice(two_party_call)
         assert_heard(recording, render_piper(SECOND), "piper on the daemon without cloud credentials")
