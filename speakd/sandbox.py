@@ -394,6 +394,22 @@ def cmd_down() -> int:
     return 0
 
 
+def cmd_crash() -> int:
+    """SIGKILL Asterisk, as a crash would: no hangups, no events. `up` starts it again."""
+    _require_root()
+    state = read_state()
+    if not is_running(state):
+        raise SandboxError("the sandbox is not running")
+    for pid in _root_pids(Path(state["root"])):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _root_pids(Path(state["root"])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("sandbox: Asterisk killed (SIGKILL)", file=sys.stderr)
+    return 0
+
+
 def cmd_status() -> int:
     settings = ari_settings()
     state = read_state()
@@ -452,6 +468,7 @@ def main(argv: list[str]) -> int:
     sub.add_parser("down", help="stop Asterisk and unmount; keep the cached root")
     sub.add_parser("status", help="say whether it is up (exit 0) or not (exit 3)")
     sub.add_parser("env", help="print SPEAKD_TEST_ARI_* settings for the tests")
+    sub.add_parser("crash", help="SIGKILL Asterisk as a crash would (tests); `up` starts it again")
     call = sub.add_parser("call", help="place a test two-party call; prints the channel id to speak into")
     call.add_argument("--minutes", type=float, default=10.0)
     args = parser.parse_args(argv)
@@ -464,6 +481,8 @@ def main(argv: list[str]) -> int:
             return cmd_status()
         if args.cmd == "env":
             return cmd_env()
+        if args.cmd == "crash":
+            return cmd_crash()
         return cmd_call(args.minutes)
     except (SandboxError, subprocess.CalledProcessError, urllib.error.URLError) as exc:
         print(f"sandbox: error: {exc}", file=sys.stderr)

@@ -33,6 +33,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "ari_settings" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.asterisk)
+    # Tests that restart Asterisk run last, so no other test sees the restart.
+    items.sort(key=lambda item: item.get_closest_marker("restarts_asterisk") is not None)
 
 
 @pytest.fixture(scope="session")
