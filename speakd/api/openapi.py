@@ -183,6 +183,45 @@ OPENAPI: dict[str, Any] = {
                 "responses": _responses(200, 400, 401, 404),
             },
         },
+        "/v1.0/voices": {
+            "get": {
+                "summary": "Voices each configured provider offers (from the provider's own list, cached)",
+                "parameters": [
+                    {"name": "provider", "in": "query", "schema": {"type": "string"}},
+                    {"name": "language", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The voices",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "result": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "properties": {
+                                                    "provider": {"type": "string"},
+                                                    "voice_id": {"type": "string"},
+                                                    "name": {"type": "string"},
+                                                    "languages": {"type": "array", "items": {"type": "string"}},
+                                                    "gender": {"type": "string"},
+                                                },
+                                            },
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": {"description": "Provider not configured, or not a language tag"},
+                    "401": {"description": "Missing, invalid or expired credentials"},
+                    "502": {"description": "The provider failed to list its voices"},
+                },
+            }
+        },
         "/v1.0/speakings/{id}/stop": {
             "parameters": [_ID],
             "post": {"summary": "Stop the session and release the call", "responses": _responses(200, 401, 404)},

@@ -123,7 +123,9 @@ async def test_openapi_document_is_served(api):
     reply = await api.as_customer(None).request("GET", "/openapi.json")
     assert reply.status == 200
     assert reply.body["openapi"].startswith("3.")
-    assert {"/v1.0/speakings", "/v1.0/speakings/{id}/say", "/v1.0/speakings/{id}/flush"} <= set(reply.body["paths"])
+    assert {"/v1.0/speakings", "/v1.0/speakings/{id}/say", "/v1.0/speakings/{id}/flush", "/v1.0/voices"} <= set(
+        reply.body["paths"]
+    )
 
 
 # -- 400 -----------------------------------------------------------------------------------
