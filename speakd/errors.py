@@ -42,6 +42,12 @@ class Conflict(SpeakdError):
     status = 409
 
 
+class ServiceUnavailable(SpeakdError):
+    """speakd cannot serve now: Asterisk unreachable, or shutting down (HTTP 503)."""
+
+    status = 503
+
+
 class ProviderError(SpeakdError):
     """A TTS provider failed, timed out or cut off mid-stream."""
 

@@ -48,11 +48,15 @@ def ari_settings() -> dict[str, str]:
     up = subprocess.run([sys.executable, "-m", "speakd.sandbox", "up"], cwd=REPO, capture_output=True, text=True)
     if up.returncode:
         pytest.fail(f"sandbox did not come up (set SPEAKD_TEST_ARI_URL to use another Asterisk):\n{up.stderr}")
-    env = subprocess.run([sys.executable, "-m", "speakd.sandbox", "env"], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout
+    env = subprocess.run(
+        [sys.executable, "-m", "speakd.sandbox", "env"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     values = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
-    return {"url": values["SPEAKD_TEST_ARI_URL"], "user": values["SPEAKD_TEST_ARI_USER"],
-            "password": values["SPEAKD_TEST_ARI_PASSWORD"]}
+    return {
+        "url": values["SPEAKD_TEST_ARI_URL"],
+        "user": values["SPEAKD_TEST_ARI_USER"],
+        "password": values["SPEAKD_TEST_ARI_PASSWORD"],
+    }
 
 
 @pytest.fixture(scope="session")
@@ -107,8 +111,8 @@ async def mixing_conference(ari, harness_app):
     """`await mixing_conference(n=3)` -> an ARI mixing bridge (`.bridge_id`) with n phones."""
     made: list[MixingConference] = []
 
-    async def make(n: int = 2, max_seconds: int = 300) -> MixingConference:
-        conf = await start_mixing_conference(ari, harness_app, n=n, max_seconds=max_seconds)
+    async def make(n: int = 2, max_seconds: int = 300, variables: dict[str, str] | None = None) -> MixingConference:
+        conf = await start_mixing_conference(ari, harness_app, n=n, max_seconds=max_seconds, variables=variables)
         made.append(conf)
         return conf
 
@@ -122,8 +126,10 @@ async def confbridge_room(ari):
     """`await confbridge_room(n=3, room=None)` -> a dialplan ConfBridge room (`.room`) with n phones."""
     made: list[ConfBridgeRoom] = []
 
-    async def make(n: int = 2, room: str | None = None, max_seconds: int = 300) -> ConfBridgeRoom:
-        conf = await start_confbridge_room(ari, n=n, room=room, max_seconds=max_seconds)
+    async def make(
+        n: int = 2, room: str | None = None, max_seconds: int = 300, variables: dict[str, str] | None = None
+    ) -> ConfBridgeRoom:
+        conf = await start_confbridge_room(ari, n=n, room=room, max_seconds=max_seconds, variables=variables)
         made.append(conf)
         return conf
 

@@ -34,13 +34,14 @@ import structlog
 
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError, AriNotFound, AriUnavailable
-from speakd.errors import Conflict, InvalidRequest
+from speakd.errors import Conflict, InvalidRequest, ServiceUnavailable
 from speakd.sessions.targets import (
     STASIS_TIMEOUT,
     AttachContext,
     SetupFailed,
     Target,
     _quietly,
+    check_participants_owned,
     create_external_media,
     hang_up_and_wait,
 )
@@ -53,8 +54,8 @@ CONFBRIDGE_CREATOR = "ConfBridge"
 CONFBRIDGE_PLAYBACK_PREFIX = "CBAnn/"  # ConfBridge's own announcement channel, a member of every room
 
 
-def _unreachable(exc: AriUnavailable) -> SetupFailed:
-    return SetupFailed(f"Asterisk is not reachable: {exc.message}")
+def _unreachable(exc: AriUnavailable) -> ServiceUnavailable:
+    return ServiceUnavailable(f"Asterisk is not reachable: {exc.message}")
 
 
 class BridgeConferenceTarget(Target):
@@ -65,6 +66,7 @@ class BridgeConferenceTarget(Target):
     def __init__(self, reference_id: str, direction: str, session_id: str, app: str) -> None:
         super().__init__(reference_id, direction, session_id, app)
         self.bridge_id = reference_id
+        self.participants: list[str] = []
         self.media_id = f"{self.prefix}-media"
         self._subscribed = False
         self._joined: asyncio.Future[None] | None = None
@@ -78,6 +80,7 @@ class BridgeConferenceTarget(Target):
         self.check(bridge)
 
     def check(self, bridge: dict[str, Any]) -> None:
+        self.participants = list(bridge.get("channels") or [])
         if bridge.get("bridge_type") != "mixing":
             raise InvalidRequest(
                 f"bridge '{self.bridge_id}' is a {bridge.get('bridge_type')} bridge, not a conference (mixing)"
@@ -141,6 +144,7 @@ class ConfBridgeTarget(Target):
         super().__init__(reference_id, direction, session_id, app)
         self.room = room
         self.conf_bridge_id = ""  # the room's bridge, as resolved (informational)
+        self.participants: list[str] = []
         self.announcer_id = f"{self.prefix}-announcer"  # ;1, in our app, bridged with the media
         self.member_id = f"{self.prefix}-announcer2"  # ;2, the participant inside the room
         self.media_id = f"{self.prefix}-media"
@@ -159,6 +163,7 @@ class ConfBridgeTarget(Target):
         self.check(bridge)
 
     def check(self, bridge: dict[str, Any]) -> None:
+        self.participants = list(bridge.get("channels") or [])
         self.conf_bridge_id = bridge["id"]
         if not bridge.get("channels"):
             raise Conflict(
@@ -294,6 +299,10 @@ class ConferenceTarget(Target):
             else:
                 target = ConfBridgeTarget(*args, room=self.reference_id)
                 await target.validate(ari, customer_id, owner_variable)
+            # The owner variable of the call legs, applied to the conference's participants.
+            await check_participants_owned(
+                ari, target.participants, owner_variable, customer_id, f"conference '{self.reference_id}'"
+            )
         except AriUnavailable as exc:
             raise _unreachable(exc) from None
         except AriNotFound:

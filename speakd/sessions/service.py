@@ -18,7 +18,7 @@ import structlog
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError
 from speakd.ari.events import EventWaiters, event_object_ids
-from speakd.errors import Conflict, InvalidRequest, NotFound, SpeakdError
+from speakd.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from speakd.media.pacer import Pacer
 from speakd.providers import ProviderRegistry
 from speakd.sessions.conference import ConferenceTarget
@@ -35,10 +35,6 @@ from speakd.sessions.targets import (
 from speakd.store.sqlite import SqliteStore
 
 log = structlog.get_logger(__name__)
-
-
-class ServiceUnavailable(SpeakdError):
-    status = 503
 
 
 @dataclass

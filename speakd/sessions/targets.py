@@ -22,7 +22,7 @@ import structlog
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError, AriNotFound, AriUnavailable
 from speakd.ari.events import EventWaiters
-from speakd.errors import Conflict, InvalidRequest, NotFound, SpeakdError
+from speakd.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable, SpeakdError
 
 log = structlog.get_logger(__name__)
 
@@ -135,6 +135,28 @@ async def hang_up_and_wait(ctx: AttachContext, channel_id: str, what: str) -> No
     log.warning("cleanup_slow", what=what, channel=channel_id)
 
 
+async def channel_owner(ari: AriClient, channel_id: str, variable: str) -> str:
+    """The customer a channel names as its owner (``variable``), or "" if none."""
+    if not variable:
+        return ""
+    try:
+        reply = await ari.get(f"channels/{channel_id}/variable", variable=variable)
+    except AriNotFound:
+        return ""  # not set (or the channel is gone: the caller's own GET reports that)
+    return (reply or {}).get("value", "") or ""
+
+
+async def check_participants_owned(
+    ari: AriClient, channel_ids: list[str], variable: str, customer_id: str, what: str
+) -> None:
+    """404 if any participant names another customer as its owner."""
+    if not variable or not channel_ids:
+        return
+    owners = await asyncio.gather(*(channel_owner(ari, c, variable) for c in channel_ids))
+    if any(owner and owner != customer_id for owner in owners):
+        raise NotFound(f"{what} is not a conference of this customer")
+
+
 def rtp_destination(channel: dict[str, Any]) -> tuple[str, int]:
     variables = channel.get("channelvars") or {}
     host = variables.get("UNICASTRTP_LOCAL_ADDRESS")
@@ -191,14 +213,14 @@ class CallTarget(Target):
         path = f"channels/{self.reference_id}"
         try:
             channel, owner = await asyncio.gather(
-                ari.get(path), self._owner(ari, owner_variable) if owner_variable else _none()
+                ari.get(path), channel_owner(ari, self.reference_id, owner_variable)
             )
         except AriNotFound:
             raise InvalidRequest(
                 f"reference_id '{self.reference_id}' is not a live call: Asterisk has no channel with that id"
             ) from None
         except AriUnavailable as exc:
-            raise SetupFailed(f"Asterisk is not reachable: {exc.message}") from None
+            raise ServiceUnavailable(f"Asterisk is not reachable: {exc.message}") from None
         if owner and owner != customer_id:
             # Another customer's call: indistinguishable from a call that does not exist.
             raise NotFound(f"reference_id '{self.reference_id}' is not a call of this customer")
@@ -207,13 +229,6 @@ class CallTarget(Target):
                 f"call '{self.reference_id}' is not answered (channel state {channel.get('state')!r}); "
                 "create the session once the call is up"
             )
-
-    async def _owner(self, ari: AriClient, variable: str) -> str:
-        try:
-            reply = await ari.get(f"channels/{self.reference_id}/variable", variable=variable)
-        except AriNotFound:
-            return ""  # not set (or the channel is gone: the channel GET reports that)
-        return (reply or {}).get("value", "") or ""
 
     async def attach(self, ctx: AttachContext) -> tuple[str, int]:
         app = ctx.app
@@ -261,5 +276,3 @@ class CallTarget(Target):
                 await ctx.ari.delete(f"applications/{ctx.app}/subscription", eventSource=f"channel:{self.reference_id}")
 
 
-async def _none() -> None:
-    return None

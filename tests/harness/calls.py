@@ -30,6 +30,7 @@ def new_test_id(prefix: str = "t") -> str:
 
 async def wait_phone_ready(ari: Ari, test_id: str, party: str, within: float = READY_TIMEOUT) -> None:
     """The dialplan sets GLOBAL(SPEAKD_READY_<id>_<party>)=1 once the phone records and sends."""
+
     async def ready():
         return await ari.global_var(f"SPEAKD_READY_{test_id}_{party}") == "1"
 
@@ -175,8 +176,11 @@ class MixingConference:
         await self.ari.delete_quietly(f"/bridges/{self.bridge_id}")
 
 
-async def start_mixing_conference(ari: Ari, app: AriApp, n: int = 2, max_seconds: int = 300) -> MixingConference:
-    """Each participant: Local/phone@speakd-test/n; ;2 is the phone, ;1 enters `app` and joins the bridge."""
+async def start_mixing_conference(
+    ari: Ari, app: AriApp, n: int = 2, max_seconds: int = 300, variables: dict[str, str] | None = None
+) -> MixingConference:
+    """Each participant: Local/phone@speakd-test/n; ;2 is the phone, ;1 enters `app` and joins the bridge.
+    `variables` (e.g. SPEAKD_CUSTOMER_ID) are set on each participant's leg in the bridge."""
     test_id = new_test_id("m")
     bridge_id = f"{test_id}-bridge"
     await ari.post("/bridges", type="mixing", bridgeId=bridge_id, name=bridge_id)
@@ -188,8 +192,14 @@ async def start_mixing_conference(ari: Ari, app: AriApp, n: int = 2, max_seconds
             conf.participants.append(p)
             await ari.post(
                 "/channels",
-                json={"variables": {"_SPEAKD_TEST_ID": test_id, "SPEAKD_PARTY": name,
-                                    "_SPEAKD_TEST_MAX_SECONDS": str(max_seconds)}},
+                json={
+                    "variables": {
+                        "_SPEAKD_TEST_ID": test_id,
+                        "SPEAKD_PARTY": name,
+                        "_SPEAKD_TEST_MAX_SECONDS": str(max_seconds),
+                        **(variables or {}),
+                    }
+                },
                 endpoint=f"Local/phone@{TEST_CONTEXT}/n",
                 app=app.name,
                 appArgs="participant",
@@ -221,9 +231,10 @@ class ConfBridgeRoom:
 
 
 async def start_confbridge_room(
-    ari: Ari, n: int = 2, room: str | None = None, max_seconds: int = 300
+    ari: Ari, n: int = 2, room: str | None = None, max_seconds: int = 300, variables: dict[str, str] | None = None
 ) -> ConfBridgeRoom:
-    """Each participant: Local/confuser@speakd-test/n; ;2 joins ConfBridge(room), ;1 is the phone."""
+    """Each participant: Local/confuser@speakd-test/n; ;2 joins ConfBridge(room), ;1 is the phone.
+    `variables` are inherited by each participant's leg in the room (e.g. SPEAKD_CUSTOMER_ID)."""
     test_id = new_test_id("c")
     conf = ConfBridgeRoom(ari, test_id, room or f"{test_id}room")
     try:
@@ -233,8 +244,15 @@ async def start_confbridge_room(
             conf.participants.append(p)
             await ari.post(
                 "/channels",
-                json={"variables": {"_SPEAKD_TEST_ID": test_id, "SPEAKD_PARTY": name, "ROOM": conf.room,
-                                    "_SPEAKD_TEST_MAX_SECONDS": str(max_seconds)}},
+                json={
+                    "variables": {
+                        "_SPEAKD_TEST_ID": test_id,
+                        "SPEAKD_PARTY": name,
+                        "ROOM": conf.room,
+                        "_SPEAKD_TEST_MAX_SECONDS": str(max_seconds),
+                        **{f"_{k}": v for k, v in (variables or {}).items()},
+                    }
+                },
                 endpoint=f"Local/confuser@{TEST_CONTEXT}/n",
                 context=TEST_CONTEXT,
                 extension="confphone",

@@ -13,6 +13,7 @@ import time
 import pytest
 from conftest import leftovers
 from harness.audio import FRAME_S, envelope_correlation, render_piper
+from harness.daemon import CUSTOMER_B, KEY_B
 from harness.hearing import (
     ASTERISK_DELAY_S,
     GREETING,
@@ -33,11 +34,11 @@ KINDS = ("bridge", "confbridge")
 def make_conference(mixing_conference, confbridge_room):
     """`await make_conference(kind, n)` -> (conference, reference_id) for an ARI bridge or a ConfBridge room."""
 
-    async def make(kind: str, n: int = 3):
+    async def make(kind: str, n: int = 3, variables: dict[str, str] | None = None):
         if kind == "bridge":
-            conf = await mixing_conference(n=n)
+            conf = await mixing_conference(n=n, variables=variables)
             return conf, conf.bridge_id
-        conf = await confbridge_room(n=n)
+        conf = await confbridge_room(n=n, variables=variables)
         return conf, conf.room
 
     return make
@@ -188,6 +189,18 @@ async def test_direction_other_than_both_is_refused(api, make_conference, kind, 
     reply = await api.create(reference_id, reference_type="confbridge", direction=direction)
     assert reply.status == 400, reply
     assert "'both'" in reply.message and "conference" in reply.message
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_conference_of_another_customer_is_a_404(api, make_conference, kind):
+    # Its participants' legs name customer B as their owner, like a call leg would.
+    _, reference_id = await make_conference(kind, n=1, variables={"SPEAKD_CUSTOMER_ID": CUSTOMER_B})
+    refused = await api.create(reference_id, reference_type="confbridge", direction="both")
+    assert refused.status == 404, refused
+    owner = api.as_customer(KEY_B)
+    created = await owner.create(reference_id, reference_type="confbridge", direction="both")
+    assert created.status == 201, created
+    await owner.stop(created.body["id"])
 
 
 async def test_unknown_conference_is_a_400(api):
