@@ -42,6 +42,12 @@ class Conflict(SpeakdError):
     status = 409
 
 
+class TooManyRequests(SpeakdError):
+    """A bounded queue is full (HTTP 429)."""
+
+    status = 429
+
+
 class ServiceUnavailable(SpeakdError):
     """speakd cannot serve now: Asterisk unreachable, or shutting down (HTTP 503)."""
 

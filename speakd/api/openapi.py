@@ -62,6 +62,7 @@ def _responses(ok: int, *errors: int) -> dict[str, Any]:
         401: "Missing, invalid or expired credentials",
         404: "No such speaking session for this customer",
         409: "Another session is active on the reference, or the call is not answered",
+        429: "Too many says are waiting in this session; wait or flush",
         503: "speakd is not connected to Asterisk",
     }
     out: dict[str, Any] = {
@@ -173,7 +174,7 @@ OPENAPI: dict[str, Any] = {
                         }
                     },
                 },
-                "responses": _responses(200, 400, 401, 404),
+                "responses": _responses(200, 400, 401, 404, 429),
             },
         },
         "/v1.0/speakings/{id}/flush": {

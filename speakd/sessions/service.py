@@ -18,7 +18,7 @@ import structlog
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError
 from speakd.ari.events import EventWaiters, event_object_ids
-from speakd.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from speakd.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable, TooManyRequests
 from speakd.media.pacer import Pacer
 from speakd.providers import ProviderRegistry
 from speakd.sessions.conference import ConferenceTarget
@@ -35,6 +35,10 @@ from speakd.sessions.targets import (
 from speakd.store.sqlite import SqliteStore
 
 log = structlog.get_logger(__name__)
+
+# Says waiting to be synthesized, per session: a bound, so one client cannot grow the
+# daemon's memory without limit (5000 characters each).
+MAX_QUEUED_SAYS = 100
 
 
 @dataclass
@@ -152,6 +156,11 @@ class SpeakingService:
         if live is None or record.status == Status.STOPPED:
             raise InvalidRequest(f"speaking '{speaking_id}' is {record.status}; create a new session to speak")
         live.session.provider.check(record.language, record.voice_id, payload_type)
+        if len(live.session.queue) >= MAX_QUEUED_SAYS:
+            raise TooManyRequests(
+                f"speaking '{speaking_id}' already has {MAX_QUEUED_SAYS} says waiting; "
+                "wait for them to play, or flush, before queueing more"
+            )
         live.session.say(text, payload_type)
         return record
 

@@ -295,3 +295,15 @@ async def test_session_record_is_written_before_the_answer(api, two_party_call, 
     await wait_for(lambda: True)
     await api.wait_status(created.body["id"], "active")
     await api.stop(created.body["id"])
+
+
+async def test_the_say_queue_is_bounded_and_flush_empties_it(api, two_party_call):
+    speaking_id = await api.start_session(two_party_call.channel_id)
+    replies = [await api.say(speaking_id, f"Item number {i} of a long list.") for i in range(140)]
+    refused = [r for r in replies if r.status == 429]
+    assert refused, "a session must not queue without bound"
+    assert all(r.status in (200, 429) for r in replies)
+    assert_error(refused[0], 429, "flush")
+    assert (await api.flush(speaking_id)).status == 200
+    assert (await api.say(speaking_id, "Room again after the flush.")).status == 200
+    await api.stop(speaking_id)
