@@ -100,11 +100,11 @@ class SpeakingService:
 
         key = (req.reference_type, target.conflict_key)
         if key in self._by_reference:  # checked and taken with no await in between
-            other = self._by_reference[key]
-            raise Conflict(
-                f"speaking session {other} is already active on {req.reference_type} '{req.reference_id}'; "
-                "stop it first"
-            )
+            other = self._live.get(self._by_reference[key])  # None while its record is being written
+            # Name the other session only to its owner.
+            mine = other is not None and other.session.record.customer_id == customer_id
+            which = f"speaking session {self._by_reference[key]}" if mine else "another speaking session"
+            raise Conflict(f"{which} is already active on {req.reference_type} '{req.reference_id}'; stop it first")
         self._by_reference[key] = speaking_id
         stamp = now_stamp()
         record = Speaking(
