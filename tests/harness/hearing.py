@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from harness.audio import FRAME_S, envelope_correlation, frame_dbfs
+from harness.audio import FRAME_S, envelope_correlation, frame_dbfs, spectral_similarity
 
 SPEECH_DBFS = -40.0  # Piper speech sits around -20 dBFS; the phones' carrier near -60
 GREETING = "Hello! This is your agent speaking. How can I help you today?"
@@ -48,6 +48,11 @@ def longest_quiet_inside_speech(samples: np.ndarray) -> float:
 def assert_heard(recording: np.ndarray, reference: np.ndarray, who: str) -> int:
     corr, lag = envelope_correlation(recording, reference)
     assert corr > 0.8, f"{who} should hear the speech: envelope correlation {corr:.2f}"
+    # The envelope alone survives distortion (e.g. audio decoded with the wrong G.711 law):
+    # the spectral shape must match too. Measured: 0.86-0.89 when right, 0.59-0.73 with
+    # the wrong law.
+    spectral = spectral_similarity(recording, reference, lag)
+    assert spectral > 0.8, f"{who} hears the speech distorted: spectral similarity {spectral:.2f}"
     assert speech_seconds(recording) > 0.7 * speech_seconds(reference), f"{who} heard too little speech"
     return lag
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import leftovers
 from harness.audio import FRAME_S, envelope_correlation, render_piper
+from harness.daemon import Api, SpeakdProcess
 from harness.hearing import (
     ASTERISK_DELAY_S,
     GREETING,
@@ -126,3 +127,26 @@ async def test_stop_mid_speech_silences_and_cleans_up(api, ari, speakd, two_part
     tail = recording[int(cut_by * 8000) :]
     assert speech_seconds(tail) == 0.0, f"speech after the stop, at {loud_times(tail, cut_by)}"
     assert last_speech_s(recording) > cut_by - 0.8
+
+
+async def test_alaw_sessions_are_heard(ari_settings, make_two_party_call, tmp_path):
+    """rtp.codec = alaw: the ExternalMedia channel and every frame are G.711 a-law (payload type 8)."""
+    daemon = SpeakdProcess(
+        tmp_path,
+        ari_settings["url"],
+        ari_settings["user"],
+        ari_settings["password"],
+        extra_config='[rtp]\ncodec = "alaw"\n',
+    )
+    await daemon.start()
+    api = Api(daemon.base)
+    try:
+        call = await make_two_party_call()
+        speaking_id = await api.start_session(call.channel_id, direction="out")
+        reference = render_piper(GREETING)
+        assert (await api.say(speaking_id, GREETING)).status == 200
+        await asyncio.sleep(len(reference) / 8000 + 1.0)
+        assert_heard(await call.recording("alice"), reference, "alice (a-law)")
+    finally:
+        await api.close()
+        await daemon.stop()
