@@ -102,8 +102,16 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    connected = request.app[SERVICE].ari.connected.is_set()
-    return web.json_response({"ari_connected": connected}, status=200 if connected else 503)
+    """For systemd/monitoring: 200 when speakd can serve, 503 while Asterisk is unreachable."""
+    service = request.app[SERVICE]
+    connected = service.ari.connected.is_set()
+    body = {
+        "ari_connected": connected,
+        "live_sessions": service.live_count,
+        "pacer_max_late_ms": round(service.pacer.max_late_ms, 1),
+        "pacer_stalls": service.pacer.skipped_ticks,
+    }
+    return web.json_response(body, status=200 if connected else 503)
 
 
 def create_app(service: SpeakingService, authenticator: Authenticator, default_provider: str) -> web.Application:

@@ -40,8 +40,8 @@ from speakd.sessions.targets import (
     AttachContext,
     SetupFailed,
     Target,
-    _quietly,
     check_participants_owned,
+    cleanup_call,
     create_external_media,
     hang_up_and_wait,
 )
@@ -235,7 +235,7 @@ class ConfBridgeTarget(Target):
 
     async def detach(self, ctx: AttachContext) -> None:
         await asyncio.gather(
-            _quietly(ctx.ari.delete(f"bridges/{self.bridge_id}"), "bridge"),
+            cleanup_call(ctx.ari.delete(f"bridges/{self.bridge_id}"), "bridge"),
             hang_up_and_wait(ctx, self.announcer_id, "announcer channel"),
             hang_up_and_wait(ctx, self.member_id, "announcer channel (room side)"),
             hang_up_and_wait(ctx, self.media_id, "media channel"),

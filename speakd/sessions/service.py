@@ -85,6 +85,10 @@ class SpeakingService:
         self._by_object: dict[str, str] = {}  # Asterisk object id -> speaking id
         self._closing = False
 
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
     # -- API verbs --------------------------------------------------------------------------
 
     async def create(self, customer_id: str, req: CreateRequest) -> Speaking:

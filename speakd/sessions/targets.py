@@ -100,7 +100,7 @@ class Target(abc.ABC):
         return None
 
 
-async def _quietly(coro: Any, what: str) -> bool:
+async def cleanup_call(coro: Any, what: str) -> bool:
     """Run a clean-up call; an object that is already gone is the goal, not an error.
 
     Returns True if the object existed (and was asked to go)."""
@@ -120,7 +120,7 @@ async def hang_up_and_wait(ctx: AttachContext, channel_id: str, what: str) -> No
     Polling, not an event: a channel that already left our app (a snoop whose target hung
     up) is destroyed without a ChannelDestroyed reaching us.
     """
-    if not await _quietly(ctx.ari.delete(f"channels/{channel_id}"), what):
+    if not await cleanup_call(ctx.ari.delete(f"channels/{channel_id}"), what):
         return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DESTROY_TIMEOUT
@@ -266,7 +266,7 @@ class CallTarget(Target):
 
     async def detach(self, ctx: AttachContext) -> None:
         await asyncio.gather(
-            _quietly(ctx.ari.delete(f"bridges/{self.bridge_id}"), "bridge"),
+            cleanup_call(ctx.ari.delete(f"bridges/{self.bridge_id}"), "bridge"),
             hang_up_and_wait(ctx, self.snoop_id, "snoop channel"),
             hang_up_and_wait(ctx, self.media_id, "media channel"),
         )
