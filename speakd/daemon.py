@@ -55,9 +55,12 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
         await providers.start()
 
         # One socket sends every session's RTP (each ExternalMedia channel has its own port to
-        # send to). speakd never reads from it: with spy=none Asterisk sends nothing back.
+        # send to). speakd never reads from it: on a call (spy=none) Asterisk sends nothing back.
         rtp_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         stack.callback(rtp_socket.close)
+        # In a conference Asterisk does send the room's mix to it; a tiny receive buffer lets
+        # the kernel drop that at once instead of holding ~200 KB nobody reads.
+        rtp_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         rtp_socket.bind((config.rtp.bind_host, config.rtp.port))
         rtp_socket.setblocking(False)
         rtp_port = rtp_socket.getsockname()[1]
