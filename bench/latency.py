@@ -41,7 +41,27 @@ def summary(values: list[float]) -> str:
     )
 
 
-async def main(runs: int) -> None:
+LONG_TEXT = (
+    "Thanks for calling the support line. Your order has shipped and will arrive tomorrow before noon. "
+    "If you need to change the delivery address, say change address, or stay on the line for an agent."
+)
+
+
+async def run_concurrent(ari: Ari, api: Api, daemon: SpeakdProcess, n: int) -> dict:
+    """n calls, each with a session handed a 12 s text at the same moment; returns /health."""
+    calls = [await start_two_party_call(ari) for _ in range(n)]
+    ids = [await api.start_session(call.channel_id, direction="out") for call in calls]
+    await asyncio.gather(*(api.say(i, LONG_TEXT) for i in ids))
+    await asyncio.sleep(15.0)
+    async with api._http.get(f"{daemon.base}/health") as resp:
+        health = await resp.json()
+    for speaking_id, call in zip(ids, calls, strict=True):
+        await api.stop(speaking_id)
+        await call.hangup()
+    return health
+
+
+async def main(runs: int, concurrent: int) -> None:
     url = os.environ.get("SPEAKD_TEST_ARI_URL", "http://127.0.0.1:18088")
     user = os.environ.get("SPEAKD_TEST_ARI_USER", "speakd")
     password = os.environ.get("SPEAKD_TEST_ARI_PASSWORD", "speakd")
@@ -51,7 +71,10 @@ async def main(runs: int) -> None:
         await daemon.start()
         api = Api(daemon.base)
         client_setup: list[float] = []
+        health: dict = {}
         try:
+            if concurrent:
+                health = await run_concurrent(ari, api, daemon, concurrent)
             for _ in range(runs):
                 call = await start_two_party_call(ari)
                 started = time.perf_counter()
@@ -76,6 +99,9 @@ async def main(runs: int) -> None:
     first_chunk = values("say_first_audio", "latency_ms")
     first_frame = values("say_playing", "latency_ms")
     stalls = [e for e in events if e.get("event") == "pacer_stalled"]
+    if concurrent:
+        first_frame_concurrent, first_frame = first_frame[:concurrent], first_frame[concurrent:]
+        first_chunk = first_chunk[concurrent:]
     print(f"speakd latency bench: {runs} sessions on {url}, Piper (offline), ulaw")
     print(f"create -> active (client, POST + polling GET)   {summary(client_setup)}")
     print(f"create -> active (daemon, ARI setup)            {summary(setup)}")
@@ -86,9 +112,15 @@ async def main(runs: int) -> None:
         + summary([f - c for f, c in zip(first_frame, first_chunk, strict=False)])
     )
     print(f"pacer stalls (a tick missed by > 20 ms)         {len(stalls)}")
+    if concurrent:
+        print(f"{concurrent} sessions handed a 12 s text at once:")
+        print(f"  say -> first RTP frame sent                   {summary(first_frame_concurrent)}")
+        print(f"  pacer's worst lateness meanwhile              {health.get('pacer_max_late_ms', 0):7.1f} ms")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
-    asyncio.run(main(parser.parse_args().runs))
+    parser.add_argument("--concurrent", type=int, default=0, help="also: N sessions speaking at once")
+    args = parser.parse_args()
+    asyncio.run(main(args.runs, args.concurrent))
