@@ -57,7 +57,7 @@ class FrameBuffer:
 
     def pop(self) -> bytes | None:
         """The next frame to send now, or None. Never blocks; callable from any thread."""
-        fire: list[Callable[[], None]] = []
+        fire: list[Callable[[], None]] | None = None  # marks are rare: no list per frame
         frame: bytes | None = None
         with self._lock:
             while self._entries:
@@ -71,8 +71,8 @@ class FrameBuffer:
                         self._waiting = False
                         self._wake_putter()
                     break
-                fire.append(entry)
-        for callback in fire:
+                fire = [*(fire or ()), entry]
+        for callback in fire or ():
             callback()
         return frame
 

@@ -45,7 +45,6 @@ class RtpStream:
         self.destination = destination
         self.frames = frames
         self.packetizer = RtpPacketizer(PAYLOAD_TYPES[codec], FRAME_SAMPLES)
-        self.frames_sent = 0
         self.talking = False
         self.slot = 0  # which sub-tick of the frame period this stream's talkspurt uses
         self.last_sent: int | None = None  # sub-tick count of the last packet
@@ -107,10 +106,10 @@ class Pacer:
                     frame = stream.frames.pop()
                     if frame is None:
                         continue
-                    if stream.last_sent is not None:
-                        # The sampling clock ran through the silence: advance the timestamp by it.
-                        stream.packetizer.skip((now - stream.last_sent) * SLOT_SAMPLES - FRAME_SAMPLES)
-                    stream.packetizer.idle_marker()
+                    # The sampling clock ran through the silence since the last packet (which
+                    # already advanced it by one frame).
+                    elapsed = 0 if stream.last_sent is None else (now - stream.last_sent) * SLOT_SAMPLES
+                    stream.packetizer.silence(elapsed - FRAME_SAMPLES)
                     stream.talking = True
                     stream.slot = slot
                 try:
@@ -118,7 +117,6 @@ class Pacer:
                 except OSError as exc:  # one unreachable destination must not stop the others
                     log.warning("rtp_send_failed", destination=stream.destination, error=str(exc))
                 stream.last_sent = now
-                stream.frames_sent += 1
                 sent += 1
             self.subticks += 1
             return sent

@@ -44,18 +44,11 @@ class RtpPacketizer:
         self.timestamp = (self.timestamp + self.samples_per_frame) & 0xFFFFFFFF
         return header + payload
 
-    def idle(self) -> None:
-        """A frame slot with nothing to send: time passes, the talkspurt ends."""
+    def silence(self, samples: int) -> None:
+        """Nothing was sent for ``samples``: the clock runs on, the next packet starts a
+        talkspurt (marker bit)."""
         self._talking = False
-        self.timestamp = (self.timestamp + self.samples_per_frame) & 0xFFFFFFFF
-
-    def skip(self, samples: int) -> None:
-        """Advance the sampling clock by ``samples`` without sending (a silence)."""
         self.timestamp = (self.timestamp + max(0, samples)) & 0xFFFFFFFF
-
-    def idle_marker(self) -> None:
-        """The next packet starts a talkspurt: it carries the marker bit."""
-        self._talking = False
 
 
 def parse_header(packet: bytes) -> dict[str, int]:

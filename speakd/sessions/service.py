@@ -208,11 +208,7 @@ class SpeakingService:
         started = asyncio.get_running_loop().time()
         try:
             destination = await live.target.attach(self.ctx)
-        except SetupFailed as exc:
-            session.log.warning("session_setup_failed", error=exc.message)
-            self._stop_soon(speaking_id, f"setup failed: {exc.message}")
-            return
-        except AriError as exc:
+        except (SetupFailed, AriError) as exc:
             session.log.warning("session_setup_failed", error=str(exc))
             self._stop_soon(speaking_id, f"setup failed: {exc}")
             return
@@ -236,7 +232,7 @@ class SpeakingService:
         await self.store.update(record)
 
     def _stop_soon(self, speaking_id: str, reason: str) -> None:
-        """Start stopping a session from an event handler; the stop task is owned by the session entry."""
+        """Start stopping a session (once); the stop task is owned by the session entry."""
         live = self._live.get(speaking_id)
         if live is not None and live.stopping is None:
             live.stopping = asyncio.create_task(self._do_stop(live, reason), name=f"speakd-stop-{speaking_id}")
@@ -244,8 +240,8 @@ class SpeakingService:
 
     async def _stop(self, speaking_id: str, reason: str) -> Speaking:
         live = self._live[speaking_id]
-        if live.stopping is None:
-            live.stopping = asyncio.create_task(self._do_stop(live, reason), name=f"speakd-stop-{speaking_id}")
+        self._stop_soon(speaking_id, reason)
+        assert live.stopping is not None
         # shield: a client hanging up mid-request must not abandon a half-done teardown.
         return await asyncio.shield(live.stopping)
 
@@ -261,10 +257,8 @@ class SpeakingService:
                 await asyncio.gather(live.task, return_exceptions=True)
         dropped = await session.close()
         await live.target.detach(self.ctx)
-        record.status = Status.STOPPED
-        record.tm_update = now_stamp()
         try:
-            await self.store.update(record)
+            await self._set_status(record, Status.STOPPED)
         finally:
             self._live.pop(record.id, None)
             self._by_reference.pop((record.reference_type, live.target.conflict_key), None)

@@ -85,8 +85,7 @@ def test_rtp_sequence_timestamp_and_marker():
     rtp = RtpPacketizer(0, 160, ssrc=0x1234, sequence=65535, timestamp=2**32 - 160)
     first = parse_header(rtp.packet(b"\xff" * 160))
     second = parse_header(rtp.packet(b"\xff" * 160))
-    rtp.idle()
-    rtp.idle()
+    rtp.silence(320)  # two frame slots with nothing to send
     after_gap = parse_header(rtp.packet(b"\xff" * 160))
     assert (first["version"], first["payload_type"], first["ssrc"]) == (2, 0, 0x1234)
     assert first["marker"] == 1 and second["marker"] == 0 and after_gap["marker"] == 1
