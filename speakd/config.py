@@ -42,6 +42,23 @@ class AriConfig:
     request_timeout: float = 5.0
 
 
+MEDIA_TRANSPORTS = ("auto", "websocket", "rtp")
+
+
+@dataclass
+class MediaConfig:
+    # websocket: Asterisk paces (chan_websocket, Asterisk 22.6+/21.11+/20.16+); rtp: speakd's
+    # pacer process paces; auto: websocket where Asterisk has chan_websocket (checked on
+    # every ARI connect), else rtp.
+    transport: str = "auto"
+    codec: str = "ulaw"
+    # Audio queued at the far end ahead of playout: rides out a daemon stall this long;
+    # a flush throws away at most this much synthesis.
+    lead_ms: int = 1500
+    # A played-position mark after this much audio: the resolution of "what was heard".
+    mark_every_ms: int = 100
+
+
 @dataclass
 class RtpConfig:
     # Where speakd's RTP socket binds; Asterisk must be able to reach it (external_host).
@@ -50,9 +67,8 @@ class RtpConfig:
     # The address Asterisk sends to and expects RTP from (ExternalMedia external_host);
     # empty means bind_host. Set it when binding 0.0.0.0.
     external_host: str = ""
-    # SCHED_FIFO priority of the pacer thread (needs CAP_SYS_NICE); 0 = normal scheduling.
+    # SCHED_FIFO priority of the pacer process (needs CAP_SYS_NICE); 0 = normal scheduling.
     realtime_priority: int = 10
-    codec: str = "ulaw"
 
 
 @dataclass
@@ -86,6 +102,7 @@ class LogConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ari: AriConfig = field(default_factory=AriConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
     rtp: RtpConfig = field(default_factory=RtpConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -94,9 +111,21 @@ class Config:
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.rtp.codec not in ("ulaw", "alaw"):
+        if self.media.codec not in ("ulaw", "alaw"):
             raise ConfigError(
-                f"rtp.codec must be 'ulaw' or 'alaw', not {self.rtp.codec!r} (Asterisk drops slin RTP on ExternalMedia)"
+                f"media.codec must be 'ulaw' or 'alaw', not {self.media.codec!r} "
+                "(Asterisk drops slin RTP on ExternalMedia)"
+            )
+        if self.media.transport not in MEDIA_TRANSPORTS:
+            raise ConfigError(
+                f"media.transport must be one of {', '.join(MEDIA_TRANSPORTS)}, not {self.media.transport!r}"
+            )
+        if not 20 <= self.media.mark_every_ms <= 1000:
+            raise ConfigError(f"media.mark_every_ms must be 20..1000, not {self.media.mark_every_ms}")
+        if not 2 * self.media.mark_every_ms <= self.media.lead_ms <= 15_000:
+            raise ConfigError(
+                f"media.lead_ms must be between twice media.mark_every_ms and 15000 (Asterisk queues at most "
+                f"20 s), not {self.media.lead_ms}"
             )
         if self.tts.default_provider not in PROVIDER_NAMES:
             raise ConfigError(

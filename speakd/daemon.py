@@ -1,6 +1,6 @@
 """The daemon: owns every long-lived resource and task, in the order they depend on each other.
 
-Start: store -> providers (Piper loads) -> RTP socket -> ARI client -> pacer thread ->
+Start: store -> providers (Piper loads) -> ARI client -> media paths (the RTP pacer process, if rtp) ->
 stale records stopped -> ARI events task -> HTTP. Stop (on the shutdown trigger): HTTP stops taking requests,
 live sessions are stopped (their Asterisk objects removed), then the tasks are cancelled and
 awaited, then the resources close in reverse order.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -21,8 +20,8 @@ from speakd.api import create_app
 from speakd.api.auth import Authenticator
 from speakd.ari.client import AriClient
 from speakd.config import Config
-from speakd.media.pacer import Pacer, PacerThread
 from speakd.providers import ProviderRegistry
+from speakd.sessions.media import MediaPaths
 from speakd.sessions.service import SpeakingService
 from speakd.store.sqlite import SqliteStore
 
@@ -54,18 +53,6 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
         stack.push_async_callback(providers.aclose)
         await providers.start()
 
-        # One socket sends every session's RTP (each ExternalMedia channel has its own port to
-        # send to). speakd never reads from it: on a call (spy=none) Asterisk sends nothing back.
-        rtp_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        stack.callback(rtp_socket.close)
-        # In a conference Asterisk does send the room's mix to it; a tiny receive buffer lets
-        # the kernel drop that at once instead of holding ~200 KB nobody reads.
-        rtp_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        rtp_socket.bind((config.rtp.bind_host, config.rtp.port))
-        rtp_socket.setblocking(False)
-        rtp_port = rtp_socket.getsockname()[1]
-        external_host = f"{config.rtp.external_host or config.rtp.bind_host}:{rtp_port}"
-
         ari = await stack.enter_async_context(
             AriClient(
                 config.ari.url,
@@ -76,16 +63,24 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
                 max_backoff=config.ari.reconnect_max_backoff,
             )
         )
-        pacer = Pacer(rtp_socket.sendto)
-        stack.enter_context(PacerThread(pacer, config.rtp.realtime_priority))
+        media = await stack.enter_async_context(
+            MediaPaths(
+                ari,
+                mode=config.media.transport,
+                codec=config.media.codec,
+                rtp_bind=(config.rtp.bind_host, config.rtp.port),
+                rtp_external_host=config.rtp.external_host,
+                realtime_priority=config.rtp.realtime_priority,
+            )
+        )
         service = SpeakingService(
             store=store,
             ari=ari,
             providers=providers,
-            pacer=pacer,
-            external_host=external_host,
-            codec=config.rtp.codec,
+            media=media,
             owner_variable=config.auth.customer_variable,
+            lead_ms=config.media.lead_ms,
+            mark_every_ms=config.media.mark_every_ms,
         )
         await service.recover()
 
@@ -106,7 +101,7 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
             log.info(
                 "speakd_ready",
                 listen=f"{config.server.host}:{config.server.port}",
-                rtp=external_host,
+                media_transport=config.media.transport,
                 ari=config.ari.url,
                 app=config.ari.app,
                 providers=providers.names(),

@@ -82,7 +82,13 @@ async def say(request: web.Request) -> web.Response:
     # Existence and ownership first: a 404 is more useful than a complaint about the body.
     await service.get(request["customer_id"], request.match_info["id"])
     text, payload_type = schemas.parse_say(await request.read())
-    return _record(await service.say(request["customer_id"], request.match_info["id"], text, payload_type))
+    record, item = await service.say(request["customer_id"], request.match_info["id"], text, payload_type)
+    return web.json_response({**record.to_dict(), "say_id": item.say_id})
+
+
+async def list_says(request: web.Request) -> web.Response:
+    says = await request.app[SERVICE].says(request["customer_id"], request.match_info["id"])
+    return web.json_response({"result": says})
 
 
 async def flush(request: web.Request) -> web.Response:
@@ -105,12 +111,7 @@ async def health(request: web.Request) -> web.Response:
     """For systemd/monitoring: 200 when speakd can serve, 503 while Asterisk is unreachable."""
     service = request.app[SERVICE]
     connected = service.ari.connected.is_set()
-    body = {
-        "ari_connected": connected,
-        "live_sessions": service.live_count,
-        "pacer_max_late_ms": round(service.pacer.max_late_ms, 1),
-        "pacer_stalls": service.pacer.skipped_ticks,
-    }
+    body = {"ari_connected": connected, "live_sessions": service.live_count, **service.media.health()}
     return web.json_response(body, status=200 if connected else 503)
 
 
@@ -125,6 +126,7 @@ def create_app(service: SpeakingService, authenticator: Authenticator, default_p
     app.router.add_get("/v1.0/speakings/{id}", get_speaking)
     app.router.add_delete("/v1.0/speakings/{id}", delete_speaking)
     app.router.add_post("/v1.0/speakings/{id}/say", say)
+    app.router.add_get("/v1.0/speakings/{id}/says", list_says)
     app.router.add_post("/v1.0/speakings/{id}/flush", flush)
     app.router.add_post("/v1.0/speakings/{id}/stop", stop)
     app.router.add_get("/v1.0/voices", list_voices)

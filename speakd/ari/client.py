@@ -18,7 +18,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from speakd.ari.errors import AriUnavailable, error_for_status
+from speakd.ari.errors import AriNotFound, AriUnavailable, error_for_status
 
 log = structlog.get_logger(__name__)
 
@@ -116,6 +116,23 @@ class AriClient:
 
     async def delete(self, path: str, **params: Any) -> Any:
         return await self.request("DELETE", path, params=params)
+
+    def media_websocket(self, connection_id: str) -> Any:
+        """Open chan_websocket's media socket for an ExternalMedia channel made with
+        ``connection_type=server`` (same host, credentials and TLS as ARI)."""
+        url = self._base.parent / "media" / connection_id
+        url = url.with_scheme("wss" if url.scheme == "https" else "ws")
+        return self.session.ws_connect(
+            url, protocols=("media",), heartbeat=10.0, timeout=aiohttp.ClientWSTimeout(ws_close=2)
+        )
+
+    async def has_module(self, name: str) -> bool:
+        """Whether Asterisk has module ``name`` loaded and running."""
+        try:
+            module = await self.get(f"asterisk/modules/{name}")
+        except AriNotFound:
+            return False
+        return (module or {}).get("status") == "Running"
 
     async def run_events(self, on_event: EventCallback, on_connected: ConnectCallback | None = None) -> None:
         """Keep the events WebSocket up until cancelled."""

@@ -143,6 +143,11 @@ class FrameEncoder:
             pcm = self._resampler.resample_chunk(pcm)
         return encode(pcm, self.codec)
 
+    @property
+    def pending_ms(self) -> int:
+        """Audio taken in but not yet out as a whole frame."""
+        return len(self._pending) * 1000 // SAMPLE_RATE
+
     def feed(self, data: bytes, fmt: AudioFormat) -> list[bytes]:
         """Add a chunk; return every complete frame it finishes."""
         self._pending += self._to_codec(data, fmt)

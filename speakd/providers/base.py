@@ -33,6 +33,9 @@ class AudioFormat:
 class AudioChunk:
     data: bytes
     format: AudioFormat
+    # Word marks from the provider's alignment, where it gives one: (characters of the
+    # request text spoken, sample offset into this chunk by which they were).
+    marks: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ import structlog
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError, AriNotFound, AriUnavailable
 from speakd.errors import Conflict, InvalidRequest, ServiceUnavailable
+from speakd.media.transport import MediaTransport
 from speakd.sessions.targets import (
     STASIS_TIMEOUT,
     AttachContext,
@@ -109,13 +110,13 @@ class BridgeConferenceTarget(Target):
             return "conference has no participant left"
         return None
 
-    async def attach(self, ctx: AttachContext) -> tuple[str, int]:
+    async def attach(self, ctx: AttachContext) -> MediaTransport:
         self._joined = asyncio.get_running_loop().create_future()
         try:
             # The bridge is another app's: its events reach us only if we subscribe.
             await ctx.ari.post(f"applications/{ctx.app}/subscription", eventSource=f"bridge:{self.bridge_id}")
             self._subscribed = True
-            destination = await create_external_media(ctx, self.media_id)
+            await create_external_media(ctx, self, self.media_id)
             await ctx.ari.post(f"bridges/{self.bridge_id}/addChannel", channel=self.media_id)
             await asyncio.wait_for(self._joined, STASIS_TIMEOUT)
         except AriNotFound as exc:
@@ -124,7 +125,8 @@ class BridgeConferenceTarget(Target):
             raise SetupFailed(f"Asterisk refused the session setup: {exc}") from None
         except TimeoutError:
             raise SetupFailed(f"the media channel did not join conference '{self.bridge_id}' within 5 s") from None
-        return destination
+        assert self.transport is not None
+        return self.transport
 
     async def detach(self, ctx: AttachContext) -> None:
         # Hanging up our channel takes it out of the bridge; the bridge is not ours to delete.
@@ -196,7 +198,7 @@ class ConfBridgeTarget(Target):
             }
         )
 
-    async def attach(self, ctx: AttachContext) -> tuple[str, int]:
+    async def attach(self, ctx: AttachContext) -> MediaTransport:
         self._joined = asyncio.get_running_loop().create_future()
         entered = ctx.waiters.expect("StasisStart", self.announcer_id)
         try:
@@ -216,7 +218,7 @@ class ConfBridgeTarget(Target):
                 self._subscribed = True
 
             bridge = ctx.ari.post("bridges", type="mixing", bridgeId=self.bridge_id, name=self.prefix)
-            _, destination, _ = await asyncio.gather(announcer(), create_external_media(ctx, self.media_id), bridge)
+            await asyncio.gather(announcer(), create_external_media(ctx, self, self.media_id), bridge)
             await ctx.ari.post(f"bridges/{self.bridge_id}/addChannel", channel=f"{self.announcer_id},{self.media_id}")
             await ctx.ari.post(f"channels/{self.announcer_id}/dial", timeout=int(JOIN_TIMEOUT))
             peers = await asyncio.wait_for(self._joined, JOIN_TIMEOUT)
@@ -231,7 +233,8 @@ class ConfBridgeTarget(Target):
         if not peers:
             # The room emptied between validation and the join: the announcer made a new one.
             raise SetupFailed(f"conference '{self.room}' ended before speakd joined it")
-        return destination
+        assert self.transport is not None
+        return self.transport
 
     async def detach(self, ctx: AttachContext) -> None:
         await asyncio.gather(
@@ -322,8 +325,12 @@ class ConferenceTarget(Target):
     async def reconcile(self, ari: AriClient) -> str | None:
         return await self.resolved.reconcile(ari) if self.resolved is not None else None
 
-    async def attach(self, ctx: AttachContext) -> tuple[str, int]:
+    async def attach(self, ctx: AttachContext) -> MediaTransport:
         return await self._inner().attach(ctx)
+
+    async def release_media(self) -> None:
+        if self.resolved is not None:
+            await self.resolved.release_media()
 
     async def detach(self, ctx: AttachContext) -> None:
         if self.resolved is not None:

@@ -36,6 +36,11 @@ class ProviderName(StrEnum):
     PIPER = "piper"
 
 
+def stamp_of(wall_time: float) -> str:
+    """A wall-clock time (``time.time()``) in the spec's format."""
+    return dt.datetime.fromtimestamp(wall_time, dt.UTC).strftime(TIME_FORMAT)
+
+
 _last_stamp = ""
 
 

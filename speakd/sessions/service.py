@@ -19,10 +19,13 @@ from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError
 from speakd.ari.events import EventWaiters, event_object_ids
 from speakd.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable, TooManyRequests
-from speakd.media.pacer import Pacer
+from speakd.media.playout import Playout
+from speakd.media.transport import TransportError
 from speakd.providers import ProviderRegistry
 from speakd.sessions.conference import ConferenceTarget
+from speakd.sessions.media import MediaPaths
 from speakd.sessions.model import NOT_YET, Speaking, Status, now_stamp
+from speakd.sessions.says import SayItem, SayStatus
 from speakd.sessions.session import Session
 from speakd.sessions.targets import (
     AttachContext,
@@ -67,19 +70,20 @@ class SpeakingService:
         store: SqliteStore,
         ari: AriClient,
         providers: ProviderRegistry,
-        pacer: Pacer,
-        external_host: str,
-        codec: str,
+        media: MediaPaths,
         owner_variable: str,
+        lead_ms: int = 1500,
+        mark_every_ms: int = 100,
     ) -> None:
         self.store = store
         self.ari = ari
         self.providers = providers
-        self.pacer = pacer
-        self.codec = codec
+        self.media = media
         self.owner_variable = owner_variable
+        self.lead_ms = lead_ms
+        self.mark_every_ms = mark_every_ms
         self.waiters = EventWaiters()
-        self.ctx = AttachContext(ari=ari, waiters=self.waiters, app=ari.app, external_host=external_host, codec=codec)
+        self.ctx = AttachContext(ari=ari, waiters=self.waiters, app=ari.app, media=media)
         self._live: dict[str, _Live] = {}
         self._by_reference: dict[tuple[str, str], str] = {}
         self._by_object: dict[str, str] = {}  # Asterisk object id -> speaking id
@@ -130,7 +134,14 @@ class SpeakingService:
         except BaseException:
             del self._by_reference[key]
             raise
-        session = Session(record, provider, self.codec, self.pacer, model=req.model)  # type: ignore[arg-type]
+        session = Session(
+            record,
+            provider,
+            self.media.codec,  # type: ignore[arg-type]
+            Playout(lead_ms=self.lead_ms, mark_every_ms=self.mark_every_ms),
+            self._save_say,
+            model=req.model,
+        )
         live = _Live(session, target)
         self._live[speaking_id] = live
         for object_id in target.watched_ids:
@@ -154,7 +165,9 @@ class SpeakingService:
         next_token = records[-1].tm_create if len(records) == page_size else ""
         return records, next_token
 
-    async def say(self, customer_id: str, speaking_id: str, text: str, payload_type: str = "text") -> Speaking:
+    async def say(
+        self, customer_id: str, speaking_id: str, text: str, payload_type: str = "text"
+    ) -> tuple[Speaking, SayItem]:
         record = await self.get(customer_id, speaking_id)
         live = self._live.get(speaking_id)
         if live is None or record.status == Status.STOPPED:
@@ -165,8 +178,25 @@ class SpeakingService:
                 f"speaking '{speaking_id}' already has {MAX_QUEUED_SAYS} says waiting; "
                 "wait for them to play, or flush, before queueing more"
             )
-        live.session.say(text, payload_type)
-        return record
+        item = live.session.new_say(text, payload_type)
+        await self.store.insert_say(item.row())
+        if speaking_id not in self._live:  # stopped while the record was written
+            item.status = SayStatus.INTERRUPTED
+            await self.store.update_say(item.row())
+            raise InvalidRequest(f"speaking '{speaking_id}' is stopped; create a new session to speak")
+        live.session.enqueue(item)
+        return record, item
+
+    async def says(self, customer_id: str, speaking_id: str) -> list[dict[str, Any]]:
+        """The session's say items, oldest first (newest last)."""
+        await self.get(customer_id, speaking_id)
+        live = self._live.get(speaking_id)
+        if live is not None:
+            return [item.to_dict() for item in live.session.says]
+        return [SayItem.from_row(row).to_dict() for row in await self.store.list_says(speaking_id)]
+
+    async def _save_say(self, item: SayItem) -> None:
+        await self.store.update_say(item.row())
 
     async def flush(self, customer_id: str, speaking_id: str) -> Speaking:
         record = await self.get(customer_id, speaking_id)
@@ -207,8 +237,8 @@ class SpeakingService:
         speaking_id = session.record.id
         started = asyncio.get_running_loop().time()
         try:
-            destination = await live.target.attach(self.ctx)
-        except (SetupFailed, AriError) as exc:
+            transport = await live.target.attach(self.ctx)
+        except (SetupFailed, AriError, TransportError) as exc:
             session.log.warning("session_setup_failed", error=str(exc))
             self._stop_soon(speaking_id, f"setup failed: {exc}")
             return
@@ -218,12 +248,14 @@ class SpeakingService:
             return
         if speaking_id not in self._live or live.stopping is not None:
             return
-        session.start_playout(destination)
+        session.start_playout(transport)
+        # The media path going away on its own (Asterisk restart, network) ends the session.
+        transport.closed.add_done_callback(lambda closed: self._stop_soon(speaking_id, closed.result()))
         await self._set_status(session.record, Status.ACTIVE)
         session.log.info(
             "session_active",
             setup_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
-            rtp_destination=f"{destination[0]}:{destination[1]}",
+            transport=str(transport.kind),
         )
 
     async def _set_status(self, record: Speaking, status: Status) -> None:
@@ -256,6 +288,7 @@ class SpeakingService:
                 live.task.cancel()
                 await asyncio.gather(live.task, return_exceptions=True)
         dropped = await session.close()
+        await live.target.release_media()
         await live.target.detach(self.ctx)
         try:
             await self._set_status(record, Status.STOPPED)
@@ -299,6 +332,7 @@ class SpeakingService:
 
     async def on_ari_connected(self) -> None:
         """On every (re)connect: end sessions whose objects are gone; remove our orphans."""
+        await self.media.choose()
         try:
             channels = {c["id"] for c in await self.ari.get("channels")}
             bridges = {b["id"] for b in await self.ari.get("bridges")}

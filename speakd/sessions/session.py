@@ -1,16 +1,17 @@
-"""One speaking session at run time: its say queue, its synthesis, its playout buffer.
+"""One speaking session at run time: its say queue, its synthesis, its playout.
 
 Ordering and barge-in:
 
-* ``say`` appends to the queue; one worker takes items in order and synthesizes each into
-  the playout buffer. The worker moves on to the next item as soon as the current one is
-  synthesized, so the next item is ready before the current one finishes playing: items
-  play back to back with no gap.
-* ``flush`` is synchronous: it empties the queue, bumps the buffer's generation (dropping
-  every frame not yet sent) and cancels the synthesis in flight. When it returns, nothing
-  synthesized before it can reach the call; the pacer's next tick sends nothing.
+* ``say`` appends to the queue; one worker takes items in order and synthesizes each into the
+  playout. It moves on to the next item as soon as the current one is synthesized, so the
+  next item is ready before the current one finishes playing: items play back to back.
+* ``flush`` is synchronous: it empties the queue, bumps the playout's generation (audio not
+  yet played is dropped here and at the far end) and cancels the synthesis in flight. When it
+  returns, nothing synthesized before it can reach the call.
 * Synthesis starts while the session is still initiating: a ``say`` sent then plays as soon
-  as the RTP path exists.
+  as the media path exists.
+* Every say's state is written to the store in order by one writer task; ``close`` drains it,
+  so a session reads stopped only once its says' final states are stored.
 """
 
 from __future__ import annotations
@@ -18,68 +19,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 from speakd.errors import ProviderError
 from speakd.media.codec import Codec, FrameEncoder
-from speakd.media.frames import FrameBuffer
-from speakd.media.pacer import Pacer, RtpStream
+from speakd.media.playout import BYTES_PER_MS, Playout
+from speakd.media.transport import MediaTransport
 from speakd.providers.base import Provider, SynthesisRequest
-from speakd.sessions.model import Speaking
+from speakd.sessions.model import Speaking, stamp_of
+from speakd.sessions.says import SayItem, SayStatus
 
 log = structlog.get_logger(__name__)
 
-# 10 s of audio may be synthesized ahead of playout: enough to ride out a slow provider,
-# little enough that a flushed backlog wasted little synthesis.
-MAX_BUFFERED_FRAMES = 500
 CONVERT_SLICE_BYTES = 8192
 
-
-@dataclass
-class SayItem:
-    text: str
-    payload_type: str = "text"
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    accepted_at: float = field(default_factory=time.monotonic)
+SaveSay = Callable[[SayItem], Awaitable[None]]
 
 
 class Session:
-    def __init__(self, record: Speaking, provider: Provider, codec: Codec, pacer: Pacer, model: str = "") -> None:
+    def __init__(
+        self,
+        record: Speaking,
+        provider: Provider,
+        codec: Codec,
+        playout: Playout,
+        save_say: SaveSay,
+        model: str = "",
+    ) -> None:
         self.record = record
         self.provider = provider
         self.codec: Codec = codec
         self.model = model
-        self.pacer = pacer
-        self.frames = FrameBuffer(MAX_BUFFERED_FRAMES)
+        self.playout = playout
         self.queue: deque[SayItem] = deque()
-        self.stream: RtpStream | None = None
-        self.last_error = ""
+        self.says: list[SayItem] = []  # every say of this session, oldest first
+        self.transport: MediaTransport | None = None
         self.log = log.bind(speaking_id=record.id)
+        self._save_say = save_say
+        self._in_playout: list[SayItem] = []  # taken from the queue, not final yet
         self._queue_ready = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._current: asyncio.Task[None] | None = None
+        self._dirty: deque[SayItem] = deque()
+        self._dirty_ready = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start_synthesis(self) -> None:
         if self._worker is None:
             self._worker = asyncio.create_task(self._run_queue(), name=f"speakd-synth-{self.record.id}")
+            self._writer = asyncio.create_task(self._write_says(), name=f"speakd-says-{self.record.id}")
 
-    def start_playout(self, destination: tuple[str, int]) -> None:
-        self.stream = RtpStream(destination, self.codec, self.frames)
-        self.pacer.add(self.stream)
+    def start_playout(self, transport: MediaTransport) -> None:
+        self.transport = transport
+        self.playout.attach(transport)
 
     async def close(self) -> int:
         """Stop synthesis and playout; returns how many say items were dropped unplayed."""
-        dropped = len(self.queue) + (1 if self._current is not None else 0)
-        if self.stream is not None:
-            self.pacer.remove(self.stream)
-        self.queue.clear()
-        self.frames.flush()
+        dropped = self._interrupt_all()
         tasks = [task for task in (self._current, self._worker) if task is not None]
         for task in tasks:
             task.cancel()
@@ -87,25 +89,70 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._current = self._worker = None
+        await self.playout.aclose()
+        if self._writer is not None:
+            # The final states are stored before the session reads stopped.
+            self._closing = True
+            self._dirty_ready.set()
+            await self._writer
+            self._writer = None
         return dropped
 
     # -- commands ---------------------------------------------------------------------------
 
-    def say(self, text: str, payload_type: str = "text") -> SayItem:
-        item = SayItem(text, payload_type)
+    def new_say(self, text: str, payload_type: str = "text") -> SayItem:
+        return SayItem(self.record.id, text, payload_type)
+
+    def enqueue(self, item: SayItem) -> None:
+        """Queue a say whose record is already stored."""
+        self.says.append(item)
         self.queue.append(item)
         self._queue_ready.set()
-        self.log.info("say_queued", say_id=item.id, chars=len(text), queued=len(self.queue))
-        return item
+        self.log.info("say_queued", say_id=item.say_id, chars=len(item.text), queued=len(self.queue))
 
     def flush(self) -> dict[str, int]:
-        dropped_items = len(self.queue) + (1 if self._current is not None else 0)
-        self.queue.clear()
-        dropped_frames = self.frames.flush()
+        dropped = self._interrupt_all()
+        self.log.info("flushed", dropped_items=dropped)
+        return {"dropped_items": dropped}
+
+    def _interrupt_all(self) -> int:
+        """Cut what plays and drop what waits: each say's final state says what was heard."""
+        reached = self.playout.flush()
         if self._current is not None:
             self._current.cancel()
-        self.log.info("flushed", dropped_items=dropped_items, dropped_frames=dropped_frames)
-        return {"dropped_items": dropped_items, "dropped_frames": dropped_frames}
+        cut = [*self._in_playout, *self.queue]
+        self._in_playout.clear()
+        self.queue.clear()
+        for item in cut:
+            played = 0 if item.start_ms is None else max(0, min(reached - item.start_ms, item.synthesized_ms))
+            item.played_ms = played
+            item.heard_chars = item.chars_heard_by(played)
+            if played:
+                item.tm_play_end = stamp_of(time.time())
+            item.status = SayStatus.INTERRUPTED
+            self._changed(item)
+            self.log.info("say_interrupted", say_id=item.say_id, played_ms=played, heard_chars=item.heard_chars)
+        return len(cut)
+
+    # -- storing say states -----------------------------------------------------------------
+
+    def _changed(self, item: SayItem) -> None:
+        self._dirty.append(item)
+        self._dirty_ready.set()
+
+    async def _write_says(self) -> None:
+        while True:
+            while not self._dirty:
+                if self._closing:
+                    return
+                self._dirty_ready.clear()
+                await self._dirty_ready.wait()
+            item = self._dirty[0]
+            try:
+                await self._save_say(item)
+            except Exception:
+                self.log.exception("say_save_failed", say_id=item.say_id)
+            self._dirty.popleft()
 
     # -- synthesis --------------------------------------------------------------------------
 
@@ -115,8 +162,9 @@ class Session:
                 self._queue_ready.clear()
                 await self._queue_ready.wait()
             item = self.queue.popleft()
-            generation = self.frames.generation
-            self._current = asyncio.create_task(self._synthesize(item, generation), name=f"speakd-say-{item.id}")
+            self._in_playout.append(item)
+            generation = self.playout.generation
+            self._current = asyncio.create_task(self._synthesize(item, generation), name=f"speakd-say-{item.say_id}")
             try:
                 # wait() does not raise when the item task alone is cancelled by a flush.
                 await asyncio.wait({self._current})
@@ -135,53 +183,86 @@ class Session:
             model=self.model,
         )
         encoder = FrameEncoder(self.codec)
+        queued_at = time.monotonic()
         first = True
-        frames = 0
+
+        def started_at(position: int) -> None:
+            item.start_ms = position
+
+        async def put(frames: list[bytes]) -> bool:
+            nonlocal first
+            if not frames:
+                return True
+            data = b"".join(frames)
+            ok = await self.playout.put(generation, data, started_at if first else None)
+            first = False
+            item.synthesized_ms += len(data) // BYTES_PER_MS
+            return ok
+
         try:
             async with contextlib.aclosing(self.provider.synthesize(request)) as chunks:
                 async for chunk in chunks:
                     if first:
-                        first = False
                         self.log.info(
                             "say_first_audio",
-                            say_id=item.id,
-                            latency_ms=round((time.monotonic() - item.accepted_at) * 1000, 1),
+                            say_id=item.say_id,
+                            latency_ms=round((time.monotonic() - queued_at) * 1000, 1),
                         )
-                        self.frames.mark(generation, self._mark_started(item))
-                    # Convert in slices: a sentence-sized chunk at once would hold the GIL (and
-                    # the loop) for milliseconds; slices let the loop and the pacer breathe.
+                        self.playout.boundary(generation, lambda at: self._say_started(item, at))
+                    chunk_start_ms = item.synthesized_ms + encoder.pending_ms
+                    for chars, sample in chunk.marks:
+                        item.add_word_mark(chunk_start_ms + sample * 1000 // chunk.format.sample_rate, chars)
+                    # Convert in slices: a sentence-sized chunk at once would hold the loop
+                    # for milliseconds; slices let it breathe.
                     for start in range(0, len(chunk.data), CONVERT_SLICE_BYTES):
-                        piece = chunk.data[start : start + CONVERT_SLICE_BYTES]
-                        for frame in encoder.feed(piece, chunk.format):
-                            if not await self.frames.put(generation, frame):
-                                return
-                            frames += 1
+                        if not await put(encoder.feed(chunk.data[start : start + CONVERT_SLICE_BYTES], chunk.format)):
+                            return
                         await asyncio.sleep(0)
-            for frame in encoder.finish():
-                if not await self.frames.put(generation, frame):
-                    return
-                frames += 1
-            self.frames.mark(generation, self._mark_finished(item, frames))
+            if not await put(encoder.finish()):
+                return
+            item.synthesized = True
+            if first:  # the provider returned no audio at all
+                self._finish(item, SayStatus.PLAYED)
+            else:
+                self.playout.boundary(generation, lambda at: self._say_ended(item, at))
         except ProviderError as exc:
-            self.last_error = exc.message
-            self.log.error("say_failed", say_id=item.id, error=exc.message, frames_queued=frames)
+            self._failed(item, exc.message, generation, first)
         except asyncio.CancelledError:
-            self.log.info("say_cancelled", say_id=item.id, frames_queued=frames)
+            self.log.info("say_cancelled", say_id=item.say_id, synthesized_ms=item.synthesized_ms)
             raise
         except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            self.log.exception("say_failed", say_id=item.id)
+            self.log.exception("say_crashed", say_id=item.say_id)
+            self._failed(item, f"{type(exc).__name__}: {exc}", generation, first)
 
-    def _mark_started(self, item: SayItem):
-        def fire() -> None:
-            self.log.info(
-                "say_playing", say_id=item.id, latency_ms=round((time.monotonic() - item.accepted_at) * 1000, 1)
-            )
+    def _failed(self, item: SayItem, message: str, generation: int, nothing_sent: bool) -> None:
+        item.error = message
+        item.synthesized = True
+        self.log.error("say_failed", say_id=item.say_id, error=message, synthesized_ms=item.synthesized_ms)
+        if nothing_sent:
+            self._finish(item, SayStatus.FAILED)
+        else:  # what was synthesized still plays; the say ends failed when it has
+            self.playout.boundary(generation, lambda at: self._say_ended(item, at))
 
-        return fire
+    # -- played positions (called when playout reaches a say's boundaries) -------------------
 
-    def _mark_finished(self, item: SayItem, frames: int):
-        def fire() -> None:
-            self.log.info("say_played", say_id=item.id, duration_ms=frames * 20)
+    def _say_started(self, item: SayItem, at: float) -> None:
+        item.status = SayStatus.PLAYING
+        item.tm_play_start = stamp_of(at)
+        self._changed(item)
+        self.log.info("say_playing", say_id=item.say_id)
 
-        return fire
+    def _say_ended(self, item: SayItem, at: float) -> None:
+        item.tm_play_end = stamp_of(at)
+        item.played_ms = item.synthesized_ms
+        item.heard_chars = item.chars_heard_by(item.played_ms)
+        self._finish(item, SayStatus.FAILED if item.error else SayStatus.PLAYED)
+        self.log.info("say_played", say_id=item.say_id, duration_ms=item.played_ms)
+
+    def _finish(self, item: SayItem, status: SayStatus) -> None:
+        item.status = status
+        if status is SayStatus.PLAYED:
+            item.heard_chars = len(item.text)
+        with contextlib.suppress(ValueError):
+            self._in_playout.remove(item)
+        self._changed(item)
+

@@ -23,6 +23,8 @@ from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError, AriNotFound, AriUnavailable
 from speakd.ari.events import EventWaiters
 from speakd.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable, SpeakdError
+from speakd.media.transport import MediaTransport
+from speakd.sessions.media import MediaPaths
 
 log = structlog.get_logger(__name__)
 
@@ -39,8 +41,7 @@ class AttachContext:
     ari: AriClient
     waiters: EventWaiters
     app: str
-    external_host: str  # host:port of speakd's RTP socket
-    codec: str
+    media: MediaPaths
 
 
 def object_prefix(app: str, session_id: str) -> str:
@@ -67,6 +68,8 @@ class Target(abc.ABC):
         self.direction = direction
         self.session_id = session_id
         self.prefix = object_prefix(app, session_id)
+        # Opened by attach(); the owner closes it (release_media) whatever setup reached.
+        self.transport: MediaTransport | None = None
 
     @property
     def conflict_key(self) -> str:
@@ -79,8 +82,12 @@ class Target(abc.ABC):
         """Raise InvalidRequest/NotFound/Conflict if a session cannot attach now."""
 
     @abc.abstractmethod
-    async def attach(self, ctx: AttachContext) -> tuple[str, int]:
-        """Create the Asterisk objects; return the (host, port) to send RTP to."""
+    async def attach(self, ctx: AttachContext) -> MediaTransport:
+        """Create the Asterisk objects; return the open media transport into them."""
+
+    async def release_media(self) -> None:
+        if self.transport is not None:
+            await self.transport.aclose()
 
     @abc.abstractmethod
     async def detach(self, ctx: AttachContext) -> None:
@@ -157,32 +164,20 @@ async def check_participants_owned(
         raise NotFound(f"{what} is not a conference of this customer")
 
 
-def rtp_destination(channel: dict[str, Any]) -> tuple[str, int]:
-    variables = channel.get("channelvars") or {}
-    host = variables.get("UNICASTRTP_LOCAL_ADDRESS")
-    port = variables.get("UNICASTRTP_LOCAL_PORT")
-    if not host or not port:
-        raise SetupFailed("Asterisk did not report the ExternalMedia RTP address (UNICASTRTP_LOCAL_*)")
-    return host, int(port)
+async def create_external_media(ctx: AttachContext, target: Target, channel_id: str) -> None:
+    """An ExternalMedia channel in our app with its media transport open (``target.transport``).
 
-
-async def create_external_media(ctx: AttachContext, channel_id: str) -> tuple[str, int]:
-    """An ExternalMedia channel in our app; speakd's RTP goes to the address it returns."""
+    A WebSocket media channel enters Stasis only once speakd has connected to it.
+    """
     entered = ctx.waiters.expect("StasisStart", channel_id)
     try:
         channel = await ctx.ari.post(
-            "channels/externalMedia",
-            app=ctx.app,
-            channelId=channel_id,
-            external_host=ctx.external_host,
-            format=ctx.codec,
-            encapsulation="rtp",
-            transport="udp",
+            "channels/externalMedia", app=ctx.app, channelId=channel_id, **ctx.media.external_media_params()
         )
+        target.transport = await ctx.media.open(channel, speaking_id=target.session_id)
         await asyncio.wait_for(entered, STASIS_TIMEOUT)
     finally:
         ctx.waiters.discard("StasisStart", channel_id)
-    return rtp_destination(channel)
 
 
 class CallTarget(Target):
@@ -230,7 +225,7 @@ class CallTarget(Target):
                 "create the session once the call is up"
             )
 
-    async def attach(self, ctx: AttachContext) -> tuple[str, int]:
+    async def attach(self, ctx: AttachContext) -> MediaTransport:
         app = ctx.app
         # Events for the call leg (hangup) come only if we subscribe: it is not in our app.
         await ctx.ari.post(f"applications/{app}/subscription", eventSource=f"channel:{self.reference_id}")
@@ -249,7 +244,7 @@ class CallTarget(Target):
                 await asyncio.wait_for(snoop_entered, STASIS_TIMEOUT)
 
             bridge = ctx.ari.post("bridges", type="mixing", bridgeId=self.bridge_id, name=self.prefix)
-            _, destination, _ = await asyncio.gather(snoop(), create_external_media(ctx, self.media_id), bridge)
+            await asyncio.gather(snoop(), create_external_media(ctx, self, self.media_id), bridge)
         except AriNotFound as exc:
             raise SetupFailed(f"call '{self.reference_id}' went away during setup ({exc.message})") from None
         except AriError as exc:
@@ -262,7 +257,8 @@ class CallTarget(Target):
             await ctx.ari.post(f"bridges/{self.bridge_id}/addChannel", channel=f"{self.snoop_id},{self.media_id}")
         except AriError as exc:
             raise SetupFailed(f"could not bridge the snoop and media channels: {exc}") from None
-        return destination
+        assert self.transport is not None
+        return self.transport
 
     async def detach(self, ctx: AttachContext) -> None:
         await asyncio.gather(

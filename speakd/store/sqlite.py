@@ -33,7 +33,36 @@ CREATE TABLE IF NOT EXISTS speakings (
 );
 CREATE INDEX IF NOT EXISTS speakings_customer_create ON speakings (customer_id, tm_create);
 CREATE INDEX IF NOT EXISTS speakings_status ON speakings (status);
+CREATE TABLE IF NOT EXISTS says (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    say_id TEXT NOT NULL UNIQUE,
+    speaking_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    payload_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT NOT NULL,
+    heard_chars INTEGER NOT NULL,
+    played_ms INTEGER NOT NULL,
+    tm_queued TEXT NOT NULL,
+    tm_play_start TEXT NOT NULL,
+    tm_play_end TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS says_speaking ON says (speaking_id, seq);
 """
+
+SAY_FIELDS = (
+    "say_id",
+    "speaking_id",
+    "text",
+    "payload_type",
+    "status",
+    "error",
+    "heard_chars",
+    "played_ms",
+    "tm_queued",
+    "tm_play_start",
+    "tm_play_end",
+)
 
 
 class SqliteStore:
@@ -87,6 +116,15 @@ class SqliteStore:
         sql = f"UPDATE speakings SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?"
         await self._run(self.db.execute, sql, (*(row[c] for c in cols), record.id))
 
+    async def insert_say(self, row: dict[str, Any]) -> None:
+        sql = f"INSERT INTO says ({', '.join(SAY_FIELDS)}) VALUES ({', '.join('?' * len(SAY_FIELDS))})"
+        await self._run(self.db.execute, sql, tuple(row[f] for f in SAY_FIELDS))
+
+    async def update_say(self, row: dict[str, Any]) -> None:
+        cols = [f for f in SAY_FIELDS if f not in ("say_id", "speaking_id", "text", "payload_type", "tm_queued")]
+        sql = f"UPDATE says SET {', '.join(f'{c} = ?' for c in cols)} WHERE say_id = ?"
+        await self._run(self.db.execute, sql, (*(row[c] for c in cols), row["say_id"]))
+
     async def stop_unfinished(self, stamp: str) -> list[Speaking]:
         """Mark every session a previous run left initiating/active as stopped; return them."""
 
@@ -99,6 +137,10 @@ class SqliteStore:
                     "UPDATE speakings SET status = ?, tm_update = ? WHERE status IN (?, ?)",
                     (Status.STOPPED, stamp, Status.INITIATING, Status.ACTIVE),
                 )
+                # Says a crash left unfinished were cut by it.
+                self.db.execute(
+                    "UPDATE says SET status = 'interrupted' WHERE status IN ('queued', 'playing')"
+                )
             return [Speaking(**dict(r)) for r in rows]
 
         return await self._run(run)
@@ -109,6 +151,15 @@ class SqliteStore:
         def run() -> Speaking | None:
             row = self.db.execute("SELECT * FROM speakings WHERE id = ?", (speaking_id,)).fetchone()
             return Speaking(**dict(row)) if row else None
+
+        return await self._run(run)
+
+    async def list_says(self, speaking_id: str) -> list[dict[str, Any]]:
+        """A session's says, oldest first."""
+
+        def run() -> list[dict[str, Any]]:
+            sql = f"SELECT {', '.join(SAY_FIELDS)} FROM says WHERE speaking_id = ? ORDER BY seq"
+            return [dict(r) for r in self.db.execute(sql, (speaking_id,)).fetchall()]
 
         return await self._run(run)
 

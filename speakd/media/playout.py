@@ -1,0 +1,192 @@
+"""A session's playout: feed the transport with a bounded lead and learn what was played.
+
+Synthesis appends audio (and boundaries such as "say X starts here") as fast as the provider
+delivers; the feeder task hands it to the transport only while the audio queued at the far
+end (the *lead*) is under ``lead_ms``. A mark follows every ``mark_every_ms`` of audio; each
+processed mark tells where playout is. Between marks the position advances with the clock
+(Asterisk plays in real time) but never past the next unconfirmed mark, so a stalled far end
+is never taken for played.
+
+Positions are milliseconds on the session's *playout timeline*: the amount of audio sent
+since the session started. Time in which nothing plays does not advance it.
+
+``flush`` bumps the generation (audio of an older generation is refused at ``put``), drops
+everything not yet sent, tells the transport to drop what it holds, and forgets pending
+marks: a mark still pending at the flush counts as not played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from speakd.media.codec import FRAME_MS, FRAME_SAMPLES
+from speakd.media.transport import MediaTransport
+
+BYTES_PER_MS = FRAME_SAMPLES // FRAME_MS  # G.711 at 8 kHz: 8 bytes per ms
+
+# A boundary's callback gets the wall-clock time (time.time()) at which playout reached it.
+BoundaryCallback = Callable[[float], None]
+
+
+@dataclass(slots=True)
+class _Audio:
+    data: bytes
+    on_sent: Callable[[int], None] | None  # gets the timeline position of the audio's start
+
+
+@dataclass(slots=True)
+class _Boundary:
+    callback: BoundaryCallback
+
+
+class Playout:
+    def __init__(self, *, lead_ms: int = 1500, mark_every_ms: int = 100, max_buffered_ms: int = 60_000) -> None:
+        self.lead_ms = lead_ms
+        self.mark_every_bytes = max(FRAME_SAMPLES, mark_every_ms * BYTES_PER_MS // FRAME_SAMPLES * FRAME_SAMPLES)
+        self.max_buffered_bytes = max_buffered_ms * BYTES_PER_MS
+        self.generation = 0
+        self.transport: MediaTransport | None = None
+        self._pending: deque[_Audio | _Boundary] = deque()
+        self._pending_bytes = 0
+        self._sent_ms = 0
+        # Marks sent and not yet played: (mark id, timeline position, boundary callback).
+        self._marks: deque[tuple[str, int, BoundaryCallback | None]] = deque()
+        self._mark_ids = itertools.count()
+        # The last confirmed position and when (monotonic) it was confirmed.
+        self._anchor_ms = 0
+        self._anchor_at = time.monotonic()
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._feeder: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def attach(self, transport: MediaTransport) -> None:
+        """Start feeding ``transport`` (audio put before this waits for it)."""
+        self.transport = transport
+        transport.on_mark = self._on_mark
+        self._feeder = asyncio.create_task(self._feed(), name="speakd-playout")
+
+    async def aclose(self) -> None:
+        if self._feeder is not None:
+            self._feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feeder
+            self._feeder = None
+
+    # -- synthesis side ---------------------------------------------------------------------
+
+    async def put(self, generation: int, data: bytes, on_sent: Callable[[int], None] | None = None) -> bool:
+        """Queue whole frames; waits while the local buffer is full. False if ``generation`` is stale."""
+        while self._pending_bytes >= self.max_buffered_bytes and generation == self.generation:
+            self._space.clear()
+            await self._space.wait()
+        if generation != self.generation:
+            return False
+        self._pending.append(_Audio(data, on_sent))
+        self._pending_bytes += len(data)
+        self._wake.set()
+        return True
+
+    def boundary(self, generation: int, callback: BoundaryCallback) -> None:
+        """Call ``callback`` when playout reaches this point (never, if flushed first)."""
+        if generation == self.generation:
+            self._pending.append(_Boundary(callback))
+            self._wake.set()
+
+    def flush(self) -> int:
+        """Drop everything not yet played; returns the timeline position reached (ms)."""
+        reached = self.position()
+        self.generation += 1
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._marks.clear()
+        if self.transport is not None:
+            self.transport.flush()
+        # Whatever was sent is played or dropped now: the far end's queue is empty.
+        self._anchor_ms, self._anchor_at = self._sent_ms, time.monotonic()
+        self._space.set()
+        return reached
+
+    # -- positions --------------------------------------------------------------------------
+
+    def position(self) -> int:
+        """The timeline position played by now (ms)."""
+        limit = self._marks[0][1] if self._marks else self._sent_ms
+        elapsed = int((time.monotonic() - self._anchor_at) * 1000)
+        return min(self._anchor_ms + elapsed, limit)
+
+    @property
+    def lead_now_ms(self) -> int:
+        return self._sent_ms - self.position()
+
+    def _on_mark(self, mark_id: str) -> None:
+        # Marks are played in order: one played means every earlier one was too.
+        if not any(m[0] == mark_id for m in self._marks):
+            return  # flushed, or not ours
+        now_wall, now = time.time(), time.monotonic()
+        while self._marks:
+            current, position, callback = self._marks.popleft()
+            self._anchor_ms, self._anchor_at = position, now
+            if callback is not None:
+                callback(now_wall)
+            if current == mark_id:
+                break
+        self._wake.set()
+
+    # -- the feeder -------------------------------------------------------------------------
+
+    def _send_mark(self, callback: BoundaryCallback | None) -> None:
+        assert self.transport is not None
+        mark_id = f"m{next(self._mark_ids)}"
+        self._marks.append((mark_id, self._sent_ms, callback))
+        self.transport.mark(mark_id)
+
+    async def _feed(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        while True:
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            entry = self._pending[0]
+            if isinstance(entry, _Boundary):
+                self._pending.popleft()
+                self._send_mark(entry.callback)
+                continue
+            if not transport.writable.is_set():
+                await transport.writable.wait()
+                continue
+            if self.lead_now_ms >= self.lead_ms:
+                # Woken by the next played mark (or a flush); the timeout covers a far end
+                # that plays without confirming (marks are at most mark_every_ms apart).
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.mark_every_bytes / BYTES_PER_MS / 1000)
+                continue
+            piece = entry.data[: self.mark_every_bytes]
+            if len(piece) < len(entry.data):
+                entry.data = entry.data[len(piece) :]
+            else:
+                self._pending.popleft()
+            self._pending_bytes -= len(piece)
+            if not self._marks and self.position() >= self._sent_ms:
+                # The far end's queue ran dry: this audio starts playing now, not when the
+                # timeline would say (silence does not advance it).
+                self._anchor_ms, self._anchor_at = self._sent_ms, time.monotonic()
+            if entry.on_sent is not None:
+                entry.on_sent(self._sent_ms)
+                entry.on_sent = None
+            transport.send_audio(piece)
+            self._sent_ms += len(piece) // BYTES_PER_MS
+            self._send_mark(None)
+            if self._pending_bytes < self.max_buffered_bytes:
+                self._space.set()

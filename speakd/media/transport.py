@@ -1,0 +1,69 @@
+"""A session's media path into Asterisk: send audio, flush it, mark positions, hear back.
+
+Both transports follow chan_websocket's model: audio handed over is queued at the far end
+and played out at real time by something that does not share speakd's interpreter (Asterisk
+itself for ``websocket``; speakd's pacer process for ``rtp``). A mark placed after some
+audio comes back through :attr:`MediaTransport.on_mark` once that audio has been played;
+``flush`` drops everything queued and the marks in it never come back.
+
+Calls are synchronous and keep their order: each appends to the transport's outgoing queue,
+which one writer task drains. ``flush`` also drops what the writer has not sent yet, so
+audio handed over before a flush never reaches the wire after it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable
+from enum import StrEnum
+
+
+class TransportKind(StrEnum):
+    WEBSOCKET = "websocket"
+    RTP = "rtp"
+
+
+class MediaTransport(abc.ABC):
+    kind: TransportKind
+
+    def __init__(self) -> None:
+        # Set by the owner before the first mark; called on the event loop.
+        self.on_mark: Callable[[str], None] = _ignore
+        # Cleared while the far end asks us to hold off (chan_websocket MEDIA_XOFF).
+        self.writable = asyncio.Event()
+        self.writable.set()
+        # Resolves with a reason when the far end goes away on its own (never on aclose()).
+        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect; raises :class:`TransportError` if the media path cannot be opened."""
+
+    @abc.abstractmethod
+    def send_audio(self, data: bytes) -> None:
+        """Queue whole 20 ms frames of the session codec for playout (split as needed)."""
+
+    @abc.abstractmethod
+    def mark(self, mark_id: str) -> None:
+        """Queue a mark after everything sent so far."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Drop everything queued, here and at the far end; pending marks are never reported."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the media path (idempotent). Does not resolve :attr:`closed`."""
+
+    def _far_end_closed(self, reason: str) -> None:
+        if not self.closed.done():
+            self.closed.set_result(reason)
+
+
+class TransportError(Exception):
+    """The media path could not be opened or broke."""
+
+
+def _ignore(_mark_id: str) -> None:
+    return None

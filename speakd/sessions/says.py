@@ -1,0 +1,112 @@
+"""Say items: what was asked, and what of it the call actually heard.
+
+A say moves ``queued -> playing -> played``, or ends ``interrupted`` (a flush, stop or hangup
+cut it: ``heard_chars`` says how much of its text had been played) or ``failed`` (the
+provider's message in ``error``; audio already played stays counted).
+
+What was heard is read off the say's *word marks*: pairs (audio ms into the say, characters
+spoken by then). Providers that report alignments give exact marks; for the others they are
+estimated from the text's words spread over the audio.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from speakd.sessions.model import NOT_YET, now_stamp
+from speakd.store.sqlite import SAY_FIELDS
+
+
+class SayStatus(StrEnum):
+    QUEUED = "queued"
+    PLAYING = "playing"
+    PLAYED = "played"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+
+FINAL = frozenset({SayStatus.PLAYED, SayStatus.INTERRUPTED, SayStatus.FAILED})
+
+_WORD_END = re.compile(r"\S+")
+
+
+@dataclass(eq=False)
+class SayItem:
+    speaking_id: str
+    text: str
+    payload_type: str = "text"
+    say_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    status: SayStatus = SayStatus.QUEUED
+    error: str = ""
+    heard_chars: int = 0
+    played_ms: int = 0
+    tm_queued: str = field(default_factory=now_stamp)
+    tm_play_start: str = NOT_YET
+    tm_play_end: str = NOT_YET
+    # Run-time only (not stored): where the say sits on the playout timeline, and its marks.
+    start_ms: int | None = field(default=None, repr=False)
+    synthesized_ms: int = field(default=0, repr=False)
+    synthesized: bool = field(default=False, repr=False)
+    word_marks: list[tuple[int, int]] = field(default_factory=list, repr=False)
+
+    STORED = SAY_FIELDS
+
+    @property
+    def heard_text(self) -> str:
+        return self.text[: self.heard_chars]
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.STORED}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The say item as the API shows it."""
+        return {
+            "say_id": self.say_id,
+            "status": str(self.status),
+            "error": self.error,
+            "heard_chars": self.heard_chars,
+            "heard_text": self.heard_text,
+            "played_ms": self.played_ms,
+            "tm_queued": self.tm_queued,
+            "tm_play_start": self.tm_play_start,
+            "tm_play_end": self.tm_play_end,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> SayItem:
+        values = {k: row[k] for k in cls.STORED}
+        values["status"] = SayStatus(values["status"])
+        return cls(**values)
+
+    # -- what was heard ---------------------------------------------------------------------
+
+    def add_word_mark(self, audio_ms: int, chars: int) -> None:
+        """Text up to ``chars`` had been spoken ``audio_ms`` into the say's audio."""
+        self.word_marks.append((audio_ms, chars))
+
+    def chars_heard_by(self, played_ms: int) -> int:
+        """Characters of the text fully played after ``played_ms`` of the say's audio."""
+        if self.synthesized and not self.error and played_ms >= self.synthesized_ms:
+            return len(self.text)
+        marks = self.word_marks or self._estimated_marks()
+        index = bisect.bisect_right(marks, (played_ms, len(self.text) + 1))
+        return marks[index - 1][1] if index else 0
+
+    def _estimated_marks(self) -> list[tuple[int, int]]:
+        # No alignment: spread the words over the audio in proportion to their length (over
+        # the known total once all of it is synthesized, else at a typical 14 characters a second).
+        complete = self.synthesized and not self.error
+        total_ms = self.synthesized_ms if complete else max(self.synthesized_ms, len(self.text) * 1000 // 14)
+        if not self.text or total_ms <= 0:
+            return []
+        return [(m.end() * total_ms // len(self.text), m.end()) for m in _WORD_END.finditer(self.text)]
+
