@@ -85,9 +85,7 @@ def ari_settings() -> dict[str, str]:
     http = _parse_conf(CONFIG_DIR / "http.conf").get("general", {})
     host = http.get("bindaddr", "127.0.0.1")
     port = http.get("bindport", "8088")
-    users = [
-        (name, s) for name, s in _parse_conf(CONFIG_DIR / "ari.conf").items() if s.get("type") == "user"
-    ]
+    users = [(name, s) for name, s in _parse_conf(CONFIG_DIR / "ari.conf").items() if s.get("type") == "user"]
     if not users:
         raise SandboxError(f"no type=user section in {CONFIG_DIR / 'ari.conf'}")
     name, section = users[0]
@@ -214,9 +212,7 @@ def _root_pids(root: Path) -> list[int]:
 
 def _ari_ok(settings: dict[str, str], timeout: float = 2.0) -> bool:
     token = base64.b64encode(f"{settings['user']}:{settings['password']}".encode()).decode()
-    req = urllib.request.Request(
-        settings["url"] + "/ari/asterisk/info", headers={"Authorization": f"Basic {token}"}
-    )
+    req = urllib.request.Request(settings["url"] + "/ari/asterisk/info", headers={"Authorization": f"Basic {token}"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status == 200
@@ -235,8 +231,10 @@ def _check_port_free(settings: dict[str, str]) -> None:
             if s.connect_ex((host, int(port))) != 0:
                 return
         if time.monotonic() > deadline:
-            raise SandboxError(f"{host}:{port} is already in use by another process (another sandbox "
-                               f"with a different SPEAKD_SANDBOX_DIR?); stop it first")
+            raise SandboxError(
+                f"{host}:{port} is already in use by another process (another sandbox "
+                f"with a different SPEAKD_SANDBOX_DIR?); stop it first"
+            )
         time.sleep(0.1)
 
 
@@ -364,10 +362,13 @@ def cmd_up() -> int:
     mount_all(root)
     t0 = time.monotonic()
     pid = start_asterisk(root, settings)
-    write_state({"pid": pid, "root": str(root), "config_hash": wanted, "ari_url": settings["url"],
-                 "started_at": time.time()})
-    print(f"sandbox: up in {time.monotonic() - t0:.1f} s (pid {pid}, ARI {settings['url']}, "
-          f"user {settings['user']})", file=sys.stderr)
+    write_state(
+        {"pid": pid, "root": str(root), "config_hash": wanted, "ari_url": settings["url"], "started_at": time.time()}
+    )
+    print(
+        f"sandbox: up in {time.monotonic() - t0:.1f} s (pid {pid}, ARI {settings['url']}, user {settings['user']})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -435,8 +436,12 @@ def cmd_env() -> int:
 def _ari(settings: dict[str, str], method: str, path: str, body: dict | None = None) -> dict:
     token = base64.b64encode(f"{settings['user']}:{settings['password']}".encode()).decode()
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(settings["url"] + "/ari" + path, data=data, method=method,
-                                 headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        settings["url"] + "/ari" + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         raw = resp.read()
     return json.loads(raw) if raw else {}
@@ -449,15 +454,22 @@ def cmd_call(minutes: float) -> int:
         raise SandboxError("ARI does not answer: run `python -m speakd.sandbox up` first")
     test_id = "manual-" + uuid.uuid4().hex[:8]
     a1, a2 = f"{test_id}-a1", f"{test_id}-a2"
-    query = (f"endpoint=Local/alice@speakd-test/n&context=speakd-test&extension=dialbob"
-             f"&channelId={a1}&otherChannelId={a2}")
-    _ari(settings, "POST", f"/channels?{query}", {"variables": {
-        "_SPEAKD_TEST_ID": test_id, "_SPEAKD_TEST_MAX_SECONDS": str(int(minutes * 60))}})
+    query = (
+        f"endpoint=Local/alice@speakd-test/n&context=speakd-test&extension=dialbob&channelId={a1}&otherChannelId={a2}"
+    )
+    _ari(
+        settings,
+        "POST",
+        f"/channels?{query}",
+        {"variables": {"_SPEAKD_TEST_ID": test_id, "_SPEAKD_TEST_MAX_SECONDS": str(int(minutes * 60))}},
+    )
     print(a1)
-    print(f"sandbox: call up for {minutes:g} min; alice hears whisper=out on {a1}. Recordings: "
-          f"/ari/recordings/stored/{test_id}-alice and {test_id}-bob (after hangup). "
-          f"Hang up early: curl -u {settings['user']}:*** -X DELETE {settings['url']}/ari/channels/{a1}",
-          file=sys.stderr)
+    print(
+        f"sandbox: call up for {minutes:g} min; alice hears whisper=out on {a1}. Recordings: "
+        f"/ari/recordings/stored/{test_id}-alice and {test_id}-bob (after hangup). "
+        f"Hang up early: curl -u {settings['user']}:*** -X DELETE {settings['url']}/ari/channels/{a1}",
+        file=sys.stderr,
+    )
     return 0
 
 

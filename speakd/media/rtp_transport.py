@@ -153,7 +153,7 @@ class PacerProcess:
         self._ready = asyncio.get_running_loop().create_future()
         self._reader_task = asyncio.create_task(self._read(reader, proc), name="speakd-rtp-pacer-read")
         self.starts += 1
-        await asyncio.wait({self._ready, self._reader_task}, timeout=READY_TIMEOUT)
+        await asyncio.wait({self._ready, self._reader_task}, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         if not self._ready.done():
             await self._reap()
             raise TransportError("the RTP pacer did not start")

@@ -16,8 +16,11 @@ the generator stops asking for further sentences.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import json
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -91,12 +94,28 @@ class PiperProvider(Provider):
         voice = PiperVoice(
             config=PiperConfig.from_dict(json.loads(Path(self.config_path).read_text())),
             session=onnxruntime.InferenceSession(
-                self.model_path, sess_options=options, providers=["CPUExecutionProvider"]
+                self._model_with_alignments(), sess_options=options, providers=["CPUExecutionProvider"]
             ),
         )
         self.sample_rate = voice.config.sample_rate
         log.info("piper_loaded", model=self.model_path, sample_rate=self.sample_rate)
         return voice
+
+    def _model_with_alignments(self) -> str | bytes:
+        """The model, patched in memory to also output how many samples each phoneme took:
+        word marks then say exactly what a cut say had played. The audio is unchanged."""
+        try:
+            import onnx
+            from piper.patch_voice_with_alignment import add_alignment_output
+
+            model = onnx.load(self.model_path)
+            add_alignment_output(model)
+            return model.SerializeToString()
+        except ValueError:
+            return self.model_path  # already patched on disk
+        except Exception as exc:
+            log.warning("piper_no_alignments", reason=str(exc), effect="what a cut say played is estimated")
+            return self.model_path
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -117,13 +136,16 @@ class PiperProvider(Provider):
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         voice = await self._ensure_loaded()
         loop = asyncio.get_running_loop()
-        sentences: Iterator[Any] = iter(voice.synthesize(request.text, syn_config=self._syn_config))
+        sentences: Iterator[Any] = iter(
+            voice.synthesize(request.text, syn_config=self._syn_config, include_alignments=True)
+        )
         fmt = AudioFormat("pcm_s16le", self.sample_rate)
+        words = await loop.run_in_executor(self._executor, WordClock.for_text, voice, request.text)
         while True:
             chunk = await loop.run_in_executor(self._executor, next, sentences, _DONE)
             if chunk is _DONE:
                 return
-            yield AudioChunk(chunk.audio_int16_bytes, fmt)
+            yield AudioChunk(chunk.audio_int16_bytes, fmt, words.marks(chunk.phoneme_alignments or ()))
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
         if language and language.lower() not in (self.language.lower(), self.family.lower()):
@@ -131,6 +153,59 @@ class PiperProvider(Provider):
         return [
             Voice(provider=self.name, voice_id=self.default_voice, name=self.default_voice, languages=(self.language,))
         ]
+
+
+_NOT_SOUNDS = frozenset(" ˈˌ.,;:!?¡¿—…\"'()-")
+
+
+def _sounds(phonemes: str | list[str]) -> int:
+    return sum(1 for p in phonemes if p not in _NOT_SOUNDS)
+
+
+class WordClock:
+    """Turns Piper's phoneme alignments into word marks on the request text.
+
+    espeak's phoneme words do not map one to one onto the text's words (it joins "in the",
+    reads "3.14" as four words), so progress is measured in phonemes: each text word weighs
+    what espeak makes of it alone, and a phoneme-word boundary at overall phoneme progress p
+    marks the text words whose cumulative weight is within p.
+    """
+
+    def __init__(self, word_ends: list[int], weights: list[int], total_sounds: int) -> None:
+        self._ends = word_ends
+        self._cumulative = list(itertools.accumulate(weights))
+        self._total_sounds = max(1, total_sounds)
+        self._sounds_so_far = 0
+
+    @classmethod
+    def for_text(cls, voice: Any, text: str) -> WordClock:
+        ends, weights = [], []
+        for match in re.finditer(r"\S+", text):
+            ends.append(match.end())
+            weights.append(max(1, sum(_sounds(s) for s in voice.phonemize(match.group()))))
+        total = sum(_sounds(s) for s in voice.phonemize(text))
+        return cls(ends, weights, total)
+
+    def marks(self, alignments: Any) -> tuple[tuple[int, int], ...]:
+        """(characters spoken, sample offset) at each word boundary of one chunk."""
+        if not self._ends:
+            return ()
+        marks: list[tuple[int, int]] = []
+        samples = 0
+        for alignment in alignments:
+            samples += alignment.num_samples
+            if alignment.phoneme == " ":
+                marks.append((self._chars_at(), int(samples)))
+            else:
+                self._sounds_so_far += _sounds(alignment.phoneme)
+        if alignments:
+            marks.append((self._chars_at(), int(samples)))
+        return tuple(marks)
+
+    def _chars_at(self) -> int:
+        reached = self._sounds_so_far / self._total_sounds * self._cumulative[-1]
+        index = bisect.bisect_right(self._cumulative, reached + 0.5)
+        return self._ends[index - 1] if index else 0
 
 
 def create(section: dict[str, Any]) -> PiperProvider:

@@ -109,4 +109,3 @@ class SayItem:
         if not self.text or total_ms <= 0:
             return []
         return [(m.end() * total_ms // len(self.text), m.end()) for m in _WORD_END.finditer(self.text)]
-

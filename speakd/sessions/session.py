@@ -265,4 +265,3 @@ class Session:
         with contextlib.suppress(ValueError):
             self._in_playout.remove(item)
         self._changed(item)
-

@@ -207,9 +207,7 @@ class CallTarget(Target):
     async def validate(self, ari: AriClient, customer_id: str, owner_variable: str) -> None:
         path = f"channels/{self.reference_id}"
         try:
-            channel, owner = await asyncio.gather(
-                ari.get(path), channel_owner(ari, self.reference_id, owner_variable)
-            )
+            channel, owner = await asyncio.gather(ari.get(path), channel_owner(ari, self.reference_id, owner_variable))
         except AriNotFound:
             raise InvalidRequest(
                 f"reference_id '{self.reference_id}' is not a live call: Asterisk has no channel with that id"
@@ -270,5 +268,3 @@ class CallTarget(Target):
             self._subscribed = False
             with contextlib.suppress(AriError):
                 await ctx.ari.delete(f"applications/{ctx.app}/subscription", eventSource=f"channel:{self.reference_id}")
-
-

@@ -138,9 +138,7 @@ class SqliteStore:
                     (Status.STOPPED, stamp, Status.INITIATING, Status.ACTIVE),
                 )
                 # Says a crash left unfinished were cut by it.
-                self.db.execute(
-                    "UPDATE says SET status = 'interrupted' WHERE status IN ('queued', 'playing')"
-                )
+                self.db.execute("UPDATE says SET status = 'interrupted' WHERE status IN ('queued', 'playing')")
             return [Speaking(**dict(r)) for r in rows]
 
         return await self._run(run)

@@ -49,8 +49,11 @@ class Ari:
     async def request(
         self, method: str, path: str, *, params: dict | None = None, json: Any = None, raw: bool = False
     ) -> Any:
-        params = {k: ("true" if v is True else "false" if v is False else str(v))
-                  for k, v in (params or {}).items() if v is not None}
+        params = {
+            k: ("true" if v is True else "false" if v is False else str(v))
+            for k, v in (params or {}).items()
+            if v is not None
+        }
         async with self.session.request(
             method, f"{self.url}/ari{path}", params=params, json=json, timeout=aiohttp.ClientTimeout(total=15)
         ) as resp:
@@ -177,6 +180,7 @@ class AriApp:
 
     def of_type(self, event_type: str, channel_id: str | None = None) -> list[dict]:
         return [
-            e for e in self.events
+            e
+            for e in self.events
             if e.get("type") == event_type and (channel_id is None or e.get("channel", {}).get("id") == channel_id)
         ]

@@ -62,6 +62,37 @@ def frame_dbfs(samples: np.ndarray) -> np.ndarray:
     return np.maximum(20 * np.log10(np.maximum(rms, 1e-12)), FLOOR_DB)
 
 
+def window_dbfs(samples: np.ndarray, window: int = FRAME) -> np.ndarray:
+    """RMS level in dBFS of the `window` samples starting at every sample (len - window + 1 values).
+
+    Unlike frame_dbfs this does not depend on where the 20 ms grid falls: a 20 ms hole that
+    straddles two grid frames still shows up as one quiet window here.
+    """
+    if len(samples) < window:
+        return np.zeros(0)
+    x = samples.astype(np.int64)
+    energy = np.concatenate([[0], np.cumsum(x * x)])  # exact in int64
+    power = (energy[window:] - energy[:-window]) / (window * 32768.0**2)
+    return np.maximum(10 * np.log10(np.maximum(power, 1e-24)), FLOOR_DB)
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    """A 16-bit mono 8 kHz WAV file of `samples` (e.g. for Asterisk to play)."""
+    data = samples.astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, RATE, RATE * 2, 2, 16)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data))
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"data"
+        + struct.pack("<I", len(data))
+        + data
+    )
+
+
 def frame_rms(samples: np.ndarray) -> np.ndarray:
     n = len(samples) // FRAME
     frames = samples[: n * FRAME].astype(np.float64).reshape(n, FRAME)

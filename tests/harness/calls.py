@@ -86,6 +86,10 @@ class TwoPartyCall:
             self.hung_up_at = time.monotonic()
         await self.ari.delete_quietly(f"/channels/{self.channel_id}")
 
+    async def recording_started_at(self, party: str) -> float:
+        """Wall-clock time (time.time()) of the first sample of `party`'s recording (±20 ms)."""
+        return float(await self.ari.global_var(f"SPEAKD_REC_T0_{self.test_id}_{party}"))
+
     async def recording(self, party: str) -> np.ndarray:
         """What `party` heard, int16 at 8 kHz. Hangs the call up first if it is still up."""
         if party not in self.parties:

@@ -51,6 +51,8 @@ class SpeakdProcess:
     app: str = field(default_factory=lambda: f"speakd-t{uuid.uuid4().hex[:6]}")
     port: int = field(default_factory=free_port)
     extra_config: str = ""
+    transport: str = "auto"  # [media] transport
+    codec: str = "ulaw"  # [media] codec
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -76,6 +78,10 @@ username = "{self.ari_user}"
 password = "{self.ari_password}"
 app = "{self.app}"
 reconnect_max_backoff = 1.0
+
+[media]
+transport = "{self.transport}"
+codec = "{self.codec}"
 
 [tts]
 default_provider = "piper"

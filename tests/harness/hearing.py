@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.audio import FRAME_S, envelope_correlation, frame_dbfs, spectral_similarity
+from harness.audio import (
+    FRAME,
+    FRAME_S,
+    RATE,
+    envelope_correlation,
+    frame_dbfs,
+    noise_floor_db,
+    spectral_similarity,
+    window_dbfs,
+)
 
 SPEECH_DBFS = -40.0  # Piper speech sits around -20 dBFS; the phones' carrier near -60
 GREETING = "Hello! This is your agent speaking. How can I help you today?"
@@ -69,3 +79,147 @@ def first_frame_sent_at(speakd, speaking_id: str) -> float:
             stamp = json.loads(line)["timestamp"]
             return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
     raise AssertionError("the daemon never reported playing")
+
+
+# Dropouts: 20 ms holes in speech. A frame that did not reach Asterisk in time leaves only the
+# other phone's carrier in that 20 ms of the recording (about -67 dBFS in these recordings), while
+# the speech around it is 30-50 dB louder. Natural speech has quiet 20 ms stretches too (pauses,
+# stop consonants), so a hole counts only where the reference, at the aligned place and at the
+# recording's level, has no quiet stretch nearby. The snoop whisper path plays speech 5.6-6.6 dB
+# below the rendering, so that gain is measured first and "near-silent" is relative to the
+# recording's own floor.
+# Calibrated on 9 good recordings (Asterisk playing the reference through a whisper snoop, quiet
+# host): 0 holes in 8 of them, corr 0.969-0.975, speech 8.58-8.62 s of 8.66 s, and the quietest
+# window where the reference speaks stayed 8.1-8.3 dB above the hole line; a real hole sits
+# about 10 dB below it. One of those 9 had a real 20 ms hole (carrier only, mid-vowel, 0.12 s
+# into the playback): Asterisk itself can drop a frame. On synthetic recordings (reference +
+# -60 dBFS carrier) 0 holes; 16 of 20 inserted 20 ms holes were found (the other 4 fell within
+# DROPOUT_TOLERANCE_S of a natural pause, where a hole is not told from speech).
+DROPOUT_ABOVE_FLOOR_DB = 10.0  # a recording window within this of the carrier floor holds no speech
+NATURAL_MARGIN_DB = 6.0  # the reference is "naturally quiet" if it comes within this of that line
+DROPOUT_TOLERANCE_S = 0.04  # alignment slack: envelope lag is good to half a frame, plus drift
+GAIN_RANGE_DB = (-12.0, 3.0)  # measured -5.6 to -6.6 dB through snoop whisper
+
+
+@dataclass
+class Intactness:
+    """How whole one party's recording of one reference is."""
+
+    who: str
+    corr: float
+    lag_frames: int
+    speech_s: float
+    reference_speech_s: float
+    gain_db: float = 0.0  # the recording's level relative to the reference
+    heard_s: float = 0.0  # speech seconds in the whole recording (same threshold as speech_s)
+    dropouts: list[tuple[float, float]] = field(default_factory=list)  # (start s in recording, length s)
+
+    @property
+    def start_s(self) -> float:
+        return self.lag_frames * FRAME_S
+
+    def problems(self, min_corr: float = 0.9, speech_ratio: tuple[float, float] = (0.9, 1.1)) -> list[str]:
+        found = []
+        if self.corr < min_corr:
+            found.append(f"envelope correlation {self.corr:.2f} < {min_corr}")
+        low, high = speech_ratio
+        if not low * self.reference_speech_s <= self.speech_s <= high * self.reference_speech_s:
+            found.append(f"{self.speech_s:.2f}s of speech where the reference has {self.reference_speech_s:.2f}s")
+        if self.dropouts:
+            where = ", ".join(
+                f"{start:.2f}s (+{(start - self.start_s):.2f}s) {length * 1000:.0f}ms"
+                for start, length in self.dropouts[:8]
+            )
+            more = f" and {len(self.dropouts) - 8} more" if len(self.dropouts) > 8 else ""
+            found.append(f"{len(self.dropouts)} dropouts ({self.dropout_s:.2f}s): at {where}{more}")
+        return found
+
+    @property
+    def dropout_s(self) -> float:
+        return sum(length for _, length in self.dropouts)
+
+    def summary(self) -> str:
+        return (
+            f"{self.who}: corr {self.corr:.3f}, speech {self.speech_s:.2f}/{self.reference_speech_s:.2f}s "
+            f"(heard {self.heard_s:.2f}s in all), "
+            f"{len(self.dropouts)} dropouts ({self.dropout_s:.2f}s), speech starts at {self.start_s:.2f}s, "
+            f"level {self.gain_db:+.1f} dB"
+        )
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """True wherever `mask` is True within `radius` samples."""
+    counts = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+    idx = np.arange(len(mask))
+    lo, hi = np.maximum(idx - radius, 0), np.minimum(idx + radius + 1, len(mask))
+    return counts[hi] - counts[lo] > 0
+
+
+def level_gain_db(recording: np.ndarray, reference: np.ndarray, lag_frames: int) -> float:
+    """How much louder (dB, usually negative) the recording plays the reference placed at
+    `lag_frames`: the median over the reference's loud frames."""
+    rec = frame_dbfs(recording[lag_frames * FRAME : lag_frames * FRAME + len(reference)])
+    ref = frame_dbfs(reference)[: len(rec)]
+    loud = ref > -35.0
+    gain = float(np.median(rec[loud] - ref[loud])) if loud.any() else 0.0
+    # Clamped: where little was heard the median says nothing about the path, and a recording
+    # that is mostly carrier must not lower what counts as a hole in it.
+    return min(max(gain, GAIN_RANGE_DB[0]), GAIN_RANGE_DB[1])
+
+
+def find_dropouts(
+    recording: np.ndarray,
+    reference: np.ndarray,
+    lag_frames: int,
+    above_floor_db: float = DROPOUT_ABOVE_FLOOR_DB,
+    natural_margin_db: float = NATURAL_MARGIN_DB,
+    tolerance_s: float = DROPOUT_TOLERANCE_S,
+) -> list[tuple[float, float]]:
+    """Holes in the speech: (start s in the recording, length s) of every stretch where some
+    20 ms window of the recording is near-silent (within `above_floor_db` of its carrier floor)
+    although the reference, placed at `lag_frames` (from envelope_correlation) and scaled to the
+    recording's level, stays `natural_margin_db` above that line for `tolerance_s` either side.
+    Only between the reference's first and last speech (holes between two loud parts); a
+    recording that stops early shows its missing end as one long hole.
+
+    Windows start at every sample (window_dbfs), so a hole is found wherever it falls on the
+    20 ms grid.
+    """
+    offset = lag_frames * FRAME
+    rec = recording[offset : offset + len(reference)]
+    if len(rec) < len(reference):
+        rec = np.concatenate([rec, np.zeros(len(reference) - len(rec), dtype=rec.dtype)])
+    rec_db, ref_db = window_dbfs(rec), window_dbfs(reference)
+    loud = np.flatnonzero(ref_db > SPEECH_DBFS)
+    if len(loud) < 2:
+        return []
+    inside = np.zeros(len(ref_db), dtype=bool)
+    inside[loud[0] : loud[-1] + 1] = True
+    quiet_line = noise_floor_db(recording) + above_floor_db
+    expected_db = ref_db + level_gain_db(recording, reference, lag_frames)
+    naturally_quiet = _dilate(expected_db < quiet_line + natural_margin_db, int(tolerance_s * RATE))
+    hole = (rec_db < quiet_line) & ~naturally_quiet & inside
+    padded = np.concatenate([[False], hole, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return [
+        ((offset + start) / RATE, (end - start + FRAME - 1) / RATE)
+        for start, end in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)
+    ]
+
+
+def judge_intact(recording: np.ndarray, reference: np.ndarray, who: str) -> Intactness:
+    """Envelope correlation, speech seconds of the aligned span (at the recording's own level)
+    and dropouts of one recording of `reference`."""
+    corr, lag = envelope_correlation(recording, reference)
+    span = recording[lag * FRAME : lag * FRAME + len(reference)]
+    gain = level_gain_db(recording, reference, lag)
+    return Intactness(
+        who=who,
+        corr=corr,
+        lag_frames=lag,
+        speech_s=float(np.count_nonzero(frame_dbfs(span) > SPEECH_DBFS + gain) * FRAME_S),
+        heard_s=float(np.count_nonzero(frame_dbfs(recording) > SPEECH_DBFS + gain) * FRAME_S),
+        reference_speech_s=speech_seconds(reference),
+        gain_db=gain,
+        dropouts=find_dropouts(recording, reference, lag),
+    )

@@ -72,10 +72,14 @@ async def inject_into(ari: Ari, app: AriApp, channel_id: str, whisper: str = "ou
     host, port = sock.getsockname()
     inj = Injection(ari, app, f"{tag}-snoop", f"{tag}-em", f"{tag}-br", sock, ("", 0))
     try:
-        await ari.post(f"/channels/{channel_id}/snoop", app=app.name, whisper=whisper, spy="none",
-                       snoopId=inj.snoop_id)
-        em = await ari.post("/channels/externalMedia", app=app.name, external_host=f"{host}:{port}",
-                            format="ulaw", channelId=inj.media_id)
+        await ari.post(f"/channels/{channel_id}/snoop", app=app.name, whisper=whisper, spy="none", snoopId=inj.snoop_id)
+        em = await ari.post(
+            "/channels/externalMedia",
+            app=app.name,
+            external_host=f"{host}:{port}",
+            format="ulaw",
+            channelId=inj.media_id,
+        )
         vars_ = em["channelvars"]
         inj.rtp_to = (vars_["UNICASTRTP_LOCAL_ADDRESS"], int(vars_["UNICASTRTP_LOCAL_PORT"]))
         inj._listener = asyncio.create_task(inj._listen())

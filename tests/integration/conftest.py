@@ -5,12 +5,19 @@ from __future__ import annotations
 import pytest_asyncio
 from harness.daemon import Api, SpeakdProcess
 
+TRANSPORTS = ("websocket", "rtp")
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def speakd(ari_settings, tmp_path_factory):
-    """One daemon shared by the tests that do not restart it."""
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session", params=TRANSPORTS)
+async def speakd(request, ari_settings, tmp_path_factory):
+    """One daemon per media transport, shared by the tests that do not restart it: every
+    test using it runs on both transports."""
     daemon = SpeakdProcess(
-        tmp_path_factory.mktemp("speakd"), ari_settings["url"], ari_settings["user"], ari_settings["password"]
+        tmp_path_factory.mktemp("speakd"),
+        ari_settings["url"],
+        ari_settings["user"],
+        ari_settings["password"],
+        transport=request.param,
     )
     await daemon.start()
     yield daemon

@@ -107,15 +107,25 @@ async def test_mixing_conference_hears_external_media(ari, mixing_conference, sp
     host_sock.setblocking(False)
     em_id = f"{conf.test_id}-em"
     try:
-        em = await ari.post("/channels/externalMedia", app=speakd_like_app.name,
-                            external_host=f"127.0.0.1:{host_sock.getsockname()[1]}", format="ulaw",
-                            channelId=em_id)
+        em = await ari.post(
+            "/channels/externalMedia",
+            app=speakd_like_app.name,
+            external_host=f"127.0.0.1:{host_sock.getsockname()[1]}",
+            format="ulaw",
+            channelId=em_id,
+        )
         await speakd_like_app.wait_stasis_start(em_id)
         # a bridge made by another app accepts our channel as long as it is in Stasis
         await ari.post(f"/bridges/{conf.bridge_id}/addChannel", channel=em_id)
-        inj = Injection(ari, speakd_like_app, "", em_id, "", host_sock,
-                        (em["channelvars"]["UNICASTRTP_LOCAL_ADDRESS"],
-                         int(em["channelvars"]["UNICASTRTP_LOCAL_PORT"])))
+        inj = Injection(
+            ari,
+            speakd_like_app,
+            "",
+            em_id,
+            "",
+            host_sock,
+            (em["channelvars"]["UNICASTRTP_LOCAL_ADDRESS"], int(em["channelvars"]["UNICASTRTP_LOCAL_PORT"])),
+        )
         await asyncio.sleep(0.3)
         await inj.send(audio.tone(TONE_HZ, TONE_S))
         await asyncio.sleep(0.5)
@@ -131,8 +141,13 @@ async def test_confbridge_room_hears_announcer(ari, confbridge_room, speakd_like
     room = await confbridge_room(n=2)
     announcer = f"{room.test_id}-announcer"
     try:
-        await ari.post("/channels", endpoint=f"Local/{room.room}@speakd-confbridge/n", app=speakd_like_app.name,
-                       channelId=announcer, otherChannelId=f"{announcer}-2")
+        await ari.post(
+            "/channels",
+            endpoint=f"Local/{room.room}@speakd-confbridge/n",
+            app=speakd_like_app.name,
+            channelId=announcer,
+            otherChannelId=f"{announcer}-2",
+        )
         await speakd_like_app.wait_stasis_start(announcer)
         inj = await _em_bridged_with(ari, speakd_like_app, announcer)
         try:
@@ -155,8 +170,13 @@ async def _em_bridged_with(ari, app, channel_id):
     sock.setblocking(False)
     em_id, br_id = f"{channel_id}-em", f"{channel_id}-br"
     inj = Injection(ari, app, channel_id, em_id, br_id, sock, ("", 0))
-    em = await ari.post("/channels/externalMedia", app=app.name,
-                        external_host=f"127.0.0.1:{sock.getsockname()[1]}", format="ulaw", channelId=em_id)
+    em = await ari.post(
+        "/channels/externalMedia",
+        app=app.name,
+        external_host=f"127.0.0.1:{sock.getsockname()[1]}",
+        format="ulaw",
+        channelId=em_id,
+    )
     inj.rtp_to = (em["channelvars"]["UNICASTRTP_LOCAL_ADDRESS"], int(em["channelvars"]["UNICASTRTP_LOCAL_PORT"]))
     await app.wait_stasis_start(em_id)
     await ari.post("/bridges", type="mixing", bridgeId=br_id)

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import leftovers
+from conftest import TRANSPORTS, leftovers
 from harness.audio import FRAME_S, envelope_correlation, render_piper
 from harness.daemon import Api, SpeakdProcess
 from harness.hearing import (
@@ -129,14 +129,16 @@ async def test_stop_mid_speech_silences_and_cleans_up(api, ari, speakd, two_part
     assert last_speech_s(recording) > cut_by - 0.8
 
 
-async def test_alaw_sessions_are_heard(ari_settings, make_two_party_call, tmp_path):
-    """rtp.codec = alaw: the ExternalMedia channel and every frame are G.711 a-law (payload type 8)."""
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_alaw_sessions_are_heard(ari_settings, make_two_party_call, tmp_path, transport):
+    """media.codec = alaw: the ExternalMedia channel and every frame are G.711 a-law."""
     daemon = SpeakdProcess(
         tmp_path,
         ari_settings["url"],
         ari_settings["user"],
         ari_settings["password"],
-        extra_config='[rtp]\ncodec = "alaw"\n',
+        codec="alaw",
+        transport=transport,
     )
     await daemon.start()
     api = Api(daemon.base)

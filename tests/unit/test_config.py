@@ -15,7 +15,7 @@ def test_defaults_without_a_file():
     config = load_config(None, environ={})
     assert config.server.port == 8090
     assert config.tts.default_provider == "elevenlabs"  # the spec's default
-    assert config.rtp.codec == "ulaw"
+    assert config.media.codec == "ulaw"
 
 
 def test_file_then_environment_overrides(tmp_path):
@@ -56,7 +56,7 @@ api_key = "file-key"
         ("[ari]\nurl = 5\n", {}, ["ari", "url", "string"]),
         ("[ari]\nusr = 'x'\n", {}, ["unknown key", "usr"]),
         ("[nope]\n", {}, ["unknown config section", "nope"]),
-        ("[rtp]\ncodec = 'slin16'\n", {}, ["rtp.codec", "slin"]),
+        ("[media]\ncodec = 'slin16'\n", {}, ["media.codec", "slin"]),
         ("[tts]\ndefault_provider = 'acme'\n", {}, ["default_provider", "acme"]),
         ("not toml ===", {}, ["not valid toml"]),
         ("", {"SPEAKD_SERVER_PORT": "eighty"}, ["SPEAKD_SERVER_PORT", "integer"]),

@@ -1,0 +1,119 @@
+"""What speakd says was played, checked against what the party recorded.
+
+The recording's first sample is placed on the wall clock by the phone's dialplan
+(``SPEAKD_REC_T0_<test>_<party>``, set as MixMonitor starts), so a say's ``tm_play_start`` and
+``tm_play_end`` can be compared with where its speech is in the recording; ``heard_text`` of a
+flushed say is compared with where the recording's speech stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+
+import pytest
+from harness.audio import FRAME_S, envelope_correlation, render_piper
+from harness.hearing import GREETING, LONG, assert_heard, last_speech_s, speech_seconds
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TIMING_TOLERANCE_S = 0.060
+RATE = 8000
+
+
+def wall(stamp: str) -> float:
+    return dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=dt.UTC).timestamp()
+
+
+async def says_of(api, speaking_id: str) -> list[dict]:
+    reply = await api.request("GET", f"/speakings/{speaking_id}/says")
+    assert reply.status == 200, reply
+    return reply.body["result"]
+
+
+async def wait_say(api, speaking_id: str, say_id: str, statuses: set[str], timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for item in await says_of(api, speaking_id):
+            if item["say_id"] == say_id and item["status"] in statuses:
+                return item
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"say {say_id} never reached {statuses}: {await says_of(api, speaking_id)}")
+
+
+async def test_a_played_through_say_reports_when_the_party_heard_it(api, two_party_call):
+    second = "And this one came a little later."
+    speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
+    first_say = (await api.say(speaking_id, GREETING)).body["say_id"]
+    played_first = await wait_say(api, speaking_id, first_say, {"played"})
+    await asyncio.sleep(0.7)  # a pause: the next say's start is when it plays, not when it was queued
+    second_say = (await api.say(speaking_id, second)).body["say_id"]
+    played_second = await wait_say(api, speaking_id, second_say, {"played"})
+    origin = await two_party_call.recording_started_at("alice")
+    recording = await two_party_call.recording("alice")
+
+    search_from = 0.0
+    for item, text in ((played_first, GREETING), (played_second, second)):
+        reference = render_piper(text)
+        assert item["heard_text"] == text and item["heard_chars"] == len(text)
+        assert item["error"] == ""
+        assert abs(item["played_ms"] / 1000 - len(reference) / RATE) < 0.05, item
+        part = recording[int(search_from * RATE) :]
+        lag = assert_heard(part, reference, "alice")
+        heard_from = origin + search_from + lag * FRAME_S
+        heard_to = heard_from + len(reference) / RATE
+        start_error = wall(item["tm_play_start"]) - heard_from
+        end_error = wall(item["tm_play_end"]) - heard_to
+        assert abs(start_error) <= TIMING_TOLERANCE_S, f"tm_play_start is {start_error * 1000:+.0f} ms off: {item}"
+        assert abs(end_error) <= TIMING_TOLERANCE_S, f"tm_play_end is {end_error * 1000:+.0f} ms off: {item}"
+        print(f"{item['say_id'][:8]}: start {start_error * 1000:+.0f} ms, end {end_error * 1000:+.0f} ms")
+        search_from = heard_to - origin
+    assert wall(played_second["tm_queued"]) - wall(played_first["tm_play_end"]) > 0.6
+
+
+def _speech_end(text: str) -> float:
+    """Where speech of ``text`` rendered alone ends (s)."""
+    return last_speech_s(render_piper(text)) if text.strip() else 0.0
+
+
+async def test_a_flushed_say_reports_what_was_heard(api, two_party_call):
+    after = "After the interruption, this plays."
+    speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
+    cut_say = (await api.say(speaking_id, LONG)).body["say_id"]
+    await wait_say(api, speaking_id, cut_say, {"playing"})
+    await asyncio.sleep(2.6)
+    assert (await api.flush(speaking_id)).status == 200
+    cut = await wait_say(api, speaking_id, cut_say, {"interrupted"}, timeout=1.0)
+    await asyncio.sleep(1.0)
+    after_say = (await api.say(speaking_id, after)).body["say_id"]
+    await wait_say(api, speaking_id, after_say, {"played"})
+    recording = await two_party_call.recording("alice")
+
+    reference = render_piper(LONG)
+    corr, lag = envelope_correlation(recording, reference[: int(2.0 * RATE)])
+    assert corr > 0.8, f"the start of the long text should be heard (corr {corr:.2f})"
+    start_s = lag * FRAME_S
+    # Where the cut say's speech stops: the last speech before the quiet stretch the flush made.
+    window = recording[int(start_s * RATE) : int((start_s + cut["played_ms"] / 1000 + 0.5) * RATE)]
+    stopped_at = last_speech_s(window)
+    assert 1.5 < stopped_at < len(reference) / RATE - 1.0, f"speech should stop mid-text, stopped at {stopped_at:.2f}s"
+    # The say after the flush plays.
+    assert speech_seconds(recording[int((start_s + stopped_at + 0.5) * RATE) :]) > 1.0
+
+    heard = cut["heard_text"]
+    assert LONG.startswith(heard) and 0 < cut["heard_chars"] == len(heard) < len(LONG)
+    assert abs(cut["played_ms"] / 1000 - stopped_at) < 0.3, f"played_ms {cut['played_ms']} vs {stopped_at:.2f}s"
+    # Within one word: the speech stopped after the word before heard_text's last one had
+    # been spoken, and before the word after it was.
+    words = [m.end() for m in re.finditer(r"\S+", LONG)]
+    index = words.index(len(heard)) if len(heard) in words else None
+    assert index is not None, f"heard_text should end on a word: {heard!r}"
+    before = _speech_end(LONG[: words[index - 1]]) if index >= 1 else 0.0
+    beyond = _speech_end(LONG[: words[index + 1]]) if index + 1 < len(words) else float("inf")
+    assert before - FRAME_S <= stopped_at <= beyond + FRAME_S, (
+        f"speech stopped at {stopped_at:.2f}s but heard_text ends {heard[-30:]!r} "
+        f"(one word less ends at {before:.2f}s, one word more at {beyond:.2f}s)"
+    )
+    print(f"stopped at {stopped_at:.2f}s; heard ...{heard[-25:]!r}; bounds {before:.2f}-{beyond:.2f}s")
