@@ -29,6 +29,10 @@ class ConfigError(Exception):
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8090
+    # CPU priority of the daemon (synthesis included): speech is real-time work and should
+    # win over batch jobs (backups, transcoding) on a busy PBX. Lowering it needs
+    # CAP_SYS_NICE (or Nice= in the systemd unit); without it speakd keeps its priority.
+    nice: int = -10
 
 
 @dataclass
@@ -111,6 +115,8 @@ class Config:
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
+        if not -20 <= self.server.nice <= 19:
+            raise ConfigError(f"server.nice must be -20..19, not {self.server.nice}")
         if self.media.codec not in ("ulaw", "alaw"):
             raise ConfigError(
                 f"media.codec must be 'ulaw' or 'alaw', not {self.media.codec!r} "

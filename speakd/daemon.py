@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -45,8 +46,25 @@ def signal_trigger() -> ShutdownTrigger:
     return wait
 
 
+def set_priority(nice: int) -> None:
+    """Run at ``nice`` if allowed. Called before any thread exists: threads inherit it."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice >= current:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        log.info("cpu_priority", nice=nice)
+    except OSError as exc:
+        log.warning(
+            "cpu_priority",
+            nice=current,
+            reason=f"{exc}; grant CAP_SYS_NICE or set Nice={nice} in the systemd unit",
+        )
+
+
 async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -> None:
     shutdown_trigger = shutdown_trigger or signal_trigger()
+    set_priority(config.server.nice)
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(SqliteStore(config.store.path))
         providers = ProviderRegistry.from_config(config.providers)

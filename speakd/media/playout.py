@@ -127,6 +127,10 @@ class Playout:
     def lead_now_ms(self) -> int:
         return self._sent_ms - self.position()
 
+    def buffered_ms(self) -> int:
+        """Audio not yet played: at the far end and still here."""
+        return self.lead_now_ms + self._pending_bytes // BYTES_PER_MS
+
     def _on_mark(self, mark_id: str) -> None:
         # Marks are played in order: one played means every earlier one was too.
         if not any(m[0] == mark_id for m in self._marks):

@@ -16,7 +16,7 @@ Providers that can produce telephony audio directly (8 kHz mu-law/a-law) should 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,6 +36,9 @@ class AudioChunk:
     # Word marks from the provider's alignment, where it gives one: (characters of the
     # request text spoken, sample offset into this chunk by which they were).
     marks: tuple[tuple[int, int], ...] = ()
+    # The provider's guess of when the next chunk of this stream comes (0: no guess):
+    # the session holds a say back rather than start it and run dry.
+    next_in_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,9 @@ class SynthesisRequest:
     payload_type: Literal["text", "ssml"] = "text"
     model: str = ""
     """Provider model, from a ``Provider.Model.VoiceId`` voice or the provider config."""
+    deadline: Callable[[], float] | None = None
+    """When (``time.monotonic()``) the next audio is needed to play without a gap; providers
+    that share the host's CPU among sessions (Piper) serve the earliest first."""
 
 
 @dataclass(frozen=True, slots=True)

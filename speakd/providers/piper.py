@@ -22,7 +22,6 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import structlog
 from speakd.config import ConfigError
 from speakd.errors import InvalidRequest, UnsupportedLanguage
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
+from speakd.providers.deadline_pool import DeadlinePool
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +65,8 @@ class PiperProvider(Provider):
         self._voice: Any = None
         self._syn_config: Any = None
         self._load_task: asyncio.Task[Any] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="speakd-piper")
+        # Sentences of every session, most urgent first (see deadline_pool).
+        self._pool = DeadlinePool(threads, "speakd-piper")
 
     async def start(self) -> None:
         await self._ensure_loaded()
@@ -73,9 +74,7 @@ class PiperProvider(Provider):
     async def _ensure_loaded(self) -> Any:
         if self._voice is None:
             if self._load_task is None:
-                self._load_task = asyncio.ensure_future(
-                    asyncio.get_running_loop().run_in_executor(self._executor, self._load)
-                )
+                self._load_task = asyncio.ensure_future(self._pool.run(self._load))
             self._voice = await asyncio.shield(self._load_task)
         return self._voice
 
@@ -118,7 +117,7 @@ class PiperProvider(Provider):
             return self.model_path
 
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
 
     def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
         lang = language.lower()
@@ -135,17 +134,29 @@ class PiperProvider(Provider):
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         voice = await self._ensure_loaded()
-        loop = asyncio.get_running_loop()
         sentences: Iterator[Any] = iter(
             voice.synthesize(request.text, syn_config=self._syn_config, include_alignments=True)
         )
         fmt = AudioFormat("pcm_s16le", self.sample_rate)
-        words = await loop.run_in_executor(self._executor, WordClock.for_text, voice, request.text)
+        words: WordClock | None = None
+
+        def next_sentence() -> Any:
+            nonlocal words
+            if words is None:  # with the first sentence: one job, so the pool times sentences
+                words = WordClock.for_text(voice, request.text)
+            return next(sentences, _DONE)
+
         while True:
-            chunk = await loop.run_in_executor(self._executor, next, sentences, _DONE)
+            chunk = await self._pool.run(next_sentence, deadline=request.deadline)
             if chunk is _DONE:
                 return
-            yield AudioChunk(chunk.audio_int16_bytes, fmt, words.marks(chunk.phoneme_alignments or ()))
+            assert words is not None
+            yield AudioChunk(
+                chunk.audio_int16_bytes,
+                fmt,
+                words.marks(chunk.phoneme_alignments or ()),
+                next_in_ms=int(self._pool.expected_wait_s() * 1000),
+            )
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
         if language and language.lower() not in (self.language.lower(), self.family.lower()):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -25,8 +26,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from speakd.errors import ProviderError
-from speakd.media.codec import Codec, FrameEncoder
-from speakd.media.playout import BYTES_PER_MS, Playout
+from speakd.media.codec import FRAME_MS, Codec, FrameEncoder
+from speakd.media.playout import Playout
 from speakd.media.transport import MediaTransport
 from speakd.providers.base import Provider, SynthesisRequest
 from speakd.sessions.model import Speaking, stamp_of
@@ -35,8 +36,36 @@ from speakd.sessions.says import SayItem, SayStatus
 log = structlog.get_logger(__name__)
 
 CONVERT_SLICE_BYTES = 8192
+# Underrun protection: synthesis this much faster than real time starts playing at once;
+# slower, a say is held until what is buffered covers the rest with this margin.
+FAST_ENOUGH = 1.5
+UNDERRUN_MARGIN = 1.3
+TYPICAL_CHARS_PER_S = 14
 
 SaveSay = Callable[[SayItem], Awaitable[None]]
+
+
+def safe_to_start(
+    produced_ms: float, elapsed_ms: float, chunk_gap_ms: float, total_chars: int, chars_done: int | None
+) -> bool:
+    """Whether a say can start playing without running dry, synthesis going on as so far.
+
+    Audio comes in chunks (Piper: a sentence each), so the buffer B must outlast the wait
+    for the next one (taken to be like the last wait, ``chunk_gap_ms``). And playing consumes
+    audio at real time while synthesis adds it at ``rate``: B lasts while the remaining R is
+    synthesized iff B >= R * (1/rate - 1). On an idle host every provider is far faster than
+    real time and both hold with the first chunk; on an overloaded one the say starts later
+    instead of stuttering.
+    """
+    if produced_ms < UNDERRUN_MARGIN * chunk_gap_ms:
+        return False
+    rate = produced_ms / max(elapsed_ms, 1.0)
+    if rate >= FAST_ENOUGH:
+        return True
+    if chars_done is None:  # no alignment: assume a typical speaking rate
+        chars_done = min(total_chars, int(produced_ms * TYPICAL_CHARS_PER_S / 1000))
+    remaining_ms = produced_ms * max(0, total_chars - chars_done) / max(chars_done, 1)
+    return produced_ms >= UNDERRUN_MARGIN * remaining_ms * (1 / rate - 1)
 
 
 class Session:
@@ -174,6 +203,47 @@ class Session:
                 self._current = None
 
     async def _synthesize(self, item: SayItem, generation: int) -> None:
+        encoder = FrameEncoder(self.codec)
+        started = time.monotonic()
+        held: list[bytes] = []  # synthesized, not yet handed to the playout
+        released = False
+        last_chunk_at, chunk_gap_ms = started, 0.0
+
+        def deadline() -> float:
+            """When this say's next audio is needed to play on without a gap; inf while
+            nothing of the session plays (for providers that schedule by it)."""
+            buffered = self.playout.buffered_ms()
+            if released or buffered:
+                return time.monotonic() + buffered / 1000
+            return math.inf
+
+        def started_at(position: int) -> None:
+            item.start_ms = position
+
+        async def hand_over(frames: list[bytes]) -> bool:
+            """Give audio to the playout once playing it cannot run dry; False if flushed."""
+            nonlocal released
+            held.extend(frames)
+            item.synthesized_ms += len(frames) * FRAME_MS
+            if not held:
+                return True
+            on_sent = None
+            if not released:
+                elapsed_ms = (time.monotonic() - started) * 1000
+                chars_done = item.word_marks[-1][1] if item.word_marks else None
+                if not item.synthesized and not safe_to_start(
+                    item.synthesized_ms, elapsed_ms, chunk_gap_ms, len(item.text), chars_done
+                ):
+                    return True
+                if len(held) > len(frames):
+                    self.log.info("say_held", say_id=item.say_id, held_ms=len(held) * FRAME_MS)
+                released = True
+                on_sent = started_at
+                self.playout.boundary(generation, lambda at: self._say_started(item, at))
+            data = b"".join(held)
+            held.clear()
+            return await self.playout.put(generation, data, on_sent)
+
         request = SynthesisRequest(
             text=item.text,
             language=self.record.language,
@@ -181,67 +251,47 @@ class Session:
             codec=self.codec,
             payload_type=item.payload_type,  # type: ignore[arg-type]
             model=self.model,
+            deadline=deadline,
         )
-        encoder = FrameEncoder(self.codec)
-        queued_at = time.monotonic()
-        first = True
-
-        def started_at(position: int) -> None:
-            item.start_ms = position
-
-        async def put(frames: list[bytes]) -> bool:
-            nonlocal first
-            if not frames:
-                return True
-            data = b"".join(frames)
-            ok = await self.playout.put(generation, data, started_at if first else None)
-            first = False
-            item.synthesized_ms += len(data) // BYTES_PER_MS
-            return ok
-
         try:
             async with contextlib.aclosing(self.provider.synthesize(request)) as chunks:
                 async for chunk in chunks:
-                    if first:
+                    now = time.monotonic()
+                    # How long the next chunk may take: like this one, or what the provider says.
+                    last_chunk_at, chunk_gap_ms = now, max((now - last_chunk_at) * 1000, chunk.next_in_ms)
+                    if not item.synthesized_ms and not encoder.pending_ms:
                         self.log.info(
                             "say_first_audio",
                             say_id=item.say_id,
-                            latency_ms=round((time.monotonic() - queued_at) * 1000, 1),
+                            latency_ms=round((time.monotonic() - started) * 1000, 1),
                         )
-                        self.playout.boundary(generation, lambda at: self._say_started(item, at))
                     chunk_start_ms = item.synthesized_ms + encoder.pending_ms
                     for chars, sample in chunk.marks:
                         item.add_word_mark(chunk_start_ms + sample * 1000 // chunk.format.sample_rate, chars)
                     # Convert in slices: a sentence-sized chunk at once would hold the loop
                     # for milliseconds; slices let it breathe.
                     for start in range(0, len(chunk.data), CONVERT_SLICE_BYTES):
-                        if not await put(encoder.feed(chunk.data[start : start + CONVERT_SLICE_BYTES], chunk.format)):
+                        piece = chunk.data[start : start + CONVERT_SLICE_BYTES]
+                        if not await hand_over(encoder.feed(piece, chunk.format)):
                             return
                         await asyncio.sleep(0)
-            if not await put(encoder.finish()):
-                return
-            item.synthesized = True
-            if first:  # the provider returned no audio at all
-                self._finish(item, SayStatus.PLAYED)
-            else:
-                self.playout.boundary(generation, lambda at: self._say_ended(item, at))
+            tail = encoder.finish()
         except ProviderError as exc:
-            self._failed(item, exc.message, generation, first)
+            item.error, tail = exc.message, []
+            self.log.error("say_failed", say_id=item.say_id, error=exc.message, synthesized_ms=item.synthesized_ms)
         except asyncio.CancelledError:
             self.log.info("say_cancelled", say_id=item.say_id, synthesized_ms=item.synthesized_ms)
             raise
         except Exception as exc:
+            item.error, tail = f"{type(exc).__name__}: {exc}", []
             self.log.exception("say_crashed", say_id=item.say_id)
-            self._failed(item, f"{type(exc).__name__}: {exc}", generation, first)
-
-    def _failed(self, item: SayItem, message: str, generation: int, nothing_sent: bool) -> None:
-        item.error = message
         item.synthesized = True
-        self.log.error("say_failed", say_id=item.say_id, error=message, synthesized_ms=item.synthesized_ms)
-        if nothing_sent:
-            self._finish(item, SayStatus.FAILED)
-        else:  # what was synthesized still plays; the say ends failed when it has
+        if not await hand_over(tail):
+            return
+        if released:  # the say ends (played, or failed after what it had) when playout gets there
             self.playout.boundary(generation, lambda at: self._say_ended(item, at))
+        else:  # no audio at all
+            self._finish(item, SayStatus.FAILED if item.error else SayStatus.PLAYED)
 
     # -- played positions (called when playout reaches a say's boundaries) -------------------
 
