@@ -44,6 +44,33 @@ _SPEAKING = {
     ],
 }
 
+_SAY = {
+    "type": "object",
+    "description": "One say and what of it the call heard (from played positions, not from what was sent)",
+    "properties": {
+        "say_id": {"type": "string", "format": "uuid"},
+        "status": {"type": "string", "enum": ["queued", "playing", "played", "interrupted", "failed"]},
+        "error": {"type": "string", "description": "the provider's message, for a failed say; else empty"},
+        "heard_chars": {"type": "integer", "description": "characters of the text played before a cut"},
+        "heard_text": {"type": "string", "description": "the text up to heard_chars (whole words)"},
+        "played_ms": {"type": "integer"},
+        "tm_queued": _TIMESTAMP,
+        "tm_play_start": _TIMESTAMP,
+        "tm_play_end": _TIMESTAMP,
+    },
+    "required": [
+        "say_id",
+        "status",
+        "error",
+        "heard_chars",
+        "heard_text",
+        "played_ms",
+        "tm_queued",
+        "tm_play_start",
+        "tm_play_end",
+    ],
+}
+
 _ERROR = {
     "type": "object",
     "properties": {
@@ -92,7 +119,7 @@ OPENAPI: dict[str, Any] = {
             "token": {"type": "apiKey", "in": "query", "name": "token"},
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
         },
-        "schemas": {"Speaking": _SPEAKING, "Error": _ERROR},
+        "schemas": {"Speaking": _SPEAKING, "Say": _SAY, "Error": _ERROR},
     },
     "paths": {
         "/v1.0/speakings": {
@@ -174,7 +201,49 @@ OPENAPI: dict[str, Any] = {
                         }
                     },
                 },
-                "responses": _responses(200, 400, 401, 404, 429),
+                "responses": {
+                    **_responses(200, 400, 401, 404, 429),
+                    "200": {
+                        "description": "The speaking session, and the id of the say just queued",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "allOf": [
+                                        {"$ref": "#/components/schemas/Speaking"},
+                                        {
+                                            "type": "object",
+                                            "properties": {"say_id": {"type": "string", "format": "uuid"}},
+                                            "required": ["say_id"],
+                                        },
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                },
+            },
+        },
+        "/v1.0/speakings/{id}/says": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "The session's says, oldest first (newest last), with what the call heard of each",
+                "responses": {
+                    "200": {
+                        "description": "The say items",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "result": {"type": "array", "items": {"$ref": "#/components/schemas/Say"}}
+                                    },
+                                    "required": ["result"],
+                                }
+                            }
+                        },
+                    },
+                    **{k: v for k, v in _responses(200, 401, 404).items() if k != "200"},
+                },
             },
         },
         "/v1.0/speakings/{id}/flush": {

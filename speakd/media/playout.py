@@ -173,8 +173,10 @@ class Playout:
                 # Woken by the next played mark (or a flush); the timeout covers a far end
                 # that plays without confirming (marks are at most mark_every_ms apart).
                 self._wake.clear()
+                # (asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.mark_every_bytes / BYTES_PER_MS / 1000)
+                    async with asyncio.timeout(self.mark_every_bytes / BYTES_PER_MS / 1000):
+                        await self._wake.wait()
                 continue
             piece = entry.data[: self.mark_every_bytes]
             if len(piece) < len(entry.data):

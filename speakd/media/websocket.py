@@ -119,4 +119,4 @@ class WebSocketTransport(MediaTransport):
             elif message.command == control.MEDIA_XON:
                 self.writable.set()
         code = ws.close_code
-        self._far_end_closed(f"media WebSocket closed by Asterisk (code {code})")
+        self._far_end_closed(f"the media WebSocket closed (code {code})")

@@ -41,6 +41,7 @@ from speakd.sessions.targets import (
     AttachContext,
     SetupFailed,
     Target,
+    all_of,
     check_participants_owned,
     cleanup_call,
     create_external_media,
@@ -218,7 +219,7 @@ class ConfBridgeTarget(Target):
                 self._subscribed = True
 
             bridge = ctx.ari.post("bridges", type="mixing", bridgeId=self.bridge_id, name=self.prefix)
-            await asyncio.gather(announcer(), create_external_media(ctx, self, self.media_id), bridge)
+            await all_of(announcer(), create_external_media(ctx, self, self.media_id), bridge)
             await ctx.ari.post(f"bridges/{self.bridge_id}/addChannel", channel=f"{self.announcer_id},{self.media_id}")
             await ctx.ari.post(f"channels/{self.announcer_id}/dial", timeout=int(JOIN_TIMEOUT))
             peers = await asyncio.wait_for(self._joined, JOIN_TIMEOUT)

@@ -306,7 +306,9 @@ class Session:
         item.played_ms = item.synthesized_ms
         item.heard_chars = item.chars_heard_by(item.played_ms)
         self._finish(item, SayStatus.FAILED if item.error else SayStatus.PLAYED)
-        self.log.info("say_played", say_id=item.say_id, duration_ms=item.played_ms)
+        # A failed say's partial audio has played out: not "say_played" (it was not).
+        event = "say_failed_played_out" if item.error else "say_played"
+        self.log.info(event, say_id=item.say_id, duration_ms=item.played_ms)
 
     def _finish(self, item: SayItem, status: SayStatus) -> None:
         item.status = status

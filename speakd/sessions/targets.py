@@ -107,6 +107,15 @@ class Target(abc.ABC):
         return None
 
 
+async def all_of(*steps: Any) -> None:
+    """Run setup steps at once and let every one finish before raising the first failure:
+    an object (or media path) a step was still making when another failed would otherwise
+    appear after teardown and be orphaned."""
+    for result in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
+
+
 async def cleanup_call(coro: Any, what: str) -> bool:
     """Run a clean-up call; an object that is already gone is the goal, not an error.
 
@@ -242,7 +251,7 @@ class CallTarget(Target):
                 await asyncio.wait_for(snoop_entered, STASIS_TIMEOUT)
 
             bridge = ctx.ari.post("bridges", type="mixing", bridgeId=self.bridge_id, name=self.prefix)
-            await asyncio.gather(snoop(), create_external_media(ctx, self, self.media_id), bridge)
+            await all_of(snoop(), create_external_media(ctx, self, self.media_id), bridge)
         except AriNotFound as exc:
             raise SetupFailed(f"call '{self.reference_id}' went away during setup ({exc.message})") from None
         except AriError as exc:

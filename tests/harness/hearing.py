@@ -20,6 +20,7 @@ from harness.audio import (
 )
 
 SPEECH_DBFS = -40.0  # Piper speech sits around -20 dBFS; the phones' carrier near -60
+FLOOR_HOLE_S = 0.025  # see Intactness.only_asterisk_floor
 GREETING = "Hello! This is your agent speaking. How can I help you today?"
 LONG = (
     "This is a long announcement that keeps going for several seconds, so that it can be "
@@ -125,7 +126,7 @@ class Intactness:
         low, high = speech_ratio
         if not low * self.reference_speech_s <= self.speech_s <= high * self.reference_speech_s:
             found.append(f"{self.speech_s:.2f}s of speech where the reference has {self.reference_speech_s:.2f}s")
-        if self.dropouts:
+        if self.dropouts and not self.only_asterisk_floor:
             where = ", ".join(
                 f"{start:.2f}s (+{(start - self.start_s):.2f}s) {length * 1000:.0f}ms"
                 for start, length in self.dropouts[:8]
@@ -133,6 +134,14 @@ class Intactness:
             more = f" and {len(self.dropouts) - 8} more" if len(self.dropouts) > 8 else ""
             found.append(f"{len(self.dropouts)} dropouts ({self.dropout_s:.2f}s): at {where}{more}")
         return found
+
+    @property
+    def only_asterisk_floor(self) -> bool:
+        """A single hole of at most ~one frame: what Asterisk's own playback through a whisper
+        snoop also shows on the loaded 2-core sandbox (about one recording in eight to
+        sixteen): the snoop mixes its whisper into the frames the call carries, two clocks
+        that jitter apart on a busy host. Anything more is not Asterisk's doing."""
+        return len(self.dropouts) == 1 and self.dropouts[0][1] <= FLOOR_HOLE_S
 
     @property
     def dropout_s(self) -> float:

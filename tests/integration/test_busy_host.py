@@ -110,7 +110,9 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
         assert reply.status == 200, reply
 
     try:
-        calls = await asyncio.gather(*(make_two_party_call(max_seconds=120, variables=LISTEN_ONLY) for _ in range(CALLS)))
+        calls = await asyncio.gather(
+            *(make_two_party_call(max_seconds=120, variables=LISTEN_ONLY) for _ in range(CALLS))
+        )
         speaking_ids = [await api.start_session(call.channel_id, direction="out") for call in calls]
         with busy_loops(BUSY_LOOPS) as busy:
             async with polling(get_session, speaking_ids) as polls:
@@ -161,7 +163,9 @@ async def test_asterisk_playback_under_the_same_load_is_whole(ari, harness_app, 
     """The comparison: Asterisk's own pacing, same calls, same load, same judge."""
     reference = render_piper(TEXT)
     with sandbox_sound(reference) as sound:
-        calls = await asyncio.gather(*(make_two_party_call(max_seconds=120, variables=LISTEN_ONLY) for _ in range(CALLS)))
+        calls = await asyncio.gather(
+            *(make_two_party_call(max_seconds=120, variables=LISTEN_ONLY) for _ in range(CALLS))
+        )
         snoops = [f"{call.test_id}-snoop" for call in calls]
         playbacks = [f"{snoop}-play" for snoop in snoops]
         try:

@@ -258,9 +258,18 @@ def check_request(request, expected: dict[str, Any]) -> None:
     assert got == expected, f"the stand-in got {got}, expected {expected}"
 
 
-async def say_ok(api: Api, speaking_id: str, text: str, **fields: Any) -> None:
+async def say_ok(api: Api, speaking_id: str, text: str, **fields: Any) -> str:
     reply = await api.say(speaking_id, text, **fields)
     assert reply.status == 200, reply
+    return reply.body["say_id"]
+
+
+async def say_item(api: Api, speaking_id: str, say_id: str) -> dict[str, Any]:
+    """The say as GET /speakings/{id}/says shows it."""
+    reply = await api.request("GET", f"/speakings/{speaking_id}/says")
+    assert reply.status == 200, reply
+    (item,) = [s for s in reply.body["result"] if s["say_id"] == say_id]
+    return item
 
 
 # -- for each provider: streamed into a real call, heard ---------------------------------------
@@ -468,11 +477,15 @@ async def test_slow_first_byte_times_out_and_the_next_say_works(
     call = await make_two_party_call()
     speaking_id = await capi.start_session(call.channel_id, provider=name, direction="out")
     standin.fail_next("hang", count=2)
-    await say_ok(capi, speaking_id, FIRST)
+    say_id = await say_ok(capi, speaking_id, FIRST)
     (failed,) = await log.wait("say_failed", speaking_id=speaking_id)
     print(f"{name} say_failed: {failed['error']}")
     assert "no audio within the first-byte timeout of 2 s" in failed["error"], failed
     assert "tried 2 times" in failed["error"], failed
+    # The client sees the failure and the provider's message on the say itself.
+    item = await say_item(capi, speaking_id, say_id)
+    assert item["status"] == "failed" and item["error"] == failed["error"], item
+    assert item["heard_chars"] == 0 and item["played_ms"] == 0, item
     assert len(standin.synth_requests()) == 2
     assert await asyncio.to_thread(standin.client_closed.wait, 5), "speakd should abandon the hung request"
     await assert_still_active(capi, speaking_id)
@@ -494,7 +507,7 @@ async def test_cut_off_mid_stream_is_not_replayed_and_the_next_say_works(
     speaking_id = await capi.start_session(call.channel_id, provider=name, direction="out")
     standin.cut_after = 6  # about 1.2 s of audio, then the connection drops
     standin.fail_next("cut")
-    await say_ok(capi, speaking_id, CUT)
+    cut_say = await say_ok(capi, speaking_id, CUT)
     (failed,) = await log.wait("say_failed", speaking_id=speaking_id)
     print(f"{name} say_failed: {failed['error']}")
     assert failed["error"].startswith(f"{name}: the audio stream was cut off after"), failed
@@ -509,6 +522,11 @@ async def test_cut_off_mid_stream_is_not_replayed_and_the_next_say_works(
     await asyncio.sleep(len(played) / RATE + 1.0)
     await say_ok(capi, speaking_id, AFTER)
     await log.wait("say_played", speaking_id=speaking_id)
+    # What arrived played out; the say stays failed, with the provider's message.
+    item = await say_item(capi, speaking_id, cut_say)
+    assert item["status"] == "failed" and item["error"] == failed["error"], item
+    assert abs(item["played_ms"] - len(played) * 1000 // RATE) <= 40, item
+    assert item["tm_play_end"] != "9999-01-01 00:00:00.000000", item
     recording = await heard_by_alice(call)
     head = assert_heard(recording, played, f"{name}: the part of the cut say that arrived")
     after = assert_heard(recording, sent(AFTER), f"{name}: the say after the cut")

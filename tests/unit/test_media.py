@@ -1,9 +1,11 @@
-"""The audio path's pure parts: G.711, framing, RTP, the playout buffer and the pacer."""
+"""The audio path's pure parts: G.711, framing and the RTP packetizer.
+
+The playout (bounded lead, marks, flush) is tested in test_playout.py, the RTP pacer process
+in test_rtp_pacer.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import warnings
 
 import numpy as np
@@ -11,17 +13,14 @@ import pytest
 
 from speakd.media import codec
 from speakd.media.codec import FRAME_SAMPLES, FrameEncoder, strip_wav_header
-from speakd.media.frames import FrameBuffer
-from speakd.media.pacer import SLOTS, Pacer, PacerThread, RtpStream
 from speakd.media.rtp import RtpPacketizer, parse_header
 from speakd.providers.base import AudioFormat
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    audioop = pytest.importorskip("audioop")
-
 
 def test_g711_matches_the_reference_encoder_for_every_sample():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        audioop = pytest.importorskip("audioop")  # the reference; gone from Python 3.13
     pcm = np.arange(-32768, 32768, dtype=np.int16)
     assert codec.encode(pcm, "ulaw") == audioop.lin2ulaw(pcm.tobytes(), 2)
     assert codec.encode(pcm, "alaw") == audioop.lin2alaw(pcm.tobytes(), 2)
@@ -91,126 +90,3 @@ def test_rtp_sequence_timestamp_and_marker():
     assert first["marker"] == 1 and second["marker"] == 0 and after_gap["marker"] == 1
     assert (first["sequence"], second["sequence"], after_gap["sequence"]) == (65535, 0, 1)  # wraps, no gaps
     assert second["timestamp"] == 0 and after_gap["timestamp"] == 480  # the clock ran through the silence
-
-
-async def test_flush_drops_everything_and_refuses_stale_frames():
-    buf = FrameBuffer(max_frames=3)
-    generation = buf.generation
-    for i in range(3):
-        assert await buf.put(generation, bytes([i]) * 160)
-    blocked = asyncio.create_task(buf.put(generation, b"x" * 160))  # full: waits
-    await asyncio.sleep(0)
-    assert not blocked.done()
-    assert buf.flush() == 3
-    assert await blocked is False  # woken, and refused: it belongs to before the flush
-    assert buf.pop() is None
-    assert await buf.put(generation, b"y" * 160) is False
-    assert await buf.put(buf.generation, b"z" * 160) is True
-    assert buf.pop() == b"z" * 160
-
-
-async def test_marks_fire_in_playout_order():
-    buf = FrameBuffer()
-    fired = []
-    await buf.put(0, b"a")
-    buf.mark(0, lambda: fired.append("mark"))
-    await buf.put(0, b"b")
-    assert buf.pop() == b"a" and fired == []
-    assert buf.pop() == b"b" and fired == ["mark"]
-
-
-def _buffer_with(frames: list[bytes]) -> FrameBuffer:
-    buf = FrameBuffer(max_frames=1000)
-    for frame in frames:
-        buf._entries.append((0, frame))
-        buf._frames += 1
-    return buf
-
-
-def test_pacer_sends_one_frame_per_stream_per_frame_period():
-    sent = []
-    pacer = Pacer(lambda packet, addr: sent.append((pacer.subticks, addr[1], packet)))
-    a = _buffer_with([bytes([i]) * 160 for i in range(3)])
-    b = _buffer_with([b"\x09" * 160])
-    pacer.add(RtpStream(("127.0.0.1", 1), "ulaw", a))
-    pacer.add(RtpStream(("127.0.0.1", 2), "ulaw", b))
-    for _ in range(4 * SLOTS):
-        pacer.tick()
-    to_a = [(tick, packet) for tick, port, packet in sent if port == 1]
-    assert [tick for tick, _ in to_a] == [0, SLOTS, 2 * SLOTS]  # exactly one frame period apart
-    assert [p[12:13] for _, p in to_a] == [b"\x00", b"\x01", b"\x02"]
-    headers = [parse_header(p) for _, p in to_a]
-    assert [h["sequence"] - headers[0]["sequence"] for h in headers] == [0, 1, 2]
-    assert [h["timestamp"] - headers[0]["timestamp"] for h in headers] == [0, 160, 320]
-    assert [h["marker"] for h in headers] == [1, 0, 0]
-    assert [tick for tick, port, _ in sent if port == 2] == [0]
-
-
-def test_a_talkspurt_starts_on_the_next_subtick_not_the_next_frame():
-    sent = []
-    pacer = Pacer(lambda packet, addr: sent.append((pacer.subticks, packet)))
-    buf = FrameBuffer(max_frames=1000)
-    pacer.add(RtpStream(("127.0.0.1", 1), "ulaw", buf))
-    buf._entries.append((0, b"\x01" * 160))
-    buf._frames += 1
-    pacer.tick()  # sub-tick 0: first talkspurt
-    for _ in range(6):  # idle for a while
-        pacer.tick()
-    for _ in range(2):
-        buf._entries.append((0, b"\x02" * 160))
-        buf._frames += 1
-    for _ in range(2 * SLOTS):
-        pacer.tick()
-    ticks = [tick for tick, _ in sent]
-    assert ticks == [0, 7, 7 + SLOTS]  # started at once on sub-tick 7, then its own slot
-    first, second, third = (parse_header(p) for _, p in sent)
-    assert second["marker"] == 1 and third["marker"] == 0
-    assert second["timestamp"] - first["timestamp"] == 7 * 40  # the clock ran through the silence
-    assert third["timestamp"] - second["timestamp"] == 160
-
-
-def test_pacer_keeps_absolute_deadlines_and_never_bursts():
-    clock = [0.0]
-    sent_at: list[float] = []
-    stop = threading.Event()
-    pacer = Pacer(lambda packet, addr: sent_at.append(clock[0]), clock=lambda: clock[0])
-    buf = _buffer_with([b"\xff" * 160] * 200)
-    pacer.add(RtpStream(("127.0.0.1", 9), "ulaw", buf))
-    stalled: list[bool] = []
-
-    def sleep(delay: float) -> None:
-        # Each sleep oversleeps by 1 ms; once the thread stalls for 100 ms.
-        clock[0] += delay + 0.001
-        if len(sent_at) == 50 and not stalled:
-            clock[0] += 0.100
-            stalled.append(True)
-        if len(sent_at) >= 120:
-            stop.set()
-
-    pacer.run(stop, sleep=sleep)
-    gaps = np.diff(sent_at[:120])
-    assert gaps.min() >= 0.0199  # never two frames within one frame period
-    # Oversleeping does not accumulate: frames 0..49 are on the 20 ms grid (+1 ms jitter).
-    assert abs(sent_at[49] - 49 * 0.020) < 0.0015
-    assert pacer.skipped_ticks >= 4  # the stall was skipped, not caught up with a burst
-
-
-def test_pacer_thread_starts_and_stops():
-    sent = threading.Event()
-    pacer = Pacer(lambda packet, addr: sent.set())
-    with PacerThread(pacer) as thread:
-        pacer.add(RtpStream(("127.0.0.1", 9), "ulaw", _buffer_with([b"\xff" * 160])))
-        assert sent.wait(2)
-    assert not thread._thread.is_alive()
-
-
-def test_removed_stream_gets_nothing_more():
-    sent = []
-    pacer = Pacer(lambda packet, addr: sent.append(addr))
-    stream = RtpStream(("127.0.0.1", 9), "ulaw", _buffer_with([b"\xff" * 160] * 10))
-    pacer.add(stream)
-    pacer.tick()
-    pacer.remove(stream)
-    for _ in range(3 * SLOTS):
-        pacer.tick()
-    assert len(sent) == 1

@@ -283,3 +283,19 @@ async def test_the_lead_at_the_far_end_stays_under_lead_plus_one_mark_interval(m
     assert max(lead for lead, _ in samples) <= lead_ms + mark_every_ms
     assert sink.max_queued_frames >= lead_ms // 20 // 2  # it did run ahead: the bound is not vacuous
     assert sink.played_letters() == b"A" * 200
+
+
+async def test_aclose_does_not_hang_when_a_mark_wakes_the_feeder(make):
+    sink = SinkTransport(speed=10)
+    sink.stall()
+    playout, _ = await make(sink, lead_ms=100, mark_every_ms=100)
+    assert await playout.put(playout.generation, audio("A", 1000))
+    await until(lambda: any(e[0] == "mark" for e in sink.events))
+    await asyncio.sleep(0.02)  # the feeder waits for the lead to shrink (wait_for, 100 ms timeout)
+    sink.on_mark(next(e[1] for e in sink.events if e[0] == "mark"))  # the far end confirms a mark...
+    closing = asyncio.ensure_future(playout.aclose())  # ... just as the session closes
+    done, _ = await asyncio.wait({closing}, timeout=1)
+    if not done:  # clean up: a second cancel gets through
+        playout._feeder.cancel()
+        await closing
+    assert done, "Playout.aclose() hung: the feeder survived its cancellation"

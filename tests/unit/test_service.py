@@ -1,6 +1,7 @@
-"""The service's lifecycle against a scripted fake ARI: races a real Asterisk makes hard to
-provoke on purpose (a hangup during setup, two stops at once, events for unknown objects).
-The same behaviours are covered against the real Asterisk in tests/integration."""
+"""The service's lifecycle against a scripted fake ARI and a fake media path: races a real
+Asterisk makes hard to provoke on purpose (a hangup during setup, two stops at once, events for
+unknown objects, the media path closing on its own). The same behaviours are covered against
+the real Asterisk in tests/integration."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import asyncio
 from typing import Any
 
 import pytest
+import structlog
+from harness.fakes import SinkTransport
 
 from speakd.ari.errors import AriNotFound
 from speakd.errors import Conflict, InvalidRequest, NotFound
-from speakd.media.pacer import Pacer
+from speakd.media.transport import TransportError, TransportKind
 from speakd.providers import ProviderRegistry
 from speakd.providers.base import AudioChunk, AudioFormat, Provider
 from speakd.sessions.service import CreateRequest, SpeakingService
@@ -21,13 +24,63 @@ APP = "speakd-unit"
 
 
 class SilentProvider(Provider):
+    """One frame of silence per word of the text."""
+
     name = "piper"
 
     def check(self, language, voice_id, payload_type="text"):
         pass
 
     async def synthesize(self, request):
-        yield AudioChunk(b"\xff" * 160, AudioFormat("ulaw", 8000))
+        for _ in request.text.split() or [""]:
+            yield AudioChunk(b"\xff" * 160, AudioFormat("ulaw", 8000))
+            await asyncio.sleep(0)
+
+
+class FakeMedia:
+    """A MediaPaths for the websocket transport whose far end is a local SinkTransport."""
+
+    codec = "ulaw"
+    kind = TransportKind.WEBSOCKET
+
+    def __init__(self) -> None:
+        self.transports: list[SinkTransport] = []
+        self.opened_for: list[str] = []
+        self.hold_open: asyncio.Event | None = None
+        self.fail_open = False
+        self.chosen = 0
+
+    def external_media_params(self) -> dict[str, str]:
+        return {
+            "transport": "websocket",
+            "encapsulation": "none",
+            "connection_type": "server",
+            "external_host": "INCOMING",
+            "format": self.codec,
+        }
+
+    async def open(self, channel: dict[str, Any], **log_context: str) -> SinkTransport:
+        connection_id = (channel.get("channelvars") or {}).get("MEDIA_WEBSOCKET_CONNECTION_ID")
+        if not connection_id:
+            raise TransportError("Asterisk did not report the media WebSocket (MEDIA_WEBSOCKET_CONNECTION_ID)")
+        if self.hold_open is not None:
+            await self.hold_open.wait()
+        if self.fail_open:
+            raise TransportError("could not open the media WebSocket: refused")
+        sink = SinkTransport(speed=10)
+        await sink.start()
+        self.transports.append(sink)
+        self.opened_for.append(log_context.get("speaking_id", ""))
+        return sink
+
+    async def choose(self) -> None:
+        self.chosen += 1
+
+    def health(self) -> dict[str, Any]:
+        return {"media_transport": str(self.kind)}
+
+    def unreleased(self) -> list[SinkTransport]:
+        return [t for t in self.transports if not t.aclosed]
 
 
 class FakeAri:
@@ -42,6 +95,7 @@ class FakeAri:
         self.bridges: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         self.hold_snoop: asyncio.Event | None = None
+        self.snoop_gone = False  # the call leg vanishes just as the snoop is asked for
 
     def _event(self, event_type: str, channel_id: str) -> None:
         assert self.service is not None
@@ -65,7 +119,7 @@ class FakeAri:
     async def post(self, path: str, **params: Any) -> Any:
         self.calls.append(("POST", path))
         if path.endswith("/snoop"):
-            if path.split("/")[1] not in self.channels:
+            if path.split("/")[1] not in self.channels or self.snoop_gone:
                 raise AriNotFound(404, "Channel not found")
             if self.hold_snoop is not None:
                 try:
@@ -82,7 +136,7 @@ class FakeAri:
             self._event("StasisStart", params["channelId"])
             return {
                 "id": params["channelId"],
-                "channelvars": {"UNICASTRTP_LOCAL_ADDRESS": "127.0.0.1", "UNICASTRTP_LOCAL_PORT": "40000"},
+                "channelvars": {"MEDIA_WEBSOCKET_CONNECTION_ID": f"conn-{params['channelId']}"},
             }
         if path == "bridges":
             self.bridges.add(params["bridgeId"])
@@ -119,14 +173,16 @@ async def env():
             store=store,
             ari=ari,  # type: ignore[arg-type]
             providers=ProviderRegistry({"piper": SilentProvider()}, {}),
-            pacer=Pacer(lambda packet, addr: None),
-            external_host="127.0.0.1:5000",
-            codec="ulaw",
+            media=FakeMedia(),  # type: ignore[arg-type]
             owner_variable="SPEAKD_CUSTOMER_ID",
+            lead_ms=300,
+            mark_every_ms=100,
         )
         ari.service = service
         yield ari, service
-        await service.shutdown()
+        await asyncio.wait_for(service.shutdown(), 10)
+        for sink in service.media.transports:
+            assert sink.violations == []
 
 
 def request(reference_id: str = "call-1") -> CreateRequest:
@@ -147,9 +203,11 @@ async def test_setup_then_hangup_stops_and_removes_everything(env):
     assert sorted(ari.leftovers()) == sorted(
         [f"{APP}-{record.id}-snoop", f"{APP}-{record.id}-media", f"{APP}-{record.id}-bridge"]
     )
+    assert service.media.opened_for == [record.id]
     ari.hang_up_call()
     await until(lambda: record.status == "stopped")
     assert ari.leftovers() == []
+    assert service.media.unreleased() == []  # the media transport is closed too
     assert (await service.store.get(record.id)).status == "stopped"  # written through
 
 
@@ -164,6 +222,7 @@ async def test_hangup_during_setup_still_leaves_nothing(env):
     await until(lambda: record.status == "stopped")
     await asyncio.sleep(0.05)
     assert ari.leftovers() == []
+    assert service.media.unreleased() == []
 
 
 async def test_concurrent_stops_tear_down_once(env):
@@ -174,6 +233,7 @@ async def test_concurrent_stops_tear_down_once(env):
     assert [r.status for r in results] == ["stopped", "stopped"]
     assert sum(1 for call in ari.calls if call == ("DELETE", f"bridges/{APP}-{record.id}-bridge")) == 1
     assert ari.leftovers() == []
+    assert len(service.media.transports) == 1 and service.media.unreleased() == []
 
 
 async def test_conflict_and_reuse_after_stop(env):
@@ -207,3 +267,93 @@ async def test_events_about_other_objects_are_ignored(env):
     await service.on_event({"type": "BridgeDestroyed", "bridge": {"id": "not-ours"}})
     await asyncio.sleep(0.05)
     assert record.status == "active"
+
+
+# -- the media path -----------------------------------------------------------------------------
+
+
+async def test_the_transport_closing_on_its_own_stops_the_session(env):
+    ari, service = env
+    record = await service.create("c1", request())
+    await until(lambda: record.status == "active")
+    (sink,) = service.media.transports
+    with structlog.testing.capture_logs() as logs:
+        sink.far_end_close("media WebSocket closed by Asterisk (code 1006)")
+        await until(lambda: record.status == "stopped")
+    stopped = [e for e in logs if e["event"] == "session_stopped"]
+    assert [e["reason"] for e in stopped] == ["media WebSocket closed by Asterisk (code 1006)"]
+    assert ari.leftovers() == []
+    assert sink.aclosed
+    assert (await service.store.get(record.id)).status == "stopped"
+    second = await service.create("c1", request())  # the call is free again
+    await until(lambda: second.status == "active")
+
+
+async def test_a_media_path_that_cannot_be_opened_fails_setup_and_leaves_nothing(env):
+    ari, service = env
+    service.media.fail_open = True
+    record = await service.create("c1", request())
+    await until(lambda: record.status == "stopped")
+    assert ari.leftovers() == []  # the ExternalMedia channel made before the failure is gone too
+    assert service.media.transports == []
+
+
+async def test_a_call_gone_while_the_media_path_opens_releases_the_transport(env):
+    ari, service = env
+    service.media.hold_open = asyncio.Event()  # the media WebSocket takes a while to connect...
+    ari.snoop_gone = True  # ... and the call went away just before the snoop
+    record = await service.create("c1", request())
+    await asyncio.sleep(0.2)
+    service.media.hold_open.set()  # the WebSocket connects after all
+    await until(lambda: record.status == "stopped")
+    assert ari.leftovers() == []
+    assert service.media.unreleased() == []
+
+
+async def test_reconnect_chooses_the_transport_and_keeps_live_sessions(env):
+    ari, service = env
+    record = await service.create("c1", request())
+    await until(lambda: record.status == "active")
+    await service.on_ari_connected()
+    assert service.media.chosen == 1
+    assert record.status == "active"
+    assert len(ari.leftovers()) == 3  # our own objects are not taken for orphans
+
+
+# -- says ---------------------------------------------------------------------------------------
+
+
+async def test_says_are_listed_newest_last_and_survive_in_the_store_after_stop(env):
+    _ari, service = env
+    record = await service.create("c1", request())
+    texts = ["one", "two words", "three short words"]
+    ids = []
+    for text in texts:
+        _, item = await service.say("c1", record.id, text)  # accepted while still initiating
+        ids.append(item.say_id)
+    listed = await service.says("c1", record.id)
+    assert [s["say_id"] for s in listed] == ids
+    await until(lambda: record.status == "active")
+    async with asyncio.timeout(5):
+        while [s["status"] for s in await service.says("c1", record.id)] != ["played"] * 3:
+            await asyncio.sleep(0.01)
+    _, long_one = await service.say("c1", record.id, " ".join(["word"] * 400))  # 8 s: still playing at stop
+    _, waiting = await service.say("c1", record.id, "never heard")
+    await until(lambda: long_one.status == "playing")
+    await asyncio.sleep(0.1)  # a second of it at 10x
+    live = await service.says("c1", record.id)
+    # No marks while stopping (see test_playout.py::test_aclose_does_not_hang_when_a_mark_wakes_the_feeder).
+    service.media.transports[0].stall()
+    await asyncio.sleep(0.01)
+    await service.stop("c1", record.id)
+    stored = await service.says("c1", record.id)  # read from the store now
+    assert [s["say_id"] for s in stored] == [*ids, long_one.say_id, waiting.say_id]
+    assert stored[:3] == live[:3]
+    assert [s["status"] for s in stored] == ["played", "played", "played", "interrupted", "interrupted"]
+    assert [s["heard_text"] for s in stored[:3]] == texts
+    assert stored[4]["heard_chars"] == 0 and stored[4]["tm_play_start"] == "9999-01-01 00:00:00.000000"
+    assert stored[3]["tm_play_start"] <= stored[3]["tm_play_end"] != "9999-01-01 00:00:00.000000"
+    with pytest.raises(NotFound):
+        await service.says("c2", record.id)  # another customer's session
+    with pytest.raises(InvalidRequest):
+        await service.say("c1", record.id, "too late")
