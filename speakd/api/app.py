@@ -1,7 +1,8 @@
-"""HTTP application: routes under /v1.0, credentials, and errors as JSON."""
+"""HTTP application: routes under /v1.0, credentials, request ids, and errors as JSON."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -25,8 +26,45 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = {"/health", "/v1.0/openapi.json"}
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"status": status, "message": message}}, status=status)
+REQUEST_ID = web.RequestKey("request_id", str)
+CUSTOMER_ID = web.RequestKey("customer_id", str)
+REQUEST_ID_HEADER = "X-Request-Id"
+
+# Reasons for the errors aiohttp itself raises (routing, body size); anything else is http_<status>.
+HTTP_REASONS = {
+    400: "invalid_request",
+    404: "no_such_endpoint",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
+def _error(
+    request: web.Request, status: int, message: str, reason: str, retry_after: int | None = None
+) -> web.Response:
+    """The error envelope: ``{"error": {"status", "message", "reason", "request_id"}}``."""
+    body = {"status": status, "message": message, "reason": reason, "request_id": request.get(REQUEST_ID, "")}
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": body}, status=status, headers=headers)
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id: in error bodies, in the X-Request-Id header of every response
+    (set in `_send_request_id`), and in every log line written while the request runs."""
+    request_id = str(uuid.uuid4())
+    request[REQUEST_ID] = request_id
+    # Tasks the request starts (a session's setup and playout) copy this context, so their
+    # log lines carry the id of the request that started them.
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        return await handler(request)
+
+
+async def _send_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # on_response_prepare sees every response, also an HTTPException (a redirect) passed through.
+    if REQUEST_ID not in request:
+        request[REQUEST_ID] = str(uuid.uuid4())
+    response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
 
 
 @web.middleware
@@ -35,8 +73,24 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except SpeakdError as exc:
         if exc.status >= 500:
-            log.warning("request_failed", path=request.path, status=exc.status, error=exc.message)
-        return _error(exc.status, exc.message)
+            log.warning(
+                "request_failed",
+                method=request.method,
+                path=request.path,
+                status=exc.status,
+                reason=exc.reason,
+                error=exc.message,
+            )
+        else:
+            log.info(
+                "request_refused",
+                method=request.method,
+                path=request.path,
+                status=exc.status,
+                reason=exc.reason,
+                error=exc.message,
+            )
+        return _error(request, exc.status, exc.message, exc.reason, exc.retry_after)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -44,16 +98,21 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             404: f"no such endpoint: {request.method} {request.path} (see /v1.0/openapi.json)",
             405: f"method {request.method} is not allowed on {request.path}",
         }.get(exc.status, exc.reason)
-        return _error(exc.status, message)
+        reason = HTTP_REASONS.get(exc.status, f"http_{exc.status}")
+        log.info("request_refused", method=request.method, path=request.path, status=exc.status, reason=reason)
+        response = _error(request, exc.status, message, reason)
+        if "Allow" in exc.headers:  # a 405 names the methods that are allowed
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("request_crashed", method=request.method, path=request.path)
-        return _error(500, "internal error in speakd; the daemon log has the details")
+        return _error(request, 500, "internal error in speakd; the daemon log has the details", "internal")
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path not in PUBLIC_PATHS:
-        request["customer_id"] = request.app[AUTH].customer_for(request)
+        request[CUSTOMER_ID] = request.app[AUTH].customer_for(request)
     return await handler(request)
 
 
@@ -63,44 +122,44 @@ def _record(record: Speaking, status: int = 200) -> web.Response:
 
 async def create_speaking(request: web.Request) -> web.Response:
     req = schemas.parse_create(await request.read(), request.app[DEFAULT_PROVIDER])
-    record = await request.app[SERVICE].create(request["customer_id"], req)
+    record = await request.app[SERVICE].create(request[CUSTOMER_ID], req)
     return _record(record, 201)
 
 
 async def list_speakings(request: web.Request) -> web.Response:
     page_size, page_token = schemas.parse_page(request.query)
-    records, next_token = await request.app[SERVICE].list(request["customer_id"], page_size, page_token)
+    records, next_token = await request.app[SERVICE].list(request[CUSTOMER_ID], page_size, page_token)
     return web.json_response({"result": [r.to_dict() for r in records], "next_page_token": next_token})
 
 
 async def get_speaking(request: web.Request) -> web.Response:
-    return _record(await request.app[SERVICE].get(request["customer_id"], request.match_info["id"]))
+    return _record(await request.app[SERVICE].get(request[CUSTOMER_ID], request.match_info["id"]))
 
 
 async def say(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     # Existence and ownership first: a 404 is more useful than a complaint about the body.
-    await service.get(request["customer_id"], request.match_info["id"])
+    await service.get(request[CUSTOMER_ID], request.match_info["id"])
     text, payload_type = schemas.parse_say(await request.read())
-    record, item = await service.say(request["customer_id"], request.match_info["id"], text, payload_type)
+    record, item = await service.say(request[CUSTOMER_ID], request.match_info["id"], text, payload_type)
     return web.json_response({**record.to_dict(), "say_id": item.say_id})
 
 
 async def list_says(request: web.Request) -> web.Response:
-    says = await request.app[SERVICE].says(request["customer_id"], request.match_info["id"])
+    says = await request.app[SERVICE].says(request[CUSTOMER_ID], request.match_info["id"])
     return web.json_response({"result": says})
 
 
 async def flush(request: web.Request) -> web.Response:
-    return _record(await request.app[SERVICE].flush(request["customer_id"], request.match_info["id"]))
+    return _record(await request.app[SERVICE].flush(request[CUSTOMER_ID], request.match_info["id"]))
 
 
 async def stop(request: web.Request) -> web.Response:
-    return _record(await request.app[SERVICE].stop(request["customer_id"], request.match_info["id"]))
+    return _record(await request.app[SERVICE].stop(request[CUSTOMER_ID], request.match_info["id"]))
 
 
 async def delete_speaking(request: web.Request) -> web.Response:
-    return _record(await request.app[SERVICE].delete(request["customer_id"], request.match_info["id"]))
+    return _record(await request.app[SERVICE].delete(request[CUSTOMER_ID], request.match_info["id"]))
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -116,7 +175,10 @@ async def health(request: web.Request) -> web.Response:
 
 
 def create_app(service: SpeakingService, authenticator: Authenticator, default_provider: str) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=256 * 1024)
+    app = web.Application(
+        middlewares=[request_id_middleware, errors_middleware, auth_middleware], client_max_size=256 * 1024
+    )
+    app.on_response_prepare.append(_send_request_id)
     app[SERVICE] = service
     app[AUTH] = authenticator
     app[DEFAULT_PROVIDER] = default_provider

@@ -1,7 +1,13 @@
-"""Credentials: ``?accesskey=``, ``?token=`` or ``Authorization: Bearer <token>``.
+"""Credentials: ``?accesskey=``, ``?token=``, ``Authorization: Bearer <token>`` or the cookie ``accesskey``.
 
 Access keys map to customer ids in the config. Tokens are HS256 JWTs signed with the
 configured secret, carrying ``customer_id`` and ``exp``.
+
+A request may carry more than one credential (a client that sends its key as a cookie and a
+proxy that adds a token, say). Every one given must be valid and all must name the same
+customer: a good credential does not excuse a bad one beside it, and two that disagree say
+nothing certain about who is asking. Any of that is a 401. An empty value (``?accesskey=``)
+counts as not given.
 """
 
 from __future__ import annotations
@@ -13,6 +19,27 @@ from aiohttp import web
 
 from speakd.errors import Unauthorized
 
+COOKIE = "accesskey"
+MISSING = (
+    "credentials missing: pass ?accesskey=<key>, ?token=<jwt>, 'Authorization: Bearer <jwt>' "
+    "or the cookie accesskey=<key>"
+)
+
+
+def _cookie_values(request: web.Request, name: str) -> list[str]:
+    """Every value of cookie ``name`` in every Cookie header (a repeated cookie is not collapsed
+    to one, so a bad copy cannot hide behind a good one)."""
+    values = []
+    for header in request.headers.getall("Cookie", []):
+        for pair in header.split(";"):
+            key, sep, value = pair.strip().partition("=")
+            if sep and key.strip() == name:
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                values.append(value)
+    return values
+
 
 class Authenticator:
     def __init__(self, access_keys: dict[str, str], jwt_secret: str) -> None:
@@ -20,28 +47,37 @@ class Authenticator:
         self._jwt_secret = jwt_secret
 
     def customer_for(self, request: web.Request) -> str:
-        accesskey = request.query.get("accesskey")
-        token = request.query.get("token")
-        header = request.headers.get("Authorization", "")
-        if header:
-            scheme, _, value = header.partition(" ")
+        customers: set[str] = set()
+        for header in request.headers.getall("Authorization", []):
+            if not header.strip():
+                continue
+            scheme, _, value = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 raise Unauthorized("Authorization header must be 'Bearer <token>'")
-            token = value.strip()
-        if token:
-            return self._from_token(token)
-        if accesskey:
-            return self._from_accesskey(accesskey)
-        raise Unauthorized("credentials missing: pass ?accesskey=<key>, ?token=<jwt> or 'Authorization: Bearer <jwt>'")
+            customers.add(self._from_token(value.strip()))
+        for token in request.query.getall("token", []):
+            if token:
+                customers.add(self._from_token(token))
+        for accesskey in request.query.getall("accesskey", []):
+            if accesskey:
+                customers.add(self._from_accesskey(accesskey, "accesskey"))
+        for accesskey in _cookie_values(request, COOKIE):
+            if accesskey:
+                customers.add(self._from_accesskey(accesskey, "the accesskey cookie"))
+        if not customers:
+            raise Unauthorized(MISSING)
+        if len(customers) > 1:
+            raise Unauthorized("the credentials given name different customers; send the credentials of one")
+        return customers.pop()
 
-    def _from_accesskey(self, accesskey: str) -> str:
+    def _from_accesskey(self, accesskey: str, where: str) -> str:
         # Compare every key in constant time so timing does not reveal a near match.
         customer = ""
         for key, customer_id in self._access_keys.items():
             if hmac.compare_digest(key.encode(), accesskey.encode()):
                 customer = customer_id
         if not customer:
-            raise Unauthorized("accesskey is not valid")
+            raise Unauthorized(f"{where} is not valid")
         return customer
 
     def _from_token(self, token: str) -> str:

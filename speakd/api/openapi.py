@@ -76,17 +76,66 @@ _ERROR = {
     "properties": {
         "error": {
             "type": "object",
-            "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
-            "required": ["status", "message"],
+            "properties": {
+                "status": {"type": "integer", "description": "the HTTP status code"},
+                "message": {"type": "string", "description": "what went wrong and what to fix; wording may change"},
+                "reason": {
+                    "type": "string",
+                    "description": "a short, stable code to branch on (the message may be reworded, a reason is not)",
+                    "examples": [
+                        "invalid_json",
+                        "invalid_field",
+                        "invalid_request",
+                        "unsupported_language",
+                        "provider_not_configured",
+                        "unauthorized",
+                        "not_found",
+                        "no_such_endpoint",
+                        "method_not_allowed",
+                        "body_too_large",
+                        "conflict",
+                        "queue_full",
+                        "provider_failed",
+                        "unavailable",
+                        "internal",
+                    ],
+                },
+                "request_id": {
+                    "type": "string",
+                    "description": "this request's id, also in the X-Request-Id header and in speakd's log",
+                },
+            },
+            "required": ["status", "message", "reason", "request_id"],
         }
     },
+    "required": ["error"],
 }
+
+_REQUEST_ID_HEADER = {
+    "description": "The request's id (on every response; error bodies repeat it as error.request_id)",
+    "schema": {"type": "string"},
+}
+_RETRY_AFTER_HEADER = {
+    "description": "Seconds to wait before retrying",
+    "schema": {"type": "integer"},
+}
+
+
+def _error_response(status: int, description: str) -> dict[str, Any]:
+    headers: dict[str, Any] = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
+    if status == 429:
+        headers["Retry-After"] = {"$ref": "#/components/headers/RetryAfter"}
+    return {
+        "description": description,
+        "headers": headers,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def _responses(ok: int, *errors: int) -> dict[str, Any]:
     described = {
         400: "Invalid request (the message says which field and why)",
-        401: "Missing, invalid or expired credentials",
+        401: "Missing, invalid or expired credentials, or several that disagree",
         404: "No such speaking session for this customer",
         409: "Another session is active on the reference, or the call is not answered",
         429: "Too many says are waiting in this session; wait or flush",
@@ -99,10 +148,7 @@ def _responses(ok: int, *errors: int) -> dict[str, Any]:
         }
     }
     for status in errors:
-        out[str(status)] = {
-            "description": described[status],
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-        }
+        out[str(status)] = _error_response(status, described[status])
     return out
 
 
@@ -112,14 +158,17 @@ OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "speakd Speaking API", "version": __version__},
     "servers": [{"url": "/"}],
-    "security": [{"accesskey": []}, {"token": []}, {"bearer": []}],
+    # Any one of these; several at once must all be valid and name the same customer.
+    "security": [{"accesskey": []}, {"accesskeyCookie": []}, {"token": []}, {"bearer": []}],
     "components": {
         "securitySchemes": {
             "accesskey": {"type": "apiKey", "in": "query", "name": "accesskey"},
+            "accesskeyCookie": {"type": "apiKey", "in": "cookie", "name": "accesskey"},
             "token": {"type": "apiKey", "in": "query", "name": "token"},
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
         },
         "schemas": {"Speaking": _SPEAKING, "Say": _SAY, "Error": _ERROR},
+        "headers": {"RequestId": _REQUEST_ID_HEADER, "RetryAfter": _RETRY_AFTER_HEADER},
     },
     "paths": {
         "/v1.0/speakings": {
@@ -168,8 +217,8 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    "400": {"description": "Bad paging parameters"},
-                    "401": {"description": "Missing, invalid or expired credentials"},
+                    "400": _error_response(400, "Bad paging parameters"),
+                    "401": _error_response(401, "Missing, invalid or expired credentials"),
                 },
             },
         },
@@ -286,9 +335,9 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    "400": {"description": "Provider not configured, or not a language tag"},
-                    "401": {"description": "Missing, invalid or expired credentials"},
-                    "502": {"description": "The provider failed to list its voices"},
+                    "400": _error_response(400, "Provider not configured, or not a language tag"),
+                    "401": _error_response(401, "Missing, invalid or expired credentials"),
+                    "502": _error_response(502, "The provider failed to list its voices"),
                 },
             }
         },

@@ -31,6 +31,15 @@ _REFERENCE_ID = re.compile(r"^[A-Za-z0-9._:@+=-]{1,200}$")
 CREATE_FIELDS = ("reference_type", "reference_id", "language", "provider", "voice_id", "direction")
 SAY_FIELDS = ("text", "payload_type")
 
+# Reasons (speakd.errors): the body is not a JSON object, or one of its fields is wrong
+# (missing, unknown, of the wrong type or out of range).
+INVALID_JSON = "invalid_json"
+INVALID_FIELD = "invalid_field"
+
+
+def _invalid_field(message: str) -> InvalidRequest:
+    return InvalidRequest(message, reason=INVALID_FIELD)
+
 
 def parse_json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
     if not body.strip():
@@ -38,12 +47,12 @@ def parse_json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", reason=INVALID_JSON) from None
     if not isinstance(data, dict):
-        raise InvalidRequest("request body must be a JSON object")
+        raise InvalidRequest("request body must be a JSON object", reason=INVALID_JSON)
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}; accepted fields: {', '.join(allowed)}")
+        raise _invalid_field(f"unknown field(s) {', '.join(unknown)}; accepted fields: {', '.join(allowed)}")
     return data
 
 
@@ -51,10 +60,10 @@ def _string(data: dict[str, Any], name: str, *, required: bool = False, default:
     value = data.get(name)
     if value is None:
         if required:
-            raise InvalidRequest(f"'{name}' is required")
+            raise _invalid_field(f"'{name}' is required")
         return default
     if not isinstance(value, str):
-        raise InvalidRequest(f"'{name}' must be a string")
+        raise _invalid_field(f"'{name}' must be a string")
     return value
 
 
@@ -62,14 +71,14 @@ def _enum(data: dict[str, Any], name: str, choices: type, default: str | None = 
     value = _string(data, name, required=default is None, default=default or "")
     allowed = [c.value for c in choices]
     if value not in allowed:
-        raise InvalidRequest(f"'{name}' must be one of {', '.join(allowed)}; got '{value}'")
+        raise _invalid_field(f"'{name}' must be one of {', '.join(allowed)}; got '{value}'")
     return value
 
 
 def canonical_language(value: str) -> str:
     """Validate a BCP47 tag and give it its usual case (en-us -> en-US)."""
     if not _BCP47.match(value):
-        raise InvalidRequest(f"'language' must be a BCP47 language tag such as en-US or ko-KR; got '{value}'")
+        raise _invalid_field(f"'language' must be a BCP47 language tag such as en-US or ko-KR; got '{value}'")
     parts = value.split("-")
     out = [parts[0].lower()]
     for part in parts[1:]:
@@ -87,18 +96,23 @@ def parse_create(body: bytes, default_provider: str) -> CreateRequest:
     reference_type = _enum(data, "reference_type", ReferenceType)
     reference_id = _string(data, "reference_id", required=True).strip()
     if not reference_id:
-        raise InvalidRequest("'reference_id' must not be empty")
+        raise _invalid_field("'reference_id' must not be empty")
     if not _REFERENCE_ID.match(reference_id):
-        raise InvalidRequest(
+        raise _invalid_field(
             "'reference_id' must be a call (channel) or conference id: letters, digits and ._:@+=- only"
         )
     language = canonical_language(_string(data, "language", default="en-US") or "en-US")
     provider = _enum(data, "provider", ProviderName) if data.get("provider") is not None else None
     voice_id = _string(data, "voice_id").strip()
     if len(voice_id) > 200:
-        raise InvalidRequest("'voice_id' is too long (200 characters at most)")
+        raise _invalid_field("'voice_id' is too long (200 characters at most)")
     # A peer-form voice ("AWS.Polly.Joanna-Neural") names its provider and model.
-    voice = resolve_voice(provider, voice_id)
+    try:
+        voice = resolve_voice(provider, voice_id)
+    except InvalidRequest as exc:
+        if type(exc) is InvalidRequest:  # not a finer reason (provider_not_configured, ...)
+            exc.reason = INVALID_FIELD
+        raise
     direction = _enum(data, "direction", Direction, default="both")
     return CreateRequest(
         reference_type,
@@ -115,14 +129,14 @@ def parse_say(body: bytes) -> tuple[str, str]:
     data = parse_json_object(body, SAY_FIELDS)
     text = _string(data, "text", required=True)
     if not text.strip():
-        raise InvalidRequest("'text' must not be empty")
+        raise _invalid_field("'text' must not be empty")
     if len(text) > MAX_TEXT_CHARS:
-        raise InvalidRequest(
+        raise _invalid_field(
             f"'text' is {len(text)} characters; at most {MAX_TEXT_CHARS} per say (split it into several says)"
         )
     payload_type = _string(data, "payload_type", default="text") or "text"
     if payload_type not in ("text", "ssml"):
-        raise InvalidRequest(f"'payload_type' must be 'text' or 'ssml'; got '{payload_type}'")
+        raise _invalid_field(f"'payload_type' must be 'text' or 'ssml'; got '{payload_type}'")
     return text, payload_type
 
 
@@ -131,10 +145,10 @@ def parse_page(query: Any) -> tuple[int, str | None]:
     try:
         page_size = int(raw)
     except ValueError:
-        raise InvalidRequest(f"'page_size' must be an integer from 1 to {MAX_PAGE_SIZE}; got '{raw}'") from None
+        raise _invalid_field(f"'page_size' must be an integer from 1 to {MAX_PAGE_SIZE}; got '{raw}'") from None
     if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise InvalidRequest(f"'page_size' must be from 1 to {MAX_PAGE_SIZE}; got {page_size}")
+        raise _invalid_field(f"'page_size' must be from 1 to {MAX_PAGE_SIZE}; got {page_size}")
     token = query.get("page_token") or None
     if token is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}", token):
-        raise InvalidRequest("'page_token' must be the next_page_token of a previous page")
+        raise _invalid_field("'page_token' must be the next_page_token of a previous page")
     return page_size, token

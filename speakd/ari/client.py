@@ -67,18 +67,25 @@ class AriClient:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._max_backoff = max_backoff
         self._session: aiohttp.ClientSession | None = None
+        self._media_session: aiohttp.ClientSession | None = None
         self.connected = asyncio.Event()
 
     async def __aenter__(self) -> AriClient:
         # Keep-alive pool sized for many concurrent setups; loopback calls take ~1 ms each.
         connector = aiohttp.TCPConnector(limit=64, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout, connector=connector)
+        # Media WebSockets hold their connection for the whole session: a pool of their own,
+        # unbounded, so neither they nor REST calls wait for a free connection.
+        self._media_session = aiohttp.ClientSession(
+            headers=self._headers, connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._media_session):
+            if session is not None:
+                await session.close()
+        self._session = self._media_session = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -122,7 +129,9 @@ class AriClient:
         ``connection_type=server`` (same host, credentials and TLS as ARI)."""
         url = self._base.parent / "media" / connection_id
         url = url.with_scheme("wss" if url.scheme == "https" else "ws")
-        return self.session.ws_connect(
+        if self._media_session is None:
+            raise RuntimeError("AriClient used outside 'async with'")
+        return self._media_session.ws_connect(
             url, protocols=("media",), heartbeat=10.0, timeout=aiohttp.ClientWSTimeout(ws_close=2)
         )
 

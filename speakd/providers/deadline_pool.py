@@ -61,7 +61,8 @@ class DeadlinePool:
                 raise RuntimeError(f"{self._name} is closed")
             self._jobs.append(job)
             if len(self._threads) < self._workers:
-                thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True)
+                # Not daemon threads: one killed at exit inside native code (ONNX) aborts the process.
+                thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}")
                 self._threads.append(thread)
                 thread.start()
             self._cond.notify()
@@ -76,6 +77,11 @@ class DeadlinePool:
     def expected_wait_s(self) -> float:
         """Roughly how long a job submitted now takes to come back."""
         return self.typical_job_s * (len(self._jobs) / self._workers + 1)
+
+    def join(self) -> None:
+        """Wait for the workers to exit (after close(); blocking)."""
+        for thread in self._threads:
+            thread.join()
 
     def close(self) -> None:
         """Stop taking jobs; workers finish the one they run and exit."""

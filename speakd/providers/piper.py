@@ -118,6 +118,7 @@ class PiperProvider(Provider):
 
     async def aclose(self) -> None:
         self._pool.close()
+        await asyncio.to_thread(self._pool.join)  # a sentence in progress finishes first
 
     def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
         lang = language.lower()

@@ -8,6 +8,7 @@ Asterisk object the session made before the record reads ``stopped``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import uuid
 from dataclasses import dataclass
@@ -146,8 +147,9 @@ class SpeakingService:
         self._live[speaking_id] = live
         for object_id in target.watched_ids:
             self._by_object[object_id] = speaking_id
-        session.start_synthesis()
-        live.task = asyncio.create_task(self._setup(live), name=f"speakd-setup-{speaking_id}")
+        # The session's tasks start in a context of their own, not the request's: the create
+        # request's id (bound for logging) would otherwise label every line the session logs.
+        contextvars.Context().run(self._start_tasks, live)
         log.info("session_created", speaking_id=speaking_id, **{k: v for k, v in vars(req).items() if v})
         return record
 
@@ -231,6 +233,10 @@ class SpeakingService:
         if req.reference_type == "confbridge":
             return ConferenceTarget(req.reference_id, req.direction, speaking_id, self.ari.app)
         raise InvalidRequest(f"reference_type '{req.reference_type}' is not supported by this speakd")
+
+    def _start_tasks(self, live: _Live) -> None:
+        live.session.start_synthesis()
+        live.task = asyncio.create_task(self._setup(live), name=f"speakd-setup-{live.session.record.id}")
 
     async def _setup(self, live: _Live) -> None:
         session = live.session

@@ -9,7 +9,7 @@ import uuid
 import jwt
 import pytest
 from conftest_helpers import wait_for
-from harness.daemon import CUSTOMER_A, CUSTOMER_B, JWT_SECRET, KEY_B
+from harness.daemon import CUSTOMER_A, CUSTOMER_B, JWT_SECRET, KEY_A, KEY_B
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -40,6 +40,9 @@ def token(customer_id: str | None = CUSTOMER_A, exp_in: float = 300, secret: str
 def assert_error(reply, status: int, *words: str) -> None:
     assert reply.status == status, reply
     assert isinstance(reply.body, dict) and set(reply.body) == {"error"}, reply.body
+    assert set(reply.body["error"]) == {"status", "message", "reason", "request_id"}, reply.body
+    assert reply.body["error"]["status"] == status and reply.body["error"]["reason"], reply.body
+    uuid.UUID(reply.body["error"]["request_id"])
     message = reply.message.lower()
     for word in words:
         assert word.lower() in message, f"{word!r} not in {reply.message!r}"
@@ -204,6 +207,24 @@ async def test_credentials(api):
     assert bearer.status == 200
     assert_error(await anonymous.request("GET", "/speakings", headers={"Authorization": "Basic eDp5"}), 401, "bearer")
     assert_error(await anonymous.request("POST", "/speakings", json={}), 401)
+
+
+async def test_accesskey_cookie_and_mixed_credentials(api):
+    anonymous = api.as_customer(None)
+    cookie = await anonymous.request("GET", "/speakings", headers={"Cookie": f"accesskey={KEY_A}"})
+    assert cookie.status == 200, cookie
+    assert_error(await anonymous.request("GET", "/speakings", headers={"Cookie": "accesskey=wrong"}), 401, "cookie")
+    # A good credential does not excuse a bad one beside it, whichever is which.
+    assert_error(await api.request("GET", "/speakings", headers={"Cookie": "accesskey=wrong"}), 401, "cookie")
+    assert_error(
+        await api.as_customer("wrong").request("GET", "/speakings", headers={"Cookie": f"accesskey={KEY_A}"}), 401
+    )
+    mixed = {"accesskey": KEY_A, "token": "garbage"}
+    assert_error(await api.request("GET", "/speakings", params=mixed), 401, "token")
+    # Two good credentials of two customers say nothing certain about who is asking.
+    assert_error(await api.request("GET", "/speakings", headers={"Cookie": f"accesskey={KEY_B}"}), 401, "different")
+    both = await api.request("GET", "/speakings", params={"token": token()}, headers={"Cookie": f"accesskey={KEY_A}"})
+    assert both.status == 200, both
 
 
 # -- 404 -----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import leftovers
+from conftest import TRANSPORTS, leftovers
 from conftest_helpers import wait_for
 from harness.calls import start_two_party_call
 from harness.daemon import REPO, Api, SpeakdProcess
@@ -31,17 +31,21 @@ async def sandbox(command: str) -> None:
     assert proc.returncode == 0, output.decode()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize(
     "how",
     [
         "down",  # a clean stop: Asterisk hangs up its channels and says so before the socket closes
-        "crash",  # SIGKILL: no event at all; speakd finds out on reconnect
+        "crash",  # SIGKILL: no event at all; speakd finds out on reconnect (rtp), or at once
+        # from its media WebSocket closing (websocket)
     ],
 )
-async def test_asterisk_restart_ends_dead_sessions_and_reconnects(ari_settings, ari, tmp_path, how):
+async def test_asterisk_restart_ends_dead_sessions_and_reconnects(ari_settings, ari, tmp_path, how, transport):
     if not sandbox_in_use(ari_settings["url"]):
         pytest.skip("the tests' Asterisk is not this project's sandbox: it is not ours to restart")
-    daemon = SpeakdProcess(tmp_path, ari_settings["url"], ari_settings["user"], ari_settings["password"])
+    daemon = SpeakdProcess(
+        tmp_path, ari_settings["url"], ari_settings["user"], ari_settings["password"], transport=transport
+    )
     await daemon.start()
     api = Api(daemon.base)
     try:
@@ -59,7 +63,8 @@ async def test_asterisk_restart_ends_dead_sessions_and_reconnects(ari_settings, 
         await wait_for(lambda: _health(api, 200), timeout=20, what="speakd to reconnect")
         assert (await api.wait_status(speaking_id, "stopped", timeout=5))["status"] == "stopped"
         if how == "crash":
-            assert "gone while ARI was disconnected" in daemon.log_text()
+            why = "gone while ARI was disconnected" if transport == "rtp" else "the media WebSocket closed"
+            assert why in daemon.log_text()
         assert await leftovers(ari, daemon.app) == []
 
         fresh = await start_two_party_call(ari)

@@ -82,7 +82,9 @@ async def test_media_websocket_cut_stops_the_session_and_leaves_nothing(ari, ari
         finally:
             await api.close()
             await daemon.stop()
-    assert_clean_stop(daemon, speaking_id, "media WebSocket")
+    # Whichever Asterisk or speakd notices first: Asterisk hangs up the media channel when its
+    # WebSocket drops, speakd sees the socket close.
+    assert_clean_stop(daemon, speaking_id, "media")
 
 
 def pacer_children(daemon_pid: int) -> list[int]:

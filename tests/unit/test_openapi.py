@@ -15,3 +15,21 @@ def test_every_route_is_documented_with_its_methods():
             continue
         assert path in documented, f"{path} is served but not in the OpenAPI document"
         assert route.method.lower() in documented[path], f"{route.method} {path} is not documented"
+
+
+def test_cookie_credential_and_error_envelope_are_documented():
+    from speakd import errors
+    from speakd.api.app import HTTP_REASONS
+    from speakd.api.schemas import INVALID_FIELD, INVALID_JSON
+
+    schemes = OPENAPI["components"]["securitySchemes"]
+    assert {"type": "apiKey", "in": "cookie", "name": "accesskey"} in schemes.values()
+    assert {name for req in OPENAPI["security"] for name in req} == set(schemes)
+    error = OPENAPI["components"]["schemas"]["Error"]["properties"]["error"]
+    assert set(error["required"]) == {"status", "message", "reason", "request_id"}
+    # Every reason speakd can answer is listed.
+    reasons = {cls.reason for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, Exception)}
+    reasons |= set(HTTP_REASONS.values()) | {INVALID_FIELD, INVALID_JSON}
+    assert reasons <= set(error["properties"]["reason"]["examples"])
+    say_429 = OPENAPI["paths"]["/v1.0/speakings/{id}/say"]["post"]["responses"]["429"]
+    assert "Retry-After" in say_429["headers"]
