@@ -72,24 +72,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except SpeakdError as exc:
-        if exc.status >= 500:
-            log.warning(
-                "request_failed",
-                method=request.method,
-                path=request.path,
-                status=exc.status,
-                reason=exc.reason,
-                error=exc.message,
-            )
-        else:
-            log.info(
-                "request_refused",
-                method=request.method,
-                path=request.path,
-                status=exc.status,
-                reason=exc.reason,
-                error=exc.message,
-            )
+        log_at = log.warning if exc.status >= 500 else log.info
+        log_at(
+            "request_failed" if exc.status >= 500 else "request_refused",
+            method=request.method,
+            path=request.path,
+            status=exc.status,
+            reason=exc.reason,
+            error=exc.message,
+        )
         return _error(request, exc.status, exc.message, exc.reason, exc.retry_after)
     except web.HTTPException as exc:
         if exc.status < 400:

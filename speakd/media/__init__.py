@@ -1,1 +1,3 @@
-"""Audio path: provider PCM -> 8 kHz telephony codec -> 20 ms frames -> paced RTP."""
+"""Audio path: provider audio -> 8 kHz G.711 frames -> the playout (bounded lead, played
+positions) -> a transport that paces it outside speakd's interpreter (Asterisk's chan_websocket,
+or speakd's RTP pacer process)."""

@@ -18,7 +18,8 @@ def request(path: str, headers: dict | None = None):
 
 
 def make_token(**claims) -> str:
-    return jwt.encode({"exp": int(time.time()) + 60, **claims}, SECRET, algorithm="HS256")
+    # Valid for a day: some are made at import, and the whole suite runs for minutes before these.
+    return jwt.encode({"exp": int(time.time()) + 86400, **claims}, SECRET, algorithm="HS256")
 
 
 def test_accesskey_token_and_bearer():
