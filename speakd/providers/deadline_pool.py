@@ -33,12 +33,13 @@ def no_deadline() -> float:
 
 
 class _Job:
-    __slots__ = ("args", "deadline", "fn", "future", "loop", "order")
+    __slots__ = ("args", "deadline", "fn", "future", "loop", "order", "took")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], deadline: Deadline, order: int) -> None:
         self.fn, self.args, self.deadline, self.order = fn, args, deadline, order
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Any] = self.loop.create_future()
+        self.took = 0.0
 
 
 class DeadlinePool:
@@ -55,6 +56,12 @@ class DeadlinePool:
 
     async def run(self, fn: Callable[..., Any], *args: Any, deadline: Deadline | None = None) -> Any:
         """Run ``fn(*args)`` on a worker; ``deadline()`` is a monotonic time (inf: none)."""
+        return (await self.run_timed(fn, *args, deadline=deadline))[0]
+
+    async def run_timed(
+        self, fn: Callable[..., Any], *args: Any, deadline: Deadline | None = None
+    ) -> tuple[Any, float]:
+        """As :meth:`run`, also returning how long the job ran (seconds, wall clock)."""
         job = _Job(fn, args, deadline or no_deadline, next(self._order))
         with self._cond:
             if self._closed:
@@ -67,16 +74,17 @@ class DeadlinePool:
                 thread.start()
             self._cond.notify()
         try:
-            return await asyncio.shield(job.future)
+            return await asyncio.shield(job.future), job.took
         except asyncio.CancelledError:
             with self._cond:  # not started yet: never start it
                 if job in self._jobs:
                     self._jobs.remove(job)
             raise
 
-    def expected_wait_s(self) -> float:
-        """Roughly how long a job submitted now takes to come back."""
-        return self.typical_job_s * (len(self._jobs) / self._workers + 1)
+    def expected_wait_s(self, job_s: float) -> float:
+        """Roughly how long a job of ``job_s`` submitted now takes to come back: the jobs
+        already waiting share the workers with it."""
+        return max(job_s, self.typical_job_s) * (len(self._jobs) / self._workers + 1)
 
     def join(self) -> None:
         """Wait for the workers to exit (after close(); blocking)."""
@@ -112,16 +120,17 @@ class DeadlinePool:
         while (job := self._next()) is not None:
             started = time.monotonic()
             try:
-                result = job.fn(*job.args)
+                result, failure = job.fn(*job.args), None
             except BaseException as exc:  # handed to the awaiting coroutine
-                _deliver(job, _set_exception, exc)
+                result, failure = None, exc
+            job.took = took = time.monotonic() - started
+            if failure is not None:
+                _deliver(job, _set_exception, failure)
             else:
                 _deliver(job, _set_result, result)
-            finally:
-                took = time.monotonic() - started
-                with self._cond:
-                    self._measured += 1
-                    self.typical_job_s += (took - self.typical_job_s) / min(self._measured, 4)
+            with self._cond:
+                self._measured += 1
+                self.typical_job_s += (took - self.typical_job_s) / min(self._measured, 4)
 
 
 def _deliver(job: _Job, how: Callable[[asyncio.Future[Any], Any], None], value: Any) -> None:

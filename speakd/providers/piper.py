@@ -148,7 +148,7 @@ class PiperProvider(Provider):
             return next(sentences, _DONE)
 
         while True:
-            chunk = await self._pool.run(next_sentence, deadline=request.deadline)
+            chunk, took = await self._pool.run_timed(next_sentence, deadline=request.deadline)
             if chunk is _DONE:
                 return
             assert words is not None
@@ -156,7 +156,8 @@ class PiperProvider(Provider):
                 chunk.audio_int16_bytes,
                 fmt,
                 words.marks(chunk.phoneme_alignments or ()),
-                next_in_ms=int(self._pool.expected_wait_s() * 1000),
+                # The next sentence takes about as long as this one did, behind what waits.
+                next_in_ms=int(self._pool.expected_wait_s(took) * 1000),
             )
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
