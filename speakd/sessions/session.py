@@ -85,7 +85,6 @@ class Session:
         self.playout = playout
         self.queue: deque[SayItem] = deque()
         self.says: list[SayItem] = []  # every say of this session, oldest first
-        self.transport: MediaTransport | None = None
         self.log = log.bind(speaking_id=record.id)
         self._save_say = save_say
         self._in_playout: list[SayItem] = []  # taken from the queue, not final yet
@@ -105,7 +104,6 @@ class Session:
             self._writer = asyncio.create_task(self._write_says(), name=f"speakd-says-{self.record.id}")
 
     def start_playout(self, transport: MediaTransport) -> None:
-        self.transport = transport
         self.playout.attach(transport)
 
     async def close(self) -> int:
