@@ -57,12 +57,12 @@ def longest_quiet_inside_speech(samples: np.ndarray) -> float:
     return longest * FRAME_S
 
 
-def assert_heard(recording: np.ndarray, reference: np.ndarray, who: str) -> int:
+def assert_heard(recording: np.ndarray, reference: np.ndarray, who: str, min_corr: float = 0.8) -> int:
     corr, lag = envelope_correlation(recording, reference)
-    assert corr > 0.8, f"{who} should hear the speech: envelope correlation {corr:.2f}"
+    assert corr > min_corr, f"{who} should hear the speech: envelope correlation {corr:.2f}"
     # The envelope alone survives distortion (e.g. audio decoded with the wrong G.711 law):
-    # the spectral shape must match too. Measured: 0.86-0.89 when right, 0.59-0.73 with
-    # the wrong law.
+    # the spectral shape must match too. Measured: 0.80-0.90 when right (0.79-0.83 through a
+    # ConfBridge room's mix), 0.59-0.73 with the wrong law.
     spectral = spectral_similarity(recording, reference, lag)
     assert spectral > MIN_SPECTRAL, f"{who} hears the speech distorted: spectral similarity {spectral:.2f}"
     assert speech_seconds(recording) > 0.7 * speech_seconds(reference), f"{who} heard too little speech"
@@ -211,10 +211,14 @@ def find_dropouts(
     hole = (rec_db < quiet_line) & ~naturally_quiet & inside
     padded = np.concatenate([[False], hole, [False]]).astype(np.int8)
     edges = np.flatnonzero(np.diff(padded))
-    return [
-        ((offset + start) / RATE, (end - start + FRAME - 1) / RATE)
-        for start, end in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)
-    ]
+    # Runs of quiet windows less than a window apart overlap in the audio: one hole, not two.
+    runs: list[list[int]] = []
+    for start, end in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+        if runs and start - runs[-1][1] < FRAME:
+            runs[-1][1] = end
+        else:
+            runs.append([start, end])
+    return [((offset + start) / RATE, (end - start + FRAME - 1) / RATE) for start, end in runs]
 
 
 def judge_intact(recording: np.ndarray, reference: np.ndarray, who: str) -> Intactness:

@@ -44,6 +44,12 @@ def make_conference(mixing_conference, confbridge_room):
     return make
 
 
+# A dialplan ConfBridge room mixes the speech with every participant's carrier and resamples
+# it: envelope correlation measured 0.80-0.89 there (websocket; the old in-daemon pacer alike),
+# 0.95 and more on calls and ARI bridges; nothing heard is near 0.
+HEARD_CORR = {"bridge": 0.8, "confbridge": 0.7}
+
+
 def skip_confbridge_audio_on_rtp(speakd, kind: str) -> None:
     # Known problem, not hidden: on rtp, about one ConfBridge room in two plays the speech
     # 4 dB quieter with envelope correlation ~0.77 (every participant alike); the ARI-bridge
@@ -75,7 +81,7 @@ async def test_every_participant_hears_and_the_end_of_the_conference_stops_the_s
 
     # Everyone but the last leaves: the session goes on for the one still there.
     for p in conf.participants[:-1]:
-        assert_heard(await p.recording(), reference, f"{kind} participant {p.name}")
+        assert_heard(await p.recording(), reference, f"{kind} participant {p.name}", HEARD_CORR[kind])
     await asyncio.sleep(0.5)
     assert (await api.get(speaking_id)).body["status"] == "active", "one participant is still in the conference"
 
@@ -88,7 +94,7 @@ async def test_every_participant_hears_and_the_end_of_the_conference_stops_the_s
     assert await leftovers(ari, speakd.app) == []
     if kind == "confbridge":  # speakd's announcer did not keep the emptied room alive
         assert await confbridge_rooms(ari, conf.room) == []
-    assert_heard(await last.recording(), reference, f"{kind} participant {last.name}")
+    assert_heard(await last.recording(), reference, f"{kind} participant {last.name}", HEARD_CORR[kind])
 
 
 async def test_destroying_the_bridge_stops_the_session(api, ari, speakd, mixing_conference):
@@ -114,7 +120,7 @@ async def test_a_confbridge_room_named_by_its_bridge_id(api, ari, speakd, confbr
     reference = render_piper(GREETING)
     assert (await api.say(speaking_id, GREETING)).status == 200
     await asyncio.sleep(len(reference) / 8000 + 1.0)
-    assert_heard(await conf.participants[0].recording(), reference, "the participant")
+    assert_heard(await conf.participants[0].recording(), reference, "the participant", HEARD_CORR["confbridge"])
     await api.wait_status(speaking_id, "stopped", timeout=1.0)
 
 
@@ -140,11 +146,12 @@ async def test_flush_stops_speech_and_the_next_say_plays(api, speakd, make_confe
         recording = await p.recording()
         who = f"{kind} participant {p.name}"
         corr, lag = envelope_correlation(recording, reference[: int(played * 8000)])
-        assert corr > 0.8, f"{who} should hear the start of the long text (corr {corr:.2f})"
+        assert corr > HEARD_CORR[kind], f"{who} should hear the start of the long text (corr {corr:.2f})"
         start_s = lag * FRAME_S
         cut_by = start_s + played + 0.020 + ASTERISK_DELAY_S
         after_corr, after_lag = envelope_correlation(recording[int(cut_by * 8000) :], render_piper(after))
-        assert after_corr > 0.9, f"{who} should hear the say after the flush (corr {after_corr:.2f})"
+        # (a whole short say aligns better than the cut start of a long one)
+        assert after_corr > HEARD_CORR[kind] + 0.1, f"{who} should hear the say after the flush (corr {after_corr:.2f})"
         resumed_s = cut_by + after_lag * FRAME_S
         assert resumed_s - cut_by > 1.0
         window = recording[int(cut_by * 8000) : int((resumed_s - 0.06) * 8000)]
@@ -174,7 +181,7 @@ async def test_stop_mid_speech_silences_and_cleans_up(api, ari, speakd, make_con
         recording = await p.recording()
         who = f"{kind} participant {p.name}"
         corr, lag = envelope_correlation(recording, render_piper(LONG)[: int(surely_played * 8000)])
-        assert corr > 0.8, f"{who} should hear the start of the long text (corr {corr:.2f})"
+        assert corr > HEARD_CORR[kind], f"{who} should hear the start of the long text (corr {corr:.2f})"
         cut_by = lag * FRAME_S + played + 0.020 + ASTERISK_DELAY_S
         tail = recording[int(cut_by * 8000) :]
         assert speech_seconds(tail) == 0.0, f"{who}: speech after the stop, at {loud_times(tail, cut_by)}"

@@ -36,7 +36,9 @@ CLOUD = ("elevenlabs", "gcp", "aws")
 TIMEOUTS = {"connect_timeout": 1.0, "first_byte_timeout": 2.0, "read_timeout": 4.0, "retries": 1}
 
 SPEECH_DBFS = -40.0  # speech sits around -20 dBFS; the test phones' carrier near -60
-HEARD_CORR = 0.9  # measured 0.95-1.00 against what the stand-in sent (sub-frame alignment costs a little)
+# measured 0.95-1.00 against what the stand-in sent, down to 0.86 for the 1.2 s that arrive of
+# a cut say (sub-frame alignment costs a short segment more); nothing heard is near 0
+HEARD_CORR = 0.8
 
 FIRST = "Good morning. This is the first sentence, streamed while the provider is held."
 SECOND = "And here is the second sentence, played straight through."
