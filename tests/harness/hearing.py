@@ -120,7 +120,7 @@ class Intactness:
     def start_s(self) -> float:
         return self.lag_frames * FRAME_S
 
-    def problems(self, min_corr: float = 0.9, speech_ratio: tuple[float, float] = (0.9, 1.1)) -> list[str]:
+    def problems(self, min_corr: float = 0.8, speech_ratio: tuple[float, float] = (0.9, 1.1)) -> list[str]:
         found = []
         if self.corr < min_corr:
             found.append(f"envelope correlation {self.corr:.2f} < {min_corr}")

@@ -146,8 +146,17 @@ async def test_alaw_sessions_are_heard(ari_settings, make_two_party_call, tmp_pa
         call = await make_two_party_call()
         speaking_id = await api.start_session(call.channel_id, direction="out")
         reference = render_piper(GREETING)
-        assert (await api.say(speaking_id, GREETING)).status == 200
-        await asyncio.sleep(len(reference) / 8000 + 1.0)
+        reply = await api.say(speaking_id, GREETING)
+        assert reply.status == 200
+        # A fresh daemon's first say may start late; wait until it has played, then let the
+        # recording catch up (MixMonitor drops what it has not written when the call hangs up).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            says = (await api.request("GET", f"/speakings/{speaking_id}/says")).body["result"]
+            if says[-1]["status"] == "played":
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
         assert_heard(await call.recording("alice"), reference, "alice (a-law)")
     finally:
         await api.close()
