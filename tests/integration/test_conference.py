@@ -67,6 +67,7 @@ async def confbridge_rooms(ari, room: str) -> list[dict]:
     return [b for b in await ari.get("/bridges") if b.get("creator") == "ConfBridge" and b.get("name") == room]
 
 
+@pytest.mark.by_ear
 @pytest.mark.parametrize("kind", KINDS)
 async def test_every_participant_hears_and_the_end_of_the_conference_stops_the_session(
     api, ari, speakd, make_conference, kind
@@ -109,6 +110,7 @@ async def test_destroying_the_bridge_stops_the_session(api, ari, speakd, mixing_
     assert await leftovers(ari, speakd.app) == []
 
 
+@pytest.mark.by_ear
 async def test_a_confbridge_room_named_by_its_bridge_id(api, ari, speakd, confbridge_room):
     skip_confbridge_audio_on_rtp(speakd, "confbridge")
     conf = await confbridge_room(n=1)
@@ -124,6 +126,7 @@ async def test_a_confbridge_room_named_by_its_bridge_id(api, ari, speakd, confbr
     await api.wait_status(speaking_id, "stopped", timeout=1.0)
 
 
+@pytest.mark.by_ear
 @pytest.mark.parametrize("kind", KINDS)
 async def test_flush_stops_speech_and_the_next_say_plays(api, speakd, make_conference, kind):
     skip_confbridge_audio_on_rtp(speakd, kind)
@@ -162,6 +165,7 @@ async def test_flush_stops_speech_and_the_next_say_plays(api, speakd, make_confe
         assert last_speech_s(recording[: int(cut_by * 8000)]) > start_s + played - 0.8
 
 
+@pytest.mark.by_ear
 @pytest.mark.parametrize("kind", KINDS)
 async def test_stop_mid_speech_silences_and_cleans_up(api, ari, speakd, make_conference, kind):
     skip_confbridge_audio_on_rtp(speakd, kind)

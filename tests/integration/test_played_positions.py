@@ -43,6 +43,7 @@ async def wait_say(api, speaking_id: str, say_id: str, statuses: set[str], timeo
     raise AssertionError(f"say {say_id} never reached {statuses}: {await says_of(api, speaking_id)}")
 
 
+@pytest.mark.by_ear
 async def test_a_played_through_say_reports_when_the_party_heard_it(api, two_party_call):
     second = "And this one came a little later."
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
@@ -79,6 +80,7 @@ def _speech_end(text: str) -> float:
     return last_speech_s(render_piper(text)) if text.strip() else 0.0
 
 
+@pytest.mark.by_ear
 async def test_a_flushed_say_reports_what_was_heard(api, two_party_call):
     after = "After the interruption, this plays."
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")

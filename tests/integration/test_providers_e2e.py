@@ -277,6 +277,7 @@ async def say_item(api: Api, speaking_id: str, say_id: str) -> dict[str, Any]:
 # -- for each provider: streamed into a real call, heard ---------------------------------------
 
 
+@pytest.mark.by_ear
 @pytest.mark.parametrize("name", CLOUD)
 async def test_provider_streams_into_a_real_call_and_is_heard(capi, cloud_speakd, standins, make_two_party_call, name):
     standin = standins[name]
@@ -322,6 +323,7 @@ async def test_provider_streams_into_a_real_call_and_is_heard(capi, cloud_speakd
 # -- voices: defaults per language, peer form, SSML, GET /voices -------------------------------
 
 
+@pytest.mark.by_ear
 async def test_default_voice_follows_the_language(capi, cloud_speakd, standins, make_two_party_call):
     log = DaemonLog(cloud_speakd)
     call = await make_two_party_call()
@@ -355,6 +357,7 @@ async def test_default_voice_follows_the_language(capi, cloud_speakd, standins, 
         ),
     ],
 )
+@pytest.mark.by_ear
 async def test_peer_form_voice_picks_provider_model_and_voice(
     capi, cloud_speakd, standins, two_party_call, voice_id, provider, expected
 ):
@@ -376,6 +379,7 @@ async def test_peer_form_voice_naming_another_provider_is_a_400(capi, two_party_
     assert "aws" in reply.message and "gcp" in reply.message, reply.message
 
 
+@pytest.mark.by_ear
 @pytest.mark.parametrize("name", ["aws", "gcp"])
 async def test_ssml_reaches_polly_and_google_as_ssml(capi, cloud_speakd, standins, make_two_party_call, name):
     log = DaemonLog(cloud_speakd)
@@ -436,6 +440,7 @@ async def assert_still_active(api: Api, speaking_id: str) -> None:
     assert record["status"] == "active", record
 
 
+@pytest.mark.by_ear
 @pytest.mark.parametrize("name", CLOUD)
 async def test_failure_before_audio_is_retried_once(capi, cloud_speakd, standins, make_two_party_call, name):
     standin = standins[name]
@@ -470,6 +475,7 @@ async def test_failure_before_audio_is_retried_once(capi, cloud_speakd, standins
     assert_nothing_else(recording, [retried, after], f"{name} retry")
 
 
+@pytest.mark.by_ear
 @pytest.mark.parametrize("name", CLOUD)
 async def test_slow_first_byte_times_out_and_the_next_say_works(
     capi, cloud_speakd, standins, make_two_party_call, name
@@ -499,6 +505,7 @@ async def test_slow_first_byte_times_out_and_the_next_say_works(
     assert_nothing_else(recording, [after], f"{name} timeout")
 
 
+@pytest.mark.by_ear
 @pytest.mark.parametrize("name", CLOUD)
 async def test_cut_off_mid_stream_is_not_replayed_and_the_next_say_works(
     capi, cloud_speakd, standins, make_two_party_call, name
@@ -538,6 +545,7 @@ async def test_cut_off_mid_stream_is_not_replayed_and_the_next_say_works(
     assert speech_seconds(recording) < speech_seconds(played) + speech_seconds(sent(AFTER)) + 0.2
 
 
+@pytest.mark.by_ear
 @pytest.mark.parametrize("name", CLOUD)
 async def test_bad_credentials_are_reported_as_such(capi, cloud_speakd, standins, make_two_party_call, name):
     standin = standins[name]
@@ -578,6 +586,7 @@ async def test_unconfigured_provider_is_a_400_on_the_plain_daemon(api, speakd, t
     assert reply.status == 400 and "[gcp]" in reply.message, reply
 
 
+@pytest.mark.by_ear
 async def test_missing_credentials_are_a_400_that_says_what_is_missing(
     standins, ari_settings, tmp_path_factory, two_party_call
 ):

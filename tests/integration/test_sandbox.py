@@ -54,6 +54,7 @@ def assert_carrier_floor(rec: np.ndarray, who: str) -> None:
     assert CARRIER_DB - 15 < floor < CARRIER_DB + 8, f"{who}: floor {floor:.1f} dBFS, carrier is {CARRIER_DB} dBFS"
 
 
+@pytest.mark.by_ear
 async def test_whisper_out_tone_reaches_alice_only(ari, two_party_call, speakd_like_app):
     call = two_party_call
     inj = await inject_into(ari, speakd_like_app, call.channel_id, whisper="out")
@@ -86,6 +87,7 @@ async def _none_left(ari, marker):
     return not await leftovers(ari, marker)
 
 
+@pytest.mark.by_ear
 async def test_whisper_in_tone_reaches_bob_only(ari, two_party_call, speakd_like_app):
     call = two_party_call
     inj = await inject_into(ari, speakd_like_app, call.channel_id, whisper="in")
@@ -100,6 +102,7 @@ async def test_whisper_in_tone_reaches_bob_only(ari, two_party_call, speakd_like
     assert_silent(await call.recording("alice"), "alice")
 
 
+@pytest.mark.by_ear
 async def test_mixing_conference_hears_external_media(ari, mixing_conference, speakd_like_app):
     conf = await mixing_conference(n=2)
     host_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -137,6 +140,7 @@ async def test_mixing_conference_hears_external_media(ari, mixing_conference, sp
         assert_tone(await p.recording(), p.name)
 
 
+@pytest.mark.by_ear
 async def test_confbridge_room_hears_announcer(ari, confbridge_room, speakd_like_app):
     room = await confbridge_room(n=2)
     announcer = f"{room.test_id}-announcer"
@@ -191,6 +195,7 @@ async def test_sandbox_answers_quickly(ari):
     assert time.monotonic() - t0 < 1.0
 
 
+@pytest.mark.by_ear
 async def test_piper_speech_envelope_matches_what_alice_heard(ari, two_party_call, speakd_like_app):
     speech = audio.render_piper("Your call is important to us. Please stay on the line.")
     call = two_party_call

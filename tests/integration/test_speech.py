@@ -31,6 +31,7 @@ from harness.hearing import (
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
+@pytest.mark.by_ear
 @pytest.mark.parametrize(("direction", "hearers"), [("out", {"alice"}), ("in", {"bob"}), ("both", {"alice", "bob"})])
 async def test_only_the_intended_party_hears(api, make_two_party_call, direction, hearers):
     call = await make_two_party_call()
@@ -47,6 +48,7 @@ async def test_only_the_intended_party_hears(api, make_two_party_call, direction
     await api.wait_status(speaking_id, "stopped")  # the hangup ended the session
 
 
+@pytest.mark.by_ear
 async def test_two_says_play_back_to_back_without_a_gap(api, two_party_call):
     first, second = "The first sentence is here.", "And the second one follows it at once."
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
@@ -60,6 +62,7 @@ async def test_two_says_play_back_to_back_without_a_gap(api, two_party_call):
     assert longest_quiet_inside_speech(recording) <= longest_quiet_inside_speech(reference) + 0.06
 
 
+@pytest.mark.by_ear
 async def test_flush_stops_speech_within_a_frame_and_the_next_say_plays(api, speakd, two_party_call):
     after = "After the interruption, this plays."
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
@@ -109,6 +112,7 @@ async def test_hangup_mid_speech_stops_the_session_and_leaves_nothing(api, ari, 
     assert await leftovers(ari, speakd.app) == []
 
 
+@pytest.mark.by_ear
 async def test_stop_mid_speech_silences_and_cleans_up(api, ari, speakd, two_party_call):
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
     assert (await api.say(speaking_id, LONG)).status == 200
@@ -129,6 +133,7 @@ async def test_stop_mid_speech_silences_and_cleans_up(api, ari, speakd, two_part
     assert last_speech_s(recording) > cut_by - 0.8
 
 
+@pytest.mark.by_ear
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_alaw_sessions_are_heard(ari_settings, make_two_party_call, tmp_path, transport):
     """media.codec = alaw: the ExternalMedia channel and every frame are G.711 a-law."""
