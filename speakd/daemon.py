@@ -19,8 +19,10 @@ from aiohttp import web
 
 from speakd.api import create_app
 from speakd.api.auth import Authenticator
+from speakd.api.events_ws import EventHub
 from speakd.ari.client import AriClient
 from speakd.config import Config
+from speakd.events import EventBus
 from speakd.providers import ProviderRegistry
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.service import SpeakingService
@@ -91,12 +93,16 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
                 realtime_priority=config.rtp.realtime_priority,
             )
         )
+        events = EventBus()
+        hub = EventHub()
+        events.add_sink(hub)
         service = SpeakingService(
             store=store,
             ari=ari,
             providers=providers,
             media=media,
             owner_variable=config.auth.customer_variable,
+            events=events,
             lead_ms=config.media.lead_ms,
             mark_every_ms=config.media.mark_every_ms,
         )
@@ -107,7 +113,10 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
         ]
         runner = web.AppRunner(
             create_app(
-                service, Authenticator(config.auth.access_keys, config.auth.jwt_secret), config.tts.default_provider
+                service,
+                Authenticator(config.auth.access_keys, config.auth.jwt_secret),
+                config.tts.default_provider,
+                hub,
             ),
             access_log=None,
             handle_signals=False,

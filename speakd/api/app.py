@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from speakd.api import schemas
+from speakd.api import events_ws, schemas
 from speakd.api.auth import Authenticator
+from speakd.api.events_ws import EventHub
 from speakd.api.openapi import OPENAPI
 from speakd.api.voices import PROVIDERS_KEY, list_voices
 from speakd.errors import SpeakdError
@@ -19,6 +20,7 @@ from speakd.sessions.service import SpeakingService
 log = structlog.get_logger(__name__)
 
 SERVICE = web.AppKey("service", SpeakingService)
+EVENTS = web.AppKey("events", EventHub)
 AUTH = web.AppKey("auth", Authenticator)
 DEFAULT_PROVIDER = web.AppKey("default_provider", str)
 
@@ -131,8 +133,8 @@ async def say(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     # Existence and ownership first: a 404 is more useful than a complaint about the body.
     await service.get(request[CUSTOMER_ID], request.match_info["id"])
-    text, payload_type = schemas.parse_say(await request.read())
-    record, item = await service.say(request[CUSTOMER_ID], request.match_info["id"], text, payload_type)
+    say_request = schemas.parse_say(await request.read())
+    record, item = await service.say(request[CUSTOMER_ID], request.match_info["id"], say_request)
     return web.json_response({**record.to_dict(), "say_id": item.say_id})
 
 
@@ -153,6 +155,10 @@ async def delete_speaking(request: web.Request) -> web.Response:
     return _record(await request.app[SERVICE].delete(request[CUSTOMER_ID], request.match_info["id"]))
 
 
+async def events(request: web.Request) -> web.WebSocketResponse:
+    return await events_ws.serve(request, request.app[EVENTS], request[CUSTOMER_ID])
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
@@ -165,12 +171,15 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if connected else 503)
 
 
-def create_app(service: SpeakingService, authenticator: Authenticator, default_provider: str) -> web.Application:
+def create_app(
+    service: SpeakingService, authenticator: Authenticator, default_provider: str, hub: EventHub | None = None
+) -> web.Application:
     app = web.Application(
         middlewares=[request_id_middleware, errors_middleware, auth_middleware], client_max_size=256 * 1024
     )
     app.on_response_prepare.append(_send_request_id)
     app[SERVICE] = service
+    app[EVENTS] = hub if hub is not None else EventHub()
     app[AUTH] = authenticator
     app[DEFAULT_PROVIDER] = default_provider
     app[PROVIDERS_KEY] = service.providers
@@ -182,6 +191,7 @@ def create_app(service: SpeakingService, authenticator: Authenticator, default_p
     app.router.add_get("/v1.0/speakings/{id}/says", list_says)
     app.router.add_post("/v1.0/speakings/{id}/flush", flush)
     app.router.add_post("/v1.0/speakings/{id}/stop", stop)
+    app.router.add_get("/v1.0/ws", events)
     app.router.add_get("/v1.0/voices", list_voices)
     app.router.add_get("/v1.0/openapi.json", openapi)
     app.router.add_get("/health", health)

@@ -9,7 +9,7 @@ from typing import Any
 from speakd.errors import InvalidRequest
 from speakd.providers.voices import resolve_voice
 from speakd.sessions.model import Direction, ProviderName, ReferenceType
-from speakd.sessions.service import CreateRequest
+from speakd.sessions.service import CreateRequest, SayRequest, SayStop
 
 MAX_TEXT_CHARS = 5000
 MAX_PAGE_SIZE = 100
@@ -29,7 +29,9 @@ _BCP47 = re.compile(
 _REFERENCE_ID = re.compile(r"^[A-Za-z0-9._:@+=-]{1,200}$")
 
 CREATE_FIELDS = ("reference_type", "reference_id", "language", "provider", "voice_id", "direction")
-SAY_FIELDS = ("text", "payload_type")
+SAY_FIELDS = ("text", "payload_type", "client_state", "command_id", "stop")
+MAX_CLIENT_STATE_CHARS = 4096
+MAX_COMMAND_ID_CHARS = 256
 
 # Reasons (speakd.errors): the body is not a JSON object, or one of its fields is wrong
 # (missing, unknown, of the wrong type or out of range).
@@ -125,8 +127,12 @@ def parse_create(body: bytes, default_provider: str) -> CreateRequest:
     )
 
 
-def parse_say(body: bytes) -> tuple[str, str]:
-    data = parse_json_object(body, SAY_FIELDS)
+def parse_say(body: bytes) -> SayRequest:
+    return say_request(parse_json_object(body, SAY_FIELDS))
+
+
+def say_request(data: dict[str, Any]) -> SayRequest:
+    """A say's fields, however they came (a JSON body, AGI arguments, ARI user event variables)."""
     text = _string(data, "text", required=True)
     if not text.strip():
         raise _invalid_field("'text' must not be empty")
@@ -137,7 +143,16 @@ def parse_say(body: bytes) -> tuple[str, str]:
     payload_type = _string(data, "payload_type", default="text") or "text"
     if payload_type not in ("text", "ssml"):
         raise _invalid_field(f"'payload_type' must be 'text' or 'ssml'; got '{payload_type}'")
-    return text, payload_type
+    client_state = _string(data, "client_state", default="")
+    if len(client_state) > MAX_CLIENT_STATE_CHARS:
+        raise _invalid_field(f"'client_state' is {len(client_state)} characters; at most {MAX_CLIENT_STATE_CHARS}")
+    command_id = _string(data, "command_id", default="")
+    if len(command_id) > MAX_COMMAND_ID_CHARS:
+        raise _invalid_field(f"'command_id' is {len(command_id)} characters; at most {MAX_COMMAND_ID_CHARS}")
+    stop = _string(data, "stop", default="")
+    if stop and stop not in {m.value for m in SayStop}:
+        raise _invalid_field(f"'stop' must be 'current' or 'all' (or left out); got '{stop}'")
+    return SayRequest(text, payload_type, client_state, command_id, SayStop(stop) if stop else None)
 
 
 def parse_page(query: Any) -> tuple[int, str | None]:

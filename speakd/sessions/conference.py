@@ -35,6 +35,7 @@ import structlog
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError, AriNotFound, AriUnavailable
 from speakd.errors import Conflict, InvalidRequest, ServiceUnavailable
+from speakd.events.model import StopReason
 from speakd.media.transport import MediaTransport
 from speakd.sessions.targets import (
     STASIS_TIMEOUT,
@@ -263,6 +264,7 @@ class ConferenceTarget(Target):
     and then acts as the :class:`BridgeConferenceTarget` or :class:`ConfBridgeTarget` it found."""
 
     reference_type = "confbridge"
+    ended_reason = StopReason.CONFERENCE_ENDED
 
     def __init__(self, reference_id: str, direction: str, session_id: str, app: str) -> None:
         if direction != "both":
@@ -281,6 +283,13 @@ class ConferenceTarget(Target):
     @property
     def watched_ids(self) -> set[str]:
         return self.resolved.watched_ids if self.resolved is not None else set()
+
+    @property
+    def event_source(self) -> str:
+        """The conference's own bridge (an ARI bridge, or the ConfBridge room's)."""
+        if isinstance(self.resolved, ConfBridgeTarget) and self.resolved.conf_bridge_id:
+            return f"bridge:{self.resolved.conf_bridge_id}"
+        return f"bridge:{self.reference_id}"
 
     async def validate(self, ari: AriClient, customer_id: str, owner_variable: str) -> None:
         args = (self.reference_id, self.direction, self.session_id, self._app)

@@ -40,6 +40,8 @@ class SayItem:
     speaking_id: str
     text: str
     payload_type: str = "text"
+    client_state: str = ""  # the client's, opaque: echoed in this say's events
+    command_id: str = ""  # the client's idempotency key, if it gave one
     say_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     status: SayStatus = SayStatus.QUEUED
     error: str = ""
@@ -71,6 +73,10 @@ class SayItem:
         """The say item as the API shows it."""
         return {
             "say_id": self.say_id,
+            "text": self.text,
+            "payload_type": self.payload_type,
+            "client_state": self.client_state,
+            "command_id": self.command_id,
             "status": str(self.status),
             "error": self.error,
             "heard_chars": self.heard_chars,
@@ -86,6 +92,14 @@ class SayItem:
         values = {k: row[k] for k in cls.STORED}
         values["status"] = SayStatus(values["status"])
         return cls(**values)
+
+    def reset_synthesis(self) -> None:
+        """Back to unsynthesized: a later say's audio was thrown away with the one cut before it."""
+        self.start_ms = None
+        self.synthesized_ms = 0
+        self.synthesized = False
+        self.error = ""
+        self.word_marks = []
 
     # -- what was heard ---------------------------------------------------------------------
 

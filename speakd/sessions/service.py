@@ -11,7 +11,8 @@ import asyncio
 import contextvars
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import structlog
@@ -20,6 +21,7 @@ from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError
 from speakd.ari.events import EventWaiters, event_object_ids
 from speakd.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable, TooManyRequests
+from speakd.events import Event, EventBus, EventType, InterruptReason, StopReason
 from speakd.media.playout import Playout
 from speakd.media.transport import TransportError
 from speakd.providers import ProviderRegistry
@@ -43,6 +45,24 @@ log = structlog.get_logger(__name__)
 # Says waiting to be synthesized, per session: a bound, so one client cannot grow the
 # daemon's memory without limit (5000 characters each).
 MAX_QUEUED_SAYS = 100
+# A say repeating an earlier one's command_id within this long is answered, not played again.
+COMMAND_ID_WINDOW_S = 60.0
+
+
+class SayStop(StrEnum):
+    """What a say cuts before it plays (seed 003's ``stop``)."""
+
+    CURRENT = "current"
+    ALL = "all"
+
+
+@dataclass
+class SayRequest:
+    text: str
+    payload_type: str = "text"
+    client_state: str = ""
+    command_id: str = ""
+    stop: SayStop | None = None
 
 
 @dataclass
@@ -62,6 +82,8 @@ class _Live:
     target: Target
     task: asyncio.Task[None] | None = None  # setup, then wait for the end
     stopping: asyncio.Task[Speaking] | None = None
+    # command_id -> (when first seen, its say): the answer a repeat gets.
+    commands: dict[str, tuple[float, asyncio.Future[SayItem]]] = field(default_factory=dict)
 
 
 class SpeakingService:
@@ -73,6 +95,7 @@ class SpeakingService:
         providers: ProviderRegistry,
         media: MediaPaths,
         owner_variable: str,
+        events: EventBus | None = None,
         lead_ms: int = 1500,
         mark_every_ms: int = 100,
     ) -> None:
@@ -81,6 +104,7 @@ class SpeakingService:
         self.providers = providers
         self.media = media
         self.owner_variable = owner_variable
+        self.events = events or EventBus()
         self.lead_ms = lead_ms
         self.mark_every_ms = mark_every_ms
         self.waiters = EventWaiters()
@@ -135,6 +159,7 @@ class SpeakingService:
         except BaseException:
             del self._by_reference[key]
             raise
+        self._publish(EventType.SPEAKING_CREATED, record, target.event_source)
         session = Session(
             record,
             provider,
@@ -142,6 +167,7 @@ class SpeakingService:
             Playout(lead_ms=self.lead_ms, mark_every_ms=self.mark_every_ms),
             self._save_say,
             model=req.model,
+            say_event=lambda kind, item, at, extra: self._publish_say(kind, record, target, item, at, extra),
         )
         live = _Live(session, target)
         self._live[speaking_id] = live
@@ -167,27 +193,57 @@ class SpeakingService:
         next_token = records[-1].tm_create if len(records) == page_size else ""
         return records, next_token
 
-    async def say(
-        self, customer_id: str, speaking_id: str, text: str, payload_type: str = "text"
-    ) -> tuple[Speaking, SayItem]:
+    async def say(self, customer_id: str, speaking_id: str, req: SayRequest) -> tuple[Speaking, SayItem]:
         record = await self.get(customer_id, speaking_id)
         live = self._live.get(speaking_id)
         if live is None or record.status == Status.STOPPED:
             raise InvalidRequest(f"speaking '{speaking_id}' is {record.status}; create a new session to speak")
-        live.session.provider.check(record.language, record.voice_id, payload_type)
-        if len(live.session.queue) >= MAX_QUEUED_SAYS:
+        if req.command_id:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            for command_id, (seen, _) in list(live.commands.items()):
+                if now - seen > COMMAND_ID_WINDOW_S:
+                    del live.commands[command_id]
+            if req.command_id in live.commands:  # a repeat: the first say's answer, not played again
+                first = live.commands[req.command_id][1]
+                return record, await asyncio.shield(first)
+            pending: asyncio.Future[SayItem] = loop.create_future()
+            live.commands[req.command_id] = (now, pending)
+            try:
+                item = await self._queue_say(live, record, req)
+            except BaseException as exc:
+                del live.commands[req.command_id]  # refused: a retry may try again
+                if isinstance(exc, Exception):
+                    pending.set_exception(exc)
+                    pending.exception()  # retrieved: only a repeat waiting on it raises it
+                else:
+                    pending.cancel()
+                raise
+            pending.set_result(item)
+            return record, item
+        return record, await self._queue_say(live, record, req)
+
+    async def _queue_say(self, live: _Live, record: Speaking, req: SayRequest) -> SayItem:
+        session = live.session
+        session.provider.check(record.language, record.voice_id, req.payload_type)
+        # A say that cuts what is queued never finds the queue full.
+        if req.stop is not SayStop.ALL and len(session.queue) >= MAX_QUEUED_SAYS:
             raise TooManyRequests(
-                f"speaking '{speaking_id}' already has {MAX_QUEUED_SAYS} says waiting; "
+                f"speaking '{record.id}' already has {MAX_QUEUED_SAYS} says waiting; "
                 "wait for them to play, or flush, before queueing more"
             )
-        item = live.session.new_say(text, payload_type)
+        item = session.new_say(req.text, req.payload_type, req.client_state, req.command_id)
         await self.store.insert_say(item.row())
-        if speaking_id not in self._live:  # stopped while the record was written
+        if record.id not in self._live:  # stopped while the record was written
             item.status = SayStatus.INTERRUPTED
             await self.store.update_say(item.row())
-            raise InvalidRequest(f"speaking '{speaking_id}' is stopped; create a new session to speak")
-        live.session.enqueue(item)
-        return record, item
+            raise InvalidRequest(f"speaking '{record.id}' is stopped; create a new session to speak")
+        if req.stop is SayStop.ALL:
+            session.flush(InterruptReason.STOP_ALL)
+        elif req.stop is SayStop.CURRENT:
+            session.interrupt_current()
+        session.enqueue(item)
+        return item
 
     async def says(self, customer_id: str, speaking_id: str) -> list[dict[str, Any]]:
         """The session's say items, oldest first (newest last)."""
@@ -205,19 +261,19 @@ class SpeakingService:
         live = self._live.get(speaking_id)
         if live is None or record.status == Status.STOPPED:
             raise InvalidRequest(f"speaking '{speaking_id}' is {record.status}; there is nothing to flush")
-        live.session.flush()
+        live.session.flush(InterruptReason.FLUSH)
         return record
 
     async def stop(self, customer_id: str, speaking_id: str) -> Speaking:
         record = await self.get(customer_id, speaking_id)
         if speaking_id not in self._live:
             return record  # already stopped: stop is idempotent
-        return await self._stop(speaking_id, "stopped by request")
+        return await self._stop(speaking_id, StopReason.STOP, "stopped by request")
 
     async def delete(self, customer_id: str, speaking_id: str) -> Speaking:
         record = await self.get(customer_id, speaking_id)
         if speaking_id in self._live:
-            record = await self._stop(speaking_id, "deleted")
+            record = await self._stop(speaking_id, StopReason.STOP, "deleted")
         if record.tm_delete == NOT_YET:
             stamp = now_stamp()
             record.tm_delete = stamp
@@ -246,17 +302,21 @@ class SpeakingService:
             transport = await live.target.attach(self.ctx)
         except (SetupFailed, AriError, TransportError) as exc:
             session.log.warning("session_setup_failed", error=str(exc))
-            self._stop_soon(speaking_id, f"setup failed: {exc}")
+            self._stop_soon(speaking_id, StopReason.ERROR, f"setup failed: {exc}", asterisk_may_be_gone=True)
             return
         except Exception as exc:  # a bug must not leave a session initiating forever
             session.log.exception("session_setup_crashed")
-            self._stop_soon(speaking_id, f"setup failed: {type(exc).__name__}: {exc}")
+            self._stop_soon(speaking_id, StopReason.ERROR, f"setup failed: {type(exc).__name__}: {exc}")
             return
         if speaking_id not in self._live or live.stopping is not None:
             return
         session.start_playout(transport)
         # The media path going away on its own (Asterisk restart, network) ends the session.
-        transport.closed.add_done_callback(lambda closed: self._stop_soon(speaking_id, closed.result()))
+        transport.closed.add_done_callback(
+            lambda closed: self._stop_soon(speaking_id, StopReason.ERROR, closed.result(), asterisk_may_be_gone=True)
+        )
+        session.record.status = Status.ACTIVE  # published before it is stored: no say event may precede it
+        self._publish(EventType.SPEAKING_STARTED, session.record, live.target.event_source)
         await self._set_status(session.record, Status.ACTIVE)
         session.log.info(
             "session_active",
@@ -269,23 +329,30 @@ class SpeakingService:
         record.tm_update = now_stamp()
         await self.store.update(record)
 
-    def _stop_soon(self, speaking_id: str, reason: str) -> None:
-        """Start stopping a session (once); the stop task is owned by the session entry."""
+    def _stop_soon(
+        self, speaking_id: str, reason: StopReason, detail: str, *, asterisk_may_be_gone: bool = False
+    ) -> None:
+        """Start stopping a session (once); the stop task is owned by the session entry.
+        ``asterisk_may_be_gone``: an error that Asterisk going away also causes; told apart on stopping."""
         live = self._live.get(speaking_id)
         if live is not None and live.stopping is None:
-            live.stopping = asyncio.create_task(self._do_stop(live, reason), name=f"speakd-stop-{speaking_id}")
+            live.stopping = asyncio.create_task(
+                self._do_stop(live, reason, detail, asterisk_may_be_gone), name=f"speakd-stop-{speaking_id}"
+            )
             live.stopping.add_done_callback(_log_stop_failure)
 
-    async def _stop(self, speaking_id: str, reason: str) -> Speaking:
+    async def _stop(self, speaking_id: str, reason: StopReason, detail: str) -> Speaking:
         live = self._live[speaking_id]
-        self._stop_soon(speaking_id, reason)
+        self._stop_soon(speaking_id, reason, detail)
         assert live.stopping is not None
         # shield: a client hanging up mid-request must not abandon a half-done teardown.
         return await asyncio.shield(live.stopping)
 
-    async def _do_stop(self, live: _Live, reason: str) -> Speaking:
+    async def _do_stop(self, live: _Live, reason: StopReason, detail: str, asterisk_may_be_gone: bool) -> Speaking:
         session = live.session
         record = session.record
+        if asterisk_may_be_gone and not await self._asterisk_reachable():
+            reason = StopReason.ASTERISK_GONE
         if live.task is not None and not live.task.done():
             # Let setup finish rather than cancel it: a cancelled POST may still create its
             # object in Asterisk after our DELETE, leaving an orphan. Setup is bounded anyway.
@@ -293,7 +360,7 @@ class SpeakingService:
             if not done:
                 live.task.cancel()
                 await asyncio.gather(live.task, return_exceptions=True)
-        dropped = await session.close()
+        dropped = await session.close(reason)
         await live.target.release_media()
         await live.target.detach(self.ctx)
         try:
@@ -303,8 +370,31 @@ class SpeakingService:
             self._by_reference.pop((record.reference_type, live.target.conflict_key), None)
             for object_id in live.target.watched_ids:
                 self._by_object.pop(object_id, None)
-        session.log.info("session_stopped", reason=reason, dropped_says=dropped)
+            self._publish(EventType.SPEAKING_STOPPED, record, live.target.event_source, reason=reason, detail=detail)
+        session.log.info("session_stopped", reason=str(reason), detail=detail, dropped_says=dropped)
         return record
+
+    async def _asterisk_reachable(self) -> bool:
+        if not self.ari.connected.is_set():
+            return False
+        try:
+            await self.ari.get("asterisk/ping")
+        except AriError:
+            return False
+        return True
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _publish(self, kind: EventType, record: Speaking, source: str, **extra: str) -> None:
+        """A session event: the speaking resource as it is now (``extra``: e.g. a stop's reason)."""
+        data = {**record.to_dict(), **{k: str(v) for k, v in extra.items()}}
+        self.events.publish(Event(kind, now_stamp(), record.customer_id, record.id, data, source))
+
+    def _publish_say(
+        self, kind: EventType, record: Speaking, target: Target, item: SayItem, at: str, extra: dict[str, str]
+    ) -> None:
+        data = {"speaking_id": record.id, **item.to_dict(), **extra}
+        self.events.publish(Event(kind, at, record.customer_id, record.id, data, target.event_source))
 
     # -- ARI events -------------------------------------------------------------------------
 
@@ -312,17 +402,17 @@ class SpeakingService:
         self.waiters.resolve(event)
         for object_id in event_object_ids(event):  # targets that judge events themselves (conferences)
             live = self._live.get(self._by_object.get(object_id, ""))
-            if live is not None and (reason := live.target.on_event(event)):
-                self._stop_soon(live.session.record.id, reason)
+            if live is not None and (detail := live.target.on_event(event)):
+                self._stop_soon(live.session.record.id, live.target.ended_reason, detail)
         handler = getattr(self, "_" + _snake(event.get("type", "")), None)
         if handler is not None:
             handler(event)
 
     def _end_for(self, event: dict[str, Any], why: str) -> None:
         for object_id in event_object_ids(event):
-            speaking_id = self._by_object.get(object_id)
-            if speaking_id is not None:
-                self._stop_soon(speaking_id, f"{why} ({object_id})")
+            live = self._live.get(self._by_object.get(object_id, ""))
+            if live is not None:
+                self._stop_soon(live.session.record.id, live.target.ended_reason, f"{why} ({object_id})")
 
     def _stasis_end(self, event: dict[str, Any]) -> None:
         self._end_for(event, "channel left speakd")
@@ -349,9 +439,11 @@ class SpeakingService:
         for speaking_id, live in list(self._live.items()):
             missing = [i for i in live.target.watched_ids if i not in present]
             if missing and live.session.record.status == Status.ACTIVE:
-                self._stop_soon(speaking_id, f"gone while ARI was disconnected: {', '.join(sorted(missing))}")
-            elif live.session.record.status == Status.ACTIVE and (reason := await live.target.reconcile(self.ari)):
-                self._stop_soon(speaking_id, f"{reason} (seen on reconnect)")
+                # Its objects went while speakd could not see Asterisk (a restart takes them all).
+                detail = f"gone while ARI was disconnected: {', '.join(sorted(missing))}"
+                self._stop_soon(speaking_id, StopReason.ASTERISK_GONE, detail)
+            elif live.session.record.status == Status.ACTIVE and (detail := await live.target.reconcile(self.ari)):
+                self._stop_soon(speaking_id, live.target.ended_reason, f"{detail} (seen on reconnect)")
         mine = set(self._by_object)
         orphans = [("bridges", b) for b in bridges if is_own_object(self.ari.app, b) and b not in mine]
         orphans += [("channels", c) for c in channels if is_own_object(self.ari.app, c) and c not in mine]
@@ -371,6 +463,11 @@ class SpeakingService:
         stale = await self.store.stop_unfinished(now_stamp())
         for record in stale:
             log.info("stale_session_stopped", speaking_id=record.id, was=record.status)
+            record.status = Status.STOPPED
+            source = f"channel:{record.reference_id}" if record.reference_type == "call" else ""
+            self._publish(
+                EventType.SPEAKING_STOPPED, record, source, reason=StopReason.ERROR, detail="speakd restarted"
+            )
 
     async def shutdown(self) -> None:
         """Stop every live session: say so for each, remove its Asterisk objects."""
@@ -378,7 +475,9 @@ class SpeakingService:
         ids = list(self._live)
         if ids:
             log.info("shutdown_stopping_sessions", count=len(ids))
-        await asyncio.gather(*(self._stop(i, "daemon shutdown") for i in ids), return_exceptions=True)
+        await asyncio.gather(
+            *(self._stop(i, StopReason.SHUTDOWN, "daemon shutdown") for i in ids), return_exceptions=True
+        )
 
 
 def _log_stop_failure(task: asyncio.Task[Speaking]) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from speakd.errors import ProviderError
+from speakd.events.model import EventType, InterruptReason, StopReason
 from speakd.media.codec import FRAME_MS, Codec, FrameEncoder
 from speakd.media.playout import Playout
 from speakd.media.transport import MediaTransport
@@ -43,6 +44,8 @@ UNDERRUN_MARGIN = 1.3
 TYPICAL_CHARS_PER_S = 14
 
 SaveSay = Callable[[SayItem], Awaitable[None]]
+# (event type, say, when it happened as a stamp, extra data): a say's events, as they happen.
+SayEvent = Callable[[EventType, SayItem, str, dict[str, str]], None]
 
 
 def safe_to_start(
@@ -77,6 +80,7 @@ class Session:
         playout: Playout,
         save_say: SaveSay,
         model: str = "",
+        say_event: SayEvent | None = None,
     ) -> None:
         self.record = record
         self.provider = provider
@@ -87,6 +91,7 @@ class Session:
         self.says: list[SayItem] = []  # every say of this session, oldest first
         self.log = log.bind(speaking_id=record.id)
         self._save_say = save_say
+        self._say_event = say_event or (lambda *_: None)
         self._in_playout: list[SayItem] = []  # taken from the queue, not final yet
         self._queue_ready = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -106,9 +111,9 @@ class Session:
     def start_playout(self, transport: MediaTransport) -> None:
         self.playout.attach(transport)
 
-    async def close(self) -> int:
+    async def close(self, reason: StopReason = StopReason.STOP) -> int:
         """Stop synthesis and playout; returns how many say items were dropped unplayed."""
-        dropped = self._interrupt_all()
+        dropped = self._interrupt_all(reason)
         tasks = [task for task in (self._current, self._worker) if task is not None]
         for task in tasks:
             task.cancel()
@@ -127,8 +132,8 @@ class Session:
 
     # -- commands ---------------------------------------------------------------------------
 
-    def new_say(self, text: str, payload_type: str = "text") -> SayItem:
-        return SayItem(self.record.id, text, payload_type)
+    def new_say(self, text: str, payload_type: str = "text", client_state: str = "", command_id: str = "") -> SayItem:
+        return SayItem(self.record.id, text, payload_type, client_state=client_state, command_id=command_id)
 
     def enqueue(self, item: SayItem) -> None:
         """Queue a say whose record is already stored."""
@@ -137,12 +142,32 @@ class Session:
         self._queue_ready.set()
         self.log.info("say_queued", say_id=item.say_id, chars=len(item.text), queued=len(self.queue))
 
-    def flush(self) -> dict[str, int]:
-        dropped = self._interrupt_all()
-        self.log.info("flushed", dropped_items=dropped)
+    def flush(self, reason: InterruptReason = InterruptReason.FLUSH) -> dict[str, int]:
+        dropped = self._interrupt_all(reason)
+        self.log.info("flushed", dropped_items=dropped, reason=str(reason))
         return {"dropped_items": dropped}
 
-    def _interrupt_all(self) -> int:
+    def interrupt_current(self) -> None:
+        """Cut the say playing now (or being readied to play); the says queued after it stay.
+
+        The playout holds audio of the next says too (synthesis runs ahead): it is dropped with
+        the current say's, and those says go back to the head of the queue to be synthesized again.
+        """
+        if not self._in_playout:
+            return
+        current, *after = self._in_playout
+        reached = self.playout.flush()
+        if self._current is not None:
+            self._current.cancel()
+        self._in_playout.clear()
+        self._interrupted(current, reached, InterruptReason.STOP_CURRENT)
+        for item in reversed(after):
+            item.reset_synthesis()
+            self.queue.appendleft(item)
+        self._queue_ready.set()
+        self.log.info("current_say_interrupted", say_id=current.say_id, requeued=len(after))
+
+    def _interrupt_all(self, reason: str) -> int:
         """Cut what plays and drop what waits: each say's final state says what was heard."""
         reached = self.playout.flush()
         if self._current is not None:
@@ -151,15 +176,20 @@ class Session:
         self._in_playout.clear()
         self.queue.clear()
         for item in cut:
-            played = 0 if item.start_ms is None else max(0, min(reached - item.start_ms, item.synthesized_ms))
-            item.played_ms = played
-            item.heard_chars = item.chars_heard_by(played)
-            if played:
-                item.tm_play_end = stamp_of(time.time())
-            item.status = SayStatus.INTERRUPTED
-            self._changed(item)
-            self.log.info("say_interrupted", say_id=item.say_id, played_ms=played, heard_chars=item.heard_chars)
+            self._interrupted(item, reached, reason)
         return len(cut)
+
+    def _interrupted(self, item: SayItem, reached: int, reason: str) -> None:
+        played = 0 if item.start_ms is None else max(0, min(reached - item.start_ms, item.synthesized_ms))
+        item.played_ms = played
+        item.heard_chars = item.chars_heard_by(played)
+        at = time.time()
+        if played:
+            item.tm_play_end = stamp_of(at)
+        item.status = SayStatus.INTERRUPTED
+        self._changed(item)
+        self._say_event(EventType.SAY_INTERRUPTED, item, stamp_of(at), {"reason": str(reason)})
+        self.log.info("say_interrupted", say_id=item.say_id, played_ms=played, heard_chars=item.heard_chars)
 
     # -- storing say states -----------------------------------------------------------------
 
@@ -289,7 +319,7 @@ class Session:
         if released:  # the say ends (played, or failed after what it had) when playout gets there
             self.playout.boundary(generation, lambda at: self._say_ended(item, at))
         else:  # no audio at all
-            self._finish(item, SayStatus.FAILED if item.error else SayStatus.PLAYED)
+            self._finish(item, SayStatus.FAILED if item.error else SayStatus.PLAYED, stamp_of(time.time()))
 
     # -- played positions (called when playout reaches a say's boundaries) -------------------
 
@@ -297,21 +327,24 @@ class Session:
         item.status = SayStatus.PLAYING
         item.tm_play_start = stamp_of(at)
         self._changed(item)
+        self._say_event(EventType.SAY_STARTED, item, item.tm_play_start, {})
         self.log.info("say_playing", say_id=item.say_id)
 
     def _say_ended(self, item: SayItem, at: float) -> None:
         item.tm_play_end = stamp_of(at)
         item.played_ms = item.synthesized_ms
         item.heard_chars = item.chars_heard_by(item.played_ms)
-        self._finish(item, SayStatus.FAILED if item.error else SayStatus.PLAYED)
+        self._finish(item, SayStatus.FAILED if item.error else SayStatus.PLAYED, item.tm_play_end)
         # A failed say's partial audio has played out: not "say_played" (it was not).
         event = "say_failed_played_out" if item.error else "say_played"
         self.log.info(event, say_id=item.say_id, duration_ms=item.played_ms)
 
-    def _finish(self, item: SayItem, status: SayStatus) -> None:
+    def _finish(self, item: SayItem, status: SayStatus, at: str) -> None:
         item.status = status
         if status is SayStatus.PLAYED:
             item.heard_chars = len(item.text)
         with contextlib.suppress(ValueError):
             self._in_playout.remove(item)
         self._changed(item)
+        failed = status is SayStatus.FAILED
+        self._say_event(EventType.SAY_FAILED if failed else EventType.SAY_FINISHED, item, at, {})

@@ -23,6 +23,7 @@ from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError, AriNotFound, AriUnavailable
 from speakd.ari.events import EventWaiters
 from speakd.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable, SpeakdError
+from speakd.events.model import StopReason
 from speakd.media.transport import MediaTransport
 from speakd.sessions.media import MediaPaths
 
@@ -70,6 +71,14 @@ class Target(abc.ABC):
         self.prefix = object_prefix(app, session_id)
         # Opened by attach(); the owner closes it (release_media) whatever setup reached.
         self.transport: MediaTransport | None = None
+
+    # Why the session stops when a watched object ends (a call hangs up; a conference ends).
+    ended_reason = StopReason.HANGUP
+
+    @property
+    def event_source(self) -> str:
+        """Where the session's events are raised as ARI user events: ``channel:<id>`` or ``bridge:<id>``."""
+        return f"channel:{self.reference_id}"
 
     @property
     def conflict_key(self) -> str:

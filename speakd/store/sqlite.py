@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS says (
     speaking_id TEXT NOT NULL,
     text TEXT NOT NULL,
     payload_type TEXT NOT NULL,
+    client_state TEXT NOT NULL DEFAULT '',
+    command_id TEXT NOT NULL DEFAULT '',
     status TEXT NOT NULL,
     error TEXT NOT NULL,
     heard_chars INTEGER NOT NULL,
@@ -55,6 +57,8 @@ SAY_FIELDS = (
     "speaking_id",
     "text",
     "payload_type",
+    "client_state",
+    "command_id",
     "status",
     "error",
     "heard_chars",
@@ -63,6 +67,22 @@ SAY_FIELDS = (
     "tm_play_start",
     "tm_play_end",
 )
+
+# Written when the say is queued, never after.
+_SAY_SET_ONCE = ("say_id", "speaking_id", "text", "payload_type", "client_state", "command_id", "tm_queued")
+# Columns added after a table was first created: (table, column, definition).
+_ADDED_COLUMNS = (
+    ("says", "client_state", "TEXT NOT NULL DEFAULT ''"),
+    ("says", "command_id", "TEXT NOT NULL DEFAULT ''"),
+)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a store written by an older speakd up to the current schema."""
+    for table, column, definition in _ADDED_COLUMNS:
+        present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 class SqliteStore:
@@ -87,6 +107,7 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        _add_missing_columns(db)
         self._db = db
 
     def _close(self) -> None:
@@ -121,7 +142,7 @@ class SqliteStore:
         await self._run(self.db.execute, sql, tuple(row[f] for f in SAY_FIELDS))
 
     async def update_say(self, row: dict[str, Any]) -> None:
-        cols = [f for f in SAY_FIELDS if f not in ("say_id", "speaking_id", "text", "payload_type", "tm_queued")]
+        cols = [f for f in SAY_FIELDS if f not in _SAY_SET_ONCE]
         sql = f"UPDATE says SET {', '.join(f'{c} = ?' for c in cols)} WHERE say_id = ?"
         await self._run(self.db.execute, sql, (*(row[c] for c in cols), row["say_id"]))
 

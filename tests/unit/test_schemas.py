@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -37,10 +38,31 @@ def test_create_defaults():
 
 
 def test_text_limit_counts_characters_not_bytes():
-    text, payload_type = parse_say(json.dumps({"text": "한" * 5000}, ensure_ascii=False).encode())
-    assert len(text) == 5000 and payload_type == "text"
+    req = parse_say(json.dumps({"text": "한" * 5000}, ensure_ascii=False).encode())
+    assert len(req.text) == 5000 and req.payload_type == "text"
     with pytest.raises(InvalidRequest, match="5001 characters"):
         parse_say(json.dumps({"text": "한" * 5001}).encode())
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"text": "hi", "stop": "everything"}, "'stop' must be 'current' or 'all'"),
+        ({"text": "hi", "stop": 1}, "'stop' must be a string"),
+        ({"text": "hi", "client_state": "x" * 4097}, "'client_state' is 4097 characters"),
+        ({"text": "hi", "command_id": {"a": 1}}, "'command_id' must be a string"),
+        ({"text": "hi", "command_id": "c" * 257}, "at most 256"),
+    ],
+)
+def test_say_control_fields_are_checked(body, words):
+    with pytest.raises(InvalidRequest, match=re.escape(words)):
+        parse_say(json.dumps(body).encode())
+
+
+def test_say_control_fields_are_read():
+    req = parse_say(json.dumps({"text": "hi", "client_state": "abc", "command_id": "c1", "stop": "all"}).encode())
+    assert (req.client_state, req.command_id, str(req.stop)) == ("abc", "c1", "all")
+    assert parse_say(b'{"text": "hi"}').stop is None
 
 
 def test_orphan_detection_never_claims_another_apps_objects():

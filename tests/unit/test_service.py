@@ -17,7 +17,7 @@ from speakd.errors import Conflict, InvalidRequest, NotFound
 from speakd.media.transport import TransportError, TransportKind
 from speakd.providers import ProviderRegistry
 from speakd.providers.base import AudioChunk, AudioFormat, Provider
-from speakd.sessions.service import CreateRequest, SpeakingService
+from speakd.sessions.service import CreateRequest, SayRequest, SpeakingService
 from speakd.store.sqlite import SqliteStore
 
 APP = "speakd-unit"
@@ -111,6 +111,8 @@ class FakeAri:
             return list(self.channels.values())
         if path == "bridges":
             return [{"id": b} for b in self.bridges]
+        if path == "asterisk/ping":
+            return {"ping": "pong"}
         kind, _, object_id = path.partition("/")
         if kind == "channels" and object_id in self.channels:
             return self.channels[object_id]
@@ -281,7 +283,9 @@ async def test_the_transport_closing_on_its_own_stops_the_session(env):
         sink.far_end_close("media WebSocket closed by Asterisk (code 1006)")
         await until(lambda: record.status == "stopped")
     stopped = [e for e in logs if e["event"] == "session_stopped"]
-    assert [e["reason"] for e in stopped] == ["media WebSocket closed by Asterisk (code 1006)"]
+    assert [(e["reason"], e["detail"]) for e in stopped] == [
+        ("error", "media WebSocket closed by Asterisk (code 1006)")
+    ]
     assert ari.leftovers() == []
     assert sink.aclosed
     assert (await service.store.get(record.id)).status == "stopped"
@@ -329,7 +333,7 @@ async def test_says_are_listed_newest_last_and_survive_in_the_store_after_stop(e
     texts = ["one", "two words", "three short words"]
     ids = []
     for text in texts:
-        _, item = await service.say("c1", record.id, text)  # accepted while still initiating
+        _, item = await service.say("c1", record.id, SayRequest(text))  # accepted while still initiating
         ids.append(item.say_id)
     listed = await service.says("c1", record.id)
     assert [s["say_id"] for s in listed] == ids
@@ -337,8 +341,8 @@ async def test_says_are_listed_newest_last_and_survive_in_the_store_after_stop(e
     async with asyncio.timeout(5):
         while [s["status"] for s in await service.says("c1", record.id)] != ["played"] * 3:
             await asyncio.sleep(0.01)
-    _, long_one = await service.say("c1", record.id, " ".join(["word"] * 400))  # 8 s: still playing at stop
-    _, waiting = await service.say("c1", record.id, "never heard")
+    _, long_one = await service.say("c1", record.id, SayRequest(" ".join(["word"] * 400)))  # 8 s: still playing at stop
+    _, waiting = await service.say("c1", record.id, SayRequest("never heard"))
     await until(lambda: long_one.status == "playing")
     await asyncio.sleep(0.1)  # a second of it at 10x
     live = await service.says("c1", record.id)
@@ -356,4 +360,4 @@ async def test_says_are_listed_newest_last_and_survive_in_the_store_after_stop(e
     with pytest.raises(NotFound):
         await service.says("c2", record.id)  # another customer's session
     with pytest.raises(InvalidRequest):
-        await service.say("c1", record.id, "too late")
+        await service.say("c1", record.id, SayRequest("too late"))
