@@ -108,7 +108,7 @@ def _handle(subscriber: Subscriber, text: str) -> dict[str, Any]:
     try:
         message = json.loads(text)
     except ValueError:
-        return {"type": "error", "message": "send JSON: {\"type\": \"subscribe\", \"topics\": [...]}"}
+        return {"type": "error", "message": 'send JSON: {"type": "subscribe", "topics": [...]}'}
     kind = message.get("type") if isinstance(message, dict) else None
     if kind not in ("subscribe", "unsubscribe"):
         return {"type": "error", "message": "'type' must be 'subscribe' or 'unsubscribe'"}

@@ -35,6 +35,7 @@ from speakd.sessions.targets import (
     CallTarget,
     SetupFailed,
     Target,
+    channel_owner,
     hang_up_and_wait,
     is_own_object,
 )
@@ -113,6 +114,7 @@ class SpeakingService:
         self._by_reference: dict[tuple[str, str], str] = {}
         self._by_object: dict[str, str] = {}  # Asterisk object id -> speaking id
         self._closing = False
+        self._say_done: dict[str, asyncio.Future[SayItem]] = {}  # say id -> its final state, for waiters
 
     @property
     def live_count(self) -> int:
@@ -244,6 +246,45 @@ class SpeakingService:
             session.interrupt_current()
         session.enqueue(item)
         return item
+
+    # -- for the ways in that name a channel, not a session (dialplan, ARI user events) ---------
+
+    def active_on(self, reference_type: str, reference_id: str) -> str | None:
+        """The id of the session live on this call (or conference, by the name it was created with)."""
+        speaking_id = self._by_reference.get((reference_type, reference_id))
+        return speaking_id if speaking_id in self._live else None
+
+    async def channel_customer(self, channel_id: str, fallback: str = "") -> str:
+        """The customer a channel's owner variable names, else ``fallback`` ("" if neither)."""
+        try:
+            owner = await channel_owner(self.ari, channel_id, self.owner_variable)
+        except AriError as exc:
+            raise ServiceUnavailable(f"Asterisk is not reachable: {exc.message}") from None
+        return owner or fallback
+
+    async def speak_on_call(
+        self, customer_id: str, channel_id: str, create: CreateRequest, req: SayRequest
+    ) -> tuple[Speaking, SayItem]:
+        """Say on the call's live session, or on a new one made with ``create``; ``create``'s
+        language, voice and direction apply only to a new session."""
+        speaking_id = self.active_on("call", channel_id)
+        if speaking_id is None:
+            speaking_id = (await self.create(customer_id, create)).id
+        return await self.say(customer_id, speaking_id, req)
+
+    async def wait_say(self, speaking_id: str, say_id: str) -> SayItem:
+        """The say once it is final (played, interrupted or failed)."""
+        live = self._live.get(speaking_id)
+        item = next((i for i in live.session.says if i.say_id == say_id), None) if live else None
+        if item is None:  # its session has ended: the store has its final state
+            row = next((r for r in await self.store.list_says(speaking_id) if r["say_id"] == say_id), None)
+            if row is None:
+                raise NotFound(f"say '{say_id}' not found in speaking '{speaking_id}'")
+            return SayItem.from_row(row)
+        if item.final:
+            return item
+        done = self._say_done.setdefault(say_id, asyncio.get_running_loop().create_future())
+        return await asyncio.shield(done)
 
     async def says(self, customer_id: str, speaking_id: str) -> list[dict[str, Any]]:
         """The session's say items, oldest first (newest last)."""
@@ -395,6 +436,8 @@ class SpeakingService:
     ) -> None:
         data = {"speaking_id": record.id, **item.to_dict(), **extra}
         self.events.publish(Event(kind, at, record.customer_id, record.id, data, target.event_source))
+        if item.final and (done := self._say_done.pop(item.say_id, None)) is not None and not done.done():
+            done.set_result(item)
 
     # -- ARI events -------------------------------------------------------------------------
 
