@@ -49,6 +49,10 @@ _SAY = {
     "description": "One say and what of it the call heard (from played positions, not from what was sent)",
     "properties": {
         "say_id": {"type": "string", "format": "uuid"},
+        "text": {"type": "string"},
+        "payload_type": {"type": "string", "enum": ["text", "ssml"]},
+        "client_state": {"type": "string", "description": "the client's, echoed in this say's events"},
+        "command_id": {"type": "string"},
         "status": {"type": "string", "enum": ["queued", "playing", "played", "interrupted", "failed"]},
         "error": {"type": "string", "description": "the provider's message, for a failed say; else empty"},
         "heard_chars": {"type": "integer", "description": "characters of the text played before a cut"},
@@ -60,6 +64,10 @@ _SAY = {
     },
     "required": [
         "say_id",
+        "text",
+        "payload_type",
+        "client_state",
+        "command_id",
         "status",
         "error",
         "heard_chars",
@@ -245,6 +253,23 @@ OPENAPI: dict[str, Any] = {
                                 "properties": {
                                     "text": {"type": "string", "minLength": 1, "maxLength": 5000},
                                     "payload_type": {"type": "string", "enum": ["text", "ssml"], "default": "text"},
+                                    "client_state": {
+                                        "type": "string",
+                                        "maxLength": 4096,
+                                        "description": "opaque; echoed in this say's events",
+                                    },
+                                    "command_id": {
+                                        "type": "string",
+                                        "maxLength": 256,
+                                        "description": "a repeat with the same command_id on this session within "
+                                        "60 s is not played again and gets the first answer",
+                                    },
+                                    "stop": {
+                                        "type": "string",
+                                        "enum": ["current", "all"],
+                                        "description": "before this say plays, interrupt the say playing now "
+                                        "(current) or everything queued (all)",
+                                    },
                                 },
                             }
                         }
@@ -300,6 +325,22 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Barge-in: drop queued text and stop the audio now; the session stays active",
                 "responses": _responses(200, 400, 401, 404),
+            },
+        },
+        "/v1.0/ws": {
+            "get": {
+                "summary": "Speaking events over a WebSocket (upgrade); the same credentials as the API",
+                "description": (
+                    'Send {"type": "subscribe", "topics": [...]} or {"type": "unsubscribe", ...}; '
+                    'speakd answers {"type": "subscribed", "topics": [...]} or {"type": "error", '
+                    '"message": ...}, and sends each event as {"event_type", "timestamp", "topic", '
+                    '"data"}. Topics: customer_id:<id>:speaking:<speaking id>, '
+                    "customer_id:<id>:speaking:<event type>, or a prefix ending in '*'; only your own."
+                ),
+                "responses": {
+                    "101": {"description": "Switching to the WebSocket protocol"},
+                    **{k: v for k, v in _responses(200, 401).items() if k != "200"},
+                },
             },
         },
         "/v1.0/voices": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ from harness.audio import (
     envelope_correlation,
     frame_dbfs,
     noise_floor_db,
+    render_piper,
     spectral_similarity,
     window_dbfs,
 )
@@ -67,6 +69,53 @@ def assert_heard(recording: np.ndarray, reference: np.ndarray, who: str, min_cor
     assert spectral > MIN_SPECTRAL, f"{who} hears the speech distorted: spectral similarity {spectral:.2f}"
     assert speech_seconds(recording) > 0.7 * speech_seconds(reference), f"{who} heard too little speech"
     return lag
+
+
+def assert_nothing_else(recording: np.ndarray, spans: list[tuple[float, float]], what: str) -> None:
+    """No speech outside ``spans`` (seconds): nothing was replayed, nothing else was played."""
+    loud = frame_dbfs(recording) > SPEECH_DBFS
+    for start, end in spans:
+        loud[max(0, int((start - 0.1) / FRAME_S)) : int((end + 0.1) / FRAME_S)] = False
+    extra = np.flatnonzero(loud)
+    assert len(extra) == 0, (
+        f"{what}: {len(extra) * FRAME_S:.2f}s of speech outside what should play, at "
+        f"{[round(i * FRAME_S, 2) for i in extra[:10]]} (expected only {spans})"
+    )
+
+
+def where_speech_stops(recording: np.ndarray, text: str, played_ms: int) -> tuple[float, float]:
+    """A say of ``text`` cut after ``played_ms``: (where its speech starts in the recording, how
+    far into it the speech stops), both in seconds; asserts the cut came mid-text."""
+    reference = render_piper(text)
+    corr, lag = envelope_correlation(recording, reference[: int(2.0 * RATE)])
+    assert corr > 0.8, f"the start of the text should be heard (corr {corr:.2f})"
+    start_s = lag * FRAME_S
+    # The last speech before the quiet stretch the cut made.
+    window = recording[int(start_s * RATE) : int((start_s + played_ms / 1000 + 0.5) * RATE)]
+    stopped_at = last_speech_s(window)
+    assert 1.5 < stopped_at < len(reference) / RATE - 1.0, f"speech should stop mid-text, stopped at {stopped_at:.2f}s"
+    return start_s, stopped_at
+
+
+def assert_heard_text_within_a_word(text: str, heard: str, heard_chars: int, stopped_at: float) -> None:
+    """``heard`` (what speakd reports was heard of ``text``) ends within one word of where the
+    recording's speech stopped: after the word before its last had been spoken, before the next."""
+    assert text.startswith(heard) and 0 < heard_chars == len(heard) < len(text), (heard, heard_chars)
+    words = [m.end() for m in re.finditer(r"\S+", text)]
+    assert len(heard) in words, f"heard_text should end on a word: {heard!r}"
+    index = words.index(len(heard))
+    before = _speech_end(text[: words[index - 1]]) if index >= 1 else 0.0
+    beyond = _speech_end(text[: words[index + 1]]) if index + 1 < len(words) else float("inf")
+    assert before - FRAME_S <= stopped_at <= beyond + FRAME_S, (
+        f"speech stopped at {stopped_at:.2f}s but heard_text ends {heard[-30:]!r} "
+        f"(one word less ends at {before:.2f}s, one word more at {beyond:.2f}s)"
+    )
+    print(f"stopped at {stopped_at:.2f}s; heard ...{heard[-25:]!r}; bounds {before:.2f}-{beyond:.2f}s")
+
+
+def _speech_end(text: str) -> float:
+    """Where speech of ``text`` rendered alone ends (s)."""
+    return last_speech_s(render_piper(text)) if text.strip() else 0.0
 
 
 def assert_not_heard(recording: np.ndarray, who: str) -> None:

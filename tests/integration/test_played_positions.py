@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import re
 import time
 
 import pytest
-from harness.audio import FRAME_S, envelope_correlation, render_piper
-from harness.hearing import GREETING, LONG, assert_heard, last_speech_s
+from harness.audio import FRAME_S, render_piper
+from harness.hearing import (
+    GREETING,
+    LONG,
+    assert_heard,
+    assert_heard_text_within_a_word,
+    where_speech_stops,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -75,11 +80,6 @@ async def test_a_played_through_say_reports_when_the_party_heard_it(api, two_par
     assert wall(played_second["tm_queued"]) - wall(played_first["tm_play_end"]) > 0.6
 
 
-def _speech_end(text: str) -> float:
-    """Where speech of ``text`` rendered alone ends (s)."""
-    return last_speech_s(render_piper(text)) if text.strip() else 0.0
-
-
 @pytest.mark.by_ear
 async def test_a_flushed_say_reports_what_was_heard(api, two_party_call):
     after = "After the interruption, this plays."
@@ -95,32 +95,8 @@ async def test_a_flushed_say_reports_what_was_heard(api, two_party_call):
     await asyncio.sleep(1.0)  # MixMonitor loses what it had not written yet when the call hangs up
     recording = await two_party_call.recording("alice")
 
-    reference = render_piper(LONG)
-    corr, lag = envelope_correlation(recording, reference[: int(2.0 * RATE)])
-    assert corr > 0.8, f"the start of the long text should be heard (corr {corr:.2f})"
-    start_s = lag * FRAME_S
-    # Where the cut say's speech stops: the last speech before the quiet stretch the flush made.
-    window = recording[int(start_s * RATE) : int((start_s + cut["played_ms"] / 1000 + 0.5) * RATE)]
-    stopped_at = last_speech_s(window)
-    assert 1.5 < stopped_at < len(reference) / RATE - 1.0, f"speech should stop mid-text, stopped at {stopped_at:.2f}s"
+    start_s, stopped_at = where_speech_stops(recording, LONG, cut["played_ms"])
     # The say after the flush plays.
     assert_heard(recording[int((start_s + stopped_at + 0.1) * RATE) :], render_piper(after), "alice (after the flush)")
-
-    heard = cut["heard_text"]
-    assert LONG.startswith(heard) and 0 < cut["heard_chars"] == len(heard) < len(LONG)
     assert abs(cut["played_ms"] / 1000 - stopped_at) < 0.3, f"played_ms {cut['played_ms']} vs {stopped_at:.2f}s"
-    # Within one word: the speech stopped after the word before heard_text's last one had
-    # been spoken, and before the word after it was.
-    words = [m.end() for m in re.finditer(r"\S+", LONG)]
-    index = words.index(len(heard)) if len(heard) in words else None
-    assert index is not None, f"heard_text should end on a word: {heard!r}"
-    before = _speech_end(LONG[: words[index - 1]]) if index >= 1 else 0.0
-    beyond = _speech_end(LONG[: words[index + 1]]) if index + 1 < len(words) else float("inf")
-    assert before - FRAME_S <= stopped_at <= beyond + FRAME_S, (
-        f"speech stopped at {stopped_at:.2f}s but heard_text ends {heard[-30:]!r} "
-        f"(one word less ends at {before:.2f}s, one word more at {beyond:.2f}s)"
-    )
-    print(
-        f"played_ms {cut['played_ms']}; stopped at {stopped_at:.2f}s; heard ...{heard[-25:]!r}; "
-        f"bounds {before:.2f}-{beyond:.2f}s"
-    )
+    assert_heard_text_within_a_word(LONG, cut["heard_text"], cut["heard_chars"], stopped_at)

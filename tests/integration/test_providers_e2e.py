@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from conftest_helpers import wait_for
-from harness.audio import FRAME_S, RATE, envelope_correlation, frame_dbfs, render_piper
+from harness.audio import FRAME_S, RATE, envelope_correlation, render_piper
 from harness.daemon import Api, SpeakdProcess
+from harness.hearing import assert_nothing_else, speech_seconds
 from standins import audio as standin_audio
 from standins import elevenlabs as el_standin
 from standins import google as gcp_standin
@@ -35,7 +36,6 @@ CLOUD = ("elevenlabs", "gcp", "aws")
 # Short, so the failure tests are quick; read_timeout bounds how long a test may hold a stream.
 TIMEOUTS = {"connect_timeout": 1.0, "first_byte_timeout": 2.0, "read_timeout": 4.0, "retries": 1}
 
-SPEECH_DBFS = -40.0  # speech sits around -20 dBFS; the test phones' carrier near -60
 # measured 0.95-1.00 against what the stand-in sent, down to 0.86 for the 1.2 s that arrive of
 # a cut say (sub-frame alignment costs a short segment more); nothing heard is near 0
 HEARD_CORR = 0.8
@@ -218,10 +218,6 @@ async def heard_by_alice(call) -> np.ndarray:
     return await call.recording("alice")
 
 
-def speech_seconds(samples: np.ndarray) -> float:
-    return float(np.count_nonzero(frame_dbfs(samples) > SPEECH_DBFS) * FRAME_S)
-
-
 def rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
 
@@ -237,18 +233,6 @@ def assert_heard(recording: np.ndarray, reference: np.ndarray, what: str) -> tup
     assert corr > HEARD_CORR, f"alice should hear {what}: envelope correlation {corr:.2f}"
     assert gain_db > -10.0, f"{what} is heard {gain_db:.1f} dB below what the stand-in sent"
     return start, start + len(reference) / RATE
-
-
-def assert_nothing_else(recording: np.ndarray, spans: list[tuple[float, float]], what: str) -> None:
-    """No speech outside ``spans``: nothing was replayed, nothing else was played."""
-    loud = frame_dbfs(recording) > SPEECH_DBFS
-    for start, end in spans:
-        loud[max(0, int((start - 0.1) / FRAME_S)) : int((end + 0.1) / FRAME_S)] = False
-    extra = np.flatnonzero(loud)
-    assert len(extra) == 0, (
-        f"{what}: {len(extra) * FRAME_S:.2f}s of speech outside what should play, at "
-        f"{[round(i * FRAME_S, 2) for i in extra[:10]]} (expected only {spans})"
-    )
 
 
 def samples_per_chunk(name: str, standin: Standin) -> int:
