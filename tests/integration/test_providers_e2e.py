@@ -19,7 +19,8 @@ import pytest
 import pytest_asyncio
 from conftest_helpers import wait_for
 from harness.audio import FRAME_S, RATE, envelope_correlation, render_piper
-from harness.daemon import Api, SpeakdProcess
+from harness.daemon import CUSTOMER_A, KEY_A, Api, SpeakdProcess
+from harness.events import WsEvents
 from harness.hearing import assert_nothing_else, speech_seconds
 from standins import audio as standin_audio
 from standins import elevenlabs as el_standin
@@ -457,6 +458,32 @@ async def test_failure_before_audio_is_retried_once(capi, cloud_speakd, standins
     retried = assert_heard(recording, sent(RETRIED), f"{name}: the retried say")
     after = assert_heard(recording, sent(AFTER), f"{name}: the say after the failure")
     assert_nothing_else(recording, [retried, after], f"{name} retry")
+
+
+async def test_a_provider_failure_is_a_say_failed_event(capi, cloud_speakd, standins, make_two_party_call):
+    """The events issue: the provider's message reaches the client, and the session lives on."""
+    standin = standins["elevenlabs"]
+    call = await make_two_party_call()
+    async with WsEvents(cloud_speakd.base, KEY_A) as ws:
+        await ws.subscribe([f"customer_id:{CUSTOMER_A}:speaking:*"])
+        speaking_id = await capi.start_session(call.channel_id, provider="elevenlabs", direction="out")
+        standin.fail_next("server_error", count=2)
+        failed = await say_ok(capi, speaking_id, FIRST, client_state="will-fail")
+        after = await say_ok(capi, speaking_id, AFTER)
+        await ws.wait_for(lambda _: ("speaking_say_finished", after) in ws.sequence(speaking_id), 30, "the next say")
+        assert (await capi.stop(speaking_id)).status == 200
+        await ws.wait_stopped(speaking_id)
+    assert ws.sequence(speaking_id) == [
+        ("speaking_created", ""),
+        ("speaking_started", ""),
+        ("speaking_say_failed", failed),
+        ("speaking_say_started", after),
+        ("speaking_say_finished", after),
+        ("speaking_stopped", ""),
+    ]
+    (event,) = [e for e in ws.of(speaking_id) if e["event_type"] == "speaking_say_failed"]
+    assert event["data"]["error"].startswith("elevenlabs: the provider failed with"), event
+    assert event["data"]["status"] == "failed" and event["data"]["client_state"] == "will-fail"
 
 
 @pytest.mark.by_ear
