@@ -137,8 +137,11 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
             await shutdown_trigger()
             log.info("speakd_stopping")
         finally:
-            await runner.shutdown()
+            # Sessions first, while the API still answers (creates are refused meanwhile), so
+            # event clients get each session's speaking_stopped before their socket closes.
             await service.shutdown()
+            await hub.aclose()
+            await runner.shutdown()
             await runner.cleanup()
             for task in tasks:
                 task.cancel()

@@ -30,6 +30,7 @@ QUEUE_EVENTS = 1000
 MAX_TOPICS = 100
 # Close code "policy violation": used for a client that fell too far behind.
 CLOSE_TOO_SLOW = 1008
+CLOSE_GOING_AWAY = 1001
 
 
 class TopicRefused(ValueError):
@@ -52,8 +53,9 @@ def check_topics(customer_id: str, topics: Any) -> list[str]:
 
 
 class Subscriber:
-    def __init__(self, customer_id: str) -> None:
+    def __init__(self, customer_id: str, ws: web.WebSocketResponse) -> None:
         self.customer_id = customer_id
+        self.ws = ws
         self.topics: set[str] = set()
         self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_EVENTS)
         self.too_slow = False
@@ -78,19 +80,30 @@ class EventHub:
             subscriber.offer(event)
 
     @contextlib.contextmanager
-    def subscriber(self, customer_id: str) -> Iterator[Subscriber]:
-        subscriber = Subscriber(customer_id)
+    def subscriber(self, customer_id: str, ws: web.WebSocketResponse) -> Iterator[Subscriber]:
+        subscriber = Subscriber(customer_id, ws)
         self._subscribers.add(subscriber)
         try:
             yield subscriber
         finally:
             self._subscribers.discard(subscriber)
 
+    async def aclose(self, drain_s: float = 2.0) -> None:
+        """Shutdown (after the sessions stopped): let each client read what is queued for it
+        (its sessions' speaking_stopped), for ``drain_s`` at most, then close with 1001."""
+        deadline = asyncio.get_running_loop().time() + drain_s
+        while any(not s.queue.empty() for s in self._subscribers):
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        for subscriber in list(self._subscribers):
+            await subscriber.ws.close(code=CLOSE_GOING_AWAY, message=b"speakd is shutting down")
+
 
 async def serve(request: web.Request, hub: EventHub, customer_id: str) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=30, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    with hub.subscriber(customer_id) as subscriber:
+    with hub.subscriber(customer_id, ws) as subscriber:
         sender = asyncio.create_task(_send_events(ws, subscriber), name="speakd-events-ws-send")
         try:
             async for message in ws:

@@ -107,6 +107,8 @@ class WsEvents(EventLog):
                     await self.replies.put(body)
             elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                 self.closed = (self._ws.close_code, str(message.extra or ""))
+                async with self._changed:
+                    self._changed.notify_all()
                 return
 
     async def send(self, message: Any) -> dict[str, Any]:

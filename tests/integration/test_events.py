@@ -250,3 +250,30 @@ async def test_a_websocket_without_credentials_is_refused(daemon):
         assert resp.status == 401
         body = await resp.json()
         assert body["error"]["reason"] and body["error"]["message"]
+
+
+async def test_shutdown_tells_event_clients_and_closes_their_sockets(ari_settings, tmp_path, make_two_party_call):
+    daemon = SpeakdProcess(
+        tmp_path, ari_settings["url"], ari_settings["user"], ari_settings["password"], transport="websocket"
+    )
+    await daemon.start()
+    try:
+        async with WsEvents(daemon.base, KEY_A) as ws:
+            await ws.subscribe([ALL_OF_A])
+            api = Api(daemon.base)
+            try:
+                call = await make_two_party_call()
+                speaking_id = await api.start_session(call.channel_id, direction="out")
+                say_id = (await api.say(speaking_id, LONG)).body["say_id"]
+                await ws.wait_for(lambda _: ("speaking_say_started", say_id) in ws.sequence(speaking_id), 30, "start")
+            finally:
+                await api.close()
+            assert await daemon.stop() == 0, "speakd should exit cleanly with an event client connected"
+            events = ws.of(speaking_id)
+            assert [e["event_type"] for e in events[-2:]] == ["speaking_say_interrupted", "speaking_stopped"]
+            assert events[-2]["data"]["reason"] == events[-1]["data"]["reason"] == "shutdown"
+            await ws.wait_for(lambda _: ws.closed is not None, 5, "the socket to close")
+            assert ws.closed == (1001, "speakd is shutting down")
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            await daemon.stop()
