@@ -97,15 +97,17 @@ class WsEvents(EventLog):
 
     async def _read(self) -> None:
         assert self._ws is not None
-        async for message in self._ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue
-            body = message.json()
-            if "event_type" in body:
-                await self.add(body)
-            else:
-                await self.replies.put(body)
-        self.closed = (self._ws.close_code, str(self._ws.extra or ""))
+        while True:
+            message = await self._ws.receive()
+            if message.type == aiohttp.WSMsgType.TEXT:
+                body = message.json()
+                if "event_type" in body:
+                    await self.add(body)
+                else:
+                    await self.replies.put(body)
+            elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                self.closed = (self._ws.close_code, str(message.extra or ""))
+                return
 
     async def send(self, message: Any) -> dict[str, Any]:
         """Send a control message; return speakd's reply to it."""
