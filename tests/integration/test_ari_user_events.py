@@ -154,6 +154,8 @@ async def test_hangup_mid_say_still_reaches_the_application(api, ws, operator, m
     assert events[-2]["data"]["reason"] == "hangup" and events[-1]["data"]["reason"] == "hangup"
     # The channel had gone by then: raised without it, the variables say where it happened.
     assert events[-1]["data"]["source"] == f"channel:{call.channel_id}"
+    assert set(operator.sources[:3]) == {f"channel:{call.channel_id}"}
+    assert operator.sources[-1] in ("", f"channel:{call.channel_id}")  # "" in every sandbox run so far
 
 
 async def test_a_conference_session_is_raised_on_its_bridge(api, ws, operator, mixing_conference):
