@@ -44,6 +44,12 @@ class AriConfig:
     # Seconds; the events socket reconnects with exponential backoff up to this.
     reconnect_max_backoff: float = 10.0
     request_timeout: float = 5.0
+    # Raise every speaking event as an ARI user event on its call's channel (a conference's
+    # bridge), to each ARI application watching it.
+    user_events: bool = True
+    # The customer an ARI application's speakd_say/flush/stop acts for when the channel's
+    # owner variable (auth.customer_variable) names none; empty: such commands are refused.
+    operator_customer_id: str = ""
 
 
 MEDIA_TRANSPORTS = ("auto", "websocket", "rtp")

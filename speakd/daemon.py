@@ -1,8 +1,9 @@
 """The daemon: owns every long-lived resource and task, in the order they depend on each other.
 
 Start: store -> providers (Piper loads) -> ARI client -> media paths (the RTP pacer process, if rtp) ->
-stale records stopped -> ARI events task -> HTTP. Stop (on the shutdown trigger): HTTP stops taking requests,
-live sessions are stopped (their Asterisk objects removed), then the tasks are cancelled and
+event bus and its ways out (ARI user events) -> ARI commands -> stale records stopped -> ARI events task -> HTTP.
+Stop (on the shutdown trigger): HTTP stops taking requests, ARI commands stop, live sessions are stopped
+(their Asterisk objects removed), their last events are raised, then the tasks are cancelled and
 awaited, then the resources close in reverse order.
 """
 
@@ -23,7 +24,9 @@ from speakd.api.events_ws import EventHub
 from speakd.ari.client import AriClient
 from speakd.config import Config
 from speakd.events import EventBus
+from speakd.events.ari_user_events import AriUserEventSink
 from speakd.providers import ProviderRegistry
+from speakd.sessions.ari_commands import AriCommands
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.service import SpeakingService
 from speakd.store.sqlite import SqliteStore
@@ -96,6 +99,11 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
         events = EventBus()
         hub = EventHub()
         events.add_sink(hub)
+        user_events = AriUserEventSink(ari, config.ari.app)
+        if config.ari.user_events:
+            events.add_sink(user_events)
+        user_events.start()
+        stack.push_async_callback(user_events.aclose)  # after the sessions' last events (on leaving the stack)
         service = SpeakingService(
             store=store,
             ari=ari,
@@ -106,6 +114,15 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
             lead_ms=config.media.lead_ms,
             mark_every_ms=config.media.mark_every_ms,
         )
+        commands = AriCommands(
+            service,
+            user_events.raise_event,
+            operator_customer_id=config.ari.operator_customer_id,
+            default_provider=config.tts.default_provider,
+        )
+        service.user_event_handler = commands.offer
+        commands.start()
+        stack.push_async_callback(commands.aclose)
         await service.recover()
 
         tasks = [
@@ -139,6 +156,7 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
         finally:
             # Sessions first, while the API still answers (creates are refused meanwhile), so
             # event clients get each session's speaking_stopped before their socket closes.
+            await commands.aclose()
             await service.shutdown()
             await hub.aclose()
             await runner.shutdown()

@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -115,6 +116,8 @@ class SpeakingService:
         self._by_object: dict[str, str] = {}  # Asterisk object id -> speaking id
         self._closing = False
         self._say_done: dict[str, asyncio.Future[SayItem]] = {}  # say id -> its final state, for waiters
+        # ChannelUserevents sent to speakd's application go here (operators' commands); must not block.
+        self.user_event_handler: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def live_count(self) -> int:
@@ -468,6 +471,10 @@ class SpeakingService:
 
     def _bridge_destroyed(self, event: dict[str, Any]) -> None:
         self._end_for(event, "bridge destroyed")
+
+    def _channel_userevent(self, event: dict[str, Any]) -> None:
+        if self.user_event_handler is not None:
+            self.user_event_handler(event)
 
     async def on_ari_connected(self) -> None:
         """On every (re)connect: end sessions whose objects are gone; remove our orphans."""
