@@ -1,9 +1,10 @@
 """The daemon: owns every long-lived resource and task, in the order they depend on each other.
 
 Start: store -> providers (Piper loads) -> ARI client -> media paths (the RTP pacer process, if rtp) ->
-stale records stopped -> ARI events task -> HTTP. Stop (on the shutdown trigger): HTTP stops taking requests,
-live sessions are stopped (their Asterisk objects removed), then the tasks are cancelled and
-awaited, then the resources close in reverse order.
+event sinks (webhooks deliver what the last run left) -> stale records stopped -> ARI events task -> HTTP.
+Stop (on the shutdown trigger): HTTP stops taking requests, live sessions are stopped (their Asterisk
+objects removed), then the tasks are cancelled and awaited, then the resources close in reverse order
+(the webhooks first: their queue goes into the outbox while the store is still open).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from speakd.api.events_ws import EventHub
 from speakd.ari.client import AriClient
 from speakd.config import Config
 from speakd.events import EventBus
+from speakd.events.webhooks import WebhookSink
 from speakd.providers import ProviderRegistry
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.service import SpeakingService
@@ -96,6 +98,11 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
         events = EventBus()
         hub = EventHub()
         events.add_sink(hub)
+        # On the bus before recover() (its speaking_stopped events are delivered too); closed
+        # after everything in this block, so the events of service.shutdown() reach the
+        # outbox, and before the store closes.
+        webhooks = await stack.enter_async_context(WebhookSink.from_config(store, config.webhooks))
+        events.add_sink(webhooks)
         service = SpeakingService(
             store=store,
             ari=ari,
