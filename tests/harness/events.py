@@ -18,6 +18,7 @@ import aiohttp
 
 Envelope = dict[str, Any]
 
+WS_CLOSE = aiohttp.WSMsgType.CLOSE
 SESSION_EVENTS = ("speaking_created", "speaking_started", "speaking_stopped")
 
 
@@ -97,7 +98,13 @@ class WsEvents(EventLog):
 
     async def _read(self) -> None:
         assert self._ws is not None
-        async for message in self._ws:
+        while True:
+            message = await self._ws.receive()
+            if message.type in (WS_CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                # CLOSE carries the peer's reason in .extra; the response itself keeps only the code.
+                reason = message.extra if message.type == WS_CLOSE else ""
+                self.closed = (self._ws.close_code, str(reason or ""))
+                return
             if message.type != aiohttp.WSMsgType.TEXT:
                 continue
             body = message.json()
@@ -105,7 +112,6 @@ class WsEvents(EventLog):
                 await self.add(body)
             else:
                 await self.replies.put(body)
-        self.closed = (self._ws.close_code, str(self._ws.extra or ""))
 
     async def send(self, message: Any) -> dict[str, Any]:
         """Send a control message; return speakd's reply to it."""
