@@ -238,8 +238,10 @@ class WebhookSink:
             finally:
                 for _ in batch:
                     self._queue.task_done()
-            for customer in {row["customer_id"] for row in batch}:
-                self._customers[customer].wake.set()
+            for customer_id in {row["customer_id"] for row in batch}:
+                customer = self._customers[customer_id]
+                customer.idle = False  # now, not when its task next runs: aclose's grace counts on it
+                customer.wake.set()
 
     # -- delivery, one task per customer ---------------------------------------------------
 

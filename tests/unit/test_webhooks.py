@@ -202,6 +202,18 @@ async def test_what_a_run_leaves_in_the_outbox_the_next_run_delivers_first(tmp_p
     assert [e["data"]["say_id"] for e in receiver.events] == [f"s{n}" for n in range(6)]
 
 
+async def test_on_close_an_answering_endpoint_still_gets_what_was_just_offered(store):
+    async with WebhookReceiver(SECRET_A) as receiver:
+        sink = sink_for(store, {"a": WebhookTarget(receiver.url, SECRET_A)})
+        await sink.start()
+        await until(lambda: sink._customers["a"].idle, what="idle")
+        for n in range(3):  # e.g. the speaking_stopped of sessions stopped by the shutdown
+            sink.offer(event("a", n))
+        await sink.aclose()
+        assert [e["data"]["say_id"] for e in receiver.events] == ["s0", "s1", "s2"]
+        assert await store.outbox_pending() == []
+
+
 async def test_rows_of_customers_no_longer_configured_are_dropped_at_start(store):
     await store.outbox_add([row("gone", 1), row("a", 1)])
     with structlog.testing.capture_logs() as logs:
