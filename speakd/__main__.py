@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         data["ari"]["password"] = "***" if config.ari.password else ""
         data["auth"]["jwt_secret"] = "***" if config.auth.jwt_secret else ""
         data["auth"]["access_keys"] = {k[:2] + "***": v for k, v in config.auth.access_keys.items()}
+        for target in data["webhooks"]["customers"].values():
+            target["secret"] = "***"
         print(json.dumps(data, indent=2))
         return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,62 @@ class LogConfig:
 
 
 @dataclass
+class WebhookTarget:
+    """One customer's webhook endpoint."""
+
+    url: str
+    secret: str
+
+
+@dataclass
+class WebhooksConfig:
+    # customer id -> { url = "https://...", secret = "..." }: that customer's events are POSTed
+    # there, signed with the secret. A customer not listed gets no webhooks. Set in the file
+    # ([webhooks.customers."<customer id>"]), not from the environment.
+    customers: dict[str, Any] = field(default_factory=dict)
+    # Seconds one POST may take (connect to last byte of the answer); a hanging endpoint costs this.
+    request_timeout: float = 10.0
+    # Retries wait first_backoff, then twice as long each time up to max_backoff (seconds), with jitter.
+    first_backoff: float = 1.0
+    max_backoff: float = 300.0
+    # An event not delivered this many seconds after it happened is dropped, with a warning.
+    give_up_after: float = 86400.0
+
+    def targets(self) -> dict[str, WebhookTarget]:
+        """The validated endpoints (call after Config.validate)."""
+        return {customer: WebhookTarget(str(t["url"]), str(t["secret"])) for customer, t in self.customers.items()}
+
+    def validate(self) -> None:
+        for customer, target in self.customers.items():
+            where = f"webhooks.customers.{customer}"
+            if not isinstance(target, dict):
+                raise ConfigError(
+                    f'{where} must be a table {{ url = "https://...", secret = "..." }} '
+                    f"(set webhooks in the config file, not the environment)"
+                )
+            unknown = set(target) - {"url", "secret"}
+            if unknown:
+                raise ConfigError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}; known: secret, url")
+            url = target.get("url")
+            if not isinstance(url, str) or not url:
+                raise ConfigError(f"{where}.url must be set to the endpoint's http:// or https:// URL")
+            parsed = urllib.parse.urlsplit(url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ConfigError(f"{where}.url must be an http:// or https:// URL with a host, not {url!r}")
+            secret = target.get("secret")
+            if not isinstance(secret, str) or not secret:
+                raise ConfigError(f"{where}.secret must be a non-empty string (the key the POSTs are signed with)")
+        for key in ("request_timeout", "first_backoff", "max_backoff", "give_up_after"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"webhooks.{key} must be more than 0 seconds, not {getattr(self, key)}")
+        if self.max_backoff < self.first_backoff:
+            raise ConfigError(
+                f"webhooks.max_backoff ({self.max_backoff}) must be at least webhooks.first_backoff "
+                f"({self.first_backoff})"
+            )
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ari: AriConfig = field(default_factory=AriConfig)
@@ -118,6 +175,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -145,6 +203,7 @@ class Config:
             )
         if self.log.format not in ("console", "json"):
             raise ConfigError(f"log.format must be 'console' or 'json', not {self.log.format!r}")
+        self.webhooks.validate()
 
 
 _SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name != "providers"}

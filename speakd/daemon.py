@@ -1,10 +1,12 @@
 """The daemon: owns every long-lived resource and task, in the order they depend on each other.
 
 Start: store -> providers (Piper loads) -> ARI client -> media paths (the RTP pacer process, if rtp) ->
-event bus and its ways out (ARI user events) -> ARI commands -> stale records stopped -> ARI events task -> HTTP.
-Stop (on the shutdown trigger): HTTP stops taking requests, ARI commands stop, live sessions are stopped
-(their Asterisk objects removed), their last events are raised, then the tasks are cancelled and
-awaited, then the resources close in reverse order.
+event bus and its ways out (webhooks deliver what the last run left; ARI user events) -> ARI commands ->
+stale records stopped -> ARI events task -> HTTP.
+Stop (on the shutdown trigger): ARI commands stop, live sessions are stopped (their Asterisk objects
+removed) while the API still answers, their last events go out (WebSocket clients, ARI), HTTP stops, the
+tasks are cancelled and awaited, then the resources close in reverse order (the webhooks before the
+store: their queue goes into the outbox while it is still open).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from speakd.ari.client import AriClient
 from speakd.config import Config
 from speakd.events import EventBus
 from speakd.events.ari_user_events import AriUserEventSink
+from speakd.events.webhooks import WebhookSink
 from speakd.providers import ProviderRegistry
 from speakd.sessions.ari_commands import AriCommands
 from speakd.sessions.media import MediaPaths
@@ -99,6 +102,11 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
         events = EventBus()
         hub = EventHub()
         events.add_sink(hub)
+        # On the bus before recover() (its speaking_stopped events are delivered too); closed
+        # after everything in this block, so the events of service.shutdown() reach the
+        # outbox, and before the store closes.
+        webhooks = await stack.enter_async_context(WebhookSink.from_config(store, config.webhooks))
+        events.add_sink(webhooks)
         user_events = AriUserEventSink(ari, config.ari.app)
         if config.ari.user_events:
             events.add_sink(user_events)

@@ -9,7 +9,9 @@ stalls the event loop, and with it the pacer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,21 @@ CREATE TABLE IF NOT EXISTS says (
     tm_play_end TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS says_speaking ON says (speaking_id, seq);
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    customer_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_customer ON webhook_outbox (customer_id, seq);
 """
+
+# A webhook delivery waiting in the outbox: ``body`` is the exact JSON POSTed (signed as is),
+# ``created`` the unix time it was queued (what give-up is measured from).
+OUTBOX_FIELDS = ("event_id", "customer_id", "event_type", "body", "created", "attempts")
 
 SAY_FIELDS = (
     "say_id",
@@ -115,6 +131,17 @@ class SqliteStore:
             self._db.close()
             self._db = None
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One explicit transaction (the connection autocommits otherwise); on the store's thread."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -163,6 +190,64 @@ class SqliteStore:
             return [Speaking(**dict(r)) for r in rows]
 
         return await self._run(run)
+
+    # -- webhook outbox ----------------------------------------------------------------------
+
+    async def outbox_add(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Queue deliveries (one transaction, in order); return their ``seq``s."""
+
+        def run() -> list[int]:
+            columns, marks = ", ".join(OUTBOX_FIELDS), ", ".join("?" * len(OUTBOX_FIELDS))
+            sql = f"INSERT INTO webhook_outbox ({columns}) VALUES ({marks})"
+            with self._transaction():
+                return [int(self.db.execute(sql, tuple(row[f] for f in OUTBOX_FIELDS)).lastrowid or 0) for row in rows]
+
+        return await self._run(run)
+
+    async def outbox_pending(self) -> list[dict[str, Any]]:
+        """Every delivery still waiting, oldest first (with its ``seq``)."""
+
+        def run() -> list[dict[str, Any]]:
+            sql = f"SELECT seq, {', '.join(OUTBOX_FIELDS)} FROM webhook_outbox ORDER BY seq"
+            return [dict(r) for r in self.db.execute(sql).fetchall()]
+
+        return await self._run(run)
+
+    async def outbox_head(self, customer_id: str) -> dict[str, Any] | None:
+        """The customer's oldest waiting delivery."""
+
+        def run() -> dict[str, Any] | None:
+            sql = (
+                f"SELECT seq, {', '.join(OUTBOX_FIELDS)} FROM webhook_outbox WHERE customer_id = ? ORDER BY seq LIMIT 1"
+            )
+            row = self.db.execute(sql, (customer_id,)).fetchone()
+            return dict(row) if row else None
+
+        return await self._run(run)
+
+    async def outbox_older(self, customer_id: str, created_before: float) -> list[dict[str, Any]]:
+        """The customer's waiting deliveries queued before ``created_before``, oldest first."""
+
+        def run() -> list[dict[str, Any]]:
+            sql = (
+                f"SELECT seq, {', '.join(OUTBOX_FIELDS)} FROM webhook_outbox "
+                "WHERE customer_id = ? AND created < ? ORDER BY seq"
+            )
+            return [dict(r) for r in self.db.execute(sql, (customer_id, created_before)).fetchall()]
+
+        return await self._run(run)
+
+    async def outbox_attempted(self, seq: int, attempts: int) -> None:
+        await self._run(self.db.execute, "UPDATE webhook_outbox SET attempts = ? WHERE seq = ?", (attempts, seq))
+
+    async def outbox_delete(self, seqs: list[int]) -> None:
+        """Delivered or given up."""
+
+        def run() -> None:
+            with self._transaction():
+                self.db.executemany("DELETE FROM webhook_outbox WHERE seq = ?", [(s,) for s in seqs])
+
+        await self._run(run)
 
     # -- reads ------------------------------------------------------------------------------
 
