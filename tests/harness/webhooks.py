@@ -34,6 +34,21 @@ def expected_signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+def webhook_section(url: str, secret: str, customer_id: str, request_timeout: float = 3.0) -> str:
+    """speakd's config for one customer's webhook, retrying fast (for a SpeakdProcess's extra_config)."""
+    return f"""
+[webhooks]
+request_timeout = {request_timeout}
+first_backoff = 0.2
+max_backoff = 1.0
+give_up_after = 600
+
+[webhooks.customers."{customer_id}"]
+url = "{url}"
+secret = "{secret}"
+"""
+
+
 class WebhookReceiver(EventLog):
     def __init__(self, secret: str, name: str = "webhook", max_age_s: float = 300.0) -> None:
         super().__init__(name)

@@ -1,7 +1,9 @@
 """Speaking events, as clients receive them, checked against what the party heard.
 
-Every scenario is checked on every way out the module's daemon has (``ways``): the same
-sequence, in order, on each. Say events take their timestamps from played positions: they
+Every scenario is checked on every way out (``ways``): the WebSocket, a customer webhook (a
+local receiver verifying every signature) and a second ARI application watching the call's
+channel (``ChannelUserevent``s, whose variables are all strings): the same sequence, in order,
+on each. Say events take their timestamps from played positions: they
 equal the say item's ``tm_play_start``/``tm_play_end``, which test_played_positions.py checks
 against the recordings.
 """
@@ -13,10 +15,12 @@ import asyncio
 import aiohttp
 import pytest
 import pytest_asyncio
+from harness.ari_user_events import AriUserEvents
 from harness.audio import render_piper
 from harness.daemon import CUSTOMER_A, CUSTOMER_B, KEY_A, KEY_B, Api, SpeakdProcess
 from harness.events import EventLog, WsEvents
 from harness.hearing import GREETING, LONG, assert_heard, assert_heard_text_within_a_word, where_speech_stops
+from harness.webhooks import WebhookReceiver, webhook_section
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -24,14 +28,30 @@ SECOND = "And this is the second thing I wanted to say."
 ALL_OF_A = f"customer_id:{CUSTOMER_A}:speaking:*"
 
 
+SECRET = "whsec-events-0123456789"
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def daemon(ari_settings, tmp_path_factory):
+async def receiver():
+    async with WebhookReceiver(SECRET) as receiver:
+        yield receiver
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def operator(ari):
+    async with AriUserEvents(ari) as operator:
+        yield operator
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def daemon(ari_settings, tmp_path_factory, receiver):
     daemon = SpeakdProcess(
         tmp_path_factory.mktemp("speakd-events"),
         ari_settings["url"],
         ari_settings["user"],
         ari_settings["password"],
         transport="websocket",
+        extra_config=webhook_section(receiver.url, SECRET, CUSTOMER_A),
     )
     await daemon.start()
     yield daemon
@@ -46,11 +66,24 @@ async def api(daemon):
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def ways(daemon):
-    """Every way out, each following all of customer A's events."""
+async def ways(daemon, receiver, operator):
+    """Every way out, each following all of customer A's events (the operator: of calls it watches)."""
     async with WsEvents(daemon.base, KEY_A) as ws:
         assert (await ws.subscribe([ALL_OF_A]))["type"] == "subscribed"
-        yield [ws]
+        yield [ws, receiver, operator]
+    receiver.assert_all_signed()
+
+
+@pytest.fixture
+def watched_call(make_two_party_call, operator):
+    """A call whose channel the operator's ARI application watches."""
+
+    async def make():
+        call = await make_two_party_call()
+        await operator.watch(f"channel:{call.channel_id}")
+        return call
+
+    return make
 
 
 async def says_of(api: Api, speaking_id: str) -> dict[str, dict]:
@@ -69,8 +102,8 @@ def assert_in_time_order(events: list[dict], way: EventLog) -> None:
 
 
 @pytest.mark.by_ear
-async def test_two_says_played_through(api, ways, make_two_party_call):
-    call = await make_two_party_call()
+async def test_two_says_played_through(api, ways, watched_call):
+    call = await watched_call()
     speaking_id = await api.start_session(call.channel_id, direction="out")
     first = (await api.say(speaking_id, GREETING, client_state="first-state")).body["say_id"]
     second = (await api.say(speaking_id, SECOND, client_state="second-state")).body["say_id"]
@@ -118,8 +151,8 @@ async def test_two_says_played_through(api, ways, make_two_party_call):
 
 
 @pytest.mark.by_ear
-async def test_flush_mid_say_reports_what_was_heard(api, ways, make_two_party_call):
-    call = await make_two_party_call()
+async def test_flush_mid_say_reports_what_was_heard(api, ways, watched_call):
+    call = await watched_call()
     speaking_id = await api.start_session(call.channel_id, direction="out")
     cut = (await api.say(speaking_id, LONG, client_state="long")).body["say_id"]
     for way in ways:
@@ -147,12 +180,12 @@ async def test_flush_mid_say_reports_what_was_heard(api, ways, make_two_party_ca
         (interrupted,) = by_type(events, "speaking_say_interrupted")
         data = interrupted["data"]
         assert data["reason"] == "flush" and data["client_state"] == "long"
-        assert (data["heard_text"], data["heard_chars"]) == (say["heard_text"], say["heard_chars"])
-        assert_heard_text_within_a_word(LONG, data["heard_text"], data["heard_chars"], stopped_at)
+        assert (data["heard_text"], str(data["heard_chars"])) == (say["heard_text"], str(say["heard_chars"]))
+        assert_heard_text_within_a_word(LONG, data["heard_text"], int(data["heard_chars"]), stopped_at)
 
 
-async def test_hangup_mid_say(api, ways, make_two_party_call):
-    call = await make_two_party_call()
+async def test_hangup_mid_say(api, ways, watched_call):
+    call = await watched_call()
     speaking_id = await api.start_session(call.channel_id, direction="out")
     cut = (await api.say(speaking_id, LONG)).body["say_id"]
     queued = (await api.say(speaking_id, SECOND)).body["say_id"]
@@ -176,11 +209,11 @@ async def test_hangup_mid_say(api, ways, make_two_party_call):
         assert_in_time_order(events, way)
         first, second = by_type(events, "speaking_say_interrupted")
         assert first["data"]["reason"] == second["data"]["reason"] == "hangup"
-        assert 0 < first["data"]["heard_chars"] < len(LONG) and second["data"]["heard_chars"] == 0
+        assert 0 < int(first["data"]["heard_chars"]) < len(LONG) and int(second["data"]["heard_chars"]) == 0
         assert by_type(events, "speaking_stopped")[0]["data"]["reason"] == "hangup"
 
 
-async def test_a_customer_never_receives_another_customers_events(api, daemon, ways, make_two_party_call):
+async def test_a_customer_never_receives_another_customers_events(api, daemon, ways, watched_call):
     async with WsEvents(daemon.base, KEY_B, name="customer B") as b:
         # Every way of asking for A's events is refused with a message; B's own are allowed.
         for topics in (
@@ -198,7 +231,7 @@ async def test_a_customer_never_receives_another_customers_events(api, daemon, w
             reply = await b.send(bad)
             assert reply["type"] == "error" and reply["message"], (bad, reply)
 
-        call = await make_two_party_call()
+        call = await watched_call()
         speaking_id = await api.start_session(call.channel_id, direction="out")
         say_id = (await api.say(speaking_id, GREETING)).body["say_id"]
         for way in ways:
@@ -211,14 +244,14 @@ async def test_a_customer_never_receives_another_customers_events(api, daemon, w
         assert b.events == [], "customer B received customer A's events"
 
 
-async def test_event_type_topics_deliver_each_event_once(api, daemon, make_two_party_call):
+async def test_event_type_topics_deliver_each_event_once(api, daemon, watched_call):
     """Issue 12: every event is also on customer_id:<id>:speaking:<event type>."""
     async with (
         WsEvents(daemon.base, KEY_A, name="finished only") as finished,
         WsEvents(daemon.base, KEY_A, name="overlapping") as overlapping,
     ):
         await finished.subscribe([f"customer_id:{CUSTOMER_A}:speaking:speaking_say_finished"])
-        call = await make_two_party_call()
+        call = await watched_call()
         speaking_id = await api.start_session(call.channel_id, direction="out")
         # Matched through both topics (its id, and the type), and through the wildcard: once.
         await overlapping.subscribe(

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from conftest_helpers import wait_for
+from harness.ari_user_events import AriUserEvents
 from harness.audio import FRAME_S, RATE, envelope_correlation, render_piper
 from harness.daemon import CUSTOMER_A, KEY_A, Api, SpeakdProcess
 from harness.events import WsEvents
 from harness.hearing import assert_nothing_else, speech_seconds
+from harness.webhooks import WebhookReceiver, webhook_section
 from standins import audio as standin_audio
 from standins import elevenlabs as el_standin
 from standins import google as gcp_standin
@@ -140,10 +142,21 @@ def fresh_standins(standins):
         reset(standin)
 
 
+WEBHOOK_SECRET = "whsec-providers-0123456789"
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def cloud_speakd(standins, ari_settings, tmp_path_factory):
-    """One daemon with all three cloud providers pointed at their stand-ins (and Piper)."""
+async def receiver():
+    async with WebhookReceiver(WEBHOOK_SECRET) as receiver:
+        yield receiver
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def cloud_speakd(standins, ari_settings, tmp_path_factory, receiver):
+    """One daemon with all three cloud providers pointed at their stand-ins (and Piper), and a
+    webhook for customer A's events."""
     extra = "\n".join(toml_section(name, s.provider_section(**TIMEOUTS)) for name, s in standins.items())
+    extra += webhook_section(receiver.url, WEBHOOK_SECRET, CUSTOMER_A)
     daemon = SpeakdProcess(
         tmp_path_factory.mktemp("speakd-cloud"),
         ari_settings["url"],
@@ -460,30 +473,35 @@ async def test_failure_before_audio_is_retried_once(capi, cloud_speakd, standins
     assert_nothing_else(recording, [retried, after], f"{name} retry")
 
 
-async def test_a_provider_failure_is_a_say_failed_event(capi, cloud_speakd, standins, make_two_party_call):
-    """The events issue: the provider's message reaches the client, and the session lives on."""
+async def test_a_provider_failure_is_a_say_failed_event(
+    ari, capi, cloud_speakd, standins, receiver, make_two_party_call
+):
+    """The events issue: the provider's message reaches every way out, and the session lives on."""
     standin = standins["elevenlabs"]
     call = await make_two_party_call()
-    async with WsEvents(cloud_speakd.base, KEY_A) as ws:
+    async with WsEvents(cloud_speakd.base, KEY_A) as ws, AriUserEvents(ari) as operator:
         await ws.subscribe([f"customer_id:{CUSTOMER_A}:speaking:*"])
+        await operator.watch(f"channel:{call.channel_id}")
         speaking_id = await capi.start_session(call.channel_id, provider="elevenlabs", direction="out")
         standin.fail_next("server_error", count=2)
         failed = await say_ok(capi, speaking_id, FIRST, client_state="will-fail")
         after = await say_ok(capi, speaking_id, AFTER)
         await ws.wait_for(lambda _: ("speaking_say_finished", after) in ws.sequence(speaking_id), 30, "the next say")
         assert (await capi.stop(speaking_id)).status == 200
-        await ws.wait_stopped(speaking_id)
-    assert ws.sequence(speaking_id) == [
-        ("speaking_created", ""),
-        ("speaking_started", ""),
-        ("speaking_say_failed", failed),
-        ("speaking_say_started", after),
-        ("speaking_say_finished", after),
-        ("speaking_stopped", ""),
-    ]
-    (event,) = [e for e in ws.of(speaking_id) if e["event_type"] == "speaking_say_failed"]
-    assert event["data"]["error"].startswith("elevenlabs: the provider failed with"), event
-    assert event["data"]["status"] == "failed" and event["data"]["client_state"] == "will-fail"
+        for way in (ws, receiver, operator):
+            await way.wait_stopped(speaking_id)
+            assert way.sequence(speaking_id) == [
+                ("speaking_created", ""),
+                ("speaking_started", ""),
+                ("speaking_say_failed", failed),
+                ("speaking_say_started", after),
+                ("speaking_say_finished", after),
+                ("speaking_stopped", ""),
+            ], way.name
+            (event,) = [e for e in way.of(speaking_id) if e["event_type"] == "speaking_say_failed"]
+            assert event["data"]["error"].startswith("elevenlabs: the provider failed with"), (way.name, event)
+            assert event["data"]["status"] == "failed" and event["data"]["client_state"] == "will-fail"
+    receiver.assert_all_signed()
 
 
 @pytest.mark.by_ear

@@ -21,7 +21,7 @@ from harness.audio import render_piper
 from harness.daemon import CUSTOMER_A, KEY_A, Api, SpeakdProcess
 from harness.events import WsEvents
 from harness.hearing import GREETING, assert_heard
-from harness.webhooks import WebhookReceiver
+from harness.webhooks import WebhookReceiver, webhook_section
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -30,17 +30,7 @@ REQUEST_TIMEOUT_S = 3.0  # what a hanging endpoint costs each POST: far above an
 
 
 def webhook_config(url: str) -> str:
-    return f"""
-[webhooks]
-request_timeout = {REQUEST_TIMEOUT_S}
-first_backoff = 0.2
-max_backoff = 1.0
-give_up_after = 600
-
-[webhooks.customers."{CUSTOMER_A}"]
-url = "{url}"
-secret = "{SECRET}"
-"""
+    return webhook_section(url, SECRET, CUSTOMER_A, request_timeout=REQUEST_TIMEOUT_S)
 
 
 def start_s(stamp: str) -> float:
