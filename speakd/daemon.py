@@ -1,8 +1,9 @@
 """The daemon: owns every long-lived resource and task, in the order they depend on each other.
 
 Start: store -> providers (Piper loads) -> ARI client -> media paths (the RTP pacer process, if rtp) ->
-stale records stopped -> ARI events task -> HTTP. Stop (on the shutdown trigger): HTTP stops taking requests,
-live sessions are stopped (their Asterisk objects removed), then the tasks are cancelled and
+stale records stopped -> ARI events task -> HTTP -> FastAGI (if [agi] listen). Stop (on the shutdown trigger):
+HTTP and FastAGI stop taking requests, live sessions are stopped (their Asterisk objects removed; an AGI
+script waiting for a say reports it interrupted), then the tasks and AGI connections are cancelled and
 awaited, then the resources close in reverse order.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from speakd.agi import AgiScripts, AgiServer
 from speakd.api import create_app
 from speakd.api.auth import Authenticator
 from speakd.api.events_ws import EventHub
@@ -111,6 +113,12 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
         tasks = [
             asyncio.create_task(ari.run_events(service.on_event, service.on_ari_connected), name="speakd-ari-events"),
         ]
+        agi: AgiServer | None = None
+        if config.agi.listen:
+            scripts = AgiScripts(
+                service, default_customer=config.agi.customer_id, default_provider=config.tts.default_provider
+            )
+            agi = AgiServer(*config.agi.address(), scripts.run)
         runner = web.AppRunner(
             create_app(
                 service,
@@ -125,6 +133,8 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
         try:
             site = web.TCPSite(runner, config.server.host, config.server.port)
             await site.start()
+            if agi is not None:
+                await agi.start()
             log.info(
                 "speakd_ready",
                 listen=f"{config.server.host}:{config.server.port}",
@@ -133,12 +143,17 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
                 app=config.ari.app,
                 providers=providers.names(),
                 default_provider=config.tts.default_provider,
+                agi=config.agi.listen or "off",
             )
             await shutdown_trigger()
             log.info("speakd_stopping")
         finally:
+            if agi is not None:
+                agi.stop_listening()
             await runner.shutdown()
-            await service.shutdown()
+            await service.shutdown()  # says a script waits for end here: it reports and returns
+            if agi is not None:
+                await agi.aclose()
             await runner.cleanup()
             for task in tasks:
                 task.cancel()

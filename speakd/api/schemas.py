@@ -94,7 +94,11 @@ def canonical_language(value: str) -> str:
 
 
 def parse_create(body: bytes, default_provider: str) -> CreateRequest:
-    data = parse_json_object(body, CREATE_FIELDS)
+    return create_request(parse_json_object(body, CREATE_FIELDS), default_provider)
+
+
+def create_request(data: dict[str, Any], default_provider: str) -> CreateRequest:
+    """A session's fields, however they came (a JSON body, AGI arguments, ARI user event variables)."""
     reference_type = _enum(data, "reference_type", ReferenceType)
     reference_id = _string(data, "reference_id", required=True).strip()
     if not reference_id:
