@@ -122,7 +122,8 @@ class AgiServer:
 
     @property
     def bound_port(self) -> int:
-        assert self._server is not None and self._server.sockets
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the AGI server is not listening")
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
