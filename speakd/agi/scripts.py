@@ -158,6 +158,7 @@ class AgiScripts:
         finally:
             if keepalive and not conn.hung_up:
                 await _command_ok(conn, exec_app("StopPlaytones"), "keepalive_stop_failed")
+        log.info("agi_speak_done", speaking_id=out[SPEAKING_ID], say_id=out[SAY_ID], status=out[SAY_STATUS])
         await _set(conn, out)
 
     async def _settled(self, customer: str, speaking_id: str, say_id: str) -> tuple[str, str]:
