@@ -280,3 +280,88 @@ async def test_garbage_and_silence_are_dropped_and_shutdown_cancels_what_runs():
     assert await asyncio.wait_for(r3.read(), 2) == b""
     for w in (w1, w2, w3):
         w.close()
+
+
+# -- config and the scripts' refusals (a stand-in service and connection) --------------------------
+
+
+def test_agi_config(tmp_path):
+    from speakd.config import ConfigError, load_config
+
+    assert load_config(environ={}).agi.listen == ""  # off by default
+    config = load_config(environ={"SPEAKD_AGI_LISTEN": "[::1]:4573", "SPEAKD_AGI_CUSTOMER_ID": "c1"})
+    assert config.agi.address() == ("::1", 4573)
+    assert config.agi.customer_id == "c1"
+    with pytest.raises(ConfigError, match=r"agi\.listen"):
+        load_config(environ={"SPEAKD_AGI_LISTEN": "4573"})
+
+
+class FakeConnection:
+    def __init__(self):
+        self.hung_up = False
+        self.sent: list[str] = []
+
+    async def command(self, line):
+        from speakd.agi.protocol import parse_response
+
+        self.sent.append(line)
+        return parse_response(["200 result=1"])[0]
+
+    async def until_hangup(self, fut):
+        return await fut
+
+    def variables(self) -> dict[str, str]:
+        return {
+            args[2]: args[3] for args in map(res_agi_parse_args, (s.strip() for s in self.sent)) if args[0] == "SET"
+        }
+
+
+class FakeService:
+    owner_variable = "SPEAKD_CUSTOMER_ID"
+
+    def __init__(self, owner=""):
+        self.owner = owner
+        self.spoken = []
+
+    async def channel_customer(self, channel_id, fallback=""):
+        return self.owner or fallback
+
+    def active_on(self, reference_type, reference_id):
+        return None
+
+    async def speak_on_call(self, *args):
+        self.spoken.append(args)
+        raise AssertionError("not expected")
+
+
+async def run_script(env_lines, service, default_customer=""):
+    from speakd.agi.scripts import AgiScripts
+
+    conn = FakeConnection()
+    scripts = AgiScripts(service, default_customer=default_customer, default_provider="piper")
+    await scripts.run(parse_environment(env_lines), conn)
+    return conn
+
+
+async def test_speak_refusals_are_set_in_variables_and_nothing_is_spoken():
+    env = [line for line in ENV if not line.startswith("agi_arg")]
+    conn = await run_script([*env, "agi_arg_1: hello"], FakeService())  # no customer anywhere
+    assert conn.variables()["SPEAKD_SAY_STATUS"] == "error"
+    assert "no customer" in conn.variables()["SPEAKD_ERROR"]
+    conn = await run_script([*env, "agi_arg_1: hello", "agi_arg_2: direction=sideways"], FakeService("c1"))
+    assert "'direction' must be one of" in conn.variables()["SPEAKD_ERROR"]
+    conn = await run_script([*env, "agi_arg_1: hello", "agi_arg_2: language=english"], FakeService("c1"))
+    assert "BCP47" in conn.variables()["SPEAKD_ERROR"]
+    assert not any("Playtones" in line for line in conn.sent)  # refused before the keepalive
+
+
+async def test_flush_with_nothing_active_is_an_error_stop_is_not():
+    env = [line.replace(": speak", ": flush") for line in ENV if not line.startswith("agi_arg")]
+    conn = await run_script(env, FakeService(), default_customer="c1")
+    assert "nothing to flush" in conn.variables()["SPEAKD_ERROR"]
+    env = [line.replace(": speak", ": stop") for line in ENV if not line.startswith("agi_arg")]
+    conn = await run_script(env, FakeService(), default_customer="c1")
+    assert conn.variables() == {"SPEAKD_SPEAKING_ID": "", "SPEAKD_ERROR": ""}
+    env = [line.replace(": speak", ": dance") for line in ENV if not line.startswith("agi_arg")]
+    conn = await run_script(env, FakeService(), default_customer="c1")
+    assert "unknown speakd AGI script 'dance'" in conn.variables()["SPEAKD_ERROR"]
