@@ -92,6 +92,22 @@ class AuthConfig:
 
 
 @dataclass
+class AgiConfig:
+    # FastAGI service for the dialplan, "host:port" (e.g. "127.0.0.1:4573"); empty = off.
+    # FastAGI has no authentication: listen on loopback or a network only Asterisk reaches.
+    listen: str = ""
+    # The customer of a channel that names none in [auth] customer_variable ("" = refuse).
+    customer_id: str = ""
+
+    def address(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"agi.listen must be host:port such as 127.0.0.1:4573, not {self.listen!r}")
+        return host, int(port)
+
+
+@dataclass
 class StoreConfig:
     path: str = "/var/lib/speakd/speakd.sqlite3"
 
@@ -172,6 +188,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     rtp: RtpConfig = field(default_factory=RtpConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    agi: AgiConfig = field(default_factory=AgiConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -201,6 +218,8 @@ class Config:
             raise ConfigError(
                 f"tts.default_provider must be one of {', '.join(PROVIDER_NAMES)}, not {self.tts.default_provider!r}"
             )
+        if self.agi.listen:
+            self.agi.address()
         if self.log.format not in ("console", "json"):
             raise ConfigError(f"log.format must be 'console' or 'json', not {self.log.format!r}")
         self.webhooks.validate()

@@ -2,11 +2,12 @@
 
 Start: store -> providers (Piper loads) -> ARI client -> media paths (the RTP pacer process, if rtp) ->
 event bus and its ways out (webhooks deliver what the last run left; ARI user events) -> ARI commands ->
-stale records stopped -> ARI events task -> HTTP.
-Stop (on the shutdown trigger): ARI commands stop, live sessions are stopped (their Asterisk objects
-removed) while the API still answers, their last events go out (WebSocket clients, ARI), HTTP stops, the
-tasks are cancelled and awaited, then the resources close in reverse order (the webhooks before the
-store: their queue goes into the outbox while it is still open).
+stale records stopped -> ARI events task -> HTTP -> FastAGI (if [agi] listen).
+Stop (on the shutdown trigger): FastAGI stops taking connections, ARI commands stop, live sessions are
+stopped (their Asterisk objects removed; an AGI script waiting for a say reports it interrupted) while
+the API still answers, their last events go out (WebSocket clients, ARI), AGI connections and HTTP
+stop, the tasks are cancelled and awaited, then the resources close in reverse order (the webhooks
+before the store: their queue goes into the outbox while it is still open).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from speakd.agi import AgiScripts, AgiServer
 from speakd.api import create_app
 from speakd.api.auth import Authenticator
 from speakd.api.events_ws import EventHub
@@ -136,6 +138,12 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
         tasks = [
             asyncio.create_task(ari.run_events(service.on_event, service.on_ari_connected), name="speakd-ari-events"),
         ]
+        agi: AgiServer | None = None
+        if config.agi.listen:
+            scripts = AgiScripts(
+                service, default_customer=config.agi.customer_id, default_provider=config.tts.default_provider
+            )
+            agi = AgiServer(*config.agi.address(), scripts.run)
         runner = web.AppRunner(
             create_app(
                 service,
@@ -150,6 +158,8 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
         try:
             site = web.TCPSite(runner, config.server.host, config.server.port)
             await site.start()
+            if agi is not None:
+                await agi.start()
             log.info(
                 "speakd_ready",
                 listen=f"{config.server.host}:{config.server.port}",
@@ -158,14 +168,19 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
                 app=config.ari.app,
                 providers=providers.names(),
                 default_provider=config.tts.default_provider,
+                agi=config.agi.listen or "off",
             )
             await shutdown_trigger()
             log.info("speakd_stopping")
         finally:
+            if agi is not None:
+                agi.stop_listening()
             # Sessions first, while the API still answers (creates are refused meanwhile), so
             # event clients get each session's speaking_stopped before their socket closes.
             await commands.aclose()
-            await service.shutdown()
+            await service.shutdown()  # says a script waits for end here: it reports and returns
+            if agi is not None:
+                await agi.aclose()
             await hub.aclose()
             await runner.shutdown()
             await runner.cleanup()

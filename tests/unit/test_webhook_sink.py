@@ -133,7 +133,11 @@ async def test_a_dead_endpoint_delays_only_its_own_customer(store):
             await b.wait_for(lambda evs: len(evs) == 10, 2, "b's events while a is down")
             assert [e["data"]["say_id"] for e in b.events] == [f"s{n}" for n in range(10)]
             await until(lambda: sink._customers["a"].failures >= 2, what="a failing")
-            assert len(await store.outbox_pending()) == 10  # a's, waiting
+            # b's rows go once b has answered (just after it has the event); a's 10 stay, waiting.
+            deadline = time.monotonic() + 5
+            while len(pending := await store.outbox_pending()) != 10 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert len(pending) == 10 and {row["customer_id"] for row in pending} == {"a"}, pending
             await a.set_mode("healthy")
             await a.wait_for(lambda evs: len(evs) == 10, 5, "a's events once it is back")
         assert [e["data"]["say_id"] for e in a.events] == [f"s{n}" for n in range(10)]

@@ -1,0 +1,6 @@
+"""Driving speakd from the Asterisk dialplan over FastAGI (README "From the dialplan")."""
+
+from speakd.agi.scripts import AgiScripts
+from speakd.agi.server import AgiServer
+
+__all__ = ["AgiScripts", "AgiServer"]
