@@ -17,7 +17,7 @@ e-mail addresses, ``3.14``, ``1,000.50`` or ``v2.5.1``. A ``.`` followed by whit
 end after a title (``Dr. Smith``, ``Mr.``, ``St.``, ``vs.``), a single capital initial
 (``J. R. R. Tolkien``), an initialism (``U.S.``, ``e.g.``, ``i.e.``, ``Ph.D.``), an abbreviation followed
 by a number (``No. 5``, ``p. 12``, ``Jan. 3``) or a list number at the start of a line (``1. First``).
-Any end followed by lowercase is not an end (``etc. and``, ``Well... maybe``, ``Yahoo! is``). Joining
+Any of these ends followed by lowercase is not an end (``etc. and``, ``Well... maybe``, ``Yahoo! is``). Joining
 two sentences by mistake costs nothing audible; splitting one does, so doubtful cases join.
 
 *Other scripts.* ``。`` ``！`` ``？`` ``．`` ``｡`` (CJK), ``।`` ``॥`` (Devanagari), ``؟`` ``۔`` (Arabic, Urdu),
@@ -36,8 +36,8 @@ it is released at once, so speech starts early. Later chunks are whole sentences
 *Lengths* count speakable characters: not whitespace, not markup; East Asian wide characters count
 two. A sentence shorter than ``min_chars`` ("Yes.") is held to join the next one, until
 ``max_wait_s`` has passed or a flush. A chunk that reaches ``max_chars`` without a sentence end is cut
-at its last clause or held sentence end if that leaves at least half of ``max_chars``, else at its
-last word boundary, else between two wide (CJK) characters; a single "word" (a long URL) is never
+at its last clause or held sentence end if the chunk cut there is at least half of ``max_chars``, else
+at its last word boundary, else between two wide (CJK) characters; a single "word" (a long URL) is never
 cut: it ends at the next whitespace.
 
 *Waits* (:meth:`TextChunker.due`, on the caller's timer at :meth:`TextChunker.next_due`). A
@@ -48,8 +48,8 @@ no end at all is released when no text has come for ``stall_wait_s``, up to its 
 waits for more text or a flush.
 
 *Markup.* ``<`` followed by a letter, ``/``, ``!`` or ``?`` opens a tag that ends at ``>``; nothing is
-released while a tag is open (a ``<`` not closed within 200 characters, or followed by another ``<``,
-was just text: ``x < y`` is text at once). SSML elements are tracked: nothing is cut inside
+released while a tag is open (a ``<`` with no ``>`` within 200 characters, or with another ``<``
+first, was just text; ``x < y`` is text at once). SSML elements are tracked: nothing is cut inside
 ``say-as``, ``sub``, ``phoneme``, ``audio``, ``w`` or ``token``; a cut inside a container (``speak``,
 ``p``, ``s``, ``prosody``, ``voice``, ``lang``, ``emphasis``, ``amazon:*``) closes its open containers at the
 end of the chunk and reopens them at the start of the next one, so every chunk of an SSML document
@@ -101,8 +101,6 @@ _MAX_TAG_CHARS = 200
 _TAG_NAME = re.compile(r"<\s*(/?)\s*([\w:.-]+)")
 _TAG = re.compile(r"<[^<>]*>")
 
-_FIRST = "first"  # sentinel: nothing released since the start, a flush or a reset
-
 
 def _weight(text: str) -> int:
     """Speakable length: whitespace counts nothing, East Asian wide characters two."""
@@ -144,6 +142,14 @@ class TextChunker:
     ``max_chars``: a chunk longer than this is cut at a clause or word boundary.
     ``stall_wait_s``: after this long without text, text with no end is released up to its last
     word boundary if it is at least the minimum length.
+
+    The defaults suit 1-4 character tokens every 20-50 ms: the next character after a final ``.``
+    is a token away (0.5 s means the model stalled), and 20 characters is a short sentence.
+
+    The caller owns the timer: after each :meth:`feed`, :meth:`due` or :meth:`flush`, wait until
+    :meth:`next_due` (if not None) and call :meth:`due` then. Times are seconds of one monotonic
+    clock. :attr:`buffered` and :meth:`reset` give the text as fed; released chunks may carry
+    SSML containers closed and reopened around them (see the module docstring).
     """
 
     def __init__(
@@ -185,6 +191,9 @@ class TextChunker:
         self._word: _Cut | None = None  # latest word boundary
         self._pending_end: int | None = None  # an end candidate waiting for its lookahead
         self._pending_since = 0.0
+        # How far its lookahead was read (a long run of spaces is read once, not once per token).
+        self._pending_run_end = 0
+        self._pending_read = 0
         self._last_text_at = 0.0
 
     # -- the interface ------------------------------------------------------------------------
@@ -402,10 +411,11 @@ class TextChunker:
         self._check_max(i, out)
         return True
 
-    def _run_end(self, i: int) -> int:
-        """End of the run of end marks and closing quotes/brackets starting at ``i``."""
+    def _run_end(self, i: int, read: int = 0) -> int:
+        """End of the run of end marks and closing quotes/brackets starting at ``i`` (read up to
+        ``read`` already)."""
         buf = self._buf
-        j = i + 1
+        j = max(i + 1, read)
         while j < len(buf) and (buf[j] in _ENDS or buf[j] in _CLOSERS):
             j += 1
         return j
@@ -414,8 +424,10 @@ class TextChunker:
         """Whether the end mark at ``i`` ends a sentence: ("end" | "no" | "wait", end of its run)."""
         buf = self._buf
         n = len(buf)
-        j = self._run_end(i)
+        resumed = self._pending_end == i
+        j = self._run_end(i, self._pending_run_end if resumed else 0)
         if j == n:
+            self._pending_run_end = self._pending_read = j
             return "wait", j
         run = buf[i:j]
         if any(c in _UNSPACED_ENDS for c in run):
@@ -426,12 +438,13 @@ class TextChunker:
             return "end", j  # markup after the end: "Hello.<break/>"
         if not buf[j].isspace():
             return "no", j  # example.com, 3.14, v2.5.1, U.S (inner), ?d=e
-        k = j
+        k = max(j, self._pending_read) if resumed else j
         while k < n and buf[k].isspace():
             if buf[k] == "\n":
                 return "end", j
             k += 1
         if k == n:
+            self._pending_run_end, self._pending_read = j, k
             return "wait", j
         following = buf[k]
         if following.islower():
@@ -514,6 +527,8 @@ class TextChunker:
             self._tag_start -= cut.index
         if self._pending_end is not None:
             self._pending_end -= cut.index
+            self._pending_run_end -= cut.index
+            self._pending_read -= cut.index
         self._held = self._rebase(self._held, cut)
         self._clause = self._rebase(self._clause, cut)
         self._word = self._rebase(self._word, cut)

@@ -169,6 +169,12 @@ def test_cjk_without_punctuation_is_cut_between_characters_past_max_chars():
     assert all(len(c) <= 11 for c in chunks)  # wide characters count two
 
 
+def test_the_text_after_a_long_run_of_spaces_still_decides_the_end():
+    spaces = " " * 50
+    assert chunks_of(f"Fruit etc.{spaces}and more. Next one.", **EAGER) == [f"Fruit etc.{spaces}and more.", "Next one."]
+    assert chunks_of(f"Fruit and more.{spaces}Next one.", **EAGER) == ["Fruit and more.", "Next one."]
+
+
 # -- clauses, minimum and maximum lengths --------------------------------------------------------------
 
 
@@ -292,6 +298,13 @@ def test_markup_does_not_count_toward_the_minimum_length():
     ]
 
 
+def test_a_reset_forgets_open_ssml_elements():
+    chunker = TextChunker(**EAGER)
+    assert by_char(chunker, "<speak>One here. Tw") == ["<speak>One here.</speak>"]
+    assert chunker.reset() == " Tw"
+    assert by_char(chunker, "Plain text. More") == ["Plain text."]
+
+
 # -- waits ------------------------------------------------------------------------------------------------
 
 
@@ -338,6 +351,15 @@ def test_short_text_without_an_end_waits_for_more_text_or_a_flush():
     assert chunker.next_due() is None
     assert chunker.due(100.0) == []
     assert chunker.flush() == ["Okay so"]
+
+
+def test_an_undecided_end_after_a_held_sentence_releases_both_after_the_wait():
+    chunker = TextChunker(max_wait_s=0.5, min_chars=20, first_min_chars=12)
+    assert chunker.feed("Hi. ", 0.0) == []
+    assert chunker.feed("It is 5.", 0.2) == []
+    assert chunker.due(0.5) == ["Hi."]  # the held one's wait is over; "5." waits until 0.7
+    assert chunker.next_due() == pytest.approx(0.7)
+    assert chunker.due(0.7) == ["It is 5."]
 
 
 def test_next_due_is_when_due_releases_something():
