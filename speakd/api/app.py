@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from speakd.api import events_ws, schemas
+from speakd.api import events_ws, schemas, stream_ws
 from speakd.api.auth import Authenticator
 from speakd.api.events_ws import EventHub
 from speakd.api.openapi import OPENAPI
@@ -155,6 +155,13 @@ async def delete_speaking(request: web.Request) -> web.Response:
     return _record(await request.app[SERVICE].delete(request[CUSTOMER_ID], request.match_info["id"]))
 
 
+async def stream(request: web.Request) -> web.WebSocketResponse:
+    timestamps = schemas.parse_stream_query(request.query)
+    return await stream_ws.serve(
+        request, request.app[SERVICE], request[CUSTOMER_ID], request.match_info["id"], timestamps
+    )
+
+
 async def events(request: web.Request) -> web.WebSocketResponse:
     return await events_ws.serve(request, request.app[EVENTS], request[CUSTOMER_ID])
 
@@ -192,6 +199,7 @@ def create_app(
     app.router.add_post("/v1.0/speakings/{id}/flush", flush)
     app.router.add_post("/v1.0/speakings/{id}/stop", stop)
     app.router.add_get("/v1.0/ws", events)
+    app.router.add_get("/v1.0/speakings/{id}/stream", stream)
     app.router.add_get("/v1.0/voices", list_voices)
     app.router.add_get("/v1.0/openapi.json", openapi)
     app.router.add_get("/health", health)

@@ -327,6 +327,32 @@ OPENAPI: dict[str, Any] = {
                 "responses": _responses(200, 400, 401, 404),
             },
         },
+        "/v1.0/speakings/{id}/stream": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "Stream text into the session over a WebSocket (upgrade); one stream at a time",
+                "description": (
+                    'Client messages (JSON): {"type": "text", "text"}, {"type": "flush", '
+                    '"nonce"}, {"type": "reset", "nonce"}, {"type": "finish"}. Server '
+                    "messages: ready, flush_complete and reset_complete (with the nonce; reset's with "
+                    "heard_text), timestamps (with ?timestamps=true), played, error (then close). Text is "
+                    "spoken sentence by sentence as it completes; each sentence is a say of the session."
+                ),
+                "parameters": [
+                    {
+                        "name": "timestamps",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "boolean", "default": False},
+                        "description": "report each played sentence's words with their times",
+                    }
+                ],
+                "responses": {
+                    "101": {"description": "Switching to the WebSocket protocol"},
+                    **{k: v for k, v in _responses(200, 400, 401, 404, 409).items() if k != "200"},
+                },
+            },
+        },
         "/v1.0/ws": {
             "get": {
                 "summary": "Speaking events over a WebSocket (upgrade); the same credentials as the API",
