@@ -30,6 +30,7 @@ from speakd.config import Config
 from speakd.events import EventBus
 from speakd.events.ari_user_events import AriUserEventSink
 from speakd.events.webhooks import WebhookSink
+from speakd.metrics import Metrics
 from speakd.providers import ProviderRegistry
 from speakd.sessions.ari_commands import AriCommands
 from speakd.sessions.media import MediaPaths
@@ -77,7 +78,9 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
     set_priority(config.server.nice)
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(SqliteStore(config.store.path))
+        metrics = Metrics()
         providers = ProviderRegistry.from_config(config.providers)
+        providers.wrap(metrics.measure_provider)
         stack.push_async_callback(providers.aclose)
         await providers.start()
 
@@ -99,11 +102,13 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
                 rtp_bind=(config.rtp.bind_host, config.rtp.port),
                 rtp_external_host=config.rtp.external_host,
                 realtime_priority=config.rtp.realtime_priority,
+                on_pacer_stats=metrics.observe_pacer_stats,
             )
         )
         events = EventBus()
         hub = EventHub()
         events.add_sink(hub)
+        events.add_sink(metrics)
         # On the bus before recover() (its speaking_stopped events are delivered too); closed
         # after everything in this block, so the events of service.shutdown() reach the
         # outbox, and before the store closes.
@@ -131,6 +136,8 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
             default_provider=config.tts.default_provider,
         )
         service.user_event_handler = commands.offer
+        service.on_flush_confirmed = metrics.flush_to_silence.observe
+        metrics.watch(service, webhooks)
         commands.start()
         stack.push_async_callback(commands.aclose)
         await service.recover()
@@ -150,6 +157,7 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
                 Authenticator(config.auth.access_keys, config.auth.jwt_secret),
                 config.tts.default_provider,
                 hub,
+                metrics,
             ),
             access_log=None,
             handle_signals=False,

@@ -8,7 +8,7 @@ not configured is remembered with the reason, so the API can answer 400 saying w
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -74,6 +74,10 @@ class ProviderRegistry:
         except KeyError:
             reason = self._unavailable.get(name, f"provider '{name}' is not configured on this speakd")
             raise ProviderNotConfigured(reason) from None
+
+    def wrap(self, wrapper: Callable[[Provider], Provider]) -> None:
+        """Give sessions ``wrapper(provider)`` instead of each provider (e.g. to measure it)."""
+        self._providers = {name: wrapper(provider) for name, provider in self._providers.items()}
 
     def names(self) -> list[str]:
         return sorted(self._providers)

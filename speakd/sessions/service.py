@@ -122,10 +122,15 @@ class SpeakingService:
         self._streams: dict[str, SpeakingStream] = {}  # speaking id -> its open text stream
         # ChannelUserevents sent to speakd's application go here (operators' commands); must not block.
         self.user_event_handler: Callable[[dict[str, Any]], None] | None = None
+        # Told how long each flush of audio in flight took to be confirmed by the far end (s).
+        self.on_flush_confirmed: Callable[[float], None] | None = None
 
     @property
     def live_count(self) -> int:
         return len(self._live)
+
+    def live_sessions(self) -> list[Session]:
+        return [live.session for live in self._live.values()]
 
     # -- API verbs --------------------------------------------------------------------------
 
@@ -173,7 +178,7 @@ class SpeakingService:
             record,
             provider,
             self.media.codec,  # type: ignore[arg-type]
-            Playout(lead_ms=self.lead_ms, mark_every_ms=self.mark_every_ms),
+            Playout(lead_ms=self.lead_ms, mark_every_ms=self.mark_every_ms, on_flush_confirmed=self.on_flush_confirmed),
             self._save_say,
             model=req.model,
             say_event=lambda kind, item, at, extra: self._publish_say(kind, record, target, item, at, extra),

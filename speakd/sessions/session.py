@@ -113,6 +113,7 @@ class Session:
 
     async def close(self, reason: StopReason = StopReason.STOP) -> int:
         """Stop synthesis and playout; returns how many say items were dropped unplayed."""
+        self.playout.on_flush_confirmed = None  # the media path goes next: a stop's silence is not a flush's
         dropped = self._interrupt_all(reason)
         tasks = [task for task in (self._current, self._worker) if task is not None]
         for task in tasks:
