@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speakd.logging import LOG_LEVELS
+
 PROVIDER_SECTIONS = ("piper", "elevenlabs", "gcp", "aws")
 PROVIDER_NAMES = ("elevenlabs", "gcp", "aws", "piper")
 
@@ -220,6 +222,8 @@ class Config:
             )
         if self.agi.listen:
             self.agi.address()
+        if self.log.level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, not {self.log.level!r}")
         if self.log.format not in ("console", "json"):
             raise ConfigError(f"log.format must be 'console' or 'json', not {self.log.format!r}")
         self.webhooks.validate()

@@ -28,7 +28,7 @@ from prometheus_client.exposition import choose_encoder
 
 from speakd.events.model import Event, EventType, InterruptReason, StopReason
 from speakd.media import pacer_protocol
-from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, Voice
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
 from speakd.sessions.model import TIME_FORMAT, Status
 
 if TYPE_CHECKING:
@@ -175,6 +175,9 @@ class _MeasuredProvider(Provider):
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
         return await self.inner.list_voices(language)
+
+    def open_text_stream(self, language: str, voice_id: str, codec: str, model: str = "") -> TextStream | None:
+        return self.inner.open_text_stream(language, voice_id, codec, model)
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         asked = time.monotonic()
