@@ -23,6 +23,7 @@ from harness.audio import FRAME_S, RATE, envelope_correlation, render_piper
 from harness.daemon import CUSTOMER_A, KEY_A, Api, SpeakdProcess
 from harness.events import WsEvents
 from harness.hearing import assert_nothing_else, speech_seconds
+from harness.stream import StreamClient, tokens
 from harness.webhooks import WebhookReceiver, webhook_section
 from standins import audio as standin_audio
 from standins import elevenlabs as el_standin
@@ -471,6 +472,32 @@ async def test_failure_before_audio_is_retried_once(capi, cloud_speakd, standins
     retried = assert_heard(recording, sent(RETRIED), f"{name}: the retried say")
     after = assert_heard(recording, sent(AFTER), f"{name}: the say after the failure")
     assert_nothing_else(recording, [retried, after], f"{name} retry")
+
+
+STREAMED = "Thanks for calling. Your parcel left the depot this morning, and it arrives today."
+
+
+@pytest.mark.by_ear
+@pytest.mark.parametrize("name", ["elevenlabs", "gcp"])
+async def test_streamed_tokens_are_heard_through_a_cloud_provider(capi, cloud_speakd, make_two_party_call, name):
+    """The streaming-text issue with a cloud provider: tokens in, sentences heard."""
+    call = await make_two_party_call()
+    voice = {"gcp": {"voice_id": "en-US-Chirp3-HD-Charon"}}.get(name, {})
+    speaking_id = await capi.start_session(call.channel_id, provider=name, direction="out", **voice)
+    async with StreamClient(cloud_speakd.base, speaking_id, timestamps=True) as client:
+        await tokens(client, STREAMED)
+        await client.send({"type": "finish"})
+        await client.expect("played", timeout=60)
+    reply = await capi.request("GET", f"/speakings/{speaking_id}/says")
+    says = reply.body["result"]
+    assert [s["text"] for s in says] == ["Thanks for calling.", STREAMED.split(". ", 1)[1]], says
+    assert all(s["status"] == "played" for s in says), says
+    stamps = [m for m in client.received if m["type"] == "timestamps"]
+    assert [m["say_id"] for m in stamps] == [s["say_id"] for s in says]
+    recording = await heard_by_alice(call)
+    spans = [assert_heard(recording, sent(s["text"]), f"{name}: {s['text'][:20]}") for s in says]
+    assert spans[0][1] <= spans[1][0] + 0.1
+    assert_nothing_else(recording, spans, f"{name} stream")
 
 
 async def test_a_provider_failure_is_a_say_failed_event(
