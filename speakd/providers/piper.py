@@ -29,6 +29,7 @@ import structlog
 
 from speakd.config import ConfigError
 from speakd.errors import InvalidRequest, UnsupportedLanguage
+from speakd.languages import parse_language_tag
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
 from speakd.providers.deadline_pool import DeadlinePool
 
@@ -55,9 +56,9 @@ class PiperProvider(Provider):
         self.config_path = config_path
         meta = json.loads(Path(config_path).read_text())
         language = meta.get("language", {})
-        code = language.get("code", "en_US").replace("_", "-")  # en_US -> en-US
-        self.language = code
-        self.family = language.get("family", code.split("-")[0])
+        # Piper's voice files name a POSIX locale (en_US), not a language tag.
+        self.language = parse_language_tag(language.get("code", "en_US").replace("_", "-"))
+        self.family = parse_language_tag(language.get("family", self.language.split("-")[0]))
         stem = Path(model_path).name.removesuffix(".onnx")  # e.g. en_US-joe-medium
         self.voice_ids = {stem, stem.split("-")[1] if stem.count("-") >= 2 else stem}
         self.default_voice = stem
@@ -120,9 +121,11 @@ class PiperProvider(Provider):
         self._pool.close()
         await asyncio.to_thread(self._pool.join)  # a sentence in progress finishes first
 
+    def _speaks(self, language: str) -> bool:
+        return parse_language_tag(language) in (self.language, self.family)
+
     def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
-        lang = language.lower()
-        if lang not in (self.language.lower(), self.family.lower()):
+        if not self._speaks(language):
             raise UnsupportedLanguage(
                 f"provider 'piper' does not speak language '{language}'; it speaks {self.language}"
             )
@@ -161,7 +164,7 @@ class PiperProvider(Provider):
             )
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
-        if language and language.lower() not in (self.language.lower(), self.family.lower()):
+        if language and not self._speaks(language):
             return []
         return [
             Voice(provider=self.name, voice_id=self.default_voice, name=self.default_voice, languages=(self.language,))
