@@ -3,6 +3,10 @@
 A provider's SDK is imported only inside its module, and a module is imported only when its
 section is configured (Piper is on unless ``[piper] enabled = false``). A provider that is
 not configured is remembered with the reason, so the API can answer 400 saying what to set.
+Every provider is treated alike: a section with a bad value (``[piper] threads = "x"``,
+``[aws] engine = "loud"``) leaves that provider unavailable, logged at start-up
+(``provider_unavailable``, with the key to fix) and reported by ``speakd check-config``; the
+daemon runs with the others.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from speakd.errors import ProviderNotConfigured
+from speakd.errors import InvalidRequest, ProviderNotConfigured
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
 
 __all__ = [
@@ -43,7 +47,9 @@ class ProviderRegistry:
         self._unavailable = dict(unavailable)
 
     @classmethod
-    def from_config(cls, sections: Mapping[str, Mapping[str, Any]]) -> ProviderRegistry:
+    def from_config(
+        cls, sections: Mapping[str, Mapping[str, Any]], *, log_unavailable: bool = True
+    ) -> ProviderRegistry:
         providers: dict[str, Provider] = {}
         unavailable: dict[str, str] = {}
         for name, module_name in MODULES.items():
@@ -60,11 +66,13 @@ class ProviderRegistry:
             try:
                 module = importlib.import_module(module_name)
                 providers[name] = module.create(section)
-            except ProviderNotConfigured as exc:
-                unavailable[name] = exc.message
+            except InvalidRequest as exc:  # ProviderNotConfigured, or a bad tag in its voices table
+                unavailable[name] = exc.message if exc.message.startswith(f"{name}:") else f"{name}: {exc.message}"
             except ImportError as exc:
                 unavailable[name] = f"provider '{name}' cannot be loaded: {exc}"
-            if name in unavailable:
+            except Exception as exc:  # whatever a section holds, one provider never stops the daemon
+                unavailable[name] = f"{name}: the [{name}] section cannot be used: {type(exc).__name__}: {exc}"
+            if name in unavailable and log_unavailable:
                 log.warning("provider_unavailable", provider=name, reason=unavailable[name])
         return cls(providers, unavailable)
 
@@ -74,6 +82,11 @@ class ProviderRegistry:
         except KeyError:
             reason = self._unavailable.get(name, f"provider '{name}' is not configured on this speakd")
             raise ProviderNotConfigured(reason) from None
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Provider name -> why it cannot be used (what to set or fix)."""
+        return dict(self._unavailable)
 
     def names(self) -> list[str]:
         return sorted(self._providers)
