@@ -19,13 +19,9 @@ import re
 
 from speakd.errors import INVALID_FIELD, InvalidRequest
 
-_TAG = re.compile(
-    r"""^(?P<language>[a-z]{2,3})
-    (?:-(?P<extlang>[a-z]{3}))?
-    (?:-(?P<script>[a-z]{4}))?
-    (?:-(?P<region>[a-z]{2}|[0-9]{3}))?$""",
-    re.IGNORECASE | re.VERBOSE,
-)
+# language[-extlang][-Script][-REGION]; also the pattern of the OpenAPI document's language fields.
+TAG_PATTERN = r"^([A-Za-z]{2,3})(?:-([A-Za-z]{3}))?(?:-([A-Za-z]{4}))?(?:-([A-Za-z]{2}|[0-9]{3}))?$"
+_TAG = re.compile(TAG_PATTERN)
 # Anything well-formed up to the region and followed by more subtags: variants, extensions,
 # private use. Told apart from a malformed tag so the message can say what to drop.
 _LONGER = re.compile(r"^[a-z]{2,3}(?:-[a-z0-9]{1,8})+$", re.IGNORECASE)
@@ -50,9 +46,10 @@ def parse_language_tag(value: str) -> str:
                 reason=INVALID_FIELD,
             )
         raise InvalidRequest(f"language must be a BCP47 language tag {EXAMPLES}; got '{value}'", reason=INVALID_FIELD)
-    parts = [(match["extlang"] or match["language"]).lower()]
-    if match["script"]:
-        parts.append(match["script"].title())
-    if match["region"]:
-        parts.append(match["region"].upper())
+    language, extlang, script, region = match.groups()
+    parts = [(extlang or language).lower()]
+    if script:
+        parts.append(script.title())
+    if region:
+        parts.append(region.upper())
     return "-".join(parts)

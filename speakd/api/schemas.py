@@ -16,7 +16,10 @@ MAX_TEXT_CHARS = 5000
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 10
 
-_REFERENCE_ID = re.compile(r"^[A-Za-z0-9._:@+=-]{1,200}$")
+# Also the patterns of the OpenAPI document's fields.
+REFERENCE_ID_PATTERN = r"^[A-Za-z0-9._:@+=-]{1,200}$"
+PAGE_TOKEN_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"
+_REFERENCE_ID = re.compile(REFERENCE_ID_PATTERN)
 
 CREATE_FIELDS = ("reference_type", "reference_id", "language", "provider", "voice_id", "direction")
 SAY_FIELDS = ("text", "payload_type", "client_state", "command_id", "stop")
@@ -145,6 +148,6 @@ def parse_page(query: Any) -> tuple[int, str | None]:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise _invalid_field(f"'page_size' must be from 1 to {MAX_PAGE_SIZE}; got {page_size}")
     token = query.get("page_token") or None
-    if token is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}", token):
+    if token is not None and not re.fullmatch(PAGE_TOKEN_PATTERN, token):
         raise _invalid_field("'page_token' must be the next_page_token of a previous page")
     return page_size, token

@@ -98,6 +98,8 @@ def _credential(way: str, value: str, params: list, headers: list) -> None:
 WAYS = ("accesskey", "cookie", "token", "bearer")
 GOOD = {"accesskey": KEY_A, "cookie": KEY_A, "token": "<token>", "bearer": "<token>"}
 BAD = {"accesskey": "not-a-key", "cookie": "not-a-key", "token": "<token>x", "bearer": "<token>x"}
+# A credential sent empty is checked too (a client meant to send something).
+EMPTY = dict.fromkeys(WAYS, "")
 
 
 async def _list_with(daemon, credentials: list[tuple[str, str]], path: str = "/v1.0/speakings") -> int:
@@ -119,9 +121,10 @@ async def test_every_way_alone_is_accepted(daemon):
 
 
 @pytest.mark.parametrize(("good", "bad"), list(itertools.product(WAYS, WAYS)))
-async def test_a_good_credential_beside_a_bad_one_is_401(daemon, good, bad):
-    assert await _list_with(daemon, [(good, GOOD[good]), (bad, BAD[bad])]) == 401
-    assert await _list_with(daemon, [(bad, BAD[bad]), (good, GOOD[good])]) == 401
+async def test_a_good_credential_beside_a_bad_or_empty_one_is_401(daemon, good, bad):
+    for wrong in (BAD[bad], EMPTY[bad]):
+        assert await _list_with(daemon, [(good, GOOD[good]), (bad, wrong)]) == 401, wrong
+        assert await _list_with(daemon, [(bad, wrong), (good, GOOD[good])]) == 401, wrong
 
 
 async def test_the_event_websocket_refuses_a_good_credential_beside_a_bad_one(daemon):
