@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.log.level, config.log.format)
     from speakd.daemon import run
 
-    asyncio.run(run(config))
+    asyncio.run(run(config, config_path=args.config))
     return 0
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speakd.logging import LOG_LEVELS
+
 PROVIDER_SECTIONS = ("piper", "elevenlabs", "gcp", "aws")
 PROVIDER_NAMES = ("elevenlabs", "gcp", "aws", "piper")
 
@@ -220,6 +222,8 @@ class Config:
             )
         if self.agi.listen:
             self.agi.address()
+        if self.log.level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, not {self.log.level!r}")
         if self.log.format not in ("console", "json"):
             raise ConfigError(f"log.format must be 'console' or 'json', not {self.log.format!r}")
         self.webhooks.validate()
@@ -228,14 +232,22 @@ class Config:
 _SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name != "providers"}
 
 
+def parse_bool(raw: str) -> bool:
+    """A yes/no written as text (environment, query strings): raises ValueError otherwise."""
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
 def _parse_env_value(raw: str, current: Any, where: str) -> Any:
     if isinstance(current, bool):
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off", ""):
-            return False
-        raise ConfigError(f"{where}: expected true/false, got {raw!r}")
+        try:
+            return parse_bool(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if isinstance(current, int):
         try:
             return int(raw)

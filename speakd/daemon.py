@@ -3,6 +3,11 @@
 Start: store -> providers (Piper loads) -> ARI client -> media paths (the RTP pacer process, if rtp) ->
 event bus and its ways out (webhooks deliver what the last run left; ARI user events) -> ARI commands ->
 stale records stopped -> ARI events task -> HTTP -> FastAGI (if [agi] listen).
+With systemd (``Type=notify``): READY=1 once the API listens and ARI is connected (the first
+connection may come after the API is up: until then the API answers and creates are 503);
+STATUS= with the live sessions and the ARI connection; WATCHDOG=1 from the event loop;
+STOPPING=1 at the shutdown trigger. SIGHUP reloads credentials and the log level
+(:mod:`speakd.reload`).
 Stop (on the shutdown trigger): FastAGI stops taking connections, ARI commands stop, live sessions are
 stopped (their Asterisk objects removed; an AGI script waiting for a say reports it interrupted) while
 the API still answers, their last events go out (WebSocket clients, ARI), AGI connections and HTTP
@@ -17,6 +22,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
@@ -30,11 +36,14 @@ from speakd.config import Config
 from speakd.events import EventBus
 from speakd.events.ari_user_events import AriUserEventSink
 from speakd.events.webhooks import WebhookSink
+from speakd.metrics import Metrics
 from speakd.providers import ProviderRegistry
+from speakd.reload import ConfigReloader
 from speakd.sessions.ari_commands import AriCommands
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.service import SpeakingService
 from speakd.store.sqlite import SqliteStore
+from speakd.systemd_notify import ServiceNotifier
 
 log = structlog.get_logger(__name__)
 
@@ -72,12 +81,53 @@ def set_priority(nice: int) -> None:
         )
 
 
-async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -> None:
+@dataclass
+class DaemonStatus:
+    """What ``systemctl status`` shows (systemd's STATUS=): cheap, read once a second."""
+
+    ari_url: str
+    phase: str = "starting"  # -> "listening" (API up) -> "stopping"
+    service: SpeakingService | None = None
+    ari: AriClient | None = None
+
+    def line(self) -> str:
+        if self.phase == "starting" or self.service is None or self.ari is None:
+            return "starting"
+        live = self.service.live_count
+        sessions = f"{live} live session{'' if live == 1 else 's'}"
+        if self.phase == "stopping":
+            return f"stopping: ending {sessions}"
+        if self.ari.connected.is_set():
+            return f"{sessions}; connected to Asterisk"
+        return f"{sessions}; not connected to Asterisk (ARI {self.ari_url}), retrying"
+
+
+async def _ready_when_connected(ari: AriClient, notifier: ServiceNotifier) -> None:
+    await ari.connected.wait()
+    notifier.ready()
+
+
+async def run(
+    config: Config, shutdown_trigger: ShutdownTrigger | None = None, config_path: str | os.PathLike[str] | None = None
+) -> None:
+    """Run until the shutdown trigger; ``config_path`` is the file SIGHUP reads again."""
     shutdown_trigger = shutdown_trigger or signal_trigger()
+    loop = asyncio.get_running_loop()
+    # SIGHUP from now on asks for a reload (its default action would end the process); the
+    # reload itself runs once everything it touches exists.
+    reload_wanted = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
+    status = DaemonStatus(config.ari.url)
+    notifier = ServiceNotifier.from_environ(status.line)
     set_priority(config.server.nice)
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        notifier.start()
+        stack.push_async_callback(notifier.aclose)  # last: the watchdog is fed until the very end
         store = await stack.enter_async_context(SqliteStore(config.store.path))
+        metrics = Metrics()
         providers = ProviderRegistry.from_config(config.providers)
+        providers.wrap(metrics.measure_provider)
         stack.push_async_callback(providers.aclose)
         await providers.start()
 
@@ -99,11 +149,13 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
                 rtp_bind=(config.rtp.bind_host, config.rtp.port),
                 rtp_external_host=config.rtp.external_host,
                 realtime_priority=config.rtp.realtime_priority,
+                on_pacer_stats=metrics.observe_pacer_stats,
             )
         )
         events = EventBus()
         hub = EventHub()
         events.add_sink(hub)
+        events.add_sink(metrics)
         # On the bus before recover() (its speaking_stopped events are delivered too); closed
         # after everything in this block, so the events of service.shutdown() reach the
         # outbox, and before the store closes.
@@ -131,10 +183,13 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
             default_provider=config.tts.default_provider,
         )
         service.user_event_handler = commands.offer
+        service.on_flush_confirmed = metrics.flush_to_silence.observe
+        metrics.watch(service, webhooks)
         commands.start()
         stack.push_async_callback(commands.aclose)
         await service.recover()
 
+        status.service, status.ari = service, ari
         tasks = [
             asyncio.create_task(ari.run_events(service.on_event, service.on_ari_connected), name="speakd-ari-events"),
         ]
@@ -144,13 +199,12 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
                 service, default_customer=config.agi.customer_id, default_provider=config.tts.default_provider
             )
             agi = AgiServer(*config.agi.address(), scripts.run)
+        authenticator = Authenticator(config.auth.access_keys, config.auth.jwt_secret)
+        reloader = ConfigReloader(config_path, config, authenticator, providers, notifier, reload_wanted)
+        reloader.start()
+        stack.push_async_callback(reloader.aclose)  # before the providers close (LIFO)
         runner = web.AppRunner(
-            create_app(
-                service,
-                Authenticator(config.auth.access_keys, config.auth.jwt_secret),
-                config.tts.default_provider,
-                hub,
-            ),
+            create_app(service, authenticator, config.tts.default_provider, hub, metrics),
             access_log=None,
             handle_signals=False,
         )
@@ -160,6 +214,8 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
             await site.start()
             if agi is not None:
                 await agi.start()
+            status.phase = "listening"
+            tasks.append(asyncio.create_task(_ready_when_connected(ari, notifier), name="speakd-systemd-ready"))
             log.info(
                 "speakd_ready",
                 listen=f"{config.server.host}:{config.server.port}",
@@ -171,6 +227,8 @@ async def run(config: Config, shutdown_trigger: ShutdownTrigger | None = None) -
                 agi=config.agi.listen or "off",
             )
             await shutdown_trigger()
+            status.phase = "stopping"
+            notifier.stopping()
             log.info("speakd_stopping")
         finally:
             if agi is not None:

@@ -1,32 +1,59 @@
-"""structlog setup: key=value lines for a console, JSON lines for a log shipper."""
+"""structlog setup: key=value lines for a console, JSON lines for a log shipper.
+
+The level can change while the daemon runs (:func:`set_log_level`, on SIGHUP). Loggers are
+cached on first use with whatever filtering they were built with, so the level is not built
+into them: the first processor drops what is below the current level.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_threshold = logging.INFO
+
+
+def _numeric(level: str) -> int:
+    if level.lower() not in LOG_LEVELS:
+        raise ValueError(f"log.level must be one of {', '.join(LOG_LEVELS)}; not {level!r}")
+    return logging.getLevelNamesMapping()[level.upper()]
+
+
+def _below_threshold(_logger: Any, method_name: str, event_dict: Any) -> Any:
+    if structlog.processors.NAME_TO_LEVEL.get(method_name, logging.INFO) < _threshold:
+        raise structlog.DropEvent
+    return event_dict
+
+
+def set_log_level(level: str) -> None:
+    """From now on, log at ``level`` and above (speakd's own lines and the libraries')."""
+    global _threshold
+    numeric = _numeric(level)
+    _threshold = numeric
+    # Libraries log through the standard library: their warnings always, their chatter never.
+    logging.getLogger().setLevel(max(numeric, logging.WARNING))
+
 
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
-    numeric = logging.getLevelNamesMapping().get(level.upper())
-    if numeric is None:
-        raise ValueError(f"log.level must be one of debug, info, warning, error; not {level!r}")
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
+    set_log_level(level)
     structlog.configure(
         processors=[
+            _below_threshold,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(
-        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")

@@ -8,12 +8,14 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from speakd.api import events_ws, schemas
+from speakd.api import events_ws, schemas, stream_ws
 from speakd.api.auth import Authenticator
 from speakd.api.events_ws import EventHub
 from speakd.api.openapi import OPENAPI
+from speakd.api.ops import StoreCheck, health_body, metrics_response
 from speakd.api.voices import PROVIDERS_KEY, list_voices
 from speakd.errors import SpeakdError
+from speakd.metrics import Metrics
 from speakd.sessions.model import Speaking
 from speakd.sessions.service import SpeakingService
 
@@ -23,9 +25,12 @@ SERVICE = web.AppKey("service", SpeakingService)
 EVENTS = web.AppKey("events", EventHub)
 AUTH = web.AppKey("auth", Authenticator)
 DEFAULT_PROVIDER = web.AppKey("default_provider", str)
+METRICS = web.AppKey("metrics", Metrics)
+STORE_CHECK = web.AppKey("store_check", StoreCheck)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = {"/health", "/v1.0/openapi.json"}
+# For monitoring (see speakd.api.ops for why they take no credentials), and the API's own document.
+PUBLIC_PATHS = {"/health", "/metrics", "/v1.0/openapi.json"}
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -155,6 +160,13 @@ async def delete_speaking(request: web.Request) -> web.Response:
     return _record(await request.app[SERVICE].delete(request[CUSTOMER_ID], request.match_info["id"]))
 
 
+async def stream(request: web.Request) -> web.WebSocketResponse:
+    timestamps = schemas.parse_stream_query(request.query)
+    return await stream_ws.serve(
+        request, request.app[SERVICE], request[CUSTOMER_ID], request.match_info["id"], timestamps
+    )
+
+
 async def events(request: web.Request) -> web.WebSocketResponse:
     return await events_ws.serve(request, request.app[EVENTS], request[CUSTOMER_ID])
 
@@ -164,15 +176,21 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """For systemd/monitoring: 200 when speakd can serve, 503 while Asterisk is unreachable."""
-    service = request.app[SERVICE]
-    connected = service.ari.connected.is_set()
-    body = {"ari_connected": connected, "live_sessions": service.live_count, **service.media.health()}
-    return web.json_response(body, status=200 if connected else 503)
+    """For systemd/monitoring: 200 when speakd can serve, 503 naming what fails (ARI, the store)."""
+    body, status = await health_body(request.app[SERVICE], request.app[STORE_CHECK])
+    return web.json_response(body, status=status)
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    return metrics_response(request.app[METRICS], request)
 
 
 def create_app(
-    service: SpeakingService, authenticator: Authenticator, default_provider: str, hub: EventHub | None = None
+    service: SpeakingService,
+    authenticator: Authenticator,
+    default_provider: str,
+    hub: EventHub | None = None,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[request_id_middleware, errors_middleware, auth_middleware], client_max_size=256 * 1024
@@ -183,6 +201,8 @@ def create_app(
     app[AUTH] = authenticator
     app[DEFAULT_PROVIDER] = default_provider
     app[PROVIDERS_KEY] = service.providers
+    app[METRICS] = metrics if metrics is not None else Metrics()
+    app[STORE_CHECK] = StoreCheck(service)
     app.router.add_post("/v1.0/speakings", create_speaking)
     app.router.add_get("/v1.0/speakings", list_speakings)
     app.router.add_get("/v1.0/speakings/{id}", get_speaking)
@@ -192,7 +212,9 @@ def create_app(
     app.router.add_post("/v1.0/speakings/{id}/flush", flush)
     app.router.add_post("/v1.0/speakings/{id}/stop", stop)
     app.router.add_get("/v1.0/ws", events)
+    app.router.add_get("/v1.0/speakings/{id}/stream", stream)
     app.router.add_get("/v1.0/voices", list_voices)
     app.router.add_get("/v1.0/openapi.json", openapi)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", serve_metrics)
     return app

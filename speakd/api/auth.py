@@ -43,6 +43,10 @@ def _cookie_values(request: web.Request, name: str) -> list[str]:
 
 class Authenticator:
     def __init__(self, access_keys: dict[str, str], jwt_secret: str) -> None:
+        self.replace(access_keys, jwt_secret)
+
+    def replace(self, access_keys: dict[str, str], jwt_secret: str) -> None:
+        """Take new credentials (a reload): requests from now on are checked against them."""
         self._access_keys = dict(access_keys)
         self._jwt_secret = jwt_secret
 

@@ -165,6 +165,56 @@ def _responses(ok: int, *errors: int) -> dict[str, Any]:
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 
+_HEALTH_BODY = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "failed": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["ari", "store"]},
+            "description": "what keeps speakd from serving; empty when status is ok",
+        },
+        "ari_connected": {"type": "boolean", "description": "the ARI events WebSocket is connected"},
+        "store_writable": {
+            "type": "boolean",
+            "description": "the store took a real write (checked at most once a second, 1 s timeout)",
+        },
+        "store_error": {"type": "string", "description": "why the store is not writable; empty when it is"},
+        "live_sessions": {"type": "integer", "description": "sessions initiating or active"},
+        "media_transport": {"type": "string", "enum": ["websocket", "rtp"], "description": "for new sessions"},
+        "pacer_realtime": {"type": "boolean", "description": "rtp only: the pacer runs with SCHED_FIFO"},
+        "pacer_max_late_ms": {"type": "number", "description": "rtp only: the pacer's worst lateness"},
+        "pacer_stalls": {"type": "integer", "description": "rtp only: frame periods the pacer skipped"},
+    },
+    "required": ["status", "failed", "ari_connected", "store_writable", "store_error", "live_sessions"],
+}
+_HEALTH = {
+    "summary": "Whether speakd can serve: ARI connected and the store writable (no credentials)",
+    "security": [],
+    "responses": {
+        "200": {"description": "Serving", "content": {"application/json": {"schema": _HEALTH_BODY}}},
+        "503": {
+            "description": "Not serving: 'failed' says what (ARI, the store)",
+            "content": {"application/json": {"schema": _HEALTH_BODY}},
+        },
+    },
+}
+_METRICS = {
+    "summary": "Prometheus metrics (no credentials: restrict who reaches it by network)",
+    "description": "Text exposition format 0.0.4, or OpenMetrics 1.0 when the Accept header asks for it. "
+    "The README's Metrics section lists every metric.",
+    "security": [],
+    "responses": {
+        "200": {
+            "description": "The metrics",
+            "content": {
+                "text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}},
+                "application/openmetrics-text; version=1.0.0; charset=utf-8": {"schema": {"type": "string"}},
+            },
+        }
+    },
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "speakd Speaking API", "version": __version__},
@@ -369,6 +419,32 @@ OPENAPI: dict[str, Any] = {
                 "responses": _responses(200, 400, 401, 404),
             },
         },
+        "/v1.0/speakings/{id}/stream": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "Stream text into the session over a WebSocket (upgrade); one stream at a time",
+                "description": (
+                    'Client messages (JSON): {"type": "text", "text"}, {"type": "flush", '
+                    '"nonce"}, {"type": "reset", "nonce"}, {"type": "finish"}. Server '
+                    "messages: ready, flush_complete and reset_complete (with the nonce; reset's with "
+                    "heard_text), timestamps (with ?timestamps=true), played, error (then close). Text is "
+                    "spoken sentence by sentence as it completes; each sentence is a say of the session."
+                ),
+                "parameters": [
+                    {
+                        "name": "timestamps",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "boolean", "default": False},
+                        "description": "report each played sentence's words with their times",
+                    }
+                ],
+                "responses": {
+                    "101": {"description": "Switching to the WebSocket protocol"},
+                    **{k: v for k, v in _responses(200, 400, 401, 404, 409).items() if k != "200"},
+                },
+            },
+        },
         "/v1.0/ws": {
             "get": {
                 "summary": "Speaking events over a WebSocket (upgrade); the same credentials as the API",
@@ -438,5 +514,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": _responses(200, 401, 404),
             },
         },
+        "/health": {"get": _HEALTH},
+        "/metrics": {"get": _METRICS},
     },
 }

@@ -6,6 +6,7 @@ import json
 import re
 from typing import Any
 
+from speakd.config import parse_bool
 from speakd.errors import INVALID_FIELD, INVALID_JSON, InvalidRequest
 from speakd.languages import parse_language_tag
 from speakd.providers.voices import resolve_voice
@@ -137,6 +138,17 @@ def say_request(data: dict[str, Any]) -> SayRequest:
     if stop and stop not in {m.value for m in SayStop}:
         raise _invalid_field(f"'stop' must be 'current' or 'all' (or left out); got '{stop}'")
     return SayRequest(text, payload_type, client_state, command_id, SayStop(stop) if stop else None)
+
+
+def parse_stream_query(query: Any) -> bool:
+    """``?timestamps=true``: the stream reports its words' timings. Unknown parameters are refused."""
+    unknown = sorted(set(query) - {"timestamps", "accesskey", "token"})
+    if unknown:
+        raise _invalid_field(f"unknown query parameter(s) {', '.join(unknown)}; the stream takes 'timestamps'")
+    try:
+        return parse_bool(query.get("timestamps", "false"))
+    except ValueError as exc:
+        raise _invalid_field(f"'timestamps': {exc}") from None
 
 
 def parse_page(query: Any) -> tuple[int, str | None]:

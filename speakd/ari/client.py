@@ -69,6 +69,7 @@ class AriClient:
         self._session: aiohttp.ClientSession | None = None
         self._media_session: aiohttp.ClientSession | None = None
         self.connected = asyncio.Event()
+        self.connects = 0  # events WebSocket connections made (for metrics: all but the first are reconnects)
 
     async def __aenter__(self) -> AriClient:
         # Keep-alive pool sized for many concurrent setups; loopback calls take ~1 ms each.
@@ -154,6 +155,7 @@ class AriClient:
                     ws_url, heartbeat=10.0, timeout=aiohttp.ClientWSTimeout(ws_close=5)
                 ) as ws:
                     log.info("ari_connected", url=str(self._base), app=self.app)
+                    self.connects += 1
                     backoff = 0.25
                     if on_connected is not None:
                         await on_connected()  # reconcile first: "connected" means ready to serve

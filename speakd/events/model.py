@@ -38,6 +38,7 @@ class InterruptReason(StrEnum):
     """What cut a say (``data.reason`` of ``speaking_say_interrupted``); or the session's StopReason."""
 
     FLUSH = "flush"
+    RESET = "reset"  # a text stream's reset (barge-in)
     STOP_CURRENT = "stop_current"  # a later say with stop: current
     STOP_ALL = "stop_all"  # a later say with stop: all
 

@@ -119,6 +119,7 @@ class WebhookSink:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._dropped = 0
+        self._outbox_rows = 0  # rows in the outbox: this sink is its only writer, so counted, not queried
         self._settling = asyncio.Event()  # set when a delivery task goes idle or starts failing
 
     @classmethod
@@ -153,6 +154,21 @@ class WebhookSink:
         except asyncio.QueueFull:
             self._lost(row, f"more than {self._queue.maxsize} events waiting to be written to the outbox")
 
+    # -- for metrics -----------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        """Events not delivered yet: in the outbox, and waiting to be written to it."""
+        return self._outbox_rows + self._queue.qsize()
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    @property
+    def endpoints_failing(self) -> int:
+        return sum(c.failures > 0 for c in self._customers.values())
+
     def _lost(self, row: dict[str, Any], why: str) -> None:
         self._dropped += 1
         log.warning(
@@ -186,6 +202,7 @@ class WebhookSink:
                     dropped=sum(r["customer_id"] == customer for r in orphaned),
                     reason="no webhook configured for this customer any more",
                 )
+        self._outbox_rows = len(pending) - len(orphaned)
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.request_timeout),
             connector=aiohttp.TCPConnector(limit=0),  # one request at a time per customer already
@@ -231,6 +248,7 @@ class WebhookSink:
                 batch.append(self._queue.get_nowait())
             try:
                 await self.store.outbox_add(batch)
+                self._outbox_rows += len(batch)
             except Exception:
                 log.exception("webhook_outbox_write_failed", events=len(batch))
                 for row in batch:
@@ -260,6 +278,7 @@ class WebhookSink:
                 error = await self._post(customer.target, row)
                 if error is None:
                     await self.store.outbox_delete([row["seq"]])
+                    self._outbox_rows -= 1
                     if customer.failures:
                         bound.info("webhook_recovered", after_failures=customer.failures)
                     customer.failures = 0
@@ -294,6 +313,7 @@ class WebhookSink:
         behind = await self.store.outbox_older(customer.customer_id, cutoff)
         dropped = [row, *(r for r in behind if r["seq"] != row["seq"])]
         await self.store.outbox_delete([r["seq"] for r in dropped])
+        self._outbox_rows -= len(dropped)
         for r in dropped:
             bound.warning(
                 "webhook_given_up",

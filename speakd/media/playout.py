@@ -12,7 +12,10 @@ since the session started. Time in which nothing plays does not advance it.
 
 ``flush`` bumps the generation (audio of an older generation is refused at ``put``), drops
 everything not yet sent, tells the transport to drop what it holds, and forgets pending
-marks: a mark still pending at the flush counts as not played.
+marks: a mark still pending at the flush counts as not played. With ``on_flush_confirmed``,
+a flush of audio in flight is followed by a mark of its own: the far end reports it once it
+has applied the flush (chan_websocket and the pacer report a mark on an empty queue at once),
+so from then on nothing sent before the flush can play (bar the one frame being played).
 """
 
 from __future__ import annotations
@@ -46,8 +49,17 @@ class _Boundary:
 
 
 class Playout:
-    def __init__(self, *, lead_ms: int = 1500, mark_every_ms: int = 100, max_buffered_ms: int = 60_000) -> None:
+    def __init__(
+        self,
+        *,
+        lead_ms: int = 1500,
+        mark_every_ms: int = 100,
+        max_buffered_ms: int = 60_000,
+        on_flush_confirmed: Callable[[float], None] | None = None,
+    ) -> None:
         self.lead_ms = lead_ms
+        # Gets the seconds from a flush of audio in flight to the far end confirming it.
+        self.on_flush_confirmed = on_flush_confirmed
         self.mark_every_bytes = max(FRAME_SAMPLES, mark_every_ms * BYTES_PER_MS // FRAME_SAMPLES * FRAME_SAMPLES)
         self.max_buffered_bytes = max_buffered_ms * BYTES_PER_MS
         self.generation = 0
@@ -104,6 +116,7 @@ class Playout:
     def flush(self) -> int:
         """Drop everything not yet played; returns the timeline position reached (ms)."""
         reached = self.position()
+        in_flight = self.buffered_ms() > 0
         self.generation += 1
         self._pending.clear()
         self._pending_bytes = 0
@@ -113,6 +126,9 @@ class Playout:
         # Whatever was sent is played or dropped now: the far end's queue is empty.
         self._anchor_ms, self._anchor_at = self._sent_ms, time.monotonic()
         self._space.set()
+        if in_flight and self.transport is not None and (report := self.on_flush_confirmed) is not None:
+            flushed_at = self._anchor_at
+            self._send_mark(lambda _wall: report(time.monotonic() - flushed_at))
         return reached
 
     # -- positions --------------------------------------------------------------------------

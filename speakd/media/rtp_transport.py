@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -60,6 +61,7 @@ class PacerProcess:
         cushion_frames: int = 1,
         xoff_frames: int = 900,
         xon_frames: int = 800,
+        on_stats: Callable[[proto.Stats], None] | None = None,
     ) -> None:
         if not 0 <= cushion_frames <= MAX_CUSHION:
             raise ValueError(f"cushion_frames must be 0..{MAX_CUSHION}, not {cushion_frames}")
@@ -75,6 +77,7 @@ class PacerProcess:
         self.stalls = 0
         self.send_errors = 0
         self.starts = 0
+        self.on_stats = on_stats  # every report (about one a second while pacing), e.g. for metrics
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -237,6 +240,8 @@ class PacerProcess:
                 log.warning("pacer_unexpected_message", message=type(message).__name__)
 
     def _on_stats(self, stats: proto.Stats) -> None:
+        if self.on_stats is not None:
+            self.on_stats(stats)
         base_late, base_stalls, base_errors = self._stats_base
         stalls = base_stalls + stats.stalls
         if stalls > self.stalls:

@@ -7,24 +7,34 @@ Every provider is treated alike: a section with a bad value (``[piper] threads =
 ``[aws] engine = "loud"``) leaves that provider unavailable, logged at start-up
 (``provider_unavailable``, with the key to fix) and reported by ``speakd check-config``; the
 daemon runs with the others.
+
+On a reload (SIGHUP) every cloud provider whose section changed is built anew and put in
+its :class:`ProviderSlot`, the object sessions hold: says that start from then on, on new
+sessions and on sessions already live, use the new one; a say already synthesizing finishes
+on the old one, which is closed when its last stream ends. Piper is not rebuilt (its model
+takes seconds and its memory twice while both exist): a changed ``[piper]`` needs a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import structlog
 
+from speakd.config import ConfigError
 from speakd.errors import InvalidRequest, ProviderNotConfigured
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
+from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, TextStream, Voice
 
 __all__ = [
     "AudioChunk",
     "AudioFormat",
     "Provider",
     "ProviderRegistry",
+    "ProviderSlot",
     "SynthesisRequest",
     "Voice",
 ]
@@ -39,12 +49,124 @@ MODULES = {
     "gcp": "speakd.providers.gcp",
     "aws": "speakd.providers.aws",
 }
+# Sections a reload does not apply (why: see the module docstring).
+RESTART_ONLY = frozenset({"piper"})
+
+
+def _build(name: str, sections: Mapping[str, Mapping[str, Any]]) -> tuple[Provider | None, str, bool]:
+    """(the provider or None, why not, whether it is off on purpose: no section / enabled = false)."""
+    section = dict(sections.get(name, {}))
+    enabled = section.pop("enabled", name == "piper" or name in sections)
+    if isinstance(enabled, str):
+        enabled = enabled.strip().lower() in ("1", "true", "yes", "on")
+    if not enabled:
+        reason = (
+            f"provider '{name}' is not configured on this speakd: add a [{name}] section "
+            "to the config file (or SPEAKD_" + name.upper() + "_* variables)"
+        )
+        return None, reason, True
+    try:
+        module = importlib.import_module(MODULES[name])
+        return module.create(section), "", False
+    except InvalidRequest as exc:  # ProviderNotConfigured, or a bad tag in its voices table
+        return None, (exc.message if exc.message.startswith(f"{name}:") else f"{name}: {exc.message}"), False
+    except ImportError as exc:
+        return None, f"provider '{name}' cannot be loaded: {exc}", False
+    except Exception as exc:  # whatever a section holds, one provider never stops the daemon
+        return None, f"{name}: the [{name}] section cannot be used: {type(exc).__name__}: {exc}", False
+
+
+class ProviderSlot(Provider):
+    """The provider under one name, as sessions and the API hold it; a reload replaces what is
+    inside. Attributes it does not define are the current provider's."""
+
+    def __init__(self, provider: Provider, close_later: Callable[[Provider], None]) -> None:
+        self.current = provider
+        self._close_later = close_later
+        self._streams: dict[int, int] = {}  # id(provider) -> its syntheses/voice lists under way
+        self._retired: dict[int, Provider] = {}
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.current.name
+
+    @property
+    def supports_ssml(self) -> bool:  # type: ignore[override]
+        return self.current.supports_ssml
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute == "current":  # not set yet (during __init__): no recursion
+            raise AttributeError(attribute)
+        return getattr(self.current, attribute)
+
+    def replace(self, provider: Provider) -> None:
+        old, self.current = self.current, provider
+        if self._streams.get(id(old), 0):
+            self._retired[id(old)] = old  # closed when its last stream ends
+        else:
+            self._close_later(old)
+
+    async def start(self) -> None:
+        await self.current.start()
+
+    def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
+        self.current.check(language, voice_id, payload_type)
+
+    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+        provider = self.current  # this say stays on it to the end, whatever a reload does
+        self._enter(provider)
+        try:
+            async with contextlib.aclosing(provider.synthesize(request)) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            self._leave(provider)
+
+    def open_text_stream(self, language: str, voice_id: str, codec: str, model: str = "") -> TextStream | None:
+        # The stream stays on the provider it was opened with, like a say in flight.
+        return self.current.open_text_stream(language, voice_id, codec, model)
+
+    async def list_voices(self, language: str | None = None) -> list[Voice]:
+        provider = self.current
+        self._enter(provider)
+        try:
+            return await provider.list_voices(language)
+        finally:
+            self._leave(provider)
+
+    def _enter(self, provider: Provider) -> None:
+        self._streams[id(provider)] = self._streams.get(id(provider), 0) + 1
+
+    def _leave(self, provider: Provider) -> None:
+        left = self._streams[id(provider)] - 1
+        if left:
+            self._streams[id(provider)] = left
+            return
+        del self._streams[id(provider)]
+        retired = self._retired.pop(id(provider), None)
+        if retired is not None:
+            self._close_later(retired)
+
+    async def aclose(self) -> None:
+        for provider in [self.current, *self._retired.values()]:
+            await provider.aclose()
+        self._retired.clear()
 
 
 class ProviderRegistry:
-    def __init__(self, providers: Mapping[str, Provider], unavailable: Mapping[str, str]) -> None:
-        self._providers = dict(providers)
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        unavailable: Mapping[str, str],
+        sections: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        # Every slot ever filled (sessions may hold one whose provider was since removed);
+        # _providers: those new sessions may use.
+        self._slots = {name: ProviderSlot(p, self._close_later) for name, p in providers.items()}
+        self._providers = dict(self._slots)
         self._unavailable = dict(unavailable)
+        self._sections = {name: dict(section) for name, section in (sections or {}).items()}
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_config(
@@ -52,29 +174,15 @@ class ProviderRegistry:
     ) -> ProviderRegistry:
         providers: dict[str, Provider] = {}
         unavailable: dict[str, str] = {}
-        for name, module_name in MODULES.items():
-            section = dict(sections.get(name, {}))
-            enabled = section.pop("enabled", name == "piper" or name in sections)
-            if isinstance(enabled, str):
-                enabled = enabled.strip().lower() in ("1", "true", "yes", "on")
-            if not enabled:
-                unavailable[name] = (
-                    f"provider '{name}' is not configured on this speakd: add a [{name}] section "
-                    "to the config file (or SPEAKD_" + name.upper() + "_* variables)"
-                )
-                continue
-            try:
-                module = importlib.import_module(module_name)
-                providers[name] = module.create(section)
-            except InvalidRequest as exc:  # ProviderNotConfigured, or a bad tag in its voices table
-                unavailable[name] = exc.message if exc.message.startswith(f"{name}:") else f"{name}: {exc.message}"
-            except ImportError as exc:
-                unavailable[name] = f"provider '{name}' cannot be loaded: {exc}"
-            except Exception as exc:  # whatever a section holds, one provider never stops the daemon
-                unavailable[name] = f"{name}: the [{name}] section cannot be used: {type(exc).__name__}: {exc}"
-            if name in unavailable and log_unavailable:
-                log.warning("provider_unavailable", provider=name, reason=unavailable[name])
-        return cls(providers, unavailable)
+        for name in MODULES:
+            provider, reason, off = _build(name, sections)
+            if provider is not None:
+                providers[name] = provider
+            else:
+                unavailable[name] = reason
+                if not off and log_unavailable:
+                    log.warning("provider_unavailable", provider=name, reason=reason)
+        return cls(providers, unavailable, sections)
 
     def get(self, name: str) -> Provider:
         try:
@@ -88,16 +196,86 @@ class ProviderRegistry:
         """Provider name -> why it cannot be used (what to set or fix)."""
         return dict(self._unavailable)
 
+    def wrap(self, wrapper: Callable[[Provider], Provider]) -> None:
+        """Give sessions ``wrapper(provider)`` instead of each provider (e.g. to measure it)."""
+        self._providers = {name: wrapper(provider) for name, provider in self._providers.items()}
+
     def names(self) -> list[str]:
         return sorted(self._providers)
 
     def __iter__(self):
         return iter(self._providers.values())
 
+    def changed_sections(self, sections: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """The provider sections that differ from the ones this registry was built from."""
+        return [name for name in MODULES if dict(sections.get(name, {})) != self._sections.get(name, {})]
+
+    async def reload(self, sections: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Rebuild the providers whose section changed (not Piper: RESTART_ONLY) and put them in
+        their slots; returns their names. All or nothing: a provider that works now and would
+        not with its new section (a missing or misspelt key, a client that fails to start)
+        raises ConfigError naming it, and nothing changes. Removing a section (or
+        ``enabled = false``) takes the provider away from new sessions; live sessions on it
+        keep it until they end."""
+        changed = [name for name in self.changed_sections(sections) if name not in RESTART_ONLY]
+        built: dict[str, Provider] = {}
+        removed: dict[str, str] = {}
+        errors: list[str] = []
+        for name in changed:
+            provider: Provider | None = None
+            try:
+                provider, reason, off = _build(name, sections)
+                if provider is not None:
+                    await provider.start()
+            except Exception as exc:  # a provider's own validation or its client's start-up
+                if provider is not None:
+                    self._close_later(provider)
+                provider, reason, off = None, f"{name}: {exc}", False
+            if provider is not None:
+                built[name] = provider
+            elif name in self._providers and not off:
+                errors.append(reason)
+            else:
+                removed[name] = reason
+        if errors:
+            for provider in built.values():
+                self._close_later(provider)
+            raise ConfigError("; ".join(errors))
+        for name, provider in built.items():
+            if name in self._slots:
+                self._slots[name].replace(provider)
+            else:
+                self._slots[name] = ProviderSlot(provider, self._close_later)
+            self._providers[name] = self._slots[name]
+            self._unavailable.pop(name, None)
+        for name, reason in removed.items():
+            self._providers.pop(name, None)
+            self._unavailable[name] = reason
+        for name in changed:
+            self._sections[name] = dict(sections.get(name, {}))
+        if built:
+            from speakd.providers.voices import clear_voice_cache
+
+            clear_voice_cache()  # lists fetched with the old credentials
+        return changed
+
+    def _close_later(self, provider: Provider) -> None:
+        task = asyncio.create_task(self._close(provider), name="speakd-provider-close")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close(provider: Provider) -> None:
+        try:
+            await provider.aclose()
+        except Exception:
+            log.exception("provider_close_failed", provider=provider.name)
+
     async def start(self) -> None:
         for provider in self._providers.values():
             await provider.start()
 
     async def aclose(self) -> None:
-        for provider in self._providers.values():
-            await provider.aclose()
+        for slot in self._slots.values():
+            await slot.aclose()
+        await asyncio.gather(*self._closing, return_exceptions=True)

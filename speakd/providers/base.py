@@ -57,6 +57,24 @@ class SynthesisRequest:
     that share the host's CPU among sessions (Piper) serve the earliest first."""
 
 
+class TextStream(abc.ABC):
+    """One speaking stream's text-input connection to a provider (ElevenLabs ``stream-input``,
+    Google ``StreamingSynthesize``), kept across the stream's chunks so that prosody carries
+    over and no sentence pays for a new connection. Used one chunk at a time, in order.
+
+    Cancelling :meth:`synthesize` (a reset or stop) must leave the stream usable for the next
+    chunk: drop what the provider still buffers, or reconnect on next use. A provider that
+    closes an idle connection (Google after a few seconds) is kept alive or reopened here,
+    never by the caller."""
+
+    @abc.abstractmethod
+    def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+        """This chunk's audio (``request.text``); marks count characters of ``request.text``."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Close the provider connection."""
+
+
 @dataclass(frozen=True, slots=True)
 class Voice:
     provider: str
@@ -87,6 +105,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         """Stream audio for ``request``: an async generator, first chunk as early as possible."""
+
+    def open_text_stream(self, language: str, voice_id: str, codec: str, model: str = "") -> TextStream | None:
+        """A streaming text input for one speaking stream where the provider has one (None: each
+        chunk of the stream is synthesized on its own)."""
+        return None
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
         return []

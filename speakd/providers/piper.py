@@ -175,6 +175,7 @@ class PiperProvider(Provider):
 
 
 _NOT_SOUNDS = frozenset(" ˈˌ.,;:!?¡¿—…\"'()-")
+_PAUSES = frozenset(".,;:!?—…")  # punctuation phonemes: the silence after a word
 
 
 def _sounds(phonemes: str | list[str]) -> int:
@@ -206,18 +207,34 @@ class WordClock:
         return cls(ends, weights, total)
 
     def marks(self, alignments: Any) -> tuple[tuple[int, int], ...]:
-        """(characters spoken, sample offset) at each word boundary of one chunk."""
+        """(characters spoken, sample offset) at each word boundary of one chunk.
+
+        Where punctuation makes a pause after a word, the boundary gets two marks with the same
+        characters: where the word's sound ends (before the pause) and where the next word
+        starts (after it), so a word is not counted as still being spoken during the pause."""
         if not self._ends:
             return ()
         marks: list[tuple[int, int]] = []
         samples = 0
+        pause_from: int | None = None  # where the punctuation before the next space began
         for alignment in alignments:
-            samples += alignment.num_samples
             if alignment.phoneme == " ":
-                marks.append((self._chars_at(), int(samples)))
+                chars = self._chars_at()
+                if pause_from is not None:
+                    marks.append((chars, pause_from))
+                samples += alignment.num_samples
+                marks.append((chars, int(samples)))
+                pause_from = None
+                continue
+            if alignment.phoneme in _PAUSES:
+                pause_from = int(samples) if pause_from is None else pause_from
             else:
+                pause_from = None
                 self._sounds_so_far += _sounds(alignment.phoneme)
+            samples += alignment.num_samples
         if alignments:
+            if pause_from is not None:
+                marks.append((self._chars_at(), pause_from))
             marks.append((self._chars_at(), int(samples)))
         return tuple(marks)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ import structlog
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError
 from speakd.media.codec import FRAME_SAMPLES, PAYLOAD_TYPES
+from speakd.media.pacer_protocol import Stats
 from speakd.media.rtp_transport import PacerProcess, RtpTransport
 from speakd.media.transport import MediaTransport, TransportError, TransportKind
 from speakd.media.websocket import WebSocketTransport
@@ -37,6 +39,7 @@ class MediaPaths:
         rtp_bind: tuple[str, int],
         rtp_external_host: str,
         realtime_priority: int,
+        on_pacer_stats: Callable[[Stats], None] | None = None,
     ) -> None:
         self.ari = ari
         self.mode = mode
@@ -45,6 +48,7 @@ class MediaPaths:
         self._rtp_bind = rtp_bind
         self._rtp_external_host = rtp_external_host
         self._realtime_priority = realtime_priority
+        self._on_pacer_stats = on_pacer_stats
         self._rtp_socket: socket.socket | None = None
         self._stack = contextlib.AsyncExitStack()
         self.pacer: PacerProcess | None = None
@@ -71,7 +75,7 @@ class MediaPaths:
         rtp_socket.bind(self._rtp_bind)
         self.external_host = f"{self._rtp_external_host or self._rtp_bind[0]}:{rtp_socket.getsockname()[1]}"
         self.pacer = await self._stack.enter_async_context(
-            PacerProcess(rtp_socket, realtime_priority=self._realtime_priority)
+            PacerProcess(rtp_socket, realtime_priority=self._realtime_priority, on_stats=self._on_pacer_stats)
         )
 
     async def choose(self) -> None:

@@ -11,6 +11,7 @@ estimated from the text's words spread over the audio.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import re
 import uuid
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from speakd.providers.base import TextStream
 from speakd.sessions.model import NOT_YET, now_stamp
 from speakd.store.sqlite import SAY_FIELDS
 
@@ -55,6 +57,10 @@ class SayItem:
     synthesized_ms: int = field(default=0, repr=False)
     synthesized: bool = field(default=False, repr=False)
     word_marks: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    # Set once all its audio is synthesized and queued to play, or it ended without.
+    ready: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    # A streamed say's provider connection, kept across the stream's chunks (None: synthesize alone).
+    text_stream: TextStream | None = field(default=None, repr=False)
 
     STORED = SAY_FIELDS
 
@@ -100,6 +106,25 @@ class SayItem:
         self.synthesized = False
         self.error = ""
         self.word_marks = []
+        self.ready.clear()
+
+    def word_times(self) -> list[tuple[str, int, int]]:
+        """(word, start ms, end ms) into the say's audio for each word its marks reach. A word
+        ends at the first mark reaching its last character and the next one starts at the last
+        mark with those characters (they differ across a pause: see the providers' marks)."""
+        marks = self.word_marks or self._estimated_marks()
+        words: list[tuple[str, int, int]] = []
+        start = 0
+        for match in _WORD_END.finditer(self.text):
+            first = bisect.bisect_left(marks, match.end(), key=lambda mark: mark[1])  # first reaching it
+            if first == len(marks):
+                break
+            reached = marks[first][1]
+            last = bisect.bisect_right(marks, reached, key=lambda mark: mark[1]) - 1
+            end = max(start, marks[first][0])
+            words.append((match.group(), start, end))
+            start = max(end, marks[last][0])
+        return words
 
     # -- what was heard ---------------------------------------------------------------------
 

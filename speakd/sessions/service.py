@@ -11,7 +11,7 @@ import asyncio
 import contextvars
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -26,11 +26,14 @@ from speakd.events import Event, EventBus, EventType, InterruptReason, StopReaso
 from speakd.media.playout import Playout
 from speakd.media.transport import TransportError
 from speakd.providers import ProviderRegistry
+from speakd.providers.base import TextStream
+from speakd.sessions.chunker import TextChunker
 from speakd.sessions.conference import ConferenceTarget
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.model import NOT_YET, Speaking, Status, now_stamp
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.sessions.session import Session
+from speakd.sessions.stream import Send, SpeakingStream
 from speakd.sessions.targets import (
     AttachContext,
     CallTarget,
@@ -116,12 +119,18 @@ class SpeakingService:
         self._by_object: dict[str, str] = {}  # Asterisk object id -> speaking id
         self._closing = False
         self._say_done: dict[str, asyncio.Future[SayItem]] = {}  # say id -> its final state, for waiters
+        self._streams: dict[str, SpeakingStream] = {}  # speaking id -> its open text stream
         # ChannelUserevents sent to speakd's application go here (operators' commands); must not block.
         self.user_event_handler: Callable[[dict[str, Any]], None] | None = None
+        # Told how long each flush of audio in flight took to be confirmed by the far end (s).
+        self.on_flush_confirmed: Callable[[float], None] | None = None
 
     @property
     def live_count(self) -> int:
         return len(self._live)
+
+    def live_sessions(self) -> list[Session]:
+        return [live.session for live in self._live.values()]
 
     # -- API verbs --------------------------------------------------------------------------
 
@@ -169,7 +178,7 @@ class SpeakingService:
             record,
             provider,
             self.media.codec,  # type: ignore[arg-type]
-            Playout(lead_ms=self.lead_ms, mark_every_ms=self.mark_every_ms),
+            Playout(lead_ms=self.lead_ms, mark_every_ms=self.mark_every_ms, on_flush_confirmed=self.on_flush_confirmed),
             self._save_say,
             model=req.model,
             say_event=lambda kind, item, at, extra: self._publish_say(kind, record, target, item, at, extra),
@@ -228,7 +237,9 @@ class SpeakingService:
             return record, item
         return record, await self._queue_say(live, record, req)
 
-    async def _queue_say(self, live: _Live, record: Speaking, req: SayRequest) -> SayItem:
+    async def _queue_say(
+        self, live: _Live, record: Speaking, req: SayRequest, text_stream: TextStream | None = None
+    ) -> SayItem:
         session = live.session
         session.provider.check(record.language, record.voice_id, req.payload_type)
         # A say that cuts what is queued never finds the queue full.
@@ -238,6 +249,7 @@ class SpeakingService:
                 "wait for them to play, or flush, before queueing more"
             )
         item = session.new_say(req.text, req.payload_type, req.client_state, req.command_id)
+        item.text_stream = text_stream
         await self.store.insert_say(item.row())
         if record.id not in self._live:  # stopped while the record was written
             item.status = SayStatus.INTERRUPTED
@@ -288,6 +300,45 @@ class SpeakingService:
             return item
         done = self._say_done.setdefault(say_id, asyncio.get_running_loop().create_future())
         return await asyncio.shield(done)
+
+    # -- text streams (GET /v1.0/speakings/{id}/stream) ---------------------------------------
+
+    async def open_stream(
+        self,
+        customer_id: str,
+        speaking_id: str,
+        send: Send,
+        close: Callable[[], Awaitable[None]],
+        chunker: TextChunker,
+        timestamps: bool,
+    ) -> SpeakingStream:
+        """A client's text stream into the session: one at a time per session."""
+        record = await self.get(customer_id, speaking_id)
+        live = self._live.get(speaking_id)
+        if live is None or record.status == Status.STOPPED:
+            raise InvalidRequest(f"speaking '{speaking_id}' is {record.status}; create a new session to stream into")
+        if speaking_id in self._streams:
+            raise Conflict(f"a text stream is already open on speaking '{speaking_id}'; one at a time")
+        session = live.session
+        stream = SpeakingStream(
+            speaking_id=speaking_id,
+            queue_chunk=lambda text, text_stream: self._queue_say(live, record, SayRequest(text), text_stream),
+            cut=lambda: session.flush(InterruptReason.RESET),
+            wait_final=lambda item: self.wait_say(speaking_id, item.say_id),
+            send=send,
+            close=close,
+            chunker=chunker,
+            text_stream=session.provider.open_text_stream(
+                record.language, record.voice_id, session.codec, session.model
+            ),
+            timestamps=timestamps,
+        )
+        self._streams[speaking_id] = stream
+        return stream
+
+    def close_stream(self, stream: SpeakingStream) -> None:
+        if self._streams.get(stream.speaking_id) is stream:
+            del self._streams[stream.speaking_id]
 
     async def says(self, customer_id: str, speaking_id: str) -> list[dict[str, Any]]:
         """The session's say items, oldest first (newest last)."""
@@ -406,6 +457,8 @@ class SpeakingService:
                 live.task.cancel()
                 await asyncio.gather(live.task, return_exceptions=True)
         dropped = await session.close(reason)
+        if (stream := self._streams.get(record.id)) is not None:
+            await stream.end(f"speaking '{record.id}' stopped ({reason}); nothing more can be said on it")
         await live.target.release_media()
         await live.target.detach(self.ctx)
         try:

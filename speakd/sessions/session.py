@@ -113,6 +113,7 @@ class Session:
 
     async def close(self, reason: StopReason = StopReason.STOP) -> int:
         """Stop synthesis and playout; returns how many say items were dropped unplayed."""
+        self.playout.on_flush_confirmed = None  # the media path goes next: a stop's silence is not a flush's
         dropped = self._interrupt_all(reason)
         tasks = [task for task in (self._current, self._worker) if task is not None]
         for task in tasks:
@@ -187,6 +188,7 @@ class Session:
         if played:
             item.tm_play_end = stamp_of(at)
         item.status = SayStatus.INTERRUPTED
+        item.ready.set()
         self._changed(item)
         self._say_event(EventType.SAY_INTERRUPTED, item, stamp_of(at), {"reason": str(reason)})
         self.log.info("say_interrupted", say_id=item.say_id, played_ms=played, heard_chars=item.heard_chars)
@@ -281,8 +283,9 @@ class Session:
             model=self.model,
             deadline=deadline,
         )
+        source = item.text_stream.synthesize if item.text_stream is not None else self.provider.synthesize
         try:
-            async with contextlib.aclosing(self.provider.synthesize(request)) as chunks:
+            async with contextlib.aclosing(source(request)) as chunks:
                 async for chunk in chunks:
                     now = time.monotonic()
                     # How long the next chunk may take: like this one, or what the provider says.
@@ -316,6 +319,7 @@ class Session:
         item.synthesized = True
         if not await hand_over(tail):
             return
+        item.ready.set()
         if released:  # the say ends (played, or failed after what it had) when playout gets there
             self.playout.boundary(generation, lambda at: self._say_ended(item, at))
         else:  # no audio at all
@@ -341,6 +345,7 @@ class Session:
 
     def _finish(self, item: SayItem, status: SayStatus, at: str) -> None:
         item.status = status
+        item.ready.set()
         if status is SayStatus.PLAYED:
             item.heard_chars = len(item.text)
         with contextlib.suppress(ValueError):

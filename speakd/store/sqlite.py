@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -91,7 +92,15 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS webhook_outbox_customer ON webhook_outbox (customer_id, seq);
+CREATE TABLE IF NOT EXISTS health (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    checked REAL NOT NULL
+);
 """
+
+# How long the health check's write may wait for another writer's lock (the default is 5 s):
+# the store's one thread is not held up by health checks for longer than this.
+HEALTH_BUSY_TIMEOUT_MS = 500
 
 # A webhook delivery waiting in the outbox: ``body`` is the exact JSON POSTed (signed as is),
 # ``created`` the unix time it was queued (what give-up is measured from).
@@ -318,6 +327,22 @@ class SqliteStore:
             return [Speaking(**dict(r)) for r in rows]
 
         return await self._run(run)
+
+    def write_health_row(self) -> asyncio.Future[None]:
+        """A real write, as small as one can be: the one ``health`` row, committed.
+
+        Returns the store thread's future, so a caller can stop waiting for it without
+        cancelling it (the write is in the thread's queue either way)."""
+
+        def run() -> None:
+            (previous,) = self.db.execute("PRAGMA busy_timeout").fetchone()
+            self.db.execute(f"PRAGMA busy_timeout = {HEALTH_BUSY_TIMEOUT_MS}")
+            try:
+                self.db.execute("INSERT OR REPLACE INTO health (id, checked) VALUES (1, ?)", (time.time(),))
+            finally:
+                self.db.execute(f"PRAGMA busy_timeout = {int(previous)}")
+
+        return asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     # -- webhook outbox ----------------------------------------------------------------------
 

@@ -47,7 +47,8 @@ def logged(daemon: SpeakdProcess) -> list[dict]:
 def assert_clean_stop(daemon: SpeakdProcess, speaking_id: str, reason_has: str) -> None:
     entries = logged(daemon)
     stopped = [e for e in entries if e.get("event") == "session_stopped" and e.get("speaking_id") == speaking_id]
-    assert stopped and reason_has in stopped[0]["reason"], stopped
+    # An error of the media path, not Asterisk gone (it is still up), with what broke in the detail.
+    assert stopped and stopped[0]["reason"] == "error" and reason_has in stopped[0]["detail"], stopped
     # No exception anywhere: the fault is handled, not crashed through.
     assert not [e for e in entries if "exception" in e or e.get("event") == "unparsed"], daemon.log_tail()
 

@@ -12,8 +12,9 @@ Configured away, each with its reason:
   a reason) for what the document cannot know: this daemon's configuration (a provider not
   configured here, SSML sent to Piper, which takes none) or the session's state (flush of a
   stopped session). A 5xx or a response off the document is still caught by the other checks.
-* ``GET /v1.0/ws`` is not run: it is a WebSocket upgrade, which schemathesis does not speak (its
-  plain GETs get the documented 400); tests/integration/test_events.py covers it.
+* ``GET /v1.0/ws`` and ``GET /v1.0/speakings/{id}/stream`` are not run: they are WebSocket
+  upgrades, which schemathesis does not speak; tests/integration/test_events.py and
+  test_stream.py cover them.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ async def test_schemathesis_finds_no_server_error_and_no_nonconformance(daemon, 
         *(sys.executable, "-m", "schemathesis.cli", "run", f"{daemon.base}/v1.0/openapi.json"),
         *("--checks", "all", "--exclude-checks", "use_after_free,positive_data_acceptance"),
         *("--phases", "examples,coverage,fuzzing,stateful"),
-        *("--exclude-path", "/v1.0/ws"),
+        *("--exclude-path", "/v1.0/ws", "--exclude-path", "/v1.0/speakings/{id}/stream"),
         *("--header", f"Authorization: Bearer {token}"),
         *("--max-examples", "30", "--max-time", str(MAX_TIME_S), "--workers", "1"),
         *("--request-timeout", "10", "--seed", "1", "--no-color"),
