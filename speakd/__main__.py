@@ -35,17 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speakd: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        import dataclasses
-        import json
+        from speakd import config_check
 
-        data = dataclasses.asdict(config)
-        data["ari"]["password"] = "***" if config.ari.password else ""
-        data["auth"]["jwt_secret"] = "***" if config.auth.jwt_secret else ""
-        data["auth"]["access_keys"] = {k[:2] + "***": v for k, v in config.auth.access_keys.items()}
-        for target in data["webhooks"]["customers"].values():
-            target["secret"] = "***"
-        print(json.dumps(data, indent=2))
-        return 0
+        return config_check.run(config)
 
     configure_logging(config.log.level, config.log.format)
     from speakd.daemon import run

@@ -10,6 +10,11 @@ never leaked to the API.
 
 from __future__ import annotations
 
+# Finer reasons of InvalidRequest: the body is not a JSON object, or one of its fields (or query
+# parameters) is wrong: missing, unknown, of the wrong type or out of range.
+INVALID_JSON = "invalid_json"
+INVALID_FIELD = "invalid_field"
+
 
 class SpeakdError(Exception):
     """Base of every error speakd raises on purpose."""

@@ -6,8 +6,8 @@ configured secret, carrying ``customer_id`` and ``exp``.
 A request may carry more than one credential (a client that sends its key as a cookie and a
 proxy that adds a token, say). Every one given must be valid and all must name the same
 customer: a good credential does not excuse a bad one beside it, and two that disagree say
-nothing certain about who is asking. Any of that is a 401. An empty value (``?accesskey=``)
-counts as not given.
+nothing certain about who is asking. Any of that is a 401. So is an empty one
+(``?accesskey=``, ``Authorization:``): a credential that is sent is checked, even an empty one.
 """
 
 from __future__ import annotations
@@ -53,21 +53,16 @@ class Authenticator:
     def customer_for(self, request: web.Request) -> str:
         customers: set[str] = set()
         for header in request.headers.getall("Authorization", []):
-            if not header.strip():
-                continue
             scheme, _, value = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 raise Unauthorized("Authorization header must be 'Bearer <token>'")
             customers.add(self._from_token(value.strip()))
         for token in request.query.getall("token", []):
-            if token:
-                customers.add(self._from_token(token))
+            customers.add(self._from_token(token))
         for accesskey in request.query.getall("accesskey", []):
-            if accesskey:
-                customers.add(self._from_accesskey(accesskey, "accesskey"))
+            customers.add(self._from_accesskey(accesskey, "accesskey"))
         for accesskey in _cookie_values(request, COOKIE):
-            if accesskey:
-                customers.add(self._from_accesskey(accesskey, "the accesskey cookie"))
+            customers.add(self._from_accesskey(accesskey, "the accesskey cookie"))
         if not customers:
             raise Unauthorized(MISSING)
         if len(customers) > 1:
@@ -75,6 +70,8 @@ class Authenticator:
         return customers.pop()
 
     def _from_accesskey(self, accesskey: str, where: str) -> str:
+        if not accesskey:
+            raise Unauthorized(f"{where} is empty; send a valid access key or leave it out")
         # Compare every key in constant time so timing does not reveal a near match.
         customer = ""
         for key, customer_id in self._access_keys.items():
@@ -85,6 +82,8 @@ class Authenticator:
         return customer
 
     def _from_token(self, token: str) -> str:
+        if not token:
+            raise Unauthorized("token is empty; send a valid token or leave it out")
         if not self._jwt_secret:
             raise Unauthorized("tokens are not accepted by this speakd (no auth.jwt_secret configured); use accesskey")
         try:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import structlog
 from aiohttp import WSMsgType, web
 
+from speakd.api.schemas import load_json
+from speakd.errors import InvalidRequest
 from speakd.events.model import Event, customer_of_topic
 
 log = structlog.get_logger(__name__)
@@ -119,9 +120,9 @@ async def serve(request: web.Request, hub: EventHub, customer_id: str) -> web.We
 
 def _handle(subscriber: Subscriber, text: str) -> dict[str, Any]:
     try:
-        message = json.loads(text)
-    except ValueError:
-        return {"type": "error", "message": 'send JSON: {"type": "subscribe", "topics": [...]}'}
+        message = load_json(text, "the message")
+    except InvalidRequest as exc:
+        return {"type": "error", "message": f'{exc.message}; send {{"type": "subscribe", "topics": [...]}}'}
     kind = message.get("type") if isinstance(message, dict) else None
     if kind not in ("subscribe", "unsubscribe"):
         return {"type": "error", "message": "'type' must be 'subscribe' or 'unsubscribe'"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from speakd import __version__
+from speakd.api.schemas import MAX_TEXT_CHARS, PAGE_TOKEN_PATTERN, REFERENCE_ID_PATTERN
+from speakd.languages import TAG_PATTERN
 
 _TIMESTAMP = {
     "type": "string",
@@ -131,7 +133,7 @@ _RETRY_AFTER_HEADER = {
 
 def _error_response(status: int, description: str) -> dict[str, Any]:
     headers: dict[str, Any] = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
-    if status == 429:
+    if status in (429, 503):
         headers["Retry-After"] = {"$ref": "#/components/headers/RetryAfter"}
     return {
         "description": description,
@@ -147,7 +149,8 @@ def _responses(ok: int, *errors: int) -> dict[str, Any]:
         404: "No such speaking session for this customer",
         409: "Another session is active on the reference, or the call is not answered",
         429: "Too many says are waiting in this session; wait or flush",
-        503: "speakd is not connected to Asterisk",
+        503: "speakd cannot serve this now: not connected to Asterisk, shutting down, or its store cannot be "
+        "written (disk full, read-only); nothing was changed, retry later",
     }
     out: dict[str, Any] = {
         str(ok): {
@@ -242,23 +245,46 @@ OPENAPI: dict[str, Any] = {
                                 "required": ["reference_type", "reference_id"],
                                 "properties": {
                                     "reference_type": {"type": "string", "enum": ["call", "confbridge"]},
-                                    "reference_id": {"type": "string"},
-                                    "language": {"type": "string", "default": "en-US"},
+                                    "reference_id": {"type": "string", "pattern": REFERENCE_ID_PATTERN},
+                                    "language": {
+                                        "type": "string",
+                                        "default": "en-US",
+                                        "pattern": TAG_PATTERN,
+                                        "description": "BCP47 language[-extlang][-Script][-REGION], e.g. en-US; "
+                                        "made canonical (en-us -> en-US, zh-yue -> yue)",
+                                    },
                                     "provider": {"type": "string", "enum": ["elevenlabs", "gcp", "aws", "piper"]},
-                                    "voice_id": {"type": "string"},
+                                    "voice_id": {"type": "string", "maxLength": 200},
                                     "direction": {"type": "string", "enum": ["in", "out", "both"], "default": "both"},
                                 },
                             }
                         }
                     },
                 },
-                "responses": _responses(201, 400, 401, 404, 409, 503),
+                "operationId": "createSpeaking",
+                "responses": {
+                    **_responses(201, 400, 401, 404, 409, 503),
+                    "201": {
+                        **_responses(201)["201"],
+                        "links": {
+                            name: {"operationId": name, "parameters": {"id": "$response.body#/id"}}
+                            for name in (
+                                "getSpeaking",
+                                "deleteSpeaking",
+                                "say",
+                                "listSays",
+                                "flushSpeaking",
+                                "stopSpeaking",
+                            )
+                        },
+                    },
+                },
             },
             "get": {
                 "summary": "List this customer's speaking sessions, newest first (deleted ones left out)",
                 "parameters": [
                     {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-                    {"name": "page_token", "in": "query", "schema": {"type": "string"}},
+                    {"name": "page_token", "in": "query", "schema": {"type": "string", "pattern": PAGE_TOKEN_PATTERN}},
                 ],
                 "responses": {
                     "200": {
@@ -282,16 +308,24 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1.0/speakings/{id}": {
             "parameters": [_ID],
-            "get": {"summary": "Get a speaking session", "responses": _responses(200, 401, 404)},
+            "get": {
+                "summary": "Get a speaking session (also a deleted one: tm_delete is then set)",
+                "operationId": "getSpeaking",
+                "responses": _responses(200, 401, 404),
+            },
             "delete": {
                 "summary": "Delete (stops it first if needed; GET still returns it with tm_delete set)",
-                "responses": _responses(200, 401, 404),
+                "description": "Deleting marks the session deleted: it leaves the list, but GET, its says and "
+                "another DELETE still answer 200 with tm_delete set, so what was said stays on record.",
+                "operationId": "deleteSpeaking",
+                "responses": _responses(200, 401, 404, 503),
             },
         },
         "/v1.0/speakings/{id}/say": {
             "parameters": [_ID],
             "post": {
                 "summary": "Queue text to speak; items play in order with no gap",
+                "operationId": "say",
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -301,7 +335,13 @@ OPENAPI: dict[str, Any] = {
                                 "additionalProperties": False,
                                 "required": ["text"],
                                 "properties": {
-                                    "text": {"type": "string", "minLength": 1, "maxLength": 5000},
+                                    "text": {
+                                        "type": "string",
+                                        "minLength": 1,
+                                        "maxLength": MAX_TEXT_CHARS,
+                                        "pattern": r"\S",
+                                        "description": "not only spaces",
+                                    },
                                     "payload_type": {"type": "string", "enum": ["text", "ssml"], "default": "text"},
                                     "client_state": {
                                         "type": "string",
@@ -326,7 +366,7 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
                 "responses": {
-                    **_responses(200, 400, 401, 404, 429),
+                    **_responses(200, 400, 401, 404, 429, 503),
                     "200": {
                         "description": "The speaking session, and the id of the say just queued",
                         "content": {
@@ -351,6 +391,7 @@ OPENAPI: dict[str, Any] = {
             "parameters": [_ID],
             "get": {
                 "summary": "The session's says, oldest first (newest last), with what the call heard of each",
+                "operationId": "listSays",
                 "responses": {
                     "200": {
                         "description": "The say items",
@@ -374,6 +415,7 @@ OPENAPI: dict[str, Any] = {
             "parameters": [_ID],
             "post": {
                 "summary": "Barge-in: drop queued text and stop the audio now; the session stays active",
+                "operationId": "flushSpeaking",
                 "responses": _responses(200, 400, 401, 404),
             },
         },
@@ -415,7 +457,8 @@ OPENAPI: dict[str, Any] = {
                 ),
                 "responses": {
                     "101": {"description": "Switching to the WebSocket protocol"},
-                    **{k: v for k, v in _responses(200, 401).items() if k != "200"},
+                    "400": _error_response(400, "Not a WebSocket upgrade request"),
+                    "401": _error_response(401, "Missing, invalid or expired credentials"),
                 },
             },
         },
@@ -424,7 +467,12 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Voices each configured provider offers (from the provider's own list, cached)",
                 "parameters": [
                     {"name": "provider", "in": "query", "schema": {"type": "string"}},
-                    {"name": "language", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "language",
+                        "in": "query",
+                        "description": "empty means any language",
+                        "schema": {"type": "string", "pattern": f"^$|{TAG_PATTERN}"},
+                    },
                 ],
                 "responses": {
                     "200": {
@@ -460,7 +508,11 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1.0/speakings/{id}/stop": {
             "parameters": [_ID],
-            "post": {"summary": "Stop the session and release the call", "responses": _responses(200, 401, 404)},
+            "post": {
+                "summary": "Stop the session and release the call",
+                "operationId": "stopSpeaking",
+                "responses": _responses(200, 401, 404),
+            },
         },
         "/health": {"get": _HEALTH},
         "/metrics": {"get": _METRICS},

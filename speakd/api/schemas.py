@@ -7,7 +7,8 @@ import re
 from typing import Any
 
 from speakd.config import parse_bool
-from speakd.errors import InvalidRequest
+from speakd.errors import INVALID_FIELD, INVALID_JSON, InvalidRequest
+from speakd.languages import parse_language_tag
 from speakd.providers.voices import resolve_voice
 from speakd.sessions.model import Direction, ProviderName, ReferenceType
 from speakd.sessions.service import CreateRequest, SayRequest, SayStop
@@ -16,41 +17,36 @@ MAX_TEXT_CHARS = 5000
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 10
 
-# RFC 5646 language tags. Only 2-3 letter primary subtags (the registered ones): "english"
-# is well-formed RFC 5646 but is a mistake in practice. Grandfathered tags are not accepted.
-_BCP47 = re.compile(
-    r"""^[a-z]{2,3}(?:-[a-z]{3}){0,3}
-    (?:-[a-z]{4})?
-    (?:-(?:[a-z]{2}|[0-9]{3}))?
-    (?:-(?:[a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*
-    (?:-[0-9a-wy-z](?:-[a-z0-9]{2,8})+)*
-    (?:-x(?:-[a-z0-9]{1,8})+)?$""",
-    re.IGNORECASE | re.VERBOSE,
-)
-_REFERENCE_ID = re.compile(r"^[A-Za-z0-9._:@+=-]{1,200}$")
+# Also the patterns of the OpenAPI document's fields.
+REFERENCE_ID_PATTERN = r"^[A-Za-z0-9._:@+=-]{1,200}$"
+PAGE_TOKEN_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"
+_REFERENCE_ID = re.compile(REFERENCE_ID_PATTERN)
 
 CREATE_FIELDS = ("reference_type", "reference_id", "language", "provider", "voice_id", "direction")
 SAY_FIELDS = ("text", "payload_type", "client_state", "command_id", "stop")
 MAX_CLIENT_STATE_CHARS = 4096
 MAX_COMMAND_ID_CHARS = 256
 
-# Reasons (speakd.errors): the body is not a JSON object, or one of its fields is wrong
-# (missing, unknown, of the wrong type or out of range).
-INVALID_JSON = "invalid_json"
-INVALID_FIELD = "invalid_field"
-
 
 def _invalid_field(message: str) -> InvalidRequest:
     return InvalidRequest(message, reason=INVALID_FIELD)
 
 
+def load_json(text: str | bytes, what: str = "request body") -> Any:
+    """``json.loads`` for what a client sent: anything it cannot parse is an InvalidRequest
+    (``invalid_json``), also nesting deep enough to exhaust the parser's recursion limit."""
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"{what} is not valid JSON: {exc}", reason=INVALID_JSON) from None
+    except RecursionError:
+        raise InvalidRequest(f"{what} is nested too deeply; send a flat JSON object", reason=INVALID_JSON) from None
+
+
 def parse_json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
     if not body.strip():
         return {}
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}", reason=INVALID_JSON) from None
+    data = load_json(body)
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object", reason=INVALID_JSON)
     unknown = sorted(set(data) - set(allowed))
@@ -78,22 +74,6 @@ def _enum(data: dict[str, Any], name: str, choices: type, default: str | None = 
     return value
 
 
-def canonical_language(value: str) -> str:
-    """Validate a BCP47 tag and give it its usual case (en-us -> en-US)."""
-    if not _BCP47.match(value):
-        raise _invalid_field(f"'language' must be a BCP47 language tag such as en-US or ko-KR; got '{value}'")
-    parts = value.split("-")
-    out = [parts[0].lower()]
-    for part in parts[1:]:
-        if len(part) == 2 and part.isalpha():
-            out.append(part.upper())
-        elif len(part) == 4 and part.isalpha():
-            out.append(part.title())
-        else:
-            out.append(part.lower())
-    return "-".join(out)
-
-
 def parse_create(body: bytes, default_provider: str) -> CreateRequest:
     return create_request(parse_json_object(body, CREATE_FIELDS), default_provider)
 
@@ -108,7 +88,7 @@ def create_request(data: dict[str, Any], default_provider: str) -> CreateRequest
         raise _invalid_field(
             "'reference_id' must be a call (channel) or conference id: letters, digits and ._:@+=- only"
         )
-    language = canonical_language(_string(data, "language", default="en-US") or "en-US")
+    language = parse_language_tag(_string(data, "language", default="en-US") or "en-US")
     provider = _enum(data, "provider", ProviderName) if data.get("provider") is not None else None
     voice_id = _string(data, "voice_id").strip()
     if len(voice_id) > 200:
@@ -180,6 +160,6 @@ def parse_page(query: Any) -> tuple[int, str | None]:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise _invalid_field(f"'page_size' must be from 1 to {MAX_PAGE_SIZE}; got {page_size}")
     token = query.get("page_token") or None
-    if token is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}", token):
+    if token is not None and not re.fullmatch(PAGE_TOKEN_PATTERN, token):
         raise _invalid_field("'page_token' must be the next_page_token of a previous page")
     return page_size, token

@@ -18,8 +18,9 @@ import structlog
 from aiohttp import web
 
 from speakd.errors import InvalidRequest, ProviderError
+from speakd.languages import parse_language_tag
 from speakd.providers import ProviderRegistry, Voice
-from speakd.providers.voices import PROVIDER_ALIASES, language_matches, list_voices_cached, normalize_language
+from speakd.providers.voices import PROVIDER_ALIASES, language_matches, list_voices_cached
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +42,7 @@ async def list_voices(request: web.Request) -> web.Response:
     provider_arg = request.query.get("provider", "").strip()
     language = request.query.get("language", "").strip()
     if language:
-        language = normalize_language(language)  # a 400 for something that is no language tag
+        language = parse_language_tag(language)  # the same answer as on create
     if provider_arg:
         name = PROVIDER_ALIASES.get(provider_arg.lower(), provider_arg.lower())
         providers = [registry.get(name)]  # ProviderNotConfigured (400) says what to set

@@ -3,6 +3,10 @@
 A provider's SDK is imported only inside its module, and a module is imported only when its
 section is configured (Piper is on unless ``[piper] enabled = false``). A provider that is
 not configured is remembered with the reason, so the API can answer 400 saying what to set.
+Every provider is treated alike: a section with a bad value (``[piper] threads = "x"``,
+``[aws] engine = "loud"``) leaves that provider unavailable, logged at start-up
+(``provider_unavailable``, with the key to fix) and reported by ``speakd check-config``; the
+daemon runs with the others.
 
 On a reload (SIGHUP) every cloud provider whose section changed is built anew and put in
 its :class:`ProviderSlot`, the object sessions hold: says that start from then on, on new
@@ -22,7 +26,7 @@ from typing import Any
 import structlog
 
 from speakd.config import ConfigError
-from speakd.errors import ProviderNotConfigured
+from speakd.errors import InvalidRequest, ProviderNotConfigured
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, TextStream, Voice
 
 __all__ = [
@@ -64,10 +68,12 @@ def _build(name: str, sections: Mapping[str, Mapping[str, Any]]) -> tuple[Provid
     try:
         module = importlib.import_module(MODULES[name])
         return module.create(section), "", False
-    except ProviderNotConfigured as exc:
-        return None, exc.message, False
+    except InvalidRequest as exc:  # ProviderNotConfigured, or a bad tag in its voices table
+        return None, (exc.message if exc.message.startswith(f"{name}:") else f"{name}: {exc.message}"), False
     except ImportError as exc:
         return None, f"provider '{name}' cannot be loaded: {exc}", False
+    except Exception as exc:  # whatever a section holds, one provider never stops the daemon
+        return None, f"{name}: the [{name}] section cannot be used: {type(exc).__name__}: {exc}", False
 
 
 class ProviderSlot(Provider):
@@ -163,7 +169,9 @@ class ProviderRegistry:
         self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def from_config(cls, sections: Mapping[str, Mapping[str, Any]]) -> ProviderRegistry:
+    def from_config(
+        cls, sections: Mapping[str, Mapping[str, Any]], *, log_unavailable: bool = True
+    ) -> ProviderRegistry:
         providers: dict[str, Provider] = {}
         unavailable: dict[str, str] = {}
         for name in MODULES:
@@ -172,7 +180,7 @@ class ProviderRegistry:
                 providers[name] = provider
             else:
                 unavailable[name] = reason
-                if not off:
+                if not off and log_unavailable:
                     log.warning("provider_unavailable", provider=name, reason=reason)
         return cls(providers, unavailable, sections)
 
@@ -182,6 +190,11 @@ class ProviderRegistry:
         except KeyError:
             reason = self._unavailable.get(name, f"provider '{name}' is not configured on this speakd")
             raise ProviderNotConfigured(reason) from None
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Provider name -> why it cannot be used (what to set or fix)."""
+        return dict(self._unavailable)
 
     def wrap(self, wrapper: Callable[[Provider], Provider]) -> None:
         """Give sessions ``wrapper(provider)`` instead of each provider (e.g. to measure it)."""

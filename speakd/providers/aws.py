@@ -41,13 +41,13 @@ from typing import Any
 import structlog
 
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured, UnsupportedLanguage
+from speakd.languages import parse_language_tag
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
 from speakd.providers.voices import (
     Failure,
     Section,
     Timeouts,
     http_failure,
-    normalize_language,
     pick_locale,
     resilient_stream,
     split_voice,
@@ -249,7 +249,7 @@ class PollyProvider(Provider):
     # -- requests --------------------------------------------------------------------------
 
     def _locale(self, language: str) -> str:
-        lang = normalize_language(language)
+        lang = parse_language_tag(language)
         lang = _ALIASES.get(lang, lang)
         if lang in self.voices:
             return lang

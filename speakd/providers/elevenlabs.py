@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLanguage
+from speakd.languages import parse_language_tag
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
 from speakd.providers.voices import (
     ConnectTimeout,
@@ -34,7 +35,6 @@ from speakd.providers.voices import (
     Section,
     Timeouts,
     http_failure,
-    normalize_language,
     resilient_stream,
     split_voice,
 )
@@ -90,7 +90,7 @@ _LANG_ALIASES = {"nb": "no", "nn": "no", "cmn": "zh", "yue": "zh", "tl": "fil", 
 
 
 def _iso(language: str) -> str:
-    primary = normalize_language(language).split("-")[0]
+    primary = parse_language_tag(language).split("-")[0]
     return _LANG_ALIASES.get(primary, primary)
 
 

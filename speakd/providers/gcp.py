@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured
+from speakd.languages import parse_language_tag
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
 from speakd.providers.voices import (
     ConnectTimeout,
@@ -38,7 +39,6 @@ from speakd.providers.voices import (
     Section,
     Timeouts,
     credentials_rejected,
-    normalize_language,
     pick_locale,
     resilient_stream,
     split_voice,
@@ -208,7 +208,7 @@ class GoogleProvider(Provider):
     # -- requests --------------------------------------------------------------------------
 
     def _locale(self, language: str) -> str:
-        lang = normalize_language(language)
+        lang = parse_language_tag(language)
         lang = _ALIASES.get(lang, lang)
         return pick_locale(NAME, lang, self.voices) if lang not in self.voices else lang
 

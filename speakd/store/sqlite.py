@@ -4,6 +4,13 @@ Every write is committed before the call returns, so the API never answers about
 that a crash could lose. WAL with synchronous=NORMAL survives a killed process (only a power
 cut can lose the last commits). Queries run on one dedicated thread so a slow disk never
 stalls the event loop, and with it the pacer.
+
+A store that cannot be written (its disk full, its file system read-only, an I/O error) raises
+:class:`StoreUnwritable`, a 503 at the API: a request that needs a write is refused, nothing
+already stored is touched (SQLite rolls the failed statement back). State that live sessions
+produce on their own (say states, a session going active or stopped) is not refused but kept
+in memory, newest per row, readable through this store, and written once the store takes
+writes again (:meth:`SqliteStore.update_later`, :meth:`SqliteStore.update_say_later`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,29 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+from speakd.errors import ServiceUnavailable
 from speakd.sessions.model import FIELDS, Speaking, Status
+
+log = structlog.get_logger(__name__)
+
+# SQLite's primary result codes that mean "this store cannot be written now" (not a bug).
+_UNWRITABLE = {
+    sqlite3.SQLITE_FULL: "its disk is full",
+    sqlite3.SQLITE_READONLY: "it is read-only",
+    sqlite3.SQLITE_IOERR: "the disk reports an I/O error",
+    sqlite3.SQLITE_CANTOPEN: "its files cannot be opened",
+}
+# How often writes kept in memory are tried again while the store refuses them.
+RETRY_EVERY_S = 1.0
+
+
+class StoreUnwritable(ServiceUnavailable):
+    """The store refuses writes (disk full, read-only, I/O error): HTTP 503, retry later."""
+
+    retry_after = 5
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS speakings (
@@ -115,12 +144,25 @@ class SqliteStore:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speakd-store")
         self._db: sqlite3.Connection | None = None
+        # Rows written later (id -> row), the newest state of each; see update_later.
+        self._pending_speakings: dict[str, dict[str, Any]] = {}
+        self._pending_says: dict[str, dict[str, Any]] = {}
+        self._retry: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SqliteStore:
         await self._run(self._open)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
+        if self.pending_writes:
+            try:
+                await self._write_pending()
+            except StoreUnwritable as exc:
+                log.error("store_writes_lost", rows=self.pending_writes, error=exc.message)
         await self._run(self._close)
         self._executor.shutdown(wait=True)
 
@@ -146,13 +188,26 @@ class SqliteStore:
         self.db.execute("BEGIN")
         try:
             yield
+            self.db.execute("COMMIT")  # inside: a COMMIT refused (disk full) leaves the transaction open
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does): a second ROLLBACK would
+            # hide the reason behind "no transaction is active".
+            if self.db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            why = _UNWRITABLE.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
+            if why is None:
+                raise
+            raise StoreUnwritable(
+                f"speakd cannot write its store ({self.path}): {why} ({exc}); nothing was changed. "
+                "Live sessions keep speaking; retry once the store can be written again"
+            ) from None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -171,7 +226,7 @@ class SqliteStore:
         row = record.to_dict()
         cols = [f for f in FIELDS if f != "id"]
         sql = f"UPDATE speakings SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?"
-        await self._run(self.db.execute, sql, (*(row[c] for c in cols), record.id))
+        await self._superseding(self._pending_speakings, record.id, sql, (*(row[c] for c in cols), record.id))
 
     async def insert_say(self, row: dict[str, Any]) -> None:
         sql = f"INSERT INTO says ({', '.join(SAY_FIELDS)}) VALUES ({', '.join('?' * len(SAY_FIELDS))})"
@@ -180,7 +235,80 @@ class SqliteStore:
     async def update_say(self, row: dict[str, Any]) -> None:
         cols = [f for f in SAY_FIELDS if f not in _SAY_SET_ONCE]
         sql = f"UPDATE says SET {', '.join(f'{c} = ?' for c in cols)} WHERE say_id = ?"
-        await self._run(self.db.execute, sql, (*(row[c] for c in cols), row["say_id"]))
+        await self._superseding(self._pending_says, row["say_id"], sql, (*(row[c] for c in cols), row["say_id"]))
+
+    async def _superseding(self, pending: dict[str, dict[str, Any]], key: str, sql: str, args: tuple) -> None:
+        """A direct write of a row that may be kept for later: the kept (older) state must not
+        be written over it afterwards, and must stay kept if this write is refused. Taking the
+        kept row and queueing the write happen in one step, so the store's one thread sees
+        every write in the order it was made."""
+        kept = pending.pop(key, None)
+        try:
+            await self._run(self.db.execute, sql, args)
+        except StoreUnwritable:
+            if kept is not None:
+                pending.setdefault(key, kept)
+            raise
+
+    # -- writes that live sessions make on their own ----------------------------------------
+
+    @property
+    def pending_writes(self) -> int:
+        """Rows kept in memory because the store refused them."""
+        return len(self._pending_speakings) + len(self._pending_says)
+
+    async def update_later(self, record: Speaking) -> None:
+        """``update``, kept and retried while the store refuses writes (never raises StoreUnwritable)."""
+        self._pending_speakings[record.id] = record.to_dict()
+        await self._write_pending_or_retry()
+
+    async def update_say_later(self, row: dict[str, Any]) -> None:
+        """``update_say``, kept and retried while the store refuses writes."""
+        self._pending_says[row["say_id"]] = dict(row)
+        await self._write_pending_or_retry()
+
+    async def _write_pending_or_retry(self) -> None:
+        if self._retry is not None:
+            return  # the store is refusing writes: the retry loop writes this row with the others
+        try:
+            await self._write_pending()
+        except StoreUnwritable as exc:
+            log.warning("store_unwritable", error=exc.message, pending_rows=self.pending_writes)
+            self._retry = asyncio.create_task(self._retry_pending(), name="speakd-store-retry")
+
+    async def _retry_pending(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_EVERY_S)
+            try:
+                written = self.pending_writes
+                await self._write_pending()
+            except StoreUnwritable:
+                continue
+            if not self.pending_writes:
+                log.info("store_writable_again", rows_written=written)
+                self._retry = None
+                return
+
+    async def _write_pending(self) -> None:
+        """Write every kept row in one transaction; a row replaced meanwhile stays kept."""
+        speakings, says = dict(self._pending_speakings), dict(self._pending_says)
+        cols = [f for f in FIELDS if f != "id"]
+        speaking_sql = f"UPDATE speakings SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?"
+        say_cols = [f for f in SAY_FIELDS if f not in _SAY_SET_ONCE]
+        say_sql = f"UPDATE says SET {', '.join(f'{c} = ?' for c in say_cols)} WHERE say_id = ?"
+
+        def run() -> None:
+            with self._transaction():
+                for speaking_id, row in speakings.items():
+                    self.db.execute(speaking_sql, (*(row[c] for c in cols), speaking_id))
+                for say_id, row in says.items():
+                    self.db.execute(say_sql, (*(row[c] for c in say_cols), say_id))
+
+        await self._run(run)
+        for pending, written in ((self._pending_speakings, speakings), (self._pending_says, says)):
+            for key, row in written.items():
+                if pending.get(key) is row:
+                    del pending[key]
 
     async def stop_unfinished(self, stamp: str) -> list[Speaking]:
         """Mark every session a previous run left initiating/active as stopped; return them."""
@@ -281,6 +409,8 @@ class SqliteStore:
             row = self.db.execute("SELECT * FROM speakings WHERE id = ?", (speaking_id,)).fetchone()
             return Speaking(**dict(row)) if row else None
 
+        if speaking_id in self._pending_speakings:
+            return Speaking(**self._pending_speakings[speaking_id])
         return await self._run(run)
 
     async def list_says(self, speaking_id: str) -> list[dict[str, Any]]:
@@ -290,7 +420,8 @@ class SqliteStore:
             sql = f"SELECT {', '.join(SAY_FIELDS)} FROM says WHERE speaking_id = ? ORDER BY seq"
             return [dict(r) for r in self.db.execute(sql, (speaking_id,)).fetchall()]
 
-        return await self._run(run)
+        rows = await self._run(run)
+        return [self._pending_says.get(row["say_id"], row) for row in rows]
 
     async def list(self, customer_id: str, page_size: int, before: str | None) -> list[Speaking]:
         """Newest first; ``before`` is the tm_create cursor of the previous page. Deleted ones left out."""
@@ -305,4 +436,5 @@ class SqliteStore:
             args.append(page_size)
             return [Speaking(**dict(r)) for r in self.db.execute(sql, args).fetchall()]
 
-        return await self._run(run)
+        records = await self._run(run)
+        return [Speaking(**self._pending_speakings[r.id]) if r.id in self._pending_speakings else r for r in records]

@@ -128,7 +128,17 @@ def test_several_good_credentials_of_one_customer_pass():
     assert auth2.customer_for(request(f"/x?accesskey=key-a&token={GOOD_TOKEN}", headers)) == "cust-a"
 
 
-def test_empty_values_count_as_not_given():
-    assert auth2.customer_for(request("/x?accesskey=&token=", {"Cookie": "accesskey=key-a"})) == "cust-a"
-    with pytest.raises(Unauthorized, match="missing"):
-        auth2.customer_for(request("/x?accesskey=", {"Cookie": "accesskey="}))
+@pytest.mark.parametrize(
+    ("path", "headers", "says"),
+    [
+        ("/x?accesskey=", {"Cookie": "accesskey=key-a"}, "accesskey is empty"),
+        ("/x?token=", {"Cookie": "accesskey=key-a"}, "token is empty"),
+        ("/x?accesskey=key-a", {"Cookie": "accesskey="}, "cookie is empty"),
+        ("/x?accesskey=key-a", {"Authorization": ""}, "Bearer"),
+        ("/x?accesskey=key-a", {"Authorization": "Bearer "}, "Bearer"),
+    ],
+)
+def test_an_empty_credential_beside_a_good_one_is_401(path, headers, says):
+    # A credential sent is checked, even an empty one: the client meant to send something.
+    with pytest.raises(Unauthorized, match=says):
+        auth2.customer_for(request(path, headers))

@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from speakd.api.schemas import canonical_language, parse_create, parse_say
+from speakd.api.schemas import parse_create, parse_say
 from speakd.errors import InvalidRequest
+from speakd.languages import parse_language_tag
 
 
 @pytest.mark.parametrize(
@@ -19,17 +20,35 @@ from speakd.errors import InvalidRequest
         ("es-419", "es-419"),
         ("de", "de"),
         ("sr-latn-rs", "sr-Latn-RS"),
-        ("en-US-x-twain", "en-US-x-twain"),
+        # An extended language subtag stands for itself (RFC 5646 4.5), as providers name it.
+        ("zh-yue", "yue"),
+        ("zh-yue-hk", "yue-HK"),
     ],
 )
 def test_bcp47_tags_are_accepted_and_canonicalised(tag, canonical):
-    assert canonical_language(tag) == canonical
+    assert parse_language_tag(tag) == canonical
 
 
-@pytest.mark.parametrize("tag", ["", "english", "en_US", "e", "en-", "-US", "en-US-", "12-34", "en US"])
+@pytest.mark.parametrize("tag", ["", "english", "e", "en-", "-US", "en-US-", "12-34", "en US"])
 def test_malformed_language_tags_are_rejected(tag):
-    with pytest.raises(InvalidRequest, match="BCP47"):
-        canonical_language(tag)
+    with pytest.raises(InvalidRequest, match="BCP47") as raised:
+        parse_language_tag(tag)
+    assert raised.value.reason == "invalid_field"
+
+
+@pytest.mark.parametrize(
+    ("tag", "says"),
+    [
+        ("en_US", "send 'en-US'"),
+        ("en_us", "send 'en-US'"),
+        ("en-US-x-twain", "no provider speaks"),
+        ("de-CH-1901", "no provider speaks"),
+        ("en-a-bbb", "no provider speaks"),
+    ],
+)
+def test_tags_no_provider_speaks_are_refused_saying_what_to_send(tag, says):
+    with pytest.raises(InvalidRequest, match=says):
+        parse_language_tag(tag)
 
 
 def test_create_defaults():

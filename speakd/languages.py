@@ -1,0 +1,55 @@
+"""Language tags: the one parser every way in and every provider uses.
+
+speakd takes the part of BCP47 (RFC 5646) that a TTS provider can act on:
+``language[-extlang][-Script][-REGION]``, e.g. ``en``, ``en-US``, ``zh-Hant-TW``, ``es-419``.
+The answer is the same wherever a tag arrives (session create, ``GET /v1.0/voices``, the AGI and
+ARI commands, a provider's ``voices`` config table):
+
+* case is made canonical: ``en-us`` → ``en-US``, ``sr-latn-rs`` → ``sr-Latn-RS``;
+* an extended language subtag is replaced by itself, as RFC 5646 §4.5 canonicalises it:
+  ``zh-yue`` → ``yue``, ``zh-yue-HK`` → ``yue-HK`` (how providers name Cantonese);
+* variants, extensions and private use (``de-CH-1901``, ``en-US-x-twain``) are refused: no
+  provider speaks them, so accepting the tag would only fail later, at every provider;
+* ``en_US`` (a POSIX locale, not a tag) is refused with the hyphenated form to send instead.
+"""
+
+from __future__ import annotations
+
+import re
+
+from speakd.errors import INVALID_FIELD, InvalidRequest
+
+# language[-extlang][-Script][-REGION]; also the pattern of the OpenAPI document's language fields.
+TAG_PATTERN = r"^([A-Za-z]{2,3})(?:-([A-Za-z]{3}))?(?:-([A-Za-z]{4}))?(?:-([A-Za-z]{2}|[0-9]{3}))?$"
+_TAG = re.compile(TAG_PATTERN)
+# Anything well-formed up to the region and followed by more subtags: variants, extensions,
+# private use. Told apart from a malformed tag so the message can say what to drop.
+_LONGER = re.compile(r"^[a-z]{2,3}(?:-[a-z0-9]{1,8})+$", re.IGNORECASE)
+EXAMPLES = "such as en-US, de, zh-Hant-TW or es-419"
+
+
+def parse_language_tag(value: str) -> str:
+    """The canonical form of a language tag, or InvalidRequest (``invalid_field``) saying what to send."""
+    tag = value.strip() if isinstance(value, str) else ""
+    match = _TAG.match(tag)
+    if match is None:
+        hyphenated = tag.replace("_", "-")
+        if "_" in tag and _TAG.match(hyphenated):
+            raise InvalidRequest(
+                f"language '{value}' uses '_': BCP47 language tags use '-'; send '{parse_language_tag(hyphenated)}'",
+                reason=INVALID_FIELD,
+            )
+        if _LONGER.match(tag):
+            raise InvalidRequest(
+                f"language '{value}' has variant, extension or private-use subtags, which no provider speaks; "
+                f"send language[-Script][-REGION] {EXAMPLES}",
+                reason=INVALID_FIELD,
+            )
+        raise InvalidRequest(f"language must be a BCP47 language tag {EXAMPLES}; got '{value}'", reason=INVALID_FIELD)
+    language, extlang, script, region = match.groups()
+    parts = [(extlang or language).lower()]
+    if script:
+        parts.append(script.title())
+    if region:
+        parts.append(region.upper())
+    return "-".join(parts)

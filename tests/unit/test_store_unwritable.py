@@ -1,0 +1,147 @@
+"""A store that refuses writes: 503 for requests, live state kept and written once it can be.
+
+Read-only is made with SQLite's ``PRAGMA query_only`` on the store's own connection: it refuses
+every write with SQLITE_READONLY, as a read-only file would, and works for root (the CI user),
+for whom ``chmod`` does not make a file read-only. The full disk is tested for real, on a tiny
+tmpfs, in tests/integration/test_store_faults.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+import structlog
+
+from speakd.sessions.model import NOT_YET, Speaking, Status
+from speakd.store import sqlite as store_module
+from speakd.store.sqlite import SqliteStore, StoreUnwritable
+
+
+def _record(speaking_id: str = "s-1") -> Speaking:
+    stamp = "2026-01-01 00:00:00.000000"
+    return Speaking(
+        id=speaking_id,
+        customer_id="c",
+        reference_type="call",
+        reference_id="call-1",
+        language="en-US",
+        provider="piper",
+        voice_id="",
+        direction="out",
+        status=Status.INITIATING,
+        tm_create=stamp,
+        tm_update=stamp,
+        tm_delete=NOT_YET,
+    )
+
+
+def _say_row(say_id: str, status: str) -> dict:
+    return {
+        "say_id": say_id,
+        "speaking_id": "s-1",
+        "text": "hello",
+        "payload_type": "text",
+        "client_state": "",
+        "command_id": "",
+        "status": status,
+        "error": "",
+        "heard_chars": 0,
+        "played_ms": 0,
+        "tm_queued": "2026-01-01 00:00:00.000000",
+        "tm_play_start": "",
+        "tm_play_end": "",
+    }
+
+
+async def _read_only(store: SqliteStore, on: bool) -> None:
+    await store._run(store.db.execute, f"PRAGMA query_only = {'ON' if on else 'OFF'}")
+
+
+def _rows(path: str, sql: str) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return db.execute(sql).fetchall()
+
+
+@pytest.fixture
+def fast_retry(monkeypatch):
+    monkeypatch.setattr(store_module, "RETRY_EVERY_S", 0.05)
+
+
+async def test_refused_writes_are_503_and_change_nothing(tmp_path):
+    path = str(tmp_path / "s.sqlite3")
+    async with SqliteStore(path) as store:
+        await store.insert(_record("s-1"))
+        await _read_only(store, True)
+        with pytest.raises(StoreUnwritable) as refused:
+            await store.insert(_record("s-2"))
+        assert refused.value.status == 503 and refused.value.reason == "unavailable"
+        assert "read-only" in refused.value.message and path in refused.value.message
+        with pytest.raises(StoreUnwritable):
+            await store.outbox_add([{"event_id": "e", "customer_id": "c", "event_type": "t", "body": "{}",
+                                     "created": 1.0, "attempts": 0}])  # fmt: skip
+        # Reads go on; what was stored before is all there.
+        assert (await store.get("s-1")).status == Status.INITIATING
+        assert await store.get("s-2") is None
+        await _read_only(store, False)
+        await store.insert(_record("s-2"))  # writes resume at once
+    assert _rows(path, "SELECT id FROM speakings ORDER BY id") == [("s-1",), ("s-2",)]
+
+
+async def test_live_state_is_kept_readable_and_written_when_the_store_takes_writes(tmp_path, fast_retry):
+    path = str(tmp_path / "s.sqlite3")
+    async with SqliteStore(path) as store:
+        record = _record()
+        await store.insert(record)
+        await store.insert_say(_say_row("a", "queued"))
+        await _read_only(store, True)
+
+        record.status = Status.ACTIVE
+        await store.update_later(record)  # not refused
+        await store.update_say_later(_say_row("a", "playing"))
+        await store.update_say_later(_say_row("a", "played"))  # the newest state wins
+        assert store.pending_writes == 2
+        assert (await store.get("s-1")).status == Status.ACTIVE
+        assert [r["status"] for r in await store.list_says("s-1")] == ["played"]
+        assert [r.status for r in await store.list("c", 10, None)] == [Status.ACTIVE]
+        await asyncio.sleep(0.2)  # a few retries, all refused
+        assert store.pending_writes == 2
+        assert _rows(path, "SELECT status FROM says") == [("queued",)]
+
+        await _read_only(store, False)
+        async with asyncio.timeout(5):
+            while store.pending_writes:
+                await asyncio.sleep(0.02)
+    assert _rows(path, "SELECT status FROM speakings") == [("active",)]
+    assert _rows(path, "SELECT status FROM says") == [("played",)]
+
+
+async def test_a_direct_write_is_not_overwritten_by_an_older_kept_state(tmp_path, fast_retry):
+    path = str(tmp_path / "s.sqlite3")
+    async with SqliteStore(path) as store:
+        record = _record()
+        await store.insert(record)
+        await _read_only(store, True)
+        record.status = Status.STOPPED
+        await store.update_later(record)
+        record.tm_delete = "2026-01-02 00:00:00.000000"
+        with pytest.raises(StoreUnwritable):
+            await store.update(record)  # refused: the stopped state stays kept
+        assert store.pending_writes == 1
+        await _read_only(store, False)
+        await store.update(record)  # now the newest, deleted state; the kept one is dropped
+        assert store.pending_writes == 0
+        await asyncio.sleep(0.2)
+    assert _rows(path, "SELECT status, tm_delete FROM speakings") == [("stopped", "2026-01-02 00:00:00.000000")]
+
+
+async def test_rows_still_refused_at_close_are_logged_as_lost(tmp_path, fast_retry):
+    with structlog.testing.capture_logs() as logs:
+        async with SqliteStore(str(tmp_path / "s.sqlite3")) as store:
+            record = _record()
+            await store.insert(record)
+            await _read_only(store, True)
+            await store.update_later(record)
+    lost = [entry for entry in logs if entry["event"] == "store_writes_lost"]
+    assert lost and lost[0]["rows"] == 1
