@@ -5,7 +5,9 @@
 # DEBIAN_IMAGE: any Debian sid image (docker/local-base-images makes one without a registry).
 ARG DEBIAN_IMAGE=debian:sid-slim
 FROM ${DEBIAN_IMAGE}
-# --no-install-recommends: the packages the sandbox's debootstrap --include installs.
+# --no-install-recommends: the packages the sandbox's debootstrap --include installs. Unpinned
+# (DL3008): sid's versions last days, and the sandbox takes what sid has too.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends asterisk asterisk-modules \
     && rm -rf /var/lib/apt/lists/* \
@@ -20,6 +22,8 @@ RUN sed -i 's/^bindaddr *= *127\.0\.0\.1 *$/bindaddr = 0.0.0.0/' /etc/asterisk/h
     && grep -q '^bindaddr = 0.0.0.0$' /etc/asterisk/http.conf \
     && install -d -o asterisk -g asterisk /var/spool/asterisk/recording /var/run/asterisk /var/log/asterisk \
     && chown -R asterisk:asterisk /var/lib/asterisk /var/spool/asterisk /var/log/asterisk /var/run/asterisk
+# Debian's package picks the asterisk uid: a name, not a number (DL3066).
+# hadolint ignore=DL3066
 USER asterisk:asterisk
 EXPOSE 18088
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
