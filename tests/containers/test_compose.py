@@ -86,10 +86,24 @@ def _tail(log: Path, lines: int = 60) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
+# Laid over compose.yaml (`-f compose.yaml -f <this>`, as a user would add their own): Piper with
+# the same timing on every rendering, as the integration tests' daemon, so the recording can be
+# compared with the harness's reference rendering frame by frame.
+TEST_OVERRIDE = """
+services:
+  speakd:
+    environment:
+      SPEAKD_PIPER_NOISE_W_SCALE: "0"
+"""
+
+
 def _compose(env: dict[str, str], log: Path, *args: str, timeout: float, check: bool = True) -> None:
     """podman-compose 1.0.3 exits 0 even when a podman command it ran failed: read its
     `exit code: N` lines too."""
-    proc = _run(["podman-compose", "-p", PROJECT, "-f", "compose.yaml", *args], env, timeout, log)
+    override = log.parent / "compose.test.yaml"
+    override.write_text(TEST_OVERRIDE)
+    files = ["-f", "compose.yaml", "-f", str(override)]
+    proc = _run(["podman-compose", "-p", PROJECT, *files, *args], env, timeout, log)
     if not check:
         return
     codes = [int(c) for c in re.findall(r"^exit code: (\d+)$", proc.stdout, re.MULTILINE)]
