@@ -185,6 +185,8 @@ def compose_stack(tmp_path_factory):
         }
     finally:
         _compose(env, log, "down", "-v", timeout=UP_TIMEOUT_S)
+        # podman-compose 1.0.3's down leaves the network (docker compose's removes it)
+        _run(["podman", "network", "rm", f"{PROJECT}_default"], env, 60, log)
 
 
 def _health(api: str) -> tuple[int, dict]:
