@@ -8,6 +8,21 @@ from harness.daemon import Api, SpeakdProcess
 TRANSPORTS = ("websocket", "rtp")
 
 
+def pytest_collection_modifyitems(config, items):
+    """What the media transport changes is what a party hears (and what /health and /metrics
+    report of it): a test on the shared daemon runs on both transports when it is judged by ear
+    or marked ``both_transports``, and on websocket (the default) otherwise."""
+    keep, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_rtp = callspec is not None and callspec.params.get("speakd") == "rtp"
+        per_transport = item.get_closest_marker("by_ear") or item.get_closest_marker("both_transports")
+        (dropped if on_rtp and not per_transport else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session", params=TRANSPORTS)
 async def speakd(request, ari_settings, tmp_path_factory):
     """One daemon per media transport, shared by the tests that do not restart it: every

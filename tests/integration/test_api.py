@@ -330,6 +330,7 @@ async def test_the_say_queue_is_bounded_and_flush_empties_it(api, two_party_call
     await api.stop(speaking_id)
 
 
+@pytest.mark.both_transports
 async def test_health_reports_sessions_and_pacing(api, speakd, two_party_call):
     anonymous = api.as_customer(None)
     speaking_id = await api.start_session(two_party_call.channel_id)

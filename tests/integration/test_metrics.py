@@ -55,6 +55,7 @@ async def wait_say(api: Api, speaking_id: str, say_id: str, statuses: set[str], 
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.both_transports
 async def test_metrics_count_a_session_that_speaks_and_is_flushed(api, speakd, two_party_call):
     before, _ = await scrape(speakd)
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
@@ -113,6 +114,7 @@ async def test_metrics_take_no_credentials_and_speak_both_formats(speakd):
     assert content_type.startswith("application/openmetrics-text")
 
 
+@pytest.mark.both_transports
 async def test_health_reports_ari_and_the_store(speakd):
     status, body = await health(speakd)
     assert status == 200, body
