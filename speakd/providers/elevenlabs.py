@@ -321,6 +321,8 @@ def _classify(exc: BaseException) -> Failure:
             return http_failure(NAME, exc.http_status, str(exc))
         if exc.error in _CREDENTIAL_ERRORS:
             return credentials_rejected(NAME, f"{exc.error}: {exc}")
+        if exc.stale or exc.error == "input_timeout_exceeded":
+            return Failure(f"elevenlabs: the stream's connection was closed: {exc}", retryable=True)
         if exc.close_code == WS_POLICY_VIOLATION:
             return Failure(f"elevenlabs: the provider refused the stream: {exc}", retryable=False)
         return Failure(f"elevenlabs: the stream failed: {exc}", retryable=True)
@@ -363,6 +365,7 @@ class StreamClosed(Exception):
         self.http_status = http_status  # the handshake was refused with this HTTP status
         self.close_code = close_code  # the WebSocket closed with this code
         self.error = error  # ElevenLabs' error code in an error message (``invalid_api_key``, ...)
+        self.stale = False  # a kept socket that failed before answering this chunk
 
 
 async def _receive(ws: Any) -> dict[str, Any]:
@@ -483,7 +486,9 @@ class ElevenLabsTextStream(TextStream):
         import aiohttp
         from elevenlabs.types import CloseContext, InitialiseContext, SendTextMulti
 
+        reused = self._ws is not None
         ws = await self._socket()
+        answered = False
         self._contexts += 1
         context_id = f"chunk-{self._contexts}"
         mapper.cursor = 0
@@ -500,6 +505,7 @@ class ElevenLabsTextStream(TextStream):
                 message = await _receive(ws)
                 owner = message.get("contextId") or message.get("context_id")
                 final = message.get("isFinal") or message.get("is_final")
+                answered = answered or owner == context_id
                 if owner != context_id:  # a cut context still draining
                     if final:
                         self._draining.discard(owner)
@@ -510,8 +516,13 @@ class ElevenLabsTextStream(TextStream):
                 if final:
                     finished = True
                     return
-        except (StreamClosed, aiohttp.ClientError, OSError, ValueError):
+        except StreamClosed as exc:
             await self._drop()  # a broken socket is not reused; the retry opens a new one
+            # A kept socket the server closed while it idled: the chunk is simply retried on a new one.
+            exc.stale = reused and not answered
+            raise
+        except (aiohttp.ClientError, OSError, ValueError):
+            await self._drop()
             raise
         finally:
             self._last_used = time.monotonic()

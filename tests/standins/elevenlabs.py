@@ -173,9 +173,8 @@ class ElevenLabsStandin(HttpStandin):
             await send({"message": message, "error": error, "code": code})
             await ws.close(code=code, message=message.encode()[:120])
 
-        async def generate(context_id: str, text: str) -> None:
-            previous = senders.get(context_id)
-            if previous is not None:
+        async def generate(context_id: str, text: str, previous: asyncio.Task | None) -> None:
+            if previous is not None:  # a context's flushes are spoken in order
                 await asyncio.gather(previous, return_exceptions=True)
             mode = self._record(
                 Recorded(
@@ -266,7 +265,7 @@ class ElevenLabsStandin(HttpStandin):
                 if message.get("flush") and "".join(texts[context_id]).strip():
                     pending = "".join(texts[context_id]).strip()
                     texts[context_id] = []
-                    senders[context_id] = asyncio.create_task(generate(context_id, pending))
+                    senders[context_id] = asyncio.create_task(generate(context_id, pending, senders.get(context_id)))
                 if message.get("close_context") and context_id not in closing:
                     closing.add(context_id)
                     senders[f"close:{context_id}"] = asyncio.create_task(finish(context_id))
