@@ -69,6 +69,14 @@ class ElevenLabsStandin(HttpStandin):
         """Close idle sockets after this many seconds whatever the client asked (None: as asked)."""
         self.final_sent: list[str] = []
         """Context ids in the order their ``isFinal`` was sent."""
+        self._handlers: set[asyncio.Task] = set()
+
+    async def _stop_server(self) -> None:
+        # WebSocket handlers outlive aiohttp's shutdown grace: end them before the loop goes.
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await super()._stop_server()
 
     def provider_section(self, **extra) -> dict:
         """The speakd ``[elevenlabs]`` section pointing at this stand-in."""
@@ -156,6 +164,9 @@ class ElevenLabsStandin(HttpStandin):
             return web.json_response({"detail": {"status": "invalid_output_format", "message": output_format}}, 400)
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
         self.connections += 1
         self.events.append("ws_open")
         inactivity = float(request.query.get("inactivity_timeout", "20"))
@@ -277,6 +288,7 @@ class ElevenLabsStandin(HttpStandin):
             await asyncio.gather(*senders.values(), return_exceptions=True)
             self._closed()
             self.events.append("ws_closed")
+            self._handlers.discard(handler)
         return ws
 
 
