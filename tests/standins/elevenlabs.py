@@ -236,8 +236,8 @@ class ElevenLabsStandin(HttpStandin):
                 if sender is not None:
                     await sender
                 if not ws.closed:
+                    self.final_sent.append(context_id)  # before: the client may see it before we resume
                     await send({"isFinal": True, "contextId": context_id})
-                    self.final_sent.append(context_id)
             texts.pop(context_id, None)
             closing.discard(context_id)
 
