@@ -18,22 +18,36 @@ Config (``[elevenlabs]`` in the config file, or ``SPEAKD_ELEVENLABS_<KEY>``):
 ``voices``                per-language default voices overriding the built-in table, e.g.
                           ``{ de = "<voice id>" }`` or ``de=<id>,fr=<id>`` from the environment.
 ``voice_cache_ttl``       seconds ``GET /v1.0/voices`` caches the voice list (default 300).
+``stream_inactivity_timeout``  seconds ElevenLabs keeps a streaming-input socket open without
+                          text (its ``inactivity_timeout``, default 20, at most 180); a stream idle
+                          longer reconnects on its next chunk.
+
+A streamed speaking (text sent in chunks) uses the multi-context WebSocket
+``/v1/text-to-speech/{voice}/multi-stream-input``, one connection per stream and one context per
+chunk, with word marks from its character alignment (see :class:`ElevenLabsTextStream`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import json
+import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLanguage
 from speakd.languages import parse_language_tag
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
+from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, TextStream, Voice
 from speakd.providers.voices import (
     ConnectTimeout,
     Failure,
     Section,
     Timeouts,
+    credentials_rejected,
     http_failure,
     resilient_stream,
     split_voice,
@@ -110,7 +124,15 @@ def create(section: Mapping[str, Any]) -> ElevenLabsProvider:
         voices=cfg.table("voices"),
         optimize_streaming_latency=None if latency in (None, "") else cfg.int("optimize_streaming_latency", 0),
         voice_cache_ttl=cfg.float("voice_cache_ttl", 300.0),
+        stream_inactivity_timeout=_inactivity_timeout(cfg),
     )
+
+
+def _inactivity_timeout(cfg: Section) -> int:
+    seconds = cfg.float("stream_inactivity_timeout", 20.0)
+    if not 1 <= seconds <= 180:
+        raise ProviderNotConfigured("elevenlabs: 'stream_inactivity_timeout' must be 1 to 180 seconds")
+    return int(seconds)
 
 
 class ElevenLabsProvider(Provider):
@@ -127,8 +149,10 @@ class ElevenLabsProvider(Provider):
         voices: Mapping[str, str] | None = None,
         optimize_streaming_latency: int | None = None,
         voice_cache_ttl: float = 300.0,
+        stream_inactivity_timeout: int = 20,
     ) -> None:
         self.api_key = api_key
+        self.stream_inactivity_timeout = stream_inactivity_timeout
         self.endpoint = endpoint
         self.model = model
         self.timeouts = timeouts or Timeouts()
@@ -137,6 +161,7 @@ class ElevenLabsProvider(Provider):
         self.voice_cache_ttl = voice_cache_ttl
         self._client: Any = None
         self._http: Any = None
+        self._ws_http: Any = None  # aiohttp session of the streaming-input sockets
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -161,10 +186,20 @@ class ElevenLabsProvider(Provider):
     async def start(self) -> None:
         self._sdk()
 
+    def _ws_session(self) -> Any:
+        if self._ws_http is None:
+            import aiohttp
+
+            self._ws_http = aiohttp.ClientSession()
+        return self._ws_http
+
     async def aclose(self) -> None:
         http, self._http, self._client = self._http, None, None
         if http is not None:
             await http.aclose()
+        ws_http, self._ws_http = self._ws_http, None
+        if ws_http is not None:
+            await ws_http.close()
 
     # -- requests --------------------------------------------------------------------------
 
@@ -217,6 +252,10 @@ class ElevenLabsProvider(Provider):
         async for data in resilient_stream(NAME, attempt, _classify, self.timeouts):
             yield AudioChunk(data, fmt)
 
+    def open_text_stream(self, language: str, voice_id: str, codec: str, model: str = "") -> TextStream | None:
+        model, voice, iso = self._resolve(language, voice_id, model)
+        return ElevenLabsTextStream(self, voice=voice, model=model, iso=iso, codec=codec)
+
     async def list_voices(self, language: str | None = None) -> list[Voice]:
         from speakd.errors import ProviderError
 
@@ -268,10 +307,27 @@ def _detail(body: Any) -> str:
     return str(body)[:200]
 
 
+_CREDENTIAL_ERRORS = frozenset({"invalid_api_key", "unauthorized", "missing_permissions", "permission_denied"})
+WS_POLICY_VIOLATION = 1008  # ElevenLabs closes a refused stream with it (bad request, limits)
+
+
 def _classify(exc: BaseException) -> Failure:
+    import aiohttp
     import httpx
     from elevenlabs.core.api_error import ApiError
 
+    if isinstance(exc, StreamClosed):
+        if exc.http_status is not None:
+            return http_failure(NAME, exc.http_status, str(exc))
+        if exc.error in _CREDENTIAL_ERRORS:
+            return credentials_rejected(NAME, f"{exc.error}: {exc}")
+        if exc.stale or exc.error == "input_timeout_exceeded":
+            return Failure(f"elevenlabs: the stream's connection was closed: {exc}", retryable=True)
+        if exc.close_code == WS_POLICY_VIOLATION:
+            return Failure(f"elevenlabs: the provider refused the stream: {exc}", retryable=False)
+        return Failure(f"elevenlabs: the stream failed: {exc}", retryable=True)
+    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+        return Failure(f"elevenlabs: could not connect: {exc}", retryable=True)
     if isinstance(exc, ApiError):
         return http_failure(NAME, exc.status_code, _detail(exc.body))
     if isinstance(exc, httpx.ConnectError):
@@ -281,3 +337,202 @@ def _classify(exc: BaseException) -> Failure:
     if isinstance(exc, httpx.HTTPError):
         return Failure(f"elevenlabs: {type(exc).__name__}: {exc}", retryable=True)
     return Failure(f"elevenlabs: {type(exc).__name__}: {exc}", retryable=False)
+
+
+# -- streaming text input ------------------------------------------------------------------------
+#
+# The multi-context WebSocket (``/multi-stream-input``) rather than ``/stream-input``: one context per
+# chunk on one connection. A chunk's text goes with ``flush`` and the context is closed at once, so
+# the server ends its audio with ``isFinal`` for that context: a reliable end of chunk (on
+# ``stream-input`` a flush has no end marker, only counting alignment characters would tell). A
+# barge-in leaves the socket open: the cut context was already closed, what it still sends is
+# dropped by its context id, and the next chunk starts at once without a new handshake.
+# ElevenLabs allows 5 live contexts per connection; a closed context lives until its isFinal, so
+# when cut contexts pile up (rapid interruptions) the connection is replaced instead.
+# The official SDK has no asyncio client for these sockets (only a blocking single-context
+# ``convert_realtime``): aiohttp's WebSocket client carries the SDK's own message types.
+
+MAX_CONTEXTS = 5  # ElevenLabs' limit of simultaneous contexts per connection
+_CLOSED_TYPES = ("CLOSE", "CLOSING", "CLOSED", "ERROR")
+WORD_END = re.compile(r"\S(?=\s|$)")
+
+
+class StreamClosed(Exception):
+    """The stream-input socket closed or reported an error."""
+
+    def __init__(self, message: str, *, http_status: int | None = None, close_code: int | None = None, error: str = ""):
+        super().__init__(message)
+        self.http_status = http_status  # the handshake was refused with this HTTP status
+        self.close_code = close_code  # the WebSocket closed with this code
+        self.error = error  # ElevenLabs' error code in an error message (``invalid_api_key``, ...)
+        self.stale = False  # a kept socket that failed before answering this chunk
+
+
+async def _receive(ws: Any) -> dict[str, Any]:
+    """The next message of a stream-input socket; StreamClosed for a close or an error message."""
+    import aiohttp
+
+    frame = await ws.receive()
+    if frame.type != aiohttp.WSMsgType.TEXT:
+        reason = ws.close_code if frame.type.name in _CLOSED_TYPES else frame.type.name
+        raise StreamClosed(f"the connection closed ({reason} {frame.extra or ''})".strip(), close_code=ws.close_code)
+    message = json.loads(frame.data)
+    if message.get("error") or (message.get("message") and "audio" not in message):
+        raise StreamClosed(
+            str(message.get("message") or message["error"]),
+            error=str(message.get("error") or ""),
+            close_code=message.get("code"),
+        )
+    return message
+
+
+class AlignmentMarks:
+    """Word marks of one chunk from ElevenLabs' character alignment: at each word's last
+    character, (characters of the text spoken, sample offset into the audio message)."""
+
+    def __init__(self, text: str, sample_rate: int) -> None:
+        self.text = text
+        self.rate = sample_rate
+        self.word_ends = {m.end() for m in WORD_END.finditer(text)}
+        self.cursor = 0
+
+    def marks(self, alignment: Mapping[str, Any] | None) -> tuple[tuple[int, int], ...]:
+        if not alignment:
+            return ()
+        chars = alignment.get("chars") or []
+        starts = alignment.get("charStartTimesMs") or []
+        durations = alignment.get("charDurationsMs") or []
+        marks = []
+        for char, start, duration in zip(chars, starts, durations, strict=False):
+            # The alignment spells the text as sent; find each character at or just after the cursor
+            # (it may leave out or add whitespace).
+            found = self.text.find(char, self.cursor, self.cursor + 8) if char.strip() else -1
+            if found < 0:
+                continue
+            self.cursor = found + 1
+            if self.cursor in self.word_ends:
+                marks.append((self.cursor, (start + duration) * self.rate // 1000))
+        return tuple(marks)
+
+
+class ElevenLabsTextStream(TextStream):
+    """One speaking stream's multi-context WebSocket (see above). Not task-safe: one chunk at a time."""
+
+    def __init__(self, provider: ElevenLabsProvider, *, voice: str, model: str, iso: str, codec: str) -> None:
+        self.provider = provider
+        self.codec = codec
+        self.format = AudioFormat("alaw" if codec == "alaw" else "ulaw", 8000)
+        query = {
+            "model_id": model,
+            "output_format": "alaw_8000" if codec == "alaw" else "ulaw_8000",
+            "sync_alignment": "true",
+            "inactivity_timeout": str(provider.stream_inactivity_timeout),
+        }
+        if model in LANGUAGE_CODE_MODELS:
+            query["language_code"] = iso
+        base = provider.endpoint.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        self.url = f"{base}/v1/text-to-speech/{voice}/multi-stream-input?{urlencode(query)}"
+        self._ws: Any = None
+        self._last_used = 0.0
+        self._contexts = 0
+        self._draining: set[str] = set()  # closed contexts whose isFinal has not come yet
+
+    async def _socket(self) -> Any:
+        """The open connection, replaced when closed, idle for most of the inactivity timeout
+        (the server would close it as we speak), or when cut contexts are about to hit the limit."""
+        import aiohttp
+
+        ws = self._ws
+        idle = time.monotonic() - self._last_used
+        if ws is not None and (
+            ws.closed or idle > 0.8 * self.provider.stream_inactivity_timeout or len(self._draining) >= MAX_CONTEXTS - 1
+        ):
+            await self._drop()
+            ws = None
+        if ws is None:
+            session = self.provider._ws_session()
+            try:
+                async with asyncio.timeout(self.provider.timeouts.connect):
+                    ws = await session.ws_connect(
+                        self.url, headers={"xi-api-key": self.provider.api_key}, autoping=True, heartbeat=None
+                    )
+            except TimeoutError:
+                raise ConnectTimeout(f"WebSocket handshake with {self.provider.endpoint} timed out") from None
+            except aiohttp.WSServerHandshakeError as exc:
+                raise StreamClosed(exc.message or "handshake refused", http_status=exc.status) from exc
+            self._ws = ws
+        return ws
+
+    async def _drop(self) -> None:
+        ws, self._ws = self._ws, None
+        self._draining.clear()
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+        if not request.text.strip():
+            return
+        mapper = AlignmentMarks(request.text, self.format.sample_rate)
+
+        def attempt() -> AsyncIterator[AudioChunk]:
+            return self._attempt(request.text, mapper)
+
+        chunks = resilient_stream(NAME, attempt, _classify, self.provider.timeouts, size=lambda c: len(c.data))
+        async for chunk in chunks:
+            yield chunk
+
+    async def _attempt(self, text: str, mapper: AlignmentMarks) -> AsyncIterator[AudioChunk]:
+        import aiohttp
+        from elevenlabs.types import CloseContext, InitialiseContext, SendTextMulti
+
+        reused = self._ws is not None
+        ws = await self._socket()
+        answered = False
+        self._contexts += 1
+        context_id = f"chunk-{self._contexts}"
+        mapper.cursor = 0
+        finished = False
+        try:
+            for outgoing in (
+                InitialiseContext(text=" ", context_id=context_id),
+                SendTextMulti(text=text.strip() + " ", context_id=context_id, flush=True),
+                CloseContext(context_id=context_id, close_context=True),
+            ):
+                await ws.send_str(outgoing.json())
+            while True:
+                self._last_used = time.monotonic()
+                message = await _receive(ws)
+                owner = message.get("contextId") or message.get("context_id")
+                final = message.get("isFinal") or message.get("is_final")
+                answered = answered or owner == context_id
+                if owner != context_id:  # a cut context still draining
+                    if final:
+                        self._draining.discard(owner)
+                    continue
+                if message.get("audio"):
+                    data = base64.b64decode(message["audio"])
+                    yield AudioChunk(data, self.format, mapper.marks(message.get("alignment")))
+                if final:
+                    finished = True
+                    return
+        except StreamClosed as exc:
+            await self._drop()  # a broken socket is not reused; the retry opens a new one
+            # A kept socket the server closed while it idled: the chunk is simply retried on a new one.
+            exc.stale = reused and not answered
+            raise
+        except (aiohttp.ClientError, OSError, ValueError):
+            await self._drop()
+            raise
+        finally:
+            self._last_used = time.monotonic()
+            if not finished and self._ws is ws:
+                self._draining.add(context_id)
+
+    async def aclose(self) -> None:
+        from elevenlabs.types import CloseSocket
+
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await self._ws.send_str(CloseSocket(close_socket=True).json())
+        await self._drop()

@@ -18,6 +18,8 @@ Config (``[gcp]`` in the config file, or ``SPEAKD_GCP_<KEY>``):
 ``read_timeout``          seconds a stream may stall once audio flows (default 10).
 ``retries``               retries before any audio was yielded (default 1).
 ``streaming``             ``false`` to use unary synthesis even for Chirp 3 HD voices (default true).
+``stream_reopen_after``   seconds a pre-opened streaming call waits for a streamed speaking's next
+                          chunk before it is replaced (default 4; Google closes it after about 5).
 ``voices``                per-language default voices overriding the built-in table, e.g.
                           ``{ "de-DE" = "de-DE-Chirp3-HD-Puck" }`` or ``de-DE=...,fr-FR=...``.
 ``voice_cache_ttl``       seconds ``GET /v1.0/voices`` caches the voice list (default 300).
@@ -27,12 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import structlog
+
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured
 from speakd.languages import parse_language_tag
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
+from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, TextStream, Voice
 from speakd.providers.voices import (
     ConnectTimeout,
     Failure,
@@ -43,6 +48,8 @@ from speakd.providers.voices import (
     resilient_stream,
     split_voice,
 )
+
+log = structlog.get_logger(__name__)
 
 NAME = "gcp"
 DEFAULT_ENDPOINT = "texttospeech.googleapis.com"
@@ -122,6 +129,7 @@ def create(section: Mapping[str, Any]) -> GoogleProvider:
         insecure=insecure,
         timeouts=Timeouts.from_section(cfg),
         streaming=cfg.bool("streaming", True),
+        stream_reopen_after=cfg.float("stream_reopen_after", 4.0),
         voices=cfg.table("voices"),
         voice_cache_ttl=cfg.float("voice_cache_ttl", 300.0),
     )
@@ -140,9 +148,11 @@ class GoogleProvider(Provider):
         insecure: bool = False,
         timeouts: Timeouts | None = None,
         streaming: bool = True,
+        stream_reopen_after: float = 4.0,
         voices: Mapping[str, str] | None = None,
         voice_cache_ttl: float = 300.0,
     ) -> None:
+        self.stream_reopen_after = stream_reopen_after
         self.credentials_file = credentials_file
         self.api_key = api_key
         self.endpoint = endpoint
@@ -247,7 +257,7 @@ class GoogleProvider(Provider):
 
         def attempt() -> AsyncIterator[bytes]:
             if streaming:
-                return self._stream_attempt(client, tts, params, encoding, request.text)
+                return self._stream_attempt(params, encoding, request.text)
             return self._unary_attempt(client, tts, params, encoding, request)
 
         async for data in resilient_stream(NAME, attempt, _classify, self.timeouts):
@@ -260,32 +270,32 @@ class GoogleProvider(Provider):
         except TimeoutError:
             raise ConnectTimeout(f"gRPC channel to {self.endpoint} not ready") from None
 
-    async def _stream_attempt(self, client: Any, tts: Any, params: Any, encoding: Any, text: str):
-        from speakd.media.codec import strip_wav_header
+    async def _open_streaming(self, params: Any, encoding: Any) -> StreamingCall:
+        """A ``StreamingSynthesize`` call with its config sent, waiting for text."""
+        from google.cloud import texttospeech_v1 as tts
 
+        client = self._sdk()
         await self._connect()
+        texts: asyncio.Queue[str | None] = asyncio.Queue()
+        config = tts.StreamingSynthesizeRequest(
+            streaming_config=tts.StreamingSynthesizeConfig(
+                voice=params,
+                streaming_audio_config=tts.StreamingAudioConfig(audio_encoding=encoding, sample_rate_hertz=8000),
+            )
+        )
 
         async def requests():
-            yield tts.StreamingSynthesizeRequest(
-                streaming_config=tts.StreamingSynthesizeConfig(
-                    voice=params,
-                    streaming_audio_config=tts.StreamingAudioConfig(audio_encoding=encoding, sample_rate_hertz=8000),
-                )
-            )
-            yield tts.StreamingSynthesizeRequest(input=tts.StreamingSynthesisInput(text=text))
+            yield config
+            while (text := await texts.get()) is not None:
+                yield tts.StreamingSynthesizeRequest(input=tts.StreamingSynthesisInput(text=text))
 
         call = await client.streaming_synthesize(requests=requests(), retry=None, metadata=self._metadata())
-        first = True
-        try:
-            async for response in call:
-                data = response.audio_content
-                if first and data:
-                    data = strip_wav_header(data)
-                    first = False
-                if data:
-                    yield data
-        finally:
-            call.cancel()
+        return StreamingCall(call, texts)
+
+    async def _stream_attempt(self, params: Any, encoding: Any, text: str) -> AsyncIterator[bytes]:
+        call = await self._open_streaming(params, encoding)
+        async for data in call.speak(text):
+            yield data
 
     async def _unary_attempt(self, client: Any, tts: Any, params: Any, encoding: Any, request: SynthesisRequest):
         from speakd.media.codec import strip_wav_header
@@ -306,6 +316,12 @@ class GoogleProvider(Provider):
         audio = strip_wav_header(response.audio_content)
         for start in range(0, len(audio), CHUNK_BYTES):
             yield audio[start : start + CHUNK_BYTES]
+
+    def open_text_stream(self, language: str, voice_id: str, codec: str, model: str = "") -> TextStream | None:
+        locale, voice = self._resolve(language, voice_id)
+        if not (self.streaming and is_streaming_voice(voice)):
+            return None  # each chunk through synthesize(): unary for voices that do not stream
+        return GoogleTextStream(self, locale=locale, voice=voice, codec=codec)
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
         client = self._sdk()
@@ -334,6 +350,90 @@ class GoogleProvider(Provider):
             )
             for v in response.voices
         ]
+
+
+class StreamingCall:
+    """One ``StreamingSynthesize`` call: config sent, text queued into its request stream."""
+
+    def __init__(self, call: Any, texts: asyncio.Queue[str | None]) -> None:
+        self.call = call
+        self.texts = texts
+        self.opened_at = time.monotonic()
+
+    def usable(self, max_age: float) -> bool:
+        return not self.call.done() and time.monotonic() - self.opened_at < max_age
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+    async def speak(self, text: str) -> AsyncIterator[bytes]:
+        """Send ``text``, half-close, and yield the audio until the call ends: Google has no
+        end-of-input marker in its responses, so the end of the call is the end of this text."""
+        from speakd.media.codec import strip_wav_header
+
+        self.texts.put_nowait(text)
+        self.texts.put_nowait(None)
+        first = True
+        try:
+            async for response in self.call:
+                data = response.audio_content
+                if first and data:
+                    data = strip_wav_header(data)
+                    first = False
+                if data:
+                    yield data
+        finally:
+            self.call.cancel()
+
+
+class GoogleTextStream(TextStream):
+    """A speaking stream's ``StreamingSynthesize`` input, for Chirp 3 HD voices.
+
+    One call per chunk, half-closed after its text: the call's end is the only end-of-audio
+    Google gives (its responses carry no marker per input), and a barge-in just cancels the call,
+    so no audio of a cut chunk can follow. The calls share the provider's gRPC channel (one
+    HTTP/2 connection). The next chunk's call is opened as soon as a chunk is done, with its
+    config sent, so the next chunk only sends text; Google closes a call that gets no input for
+    about 5 s, so a pre-opened call older than ``stream_reopen_after`` (default 4 s) is replaced
+    by a fresh one when the next chunk comes. No alignment comes back: the chunks carry no word
+    marks and the session estimates word timings."""
+
+    def __init__(self, provider: GoogleProvider, *, locale: str, voice: str, codec: str) -> None:
+        from google.cloud import texttospeech_v1 as tts
+
+        self.provider = provider
+        self.params = tts.VoiceSelectionParams(language_code=locale, name=voice)
+        self.encoding = tts.AudioEncoding.ALAW if codec == "alaw" else tts.AudioEncoding.MULAW
+        self.format = AudioFormat("alaw" if codec == "alaw" else "ulaw", 8000)
+        self._ready: StreamingCall | None = None
+
+    def _take_ready(self) -> StreamingCall | None:
+        ready, self._ready = self._ready, None
+        if ready is not None and not ready.usable(self.provider.stream_reopen_after):
+            ready.cancel()
+            return None
+        return ready
+
+    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+        if not request.text.strip():
+            return
+
+        async def attempt() -> AsyncIterator[bytes]:
+            call = self._take_ready() or await self.provider._open_streaming(self.params, self.encoding)
+            async for data in call.speak(request.text):
+                yield data
+
+        async for data in resilient_stream(NAME, attempt, _classify, self.provider.timeouts):
+            yield AudioChunk(data, self.format)
+        try:
+            self._ready = await self.provider._open_streaming(self.params, self.encoding)
+        except Exception as exc:  # only a head start: the next chunk opens its own call
+            log.debug("gcp_stream_preopen_failed", error=repr(exc))
+
+    async def aclose(self) -> None:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.cancel()
 
 
 _RETRYABLE = {"UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN"}

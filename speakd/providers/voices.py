@@ -237,10 +237,11 @@ def credentials_rejected(provider: str, detail: str) -> Failure:
 
 async def resilient_stream(
     provider: str,
-    attempt: Callable[[], AsyncIterator[bytes]],
+    attempt: Callable[[], AsyncIterator[Any]],
     classify: Callable[[BaseException], Failure],
     timeouts: Timeouts,
-) -> AsyncIterator[bytes]:
+    size: Callable[[Any], int] = len,
+) -> AsyncIterator[Any]:
     """Yield the audio of ``attempt()`` with speakd's failure behaviour.
 
     ``attempt`` opens one request and iterates its audio; it runs in the caller's task (no
@@ -248,7 +249,7 @@ async def resilient_stream(
     or a retryable failure opens one new request (``timeouts.retries``); after it, any failure
     or a stall longer than ``timeouts.read`` ends the stream with a ProviderError saying it was
     cut off — what was yielded is never sent again. Cancellation propagates and closes the
-    request.
+    request. ``size`` measures an item: bytes by default; an attempt may yield AudioChunks.
     """
     failures: list[str] = []
     for number in range(1, timeouts.retries + 2):
@@ -273,7 +274,7 @@ async def resilient_stream(
             except Exception as exc:
                 failure = classify(exc)
             if failure is None:
-                yielded = len(first)
+                yielded = size(first)
                 yield first
                 while True:
                     try:
@@ -291,8 +292,8 @@ async def resilient_stream(
                         raise ProviderError(
                             f"{provider}: the audio stream was cut off after {yielded} bytes: {detail}"
                         ) from exc
-                    if chunk:
-                        yielded += len(chunk)
+                    if size(chunk):
+                        yielded += size(chunk)
                         yield chunk
         finally:
             await _close_quietly(provider, stream)

@@ -2,7 +2,8 @@
 ``ListVoices`` of ``google.cloud.texttospeech.v1.TextToSpeech``, served by generic handlers
 using the SDK's own message types to (de)serialize. No generated stubs needed.
 
-Like the real service, ``StreamingSynthesize`` serves only Chirp 3 HD voices, and unary
+Like the real service, ``StreamingSynthesize`` serves only Chirp 3 HD voices, speaks each input
+as it arrives, aborts a call idle for ``idle_timeout`` seconds (about 5 at Google), and unary
 LINEAR16/MULAW/ALAW audio comes in a WAV container."""
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ VOICES = [
 
 
 class GoogleStandin(Standin):
-    def __init__(self, *, api_key: str = "test-google-key", **kwargs) -> None:
+    def __init__(self, *, api_key: str = "test-google-key", idle_timeout: float = 5.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.api_key = api_key
+        self.idle_timeout = idle_timeout
+        """Seconds a StreamingSynthesize call may wait for its next input before it is aborted."""
+        self.peers: list[str] = []
+        """The client address of each StreamingSynthesize call (one address: one connection)."""
 
     def provider_section(self, **extra) -> dict:
         """The speakd ``[gcp]`` section pointing at this stand-in (plain-text gRPC)."""
@@ -133,59 +138,89 @@ class GoogleStandin(Standin):
         return tts.SynthesizeSpeechResponse(audio_content=data)
 
     async def _streaming(self, request_iterator, context):
-        config = None
-        texts: list[str] = []
-        async for message in request_iterator:
-            if config is None:
-                if "streaming_config" not in message:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must be streaming_config")
-                config = message.streaming_config
-            else:
-                texts.append(message.input.text)
-        if config is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no streaming_config")
-        audio_config = config.streaming_audio_config
-        encoding = ENCODINGS.get(audio_config.audio_encoding, "")
-        rate = audio_config.sample_rate_hertz or 24000
-        text = " ".join(texts)
-        mode = self._record(
-            Recorded(
-                "stream",
-                "StreamingSynthesize",
-                voice=config.voice.name,
-                language=config.voice.language_code,
-                format=tts.AudioEncoding(audio_config.audio_encoding).name,
-                sample_rate=rate,
-                text=text,
-                auth=self._key(context),
-            )
-        )
-        await self._check(context, mode)
-        if "Chirp3-HD" not in config.voice.name and "Chirp-HD" not in config.voice.name:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"voice {config.voice.name} does not support streaming synthesis"
-            )
-        if not encoding or audio_config.audio_encoding == tts.AudioEncoding.LINEAR16:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "streaming takes PCM, MULAW or ALAW")
+        """Like the service: the config first, then each input's audio as it comes, until the
+        client half-closes; a call with no input for ``idle_timeout`` seconds is aborted."""
+        self.peers.append(context.peer())
+        inputs: asyncio.Queue = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for message in request_iterator:
+                    await inputs.put(message)
+            finally:
+                await inputs.put(None)
+
+        reader = asyncio.create_task(read())
         try:
-            if mode == "hang":
-                await self._hang(context)
-            data = await asyncio.to_thread(audio.render, text, encoding, rate)
-            parts = audio.chunks(data, self.chunk_bytes)
-            for index, part in enumerate(parts):
-                if mode == "cut" and index >= self.cut_after:
-                    self.events.append("cut")
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "Connection reset by peer")
-                if index and self.chunk_delay:
-                    await asyncio.sleep(self.chunk_delay)
-                if index == 0:  # marked before sending: the client may see it before we resume
-                    self.events.append("first_chunk")
-                    self.first_chunk_sent.set()
-                yield tts.StreamingSynthesizeResponse(audio_content=part)
-                if index == 0 and self._hold is not None:
-                    await self._wait(lambda: context.done(), self._hold, HANG_LIMIT)
-            self.events.append("finished")
-            self.finished.set()
+            config = await self._next_input(inputs, context)
+            if config is None or "streaming_config" not in config:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must be streaming_config")
+            config = config.streaming_config
+            audio_config = config.streaming_audio_config
+            encoding = ENCODINGS.get(audio_config.audio_encoding, "")
+            rate = audio_config.sample_rate_hertz or 24000
+            texts: list[str] = []
+            while (message := await self._next_input(inputs, context)) is not None:
+                texts.append(message.input.text)
+                if len(texts) > 1:
+                    self.events.append("input")  # a later input of the same call
+                    async for response in self._speak(message.input.text, encoding, rate, context, None):
+                        yield response
+                    continue
+                mode = self._record(
+                    Recorded(
+                        "stream",
+                        "StreamingSynthesize",
+                        voice=config.voice.name,
+                        language=config.voice.language_code,
+                        format=tts.AudioEncoding(audio_config.audio_encoding).name,
+                        sample_rate=rate,
+                        text=message.input.text,
+                        auth=self._key(context),
+                    )
+                )
+                await self._check(context, mode)
+                if "Chirp3-HD" not in config.voice.name and "Chirp-HD" not in config.voice.name:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"voice {config.voice.name} does not support streaming synthesis",
+                    )
+                if not encoding or audio_config.audio_encoding == tts.AudioEncoding.LINEAR16:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "streaming takes PCM, MULAW or ALAW")
+                if mode == "hang":
+                    await self._hang(context)
+                async for response in self._speak(message.input.text, encoding, rate, context, mode):
+                    yield response
+            if texts:
+                self.events.append("finished")
+                self.finished.set()
         except (asyncio.CancelledError, ClientGone):
             self._closed()
             raise
+        finally:
+            reader.cancel()
+
+    async def _next_input(self, inputs: asyncio.Queue, context):
+        """The next request, None at the client's half-close; aborts an idle call as Google does."""
+        try:
+            return await asyncio.wait_for(inputs.get(), self.idle_timeout)
+        except TimeoutError:
+            self.events.append("idle_close")
+            await context.abort(
+                grpc.StatusCode.ABORTED, "Stream aborted due to long duration elapsed without input sent"
+            )
+
+    async def _speak(self, text: str, encoding: str, rate: int, context, mode: str | None):
+        data = await asyncio.to_thread(audio.render, text, encoding, rate)
+        for index, part in enumerate(audio.chunks(data, self.chunk_bytes)):
+            if mode == "cut" and index >= self.cut_after:
+                self.events.append("cut")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "Connection reset by peer")
+            if index and self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+            if index == 0:  # marked before sending: the client may see it before we resume
+                self.events.append("first_chunk")
+                self.first_chunk_sent.set()
+            yield tts.StreamingSynthesizeResponse(audio_content=part)
+            if index == 0 and self._hold is not None:
+                await self._wait(lambda: context.done(), self._hold, HANG_LIMIT)
