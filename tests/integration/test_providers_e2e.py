@@ -479,8 +479,14 @@ STREAMED = "Thanks for calling. Your parcel left the depot this morning, and it 
 
 @pytest.mark.by_ear
 @pytest.mark.parametrize("name", ["elevenlabs", "gcp"])
-async def test_streamed_tokens_are_heard_through_a_cloud_provider(capi, cloud_speakd, make_two_party_call, name):
-    """The streaming-text issue with a cloud provider: tokens in, sentences heard."""
+async def test_streamed_tokens_are_heard_through_a_cloud_provider(
+    capi, cloud_speakd, standins, make_two_party_call, name
+):
+    """The streaming-text issue with a cloud provider: tokens in, sentences heard; the stream's
+    sentences go over the provider's streaming text input (one ElevenLabs socket; Google calls
+    on one channel)."""
+    standin = standins[name]
+    connections_before = getattr(standin, "connections", 0)
     call = await make_two_party_call()
     voice = {"gcp": {"voice_id": "en-US-Chirp3-HD-Charon"}}.get(name, {})
     speaking_id = await capi.start_session(call.channel_id, provider=name, direction="out", **voice)
@@ -494,6 +500,13 @@ async def test_streamed_tokens_are_heard_through_a_cloud_provider(capi, cloud_sp
     assert all(s["status"] == "played" for s in says), says
     stamps = [m for m in client.received if m["type"] == "timestamps"]
     assert [m["say_id"] for m in stamps] == [s["say_id"] for s in says]
+    # ElevenLabs aligns the characters it speaks; Google's stream does not: estimated there.
+    assert [m["estimated"] for m in stamps] == [name == "gcp"] * len(stamps)
+    if name == "elevenlabs":
+        assert standin.connections - connections_before == 1, "one stream-input socket for the whole stream"
+    else:
+        streaming = [r for r in standin.requests if r.kind == "stream"]
+        assert len(streaming) >= len(says), standin.requests
     recording = await heard_by_alice(call)
     spans = [assert_heard(recording, sent(s["text"]), f"{name}: {s['text'][:20]}") for s in says]
     assert spans[0][1] <= spans[1][0] + 0.1
