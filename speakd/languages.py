@@ -21,25 +21,27 @@ from speakd.errors import INVALID_FIELD, InvalidRequest
 
 # language[-extlang][-Script][-REGION]; also the pattern of the OpenAPI document's language fields.
 TAG_PATTERN = r"^([A-Za-z]{2,3})(?:-([A-Za-z]{3}))?(?:-([A-Za-z]{4}))?(?:-([A-Za-z]{2}|[0-9]{3}))?$"
-_TAG = re.compile(TAG_PATTERN)
+# fullmatch and ASCII: "$" alone would let a trailing newline through, \d and [a-z] (ignoring
+# case) other scripts' digits and letters such as the Kelvin sign.
+_TAG = re.compile(TAG_PATTERN, re.ASCII)
 # Anything well-formed up to the region and followed by more subtags: variants, extensions,
 # private use. Told apart from a malformed tag so the message can say what to drop.
-_LONGER = re.compile(r"^[a-z]{2,3}(?:-[a-z0-9]{1,8})+$", re.IGNORECASE)
+_LONGER = re.compile(r"^[a-z]{2,3}(?:-[a-z0-9]{1,8})+$", re.IGNORECASE | re.ASCII)
 EXAMPLES = "such as en-US, de, zh-Hant-TW or es-419"
 
 
 def parse_language_tag(value: str) -> str:
     """The canonical form of a language tag, or InvalidRequest (``invalid_field``) saying what to send."""
-    tag = value.strip() if isinstance(value, str) else ""
-    match = _TAG.match(tag)
+    tag = value if isinstance(value, str) else ""
+    match = _TAG.fullmatch(tag)
     if match is None:
         hyphenated = tag.replace("_", "-")
-        if "_" in tag and _TAG.match(hyphenated):
+        if "_" in tag and _TAG.fullmatch(hyphenated):
             raise InvalidRequest(
                 f"language '{value}' uses '_': BCP47 language tags use '-'; send '{parse_language_tag(hyphenated)}'",
                 reason=INVALID_FIELD,
             )
-        if _LONGER.match(tag):
+        if _LONGER.fullmatch(tag):
             raise InvalidRequest(
                 f"language '{value}' has variant, extension or private-use subtags, which no provider speaks; "
                 f"send language[-Script][-REGION] {EXAMPLES}",

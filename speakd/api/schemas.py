@@ -20,7 +20,9 @@ DEFAULT_PAGE_SIZE = 10
 # Also the patterns of the OpenAPI document's fields.
 REFERENCE_ID_PATTERN = r"^[A-Za-z0-9._:@+=-]{1,200}$"
 PAGE_TOKEN_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"
-_REFERENCE_ID = re.compile(REFERENCE_ID_PATTERN)
+# fullmatch and ASCII: "$" alone lets a trailing newline through, \d other scripts' digits.
+_REFERENCE_ID = re.compile(REFERENCE_ID_PATTERN, re.ASCII)
+_PAGE_TOKEN = re.compile(PAGE_TOKEN_PATTERN, re.ASCII)
 
 CREATE_FIELDS = ("reference_type", "reference_id", "language", "provider", "voice_id", "direction")
 SAY_FIELDS = ("text", "payload_type", "client_state", "command_id", "stop")
@@ -81,10 +83,10 @@ def parse_create(body: bytes, default_provider: str) -> CreateRequest:
 def create_request(data: dict[str, Any], default_provider: str) -> CreateRequest:
     """A session's fields, however they came (a JSON body, AGI arguments, ARI user event variables)."""
     reference_type = _enum(data, "reference_type", ReferenceType)
-    reference_id = _string(data, "reference_id", required=True).strip()
+    reference_id = _string(data, "reference_id", required=True)
     if not reference_id:
         raise _invalid_field("'reference_id' must not be empty")
-    if not _REFERENCE_ID.match(reference_id):
+    if not _REFERENCE_ID.fullmatch(reference_id):
         raise _invalid_field(
             "'reference_id' must be a call (channel) or conference id: letters, digits and ._:@+=- only"
         )
@@ -160,6 +162,6 @@ def parse_page(query: Any) -> tuple[int, str | None]:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise _invalid_field(f"'page_size' must be from 1 to {MAX_PAGE_SIZE}; got {page_size}")
     token = query.get("page_token") or None
-    if token is not None and not re.fullmatch(PAGE_TOKEN_PATTERN, token):
+    if token is not None and not _PAGE_TOKEN.fullmatch(token):
         raise _invalid_field("'page_token' must be the next_page_token of a previous page")
     return page_size, token

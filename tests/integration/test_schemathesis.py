@@ -33,7 +33,7 @@ from harness.daemon import CUSTOMER_A, JWT_SECRET, SpeakdProcess
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 TESTS = Path(__file__).resolve().parents[1]
-MAX_TIME_S = 120
+MAX_TIME_S = 75
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from speakd.api.schemas import parse_create, parse_say
+from speakd.api.schemas import parse_create, parse_page, parse_say
 from speakd.errors import InvalidRequest
 from speakd.languages import parse_language_tag
 
@@ -93,3 +93,29 @@ def test_orphan_detection_never_claims_another_apps_objects():
     assert not is_own_object("speakd", f"speakd-t2794c9-{sid}-media")  # app "speakd-t2794c9"
     assert not is_own_object("speakd", "speakd-something")
     assert not is_own_object("speakd", f"other-{sid}-media")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"page_token": "٢٠٢٦-٠١-٠١ 00:00:00.000000"},  # other scripts' digits
+        {"page_token": "2026-01-01 00:00:00.000000\n"},  # "$" alone would let this through
+    ],
+)
+def test_a_page_token_is_exactly_the_documented_form(query):
+    with pytest.raises(InvalidRequest, match="page_token"):
+        parse_page(query)
+
+
+@pytest.mark.parametrize("reference_id", ["abc\n", "abc\u00e9", "a\u212a"])
+def test_a_reference_id_is_exactly_the_documented_form(reference_id):
+    with pytest.raises(InvalidRequest, match="reference_id"):
+        parse_create(json.dumps({"reference_type": "call", "reference_id": reference_id}).encode(), "piper")
+
+
+@pytest.mark.parametrize("language", ["en-US\n", " en-US", "\u212a", "en-\u212aK"])
+def test_a_language_is_exactly_the_documented_form(language):
+    from speakd.languages import parse_language_tag
+
+    with pytest.raises(InvalidRequest):
+        parse_language_tag(language)
