@@ -184,6 +184,7 @@ async def run(
         )
         service.user_event_handler = commands.offer
         service.on_flush_confirmed = metrics.flush_to_silence.observe
+        service.on_underrun = metrics.say_underruns.inc
         metrics.watch(service, webhooks)
         commands.start()
         stack.push_async_callback(commands.aclose)

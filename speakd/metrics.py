@@ -86,6 +86,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.say_underruns = Counter(
+            "speakd_say_underruns",
+            "Times a say's synthesis fell behind its playout, so the caller heard a gap (a host too busy "
+            "for the synthesis asked of it)",
+            registry=registry,
+        )
         self.provider_first_byte = Histogram(
             "speakd_provider_first_byte_seconds",
             "From asking the provider for a say's audio to its first audio",

@@ -173,6 +173,9 @@ class AriClient:
                             await result
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.warning("ari_connect_failed", error=str(exc) or type(exc).__name__, retry_in=backoff)
+            except asyncio.CancelledError:
+                self.connected.clear()  # speakd is stopping: not a disconnection to warn about
+                raise
             finally:
                 if self.connected.is_set():
                     log.warning("ari_disconnected")

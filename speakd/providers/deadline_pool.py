@@ -4,14 +4,17 @@ Local synthesis shares a few cores among every session. In arrival order, a sess
 already playing waits behind the first sentences of sessions that just started, and runs dry
 mid-sentence when the host is busy. Here each job carries a deadline, read when a worker
 becomes free (it moves: a playing session's is when its buffered audio runs out; a job with no
-deadline, ``inf``, is a new say's start). A worker takes, in this order:
+deadline, ``inf``, is a new say's start), and a cost (how much work it is: Piper's phonemes).
+The pool learns the seconds per unit of cost, which grow with load, and so expects a long
+sentence to take longer than a short one. A worker takes:
 
-1. the job with the earliest deadline, if that deadline is at risk (fewer than two typical
-   job durations away: jobs are assumed to take what jobs took lately, which grows with load);
-2. else the oldest job without a deadline (a new say's start, as soon as nothing is at risk);
-3. else the job with the earliest deadline.
+1. the oldest job without a deadline (a new say's start), if every job with a deadline could
+   still wait for it to finish and then run, with ``SAFETY`` to spare;
+2. else the job with the earliest deadline.
 
-Running dry mid-speech is a glitch the caller hears; a new say starting later is not.
+A job runs to its end once started, so rule 1 counts the new job's whole duration against
+every waiting deadline. Running dry mid-speech is a glitch the caller hears; a new say
+starting later is not.
 """
 
 from __future__ import annotations
@@ -27,16 +30,21 @@ from typing import Any
 
 Deadline = Callable[[], float]
 
+# A new say's start waits while a deadline could not absorb it: the margin on both durations.
+SAFETY = 1.5
+
 
 def no_deadline() -> float:
     return math.inf
 
 
 class _Job:
-    __slots__ = ("args", "deadline", "fn", "future", "loop", "order", "took")
+    __slots__ = ("args", "cost", "deadline", "fn", "future", "loop", "order", "took")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], deadline: Deadline, order: int) -> None:
-        self.fn, self.args, self.deadline, self.order = fn, args, deadline, order
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], deadline: Deadline, cost: float | None, order: int
+    ) -> None:
+        self.fn, self.args, self.deadline, self.cost, self.order = fn, args, deadline, cost, order
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Any] = self.loop.create_future()
         self.took = 0.0
@@ -47,22 +55,31 @@ class DeadlinePool:
         self._workers = workers
         self._name = name
         self._jobs: list[_Job] = []
+        self._running = 0
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._order = itertools.count()
-        self.typical_job_s = 0.0  # moving average of how long a job took (wall clock)
+        # Moving averages (wall clock, so they grow with load): per job, and per unit of cost.
+        self.typical_job_s = 0.0
         self._measured = 0
+        self.seconds_per_cost = 0.0
+        self._observed = 0
 
-    async def run(self, fn: Callable[..., Any], *args: Any, deadline: Deadline | None = None) -> Any:
+    async def run(
+        self, fn: Callable[..., Any], *args: Any, deadline: Deadline | None = None, cost: float | None = None
+    ) -> Any:
         """Run ``fn(*args)`` on a worker; ``deadline()`` is a monotonic time (inf: none)."""
-        return (await self.run_timed(fn, *args, deadline=deadline))[0]
+        return (await self.run_timed(fn, *args, deadline=deadline, cost=cost))[0]
 
     async def run_timed(
-        self, fn: Callable[..., Any], *args: Any, deadline: Deadline | None = None
+        self, fn: Callable[..., Any], *args: Any, deadline: Deadline | None = None, cost: float | None = None
     ) -> tuple[Any, float]:
-        """As :meth:`run`, also returning how long the job ran (seconds, wall clock)."""
-        job = _Job(fn, args, deadline or no_deadline, next(self._order))
+        """As :meth:`run`, also returning how long the job ran (seconds, wall clock).
+
+        ``cost``: how much work the job is, in the unit the caller reports to :meth:`observe`
+        (None: unknown, taken to be a typical job)."""
+        job = _Job(fn, args, deadline or no_deadline, cost, next(self._order))
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"{self._name} is closed")
@@ -81,10 +98,25 @@ class DeadlinePool:
                     self._jobs.remove(job)
             raise
 
-    def expected_wait_s(self, job_s: float) -> float:
-        """Roughly how long a job of ``job_s`` submitted now takes to come back: the jobs
-        already waiting share the workers with it."""
-        return max(job_s, self.typical_job_s) * (len(self._jobs) / self._workers + 1)
+    def observe(self, cost: float, took: float) -> None:
+        """A job of ``cost`` took ``took`` seconds (reported by the caller, who learns the
+        cost of a job only from its result)."""
+        if cost > 0:
+            with self._cond:
+                self._observed += 1
+                self.seconds_per_cost += (took / cost - self.seconds_per_cost) / min(self._observed, 4)
+
+    def expected_s(self, cost: float | None) -> float:
+        """How long a job of ``cost`` is expected to run."""
+        if cost is None or not self._observed:
+            return self.typical_job_s
+        return cost * self.seconds_per_cost
+
+    def expected_return_s(self, cost: float | None) -> float:
+        """How long a job of ``cost`` with a deadline takes to come back if submitted now: it
+        goes first, once a worker is free."""
+        wait = self.typical_job_s if self._running + len(self._jobs) >= self._workers else 0.0
+        return wait + self.expected_s(cost)
 
     def join(self) -> None:
         """Wait for the workers to exit (after close(); blocking)."""
@@ -106,15 +138,25 @@ class DeadlinePool:
                 self._cond.wait()
             if self._closed:
                 return None
-            now = time.monotonic()
-            deadlines = [(_safe(j.deadline, now), j.order, j) for j in self._jobs]
-            earliest = min(deadlines, key=lambda d: d[:2])
-            open_ended = [d for d in deadlines if d[0] == math.inf]
-            if earliest[0] - 2 * self.typical_job_s > now and open_ended:
-                earliest = min(open_ended, key=lambda d: d[1])
-            job = earliest[2]
+            job = self._choose(time.monotonic())
             self._jobs.remove(job)
+            self._running += 1
             return job
+
+    def _choose(self, now: float) -> _Job:
+        timed: list[tuple[float, int, _Job]] = []
+        new_start: _Job | None = None
+        for job in self._jobs:
+            deadline = _safe(job.deadline, now)
+            if deadline < math.inf:
+                timed.append((deadline, job.order, job))
+            elif new_start is None or job.order < new_start.order:
+                new_start = job
+        if new_start is not None:
+            runs = self.expected_s(new_start.cost)
+            if all(d - now > SAFETY * (runs + self.expected_s(j.cost)) for d, _, j in timed):
+                return new_start
+        return min(timed, key=lambda t: t[:2])[2]
 
     def _work(self) -> None:
         while (job := self._next()) is not None:
@@ -129,6 +171,7 @@ class DeadlinePool:
             else:
                 _deliver(job, _set_result, result)
             with self._cond:
+                self._running -= 1
                 self._measured += 1
                 self.typical_job_s += (took - self.typical_job_s) / min(self._measured, 4)
 

@@ -146,24 +146,30 @@ class PiperProvider(Provider):
         )
         fmt = AudioFormat("pcm_s16le", self.sample_rate)
         words: WordClock | None = None
+        # Phonemes per sentence: how much work each job is (known after the first one).
+        sizes: list[int] = []
 
         def next_sentence() -> Any:
             nonlocal words
             if words is None:  # with the first sentence: one job, so the pool times sentences
-                words = WordClock.for_text(voice, request.text)
+                phonemized = voice.phonemize(request.text)
+                sizes.extend(len(s) for s in phonemized if s)  # as synthesize() skips empty ones
+                words = WordClock.for_text(voice, request.text, phonemized)
             return next(sentences, _DONE)
 
-        while True:
-            chunk, took = await self._pool.run_timed(next_sentence, deadline=request.deadline)
+        for index in itertools.count():
+            cost = sizes[index] if index < len(sizes) else None
+            chunk, took = await self._pool.run_timed(next_sentence, deadline=request.deadline, cost=cost)
             if chunk is _DONE:
                 return
             assert words is not None
+            self._pool.observe(len(chunk.phonemes), took)
+            following = sizes[index + 1] if index + 1 < len(sizes) else None
             yield AudioChunk(
                 chunk.audio_int16_bytes,
                 fmt,
                 words.marks(chunk.phoneme_alignments or ()),
-                # The next sentence takes about as long as this one did, behind what waits.
-                next_in_ms=int(self._pool.expected_wait_s(took) * 1000),
+                next_in_ms=int(self._pool.expected_return_s(following) * 1000) if following else 0,
             )
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
@@ -198,12 +204,13 @@ class WordClock:
         self._sounds_so_far = 0
 
     @classmethod
-    def for_text(cls, voice: Any, text: str) -> WordClock:
+    def for_text(cls, voice: Any, text: str, phonemized: list[list[str]]) -> WordClock:
+        """``phonemized``: ``voice.phonemize(text)``, the whole text's phonemes by sentence."""
         ends, weights = [], []
         for match in re.finditer(r"\S+", text):
             ends.append(match.end())
             weights.append(max(1, sum(_sounds(s) for s in voice.phonemize(match.group()))))
-        total = sum(_sounds(s) for s in voice.phonemize(text))
+        total = sum(_sounds(s) for s in phonemized)
         return cls(ends, weights, total)
 
     def marks(self, alignments: Any) -> tuple[tuple[int, int], ...]:

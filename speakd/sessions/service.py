@@ -124,6 +124,8 @@ class SpeakingService:
         self.user_event_handler: Callable[[dict[str, Any]], None] | None = None
         # Told how long each flush of audio in flight took to be confirmed by the far end (s).
         self.on_flush_confirmed: Callable[[float], None] | None = None
+        # Told of each say whose synthesis fell behind its playout (the caller heard a gap).
+        self.on_underrun: Callable[[], None] | None = None
 
     @property
     def live_count(self) -> int:
@@ -182,6 +184,7 @@ class SpeakingService:
             self._save_say,
             model=req.model,
             say_event=lambda kind, item, at, extra: self._publish_say(kind, record, target, item, at, extra),
+            on_underrun=self.on_underrun,
         )
         live = _Live(session, target)
         self._live[speaking_id] = live

@@ -81,6 +81,7 @@ class Session:
         save_say: SaveSay,
         model: str = "",
         say_event: SayEvent | None = None,
+        on_underrun: Callable[[], None] | None = None,
     ) -> None:
         self.record = record
         self.provider = provider
@@ -92,6 +93,7 @@ class Session:
         self.log = log.bind(speaking_id=record.id)
         self._save_say = save_say
         self._say_event = say_event or (lambda *_: None)
+        self._on_underrun = on_underrun or (lambda: None)
         self._in_playout: list[SayItem] = []  # taken from the queue, not final yet
         self._queue_ready = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -270,6 +272,10 @@ class Session:
                 released = True
                 on_sent = started_at
                 self.playout.boundary(generation, lambda at: self._say_started(item, at))
+            elif not self.playout.buffered_ms():
+                # Everything sent has played: the caller heard a gap in the middle of this say.
+                self.log.warning("say_underrun", say_id=item.say_id, synthesized_ms=item.synthesized_ms)
+                self._on_underrun()
             data = b"".join(held)
             held.clear()
             return await self.playout.put(generation, data, on_sent)

@@ -1,0 +1,83 @@
+"""The synthesis pool's order: playing says' sentences before new says' first ones, by cost."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+
+import pytest
+
+from speakd.providers.deadline_pool import SAFETY, DeadlinePool
+
+
+async def run_in_order(pool: DeadlinePool, jobs: list[tuple[str, float, float | None]]) -> list[str]:
+    """Queue ``jobs`` (name, deadline in s from now or inf, cost) behind a job that holds the
+    only worker, release it, and return the order in which they ran."""
+    ran: list[str] = []
+    release = threading.Event()
+    blocker = asyncio.ensure_future(pool.run(release.wait))
+    while not pool._running:  # the worker took the blocker
+        await asyncio.sleep(0.001)
+    now = time.monotonic()
+    waiting = [
+        asyncio.ensure_future(
+            pool.run(ran.append, name, deadline=lambda d=delay: now + d if d < math.inf else math.inf, cost=cost)
+        )
+        for name, delay, cost in jobs
+    ]
+    await asyncio.sleep(0.01)  # all queued before the worker is free
+    release.set()
+    await asyncio.gather(blocker, *waiting)
+    return ran
+
+
+async def test_a_playing_say_whose_sentence_cannot_wait_goes_before_a_new_say() -> None:
+    pool = DeadlinePool(1, "test")
+    try:
+        pool.observe(100, 1.0)  # 10 ms per unit of cost
+        # The new say's first sentence (1 s) and then the playing say's next one (2 s) do not
+        # fit in the 3.5 s the playing say has buffered, with the margin.
+        assert SAFETY * (1.0 + 2.0) > 3.5
+        order = await run_in_order(pool, [("new", math.inf, 100), ("playing", 3.5, 200)])
+        assert order == ["playing", "new"]
+    finally:
+        pool.close()
+        await asyncio.to_thread(pool.join)
+
+
+async def test_a_new_say_starts_first_when_the_playing_say_can_wait_for_it() -> None:
+    pool = DeadlinePool(1, "test")
+    try:
+        pool.observe(100, 1.0)
+        order = await run_in_order(pool, [("new", math.inf, 10), ("playing", 3.5, 200)])
+        assert SAFETY * (0.1 + 2.0) < 3.5
+        assert order == ["new", "playing"]
+    finally:
+        pool.close()
+        await asyncio.to_thread(pool.join)
+
+
+async def test_deadlines_go_earliest_first_and_new_says_in_arrival_order() -> None:
+    pool = DeadlinePool(1, "test")
+    try:
+        pool.observe(100, 1.0)
+        order = await run_in_order(
+            pool,
+            [("new-1", math.inf, 100), ("late", 2.0, 100), ("new-2", math.inf, 100), ("soon", 1.0, 100)],
+        )
+        assert order == ["soon", "late", "new-1", "new-2"]
+    finally:
+        pool.close()
+        await asyncio.to_thread(pool.join)
+
+
+def test_a_longer_sentence_is_expected_to_take_longer() -> None:
+    pool = DeadlinePool(2, "test")
+    assert pool.expected_s(50) == pool.typical_job_s == 0.0  # nothing learnt yet
+    pool.observe(100, 0.5)
+    pool.observe(100, 1.5)  # the host got busier: the average follows
+    assert pool.seconds_per_cost == pytest.approx(0.01)
+    assert pool.expected_s(300) == pytest.approx(3.0)
+    assert pool.expected_s(None) == pool.typical_job_s
