@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from speakd.logging import LOG_LEVELS
-
-PROVIDER_SECTIONS = ("piper", "elevenlabs", "gcp", "aws")
-PROVIDER_NAMES = ("elevenlabs", "gcp", "aws", "piper")
+from speakd.provider_names import PROVIDER_NAMES
 
 
 class ConfigError(Exception):
@@ -307,7 +305,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
-    unknown_sections = set(data) - set(_SECTIONS) - set(PROVIDER_SECTIONS)
+    unknown_sections = set(data) - set(_SECTIONS) - set(PROVIDER_NAMES)
     if unknown_sections:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown_sections))}")
 
@@ -317,7 +315,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         if not isinstance(section, dict):
             raise ConfigError(f"[{name}] must be a table")
         setattr(config, name, _build_section(f.default_factory, section, name))  # type: ignore[misc]
-    for name in PROVIDER_SECTIONS:
+    for name in PROVIDER_NAMES:
         if name in data:
             if not isinstance(data[name], dict):
                 raise ConfigError(f"[{name}] must be a table")
@@ -336,7 +334,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
                 setattr(section_obj, key, _parse_env_value(raw, getattr(section_obj, key), env_key))
                 break
         else:
-            for name in PROVIDER_SECTIONS:
+            for name in PROVIDER_NAMES:
                 if rest.startswith(name + "_"):
                     config.providers.setdefault(name, {})[rest[len(name) + 1 :]] = raw
                     break

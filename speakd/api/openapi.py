@@ -7,6 +7,7 @@ from typing import Any
 from speakd import __version__
 from speakd.api.schemas import MAX_TEXT_CHARS, PAGE_TOKEN_PATTERN, REFERENCE_ID_PATTERN
 from speakd.languages import TAG_PATTERN
+from speakd.provider_names import PROVIDER_NAMES
 
 _TIMESTAMP = {
     "type": "string",
@@ -22,7 +23,7 @@ _SPEAKING = {
         "reference_type": {"type": "string", "enum": ["call", "confbridge"]},
         "reference_id": {"type": "string", "description": "Asterisk channel id (call) or conference id"},
         "language": {"type": "string", "description": "BCP47, e.g. en-US"},
-        "provider": {"type": "string", "enum": ["elevenlabs", "gcp", "aws", "piper"]},
+        "provider": {"type": "string", "enum": list(PROVIDER_NAMES)},
         "voice_id": {"type": "string"},
         "direction": {"type": "string", "enum": ["in", "out", "both"]},
         "status": {"type": "string", "enum": ["initiating", "active", "stopped"]},
@@ -253,7 +254,7 @@ OPENAPI: dict[str, Any] = {
                                         "description": "BCP47 language[-extlang][-Script][-REGION], e.g. en-US; "
                                         "made canonical (en-us -> en-US, zh-yue -> yue)",
                                     },
-                                    "provider": {"type": "string", "enum": ["elevenlabs", "gcp", "aws", "piper"]},
+                                    "provider": {"type": "string", "enum": list(PROVIDER_NAMES)},
                                     "voice_id": {"type": "string", "maxLength": 200},
                                     "direction": {"type": "string", "enum": ["in", "out", "both"], "default": "both"},
                                 },

@@ -27,6 +27,7 @@ import structlog
 
 from speakd.config import ConfigError
 from speakd.errors import InvalidRequest, ProviderNotConfigured
+from speakd.provider_names import PROVIDER_NAMES
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, TextStream, Voice
 
 __all__ = [
@@ -43,12 +44,7 @@ log = structlog.get_logger(__name__)
 
 # provider name -> module under speakd.providers defining ``create(section: dict) -> Provider``.
 # ``create`` raises ProviderNotConfigured with a message naming the missing keys.
-MODULES = {
-    "piper": "speakd.providers.piper",
-    "elevenlabs": "speakd.providers.elevenlabs",
-    "gcp": "speakd.providers.gcp",
-    "aws": "speakd.providers.aws",
-}
+MODULES = {name: f"speakd.providers.{name}" for name in PROVIDER_NAMES}
 # Sections a reload does not apply (why: see the module docstring).
 RESTART_ONLY = frozenset({"piper"})
 

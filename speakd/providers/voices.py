@@ -28,6 +28,7 @@ import structlog
 
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured, UnsupportedLanguage
 from speakd.languages import parse_language_tag
+from speakd.provider_names import PROVIDER_NAMES
 from speakd.providers.base import Provider, Voice
 
 log = structlog.get_logger(__name__)
@@ -36,16 +37,13 @@ log = structlog.get_logger(__name__)
 # Peer voice form
 # ---------------------------------------------------------------------------------------------
 
-PROVIDER_ALIASES: dict[str, str] = {
-    "aws": "aws",
+# What peers call a provider (lowercased) -> its speakd name; every speakd name stands for itself.
+PROVIDER_ALIASES: dict[str, str] = {name: name for name in PROVIDER_NAMES} | {
     "amazon": "aws",
     "polly": "aws",
     "google": "gcp",
-    "gcp": "gcp",
-    "elevenlabs": "elevenlabs",
     "eleven": "elevenlabs",
     "11labs": "elevenlabs",
-    "piper": "piper",
 }
 
 

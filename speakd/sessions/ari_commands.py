@@ -63,7 +63,7 @@ class AriCommands:
         raise_event: RaiseEvent,
         *,
         operator_customer_id: str = "",
-        default_provider: str = "elevenlabs",
+        default_provider: str,
         queue_commands: int = QUEUE_COMMANDS,
     ) -> None:
         self._service = service

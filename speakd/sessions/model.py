@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from speakd.provider_names import PROVIDER_NAMES
+
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 NOT_YET = "9999-01-01 00:00:00.000000"  # the spec's "has not happened" sentinel
 
@@ -29,11 +31,8 @@ class Direction(StrEnum):
     BOTH = "both"
 
 
-class ProviderName(StrEnum):
-    ELEVENLABS = "elevenlabs"
-    GCP = "gcp"
-    AWS = "aws"
-    PIPER = "piper"
+# ProviderName.GCP == "gcp", and so on for every name in speakd.provider_names.
+ProviderName = StrEnum("ProviderName", [(name.upper(), name) for name in PROVIDER_NAMES])
 
 
 def stamp_of(wall_time: float) -> str:
