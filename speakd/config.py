@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from speakd.logging import LOG_LEVELS
+from speakd.parsing import parse_bool, parse_table
 from speakd.provider_names import PROVIDER_NAMES
 
 
@@ -230,16 +231,6 @@ class Config:
 _SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name != "providers"}
 
 
-def parse_bool(raw: str) -> bool:
-    """A yes/no written as text (environment, query strings): raises ValueError otherwise."""
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
 def _parse_env_value(raw: str, current: Any, where: str) -> Any:
     if isinstance(current, bool):
         try:
@@ -257,13 +248,10 @@ def _parse_env_value(raw: str, current: Any, where: str) -> Any:
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
     if isinstance(current, dict):
-        table: dict[str, str] = {}
-        for item in filter(None, (p.strip() for p in raw.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"{where}: expected key=value[,key=value...], got {item!r}")
-            table[key.strip()] = value.strip()
-        return table
+        try:
+            return parse_table(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if isinstance(current, list):
         return [p.strip() for p in raw.split(",") if p.strip()]
     return raw

@@ -15,6 +15,7 @@ import structlog
 from speakd.agi.protocol import AgiEnvironment, AgiResponse, exec_app, set_variable
 from speakd.api.schemas import create_request, say_request
 from speakd.errors import InvalidRequest, SpeakdError
+from speakd.parsing import parse_bool
 from speakd.sessions.service import SpeakingService
 
 log = structlog.get_logger(__name__)
@@ -25,8 +26,6 @@ CREATE_OPTIONS = {"language": "language", "provider": "provider", "voice": "voic
 CREATE_OPTIONS |= {"direction": "direction"}
 SAY_OPTIONS = ("payload_type", "client_state", "command_id", "stop")
 FLAGS = ("wait", "keepalive")
-_YES = ("yes", "true", "1", "on")
-_NO = ("no", "false", "0", "off")
 # A channel in the dialplan is the caller: by default it is the one that hears.
 DEFAULT_DIRECTION = "out"
 # After a hangup mid-wait: how long the say may take to be marked final (the hangup stops the session).
@@ -74,11 +73,10 @@ def parse_speak_args(args: list[str]) -> SpeakArgs:
         key, sep, value = arg.partition("=")
         key, value = key.strip().lower(), value.strip()
         if key in FLAGS:
-            if not sep:
-                value = "yes"
-            if value.lower() not in _YES + _NO:
-                raise InvalidRequest(f"option '{key}' must be yes or no; got '{value}'")
-            setattr(parsed, key, value.lower() in _YES)
+            try:
+                setattr(parsed, key, parse_bool(value) if sep else True)  # a bare "wait" is wait=yes
+            except ValueError:
+                raise InvalidRequest(f"option '{key}' must be yes or no; got '{value}'") from None
         elif sep and key in CREATE_OPTIONS:
             parsed.create[CREATE_OPTIONS[key]] = value
         elif sep and key in SAY_OPTIONS:

@@ -6,9 +6,9 @@ import json
 import re
 from typing import Any
 
-from speakd.config import parse_bool
 from speakd.errors import INVALID_FIELD, INVALID_JSON, InvalidRequest
 from speakd.languages import parse_language_tag
+from speakd.parsing import parse_bool
 from speakd.providers.voices import resolve_voice
 from speakd.sessions.model import Direction, ProviderName, ReferenceType
 from speakd.sessions.service import CreateRequest, SayRequest, SayStop

@@ -27,6 +27,7 @@ import structlog
 
 from speakd.config import ConfigError
 from speakd.errors import InvalidRequest, ProviderNotConfigured
+from speakd.parsing import parse_bool
 from speakd.provider_names import PROVIDER_NAMES
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, TextStream, Voice
 
@@ -54,7 +55,10 @@ def _build(name: str, sections: Mapping[str, Mapping[str, Any]]) -> tuple[Provid
     section = dict(sections.get(name, {}))
     enabled = section.pop("enabled", name == "piper" or name in sections)
     if isinstance(enabled, str):
-        enabled = enabled.strip().lower() in ("1", "true", "yes", "on")
+        try:
+            enabled = parse_bool(enabled)
+        except ValueError:
+            return None, f"{name}: 'enabled' must be true or false, not {enabled!r}", False
     if not enabled:
         reason = (
             f"provider '{name}' is not configured on this speakd: add a [{name}] section "

@@ -28,6 +28,7 @@ import structlog
 
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured, UnsupportedLanguage
 from speakd.languages import parse_language_tag
+from speakd.parsing import parse_bool, parse_table
 from speakd.provider_names import PROVIDER_NAMES
 from speakd.providers.base import Provider, Voice
 
@@ -121,9 +122,6 @@ def pick_locale(provider: str, language: str, locales: Mapping[str, Any]) -> str
 # Config sections
 # ---------------------------------------------------------------------------------------------
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
-
 
 class Section:
     """A provider config section; values may be TOML-typed or env strings."""
@@ -170,12 +168,10 @@ class Section:
             return default
         if isinstance(value, bool):
             return value
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise ProviderNotConfigured(f"{self.provider}: '{key}' must be true or false, not {value!r}")
+        try:
+            return parse_bool(str(value))
+        except ValueError:
+            raise ProviderNotConfigured(f"{self.provider}: '{key}' must be true or false, not {value!r}") from None
 
     def table(self, key: str) -> dict[str, str]:
         """A TOML table, or ``k=v,k2=v2`` from the environment."""
@@ -184,13 +180,10 @@ class Section:
             return {}
         if isinstance(value, Mapping):
             return {str(k): str(v) for k, v in value.items()}
-        result: dict[str, str] = {}
-        for item in str(value).split(","):
-            k, sep, v = item.partition("=")
-            if not sep or not k.strip() or not v.strip():
-                raise ProviderNotConfigured(f"{self.provider}: '{key}' must look like 'de-DE=Vicki,fr-FR=Lea'")
-            result[k.strip()] = v.strip()
-        return result
+        try:
+            return parse_table(str(value))
+        except ValueError:
+            raise ProviderNotConfigured(f"{self.provider}: '{key}' must look like 'de-DE=Vicki,fr-FR=Lea'") from None
 
 
 @dataclass(frozen=True)
