@@ -11,6 +11,9 @@ ARI commands, a provider's ``voices`` config table):
 * variants, extensions and private use (``de-CH-1901``, ``en-US-x-twain``) are refused: no
   provider speaks them, so accepting the tag would only fail later, at every provider;
 * ``en_US`` (a POSIX locale, not a tag) is refused with the hyphenated form to send instead.
+
+Reading a tag's parts (:func:`primary_language`) and matching tags to a voice's languages
+(:func:`language_matches`) are here too, so no other module splits a tag.
 """
 
 from __future__ import annotations
@@ -55,3 +58,21 @@ def parse_language_tag(value: str) -> str:
     if region:
         parts.append(region.upper())
     return "-".join(parts)
+
+
+def primary_language(tag: str) -> str:
+    """The language subtag, as written: ``en`` of ``en-US``, ``zh`` of ``zh-Hant-TW``."""
+    return tag.split("-", 1)[0]
+
+
+def language_matches(wanted: str, voice_languages: tuple[str, ...]) -> bool:
+    """Case-insensitive; a bare language on either side matches any region of it
+    (``en`` ~ ``en-US``), two regions must be equal (``en-US`` !~ ``en-GB``)."""
+    wanted = wanted.lower()
+    for lang in voice_languages:
+        lang = lang.lower()
+        if lang == wanted:
+            return True
+        if ("-" not in wanted or "-" not in lang) and primary_language(lang) == primary_language(wanted):
+            return True
+    return False

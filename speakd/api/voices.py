@@ -18,9 +18,9 @@ import structlog
 from aiohttp import web
 
 from speakd.errors import InvalidRequest, ProviderError
-from speakd.languages import parse_language_tag
+from speakd.languages import language_matches, parse_language_tag
 from speakd.providers import ProviderRegistry, Voice
-from speakd.providers.voices import PROVIDER_ALIASES, language_matches, list_voices_cached
+from speakd.providers.voices import PROVIDER_ALIASES, list_voices_cached
 
 log = structlog.get_logger(__name__)
 

@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLanguage
-from speakd.languages import parse_language_tag
+from speakd.languages import parse_language_tag, primary_language
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, TextStream, Voice
 from speakd.providers.voices import (
     ConnectTimeout,
@@ -104,7 +104,7 @@ _LANG_ALIASES = {"nb": "no", "nn": "no", "cmn": "zh", "yue": "zh", "tl": "fil", 
 
 
 def _iso(language: str) -> str:
-    primary = parse_language_tag(language).split("-")[0]
+    primary = primary_language(parse_language_tag(language))
     return _LANG_ALIASES.get(primary, primary)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured, UnsupportedLanguage
-from speakd.languages import parse_language_tag
+from speakd.languages import parse_language_tag, primary_language
 from speakd.parsing import parse_bool, parse_table
 from speakd.provider_names import PROVIDER_NAMES
 from speakd.providers.base import Provider, Voice
@@ -110,10 +110,9 @@ def pick_locale(provider: str, language: str, locales: Mapping[str, Any]) -> str
     lang = parse_language_tag(language)
     if lang in locales:
         return lang
-    primary = lang.split("-")[0]
     if "-" not in lang:
         for locale in locales:
-            if locale.split("-")[0] == primary:
+            if primary_language(locale) == lang:
                 return locale
     raise UnsupportedLanguage(f"provider '{provider}' does not speak language '{language}'")
 
@@ -350,16 +349,3 @@ async def list_voices_cached(provider: Provider, language: str | None = None, tt
 
 def clear_voice_cache() -> None:
     _voice_cache.clear()
-
-
-def language_matches(wanted: str, voice_languages: tuple[str, ...]) -> bool:
-    """Case-insensitive; a bare language on either side matches any region of it
-    (``en`` ~ ``en-US``), two regions must be equal (``en-US`` !~ ``en-GB``)."""
-    wanted = wanted.lower()
-    for lang in voice_languages:
-        lang = lang.lower()
-        if lang == wanted:
-            return True
-        if ("-" not in wanted or "-" not in lang) and lang.split("-")[0] == wanted.split("-")[0]:
-            return True
-    return False
