@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speakd.logging import LOG_LEVELS
+from speakd.errors import either
+from speakd.logging import LOG_FORMATS, LOG_LEVELS
 from speakd.parsing import parse_bool, parse_table
 from speakd.provider_names import PROVIDER_NAMES
 
@@ -123,7 +124,7 @@ class TtsConfig:
 @dataclass
 class LogConfig:
     level: str = "info"
-    format: str = "console"  # or "json"
+    format: str = LOG_FORMATS[0]  # or any other of LOG_FORMATS
 
 
 @dataclass
@@ -223,8 +224,8 @@ class Config:
             self.agi.address()
         if self.log.level.lower() not in LOG_LEVELS:
             raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, not {self.log.level!r}")
-        if self.log.format not in ("console", "json"):
-            raise ConfigError(f"log.format must be 'console' or 'json', not {self.log.format!r}")
+        if self.log.format not in LOG_FORMATS:
+            raise ConfigError(f"log.format must be {either(LOG_FORMATS)}, not {self.log.format!r}")
         self.webhooks.validate()
 
 

@@ -10,10 +10,18 @@ never leaked to the API.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # Finer reasons of InvalidRequest: the body is not a JSON object, or one of its fields (or query
 # parameters) is wrong: missing, unknown, of the wrong type or out of range.
 INVALID_JSON = "invalid_json"
 INVALID_FIELD = "invalid_field"
+
+
+def either(choices: Sequence[str]) -> str:
+    """The allowed values as a message says them: ``'a' or 'b'``, ``'a', 'b' or 'c'``."""
+    quoted = [f"'{choice}'" for choice in choices]
+    return " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
 
 
 class SpeakdError(Exception):

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("console", "json")  # key=value lines, JSON lines
 
 _threshold = logging.INFO
 

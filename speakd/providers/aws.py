@@ -270,8 +270,7 @@ class PollyProvider(Provider):
         return locale, voice, engine or self.engine
 
     def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
-        if payload_type not in ("text", "ssml"):
-            raise InvalidRequest(f"payload_type must be 'text' or 'ssml', not '{payload_type}'")
+        self.check_payload_type(payload_type)
         self._resolve(language, voice_id)
 
     def default_voice(self, language: str) -> str:

@@ -18,9 +18,14 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from speakd.errors import InvalidRequest, either
 
 Encoding = Literal["pcm_s16le", "ulaw", "alaw"]
+# What a request's text is written in (not an RTP payload type: those are media.codec's).
+PayloadType = Literal["text", "ssml"]
+TEXT_PAYLOAD_TYPES: tuple[str, ...] = get_args(PayloadType)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +54,7 @@ class SynthesisRequest:
     """Provider voice id; empty means the provider's default voice for ``language``."""
     codec: Literal["ulaw", "alaw"] = "ulaw"
     """The RTP codec of the session: a provider may return exactly this at 8 kHz."""
-    payload_type: Literal["text", "ssml"] = "text"
+    payload_type: PayloadType = "text"
     model: str = ""
     """Provider model, from a ``Provider.Model.VoiceId`` voice or the provider config."""
     deadline: Callable[[], float] | None = None
@@ -101,6 +106,14 @@ class Provider(abc.ABC):
     def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
         """Raise :class:`speakd.errors.InvalidRequest` (or a subclass) naming the provider and
         what is wrong if this provider cannot speak ``language`` with ``voice_id``."""
+
+    def check_payload_type(self, payload_type: str) -> None:
+        """For :meth:`check`: InvalidRequest unless ``payload_type`` is text, or SSML on a
+        provider that :attr:`supports_ssml`."""
+        if payload_type not in TEXT_PAYLOAD_TYPES:
+            raise InvalidRequest(f"payload_type must be {either(TEXT_PAYLOAD_TYPES)}, not '{payload_type}'")
+        if payload_type == "ssml" and not self.supports_ssml:
+            raise InvalidRequest(f"provider '{self.name}' does not accept SSML: send payload_type 'text'")
 
     @abc.abstractmethod
     def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:

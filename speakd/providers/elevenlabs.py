@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLanguage
+from speakd.errors import ProviderNotConfigured, UnsupportedLanguage
 from speakd.languages import parse_language_tag, primary_language
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, TextStream, Voice
 from speakd.providers.voices import (
@@ -218,10 +218,7 @@ class ElevenLabsProvider(Provider):
         return model, voice, iso
 
     def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
-        if payload_type == "ssml":
-            raise InvalidRequest("provider 'elevenlabs' does not accept SSML: send payload_type 'text'")
-        if payload_type != "text":
-            raise InvalidRequest(f"payload_type must be 'text' or 'ssml', not '{payload_type}'")
+        self.check_payload_type(payload_type)
         self._resolve(language, voice_id)
 
     def default_voice(self, language: str) -> str:

@@ -136,8 +136,7 @@ class PiperProvider(Provider):
             raise InvalidRequest(
                 f"provider 'piper' has no voice '{voice_id}'; available: {', '.join(sorted(self.voice_ids))}"
             )
-        if payload_type != "text":
-            raise InvalidRequest("provider 'piper' does not take SSML; send payload_type 'text'")
+        self.check_payload_type(payload_type)
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         voice = await self._ensure_loaded()
