@@ -5,9 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 from speakd import __version__
-from speakd.api.schemas import MAX_TEXT_CHARS, PAGE_TOKEN_PATTERN, REFERENCE_ID_PATTERN
+from speakd.api.schemas import (
+    DEFAULT_DIRECTION,
+    DEFAULT_LANGUAGE,
+    DEFAULT_PAYLOAD_TYPE,
+    MAX_CLIENT_STATE_CHARS,
+    MAX_COMMAND_ID_CHARS,
+    MAX_PAGE_SIZE,
+    MAX_TEXT_CHARS,
+    MAX_VOICE_ID_CHARS,
+    PAGE_TOKEN_PATTERN,
+    REFERENCE_ID_PATTERN,
+)
 from speakd.languages import TAG_PATTERN
+from speakd.media.transport import TransportKind
 from speakd.provider_names import PROVIDER_NAMES
+from speakd.providers.base import TEXT_PAYLOAD_TYPES
+from speakd.sessions.model import FIELDS, Direction, ReferenceType, Status
+from speakd.sessions.says import SayItem, SayStatus
+from speakd.sessions.service import SayStop
+
+
+def _enum(choices: Any) -> dict[str, Any]:
+    """A string field that takes one of ``choices`` (a StrEnum or a tuple of names)."""
+    return {"type": "string", "enum": [str(choice) for choice in choices]}
+
 
 _TIMESTAMP = {
     "type": "string",
@@ -20,31 +42,18 @@ _SPEAKING = {
     "properties": {
         "id": {"type": "string", "format": "uuid"},
         "customer_id": {"type": "string"},
-        "reference_type": {"type": "string", "enum": ["call", "confbridge"]},
+        "reference_type": _enum(ReferenceType),
         "reference_id": {"type": "string", "description": "Asterisk channel id (call) or conference id"},
         "language": {"type": "string", "description": "BCP47, e.g. en-US"},
-        "provider": {"type": "string", "enum": list(PROVIDER_NAMES)},
+        "provider": _enum(PROVIDER_NAMES),
         "voice_id": {"type": "string"},
-        "direction": {"type": "string", "enum": ["in", "out", "both"]},
-        "status": {"type": "string", "enum": ["initiating", "active", "stopped"]},
+        "direction": _enum(Direction),
+        "status": _enum(Status),
         "tm_create": _TIMESTAMP,
         "tm_update": _TIMESTAMP,
         "tm_delete": _TIMESTAMP,
     },
-    "required": [
-        "id",
-        "customer_id",
-        "reference_type",
-        "reference_id",
-        "language",
-        "provider",
-        "voice_id",
-        "direction",
-        "status",
-        "tm_create",
-        "tm_update",
-        "tm_delete",
-    ],
+    "required": list(FIELDS),
 }
 
 _SAY = {
@@ -53,10 +62,10 @@ _SAY = {
     "properties": {
         "say_id": {"type": "string", "format": "uuid"},
         "text": {"type": "string"},
-        "payload_type": {"type": "string", "enum": ["text", "ssml"]},
+        "payload_type": _enum(TEXT_PAYLOAD_TYPES),
         "client_state": {"type": "string", "description": "the client's, echoed in this say's events"},
         "command_id": {"type": "string"},
-        "status": {"type": "string", "enum": ["queued", "playing", "played", "interrupted", "failed"]},
+        "status": _enum(SayStatus),
         "error": {"type": "string", "description": "the provider's message, for a failed say; else empty"},
         "heard_chars": {"type": "integer", "description": "characters of the text played before a cut"},
         "heard_text": {"type": "string", "description": "the text up to heard_chars (whole words)"},
@@ -65,21 +74,7 @@ _SAY = {
         "tm_play_start": _TIMESTAMP,
         "tm_play_end": _TIMESTAMP,
     },
-    "required": [
-        "say_id",
-        "text",
-        "payload_type",
-        "client_state",
-        "command_id",
-        "status",
-        "error",
-        "heard_chars",
-        "heard_text",
-        "played_ms",
-        "tm_queued",
-        "tm_play_start",
-        "tm_play_end",
-    ],
+    "required": list(SayItem.SHOWN),
 }
 
 _ERROR = {
@@ -182,7 +177,7 @@ _HEALTH_BODY = {
         },
         "store_error": {"type": "string", "description": "why the store is not writable; empty when it is"},
         "live_sessions": {"type": "integer", "description": "sessions initiating or active"},
-        "media_transport": {"type": "string", "enum": ["websocket", "rtp"], "description": "for new sessions"},
+        "media_transport": {**_enum(TransportKind), "description": "for new sessions"},
         "pacer_realtime": {"type": "boolean", "description": "rtp only: the pacer runs with SCHED_FIFO"},
         "pacer_max_late_ms": {"type": "number", "description": "rtp only: the pacer's worst lateness"},
         "pacer_stalls": {"type": "integer", "description": "rtp only: frame periods the pacer skipped"},
@@ -245,18 +240,18 @@ OPENAPI: dict[str, Any] = {
                                 "additionalProperties": False,
                                 "required": ["reference_type", "reference_id"],
                                 "properties": {
-                                    "reference_type": {"type": "string", "enum": ["call", "confbridge"]},
+                                    "reference_type": _enum(ReferenceType),
                                     "reference_id": {"type": "string", "pattern": REFERENCE_ID_PATTERN},
                                     "language": {
                                         "type": "string",
-                                        "default": "en-US",
+                                        "default": DEFAULT_LANGUAGE,
                                         "pattern": TAG_PATTERN,
                                         "description": "BCP47 language[-extlang][-Script][-REGION], e.g. en-US; "
                                         "made canonical (en-us -> en-US, zh-yue -> yue)",
                                     },
-                                    "provider": {"type": "string", "enum": list(PROVIDER_NAMES)},
-                                    "voice_id": {"type": "string", "maxLength": 200},
-                                    "direction": {"type": "string", "enum": ["in", "out", "both"], "default": "both"},
+                                    "provider": _enum(PROVIDER_NAMES),
+                                    "voice_id": {"type": "string", "maxLength": MAX_VOICE_ID_CHARS},
+                                    "direction": {**_enum(Direction), "default": DEFAULT_DIRECTION},
                                 },
                             }
                         }
@@ -284,7 +279,11 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "List this customer's speaking sessions, newest first (deleted ones left out)",
                 "parameters": [
-                    {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                    {
+                        "name": "page_size",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
+                    },
                     {"name": "page_token", "in": "query", "schema": {"type": "string", "pattern": PAGE_TOKEN_PATTERN}},
                 ],
                 "responses": {
@@ -343,21 +342,20 @@ OPENAPI: dict[str, Any] = {
                                         "pattern": r"\S",
                                         "description": "not only spaces",
                                     },
-                                    "payload_type": {"type": "string", "enum": ["text", "ssml"], "default": "text"},
+                                    "payload_type": {**_enum(TEXT_PAYLOAD_TYPES), "default": DEFAULT_PAYLOAD_TYPE},
                                     "client_state": {
                                         "type": "string",
-                                        "maxLength": 4096,
+                                        "maxLength": MAX_CLIENT_STATE_CHARS,
                                         "description": "opaque; echoed in this say's events",
                                     },
                                     "command_id": {
                                         "type": "string",
-                                        "maxLength": 256,
+                                        "maxLength": MAX_COMMAND_ID_CHARS,
                                         "description": "a repeat with the same command_id on this session within "
                                         "60 s is not played again and gets the first answer",
                                     },
                                     "stop": {
-                                        "type": "string",
-                                        "enum": ["current", "all"],
+                                        **_enum(SayStop),
                                         "description": "before this say plays, interrupt the say playing now "
                                         "(current) or everything queued (all)",
                                     },

@@ -6,9 +6,10 @@ import json
 import re
 from typing import Any
 
-from speakd.errors import INVALID_FIELD, INVALID_JSON, InvalidRequest
+from speakd.errors import INVALID_FIELD, INVALID_JSON, InvalidRequest, either
 from speakd.languages import parse_language_tag
 from speakd.parsing import parse_bool
+from speakd.providers.base import TEXT_PAYLOAD_TYPES
 from speakd.providers.voices import resolve_voice
 from speakd.sessions.model import Direction, ProviderName, ReferenceType
 from speakd.sessions.service import CreateRequest, SayRequest, SayStop
@@ -16,6 +17,10 @@ from speakd.sessions.service import CreateRequest, SayRequest, SayStop
 MAX_TEXT_CHARS = 5000
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 10
+# What an omitted field means; also the OpenAPI document's defaults.
+DEFAULT_LANGUAGE = "en-US"
+DEFAULT_DIRECTION = Direction.BOTH.value
+DEFAULT_PAYLOAD_TYPE = "text"
 
 # Also the patterns of the OpenAPI document's fields.
 REFERENCE_ID_PATTERN = r"^[A-Za-z0-9._:@+=-]{1,200}$"
@@ -28,6 +33,7 @@ CREATE_FIELDS = ("reference_type", "reference_id", "language", "provider", "voic
 SAY_FIELDS = ("text", "payload_type", "client_state", "command_id", "stop")
 MAX_CLIENT_STATE_CHARS = 4096
 MAX_COMMAND_ID_CHARS = 256
+MAX_VOICE_ID_CHARS = 200
 
 
 def _invalid_field(message: str) -> InvalidRequest:
@@ -90,11 +96,11 @@ def create_request(data: dict[str, Any], default_provider: str) -> CreateRequest
         raise _invalid_field(
             "'reference_id' must be a call (channel) or conference id: letters, digits and ._:@+=- only"
         )
-    language = parse_language_tag(_string(data, "language", default="en-US") or "en-US")
+    language = parse_language_tag(_string(data, "language", default=DEFAULT_LANGUAGE) or DEFAULT_LANGUAGE)
     provider = _enum(data, "provider", ProviderName) if data.get("provider") is not None else None
     voice_id = _string(data, "voice_id").strip()
-    if len(voice_id) > 200:
-        raise _invalid_field("'voice_id' is too long (200 characters at most)")
+    if len(voice_id) > MAX_VOICE_ID_CHARS:
+        raise _invalid_field(f"'voice_id' is too long ({MAX_VOICE_ID_CHARS} characters at most)")
     # A peer-form voice ("AWS.Polly.Joanna-Neural") names its provider and model.
     try:
         voice = resolve_voice(provider, voice_id)
@@ -102,7 +108,7 @@ def create_request(data: dict[str, Any], default_provider: str) -> CreateRequest
         if type(exc) is InvalidRequest:  # not a finer reason (provider_not_configured, ...)
             exc.reason = INVALID_FIELD
         raise
-    direction = _enum(data, "direction", Direction, default="both")
+    direction = _enum(data, "direction", Direction, default=DEFAULT_DIRECTION)
     return CreateRequest(
         reference_type,
         reference_id,
@@ -127,9 +133,9 @@ def say_request(data: dict[str, Any]) -> SayRequest:
         raise _invalid_field(
             f"'text' is {len(text)} characters; at most {MAX_TEXT_CHARS} per say (split it into several says)"
         )
-    payload_type = _string(data, "payload_type", default="text") or "text"
-    if payload_type not in ("text", "ssml"):
-        raise _invalid_field(f"'payload_type' must be 'text' or 'ssml'; got '{payload_type}'")
+    payload_type = _string(data, "payload_type", default=DEFAULT_PAYLOAD_TYPE) or DEFAULT_PAYLOAD_TYPE
+    if payload_type not in TEXT_PAYLOAD_TYPES:
+        raise _invalid_field(f"'payload_type' must be {either(TEXT_PAYLOAD_TYPES)}; got '{payload_type}'")
     client_state = _string(data, "client_state", default="")
     if len(client_state) > MAX_CLIENT_STATE_CHARS:
         raise _invalid_field(f"'client_state' is {len(client_state)} characters; at most {MAX_CLIENT_STATE_CHARS}")
@@ -137,8 +143,8 @@ def say_request(data: dict[str, Any]) -> SayRequest:
     if len(command_id) > MAX_COMMAND_ID_CHARS:
         raise _invalid_field(f"'command_id' is {len(command_id)} characters; at most {MAX_COMMAND_ID_CHARS}")
     stop = _string(data, "stop", default="")
-    if stop and stop not in {m.value for m in SayStop}:
-        raise _invalid_field(f"'stop' must be 'current' or 'all' (or left out); got '{stop}'")
+    if stop and stop not in set(SayStop):
+        raise _invalid_field(f"'stop' must be {either(list(SayStop))} (or left out); got '{stop}'")
     return SayRequest(text, payload_type, client_state, command_id, SayStop(stop) if stop else None)
 
 

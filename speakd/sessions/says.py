@@ -63,6 +63,22 @@ class SayItem:
     text_stream: TextStream | None = field(default=None, repr=False)
 
     STORED = SAY_FIELDS
+    # The say as the API shows it (also the fields the OpenAPI document's Say requires).
+    SHOWN = (
+        "say_id",
+        "text",
+        "payload_type",
+        "client_state",
+        "command_id",
+        "status",
+        "error",
+        "heard_chars",
+        "heard_text",
+        "played_ms",
+        "tm_queued",
+        "tm_play_start",
+        "tm_play_end",
+    )
 
     @property
     def heard_text(self) -> str:
@@ -77,21 +93,7 @@ class SayItem:
 
     def to_dict(self) -> dict[str, Any]:
         """The say item as the API shows it."""
-        return {
-            "say_id": self.say_id,
-            "text": self.text,
-            "payload_type": self.payload_type,
-            "client_state": self.client_state,
-            "command_id": self.command_id,
-            "status": str(self.status),
-            "error": self.error,
-            "heard_chars": self.heard_chars,
-            "heard_text": self.heard_text,
-            "played_ms": self.played_ms,
-            "tm_queued": self.tm_queued,
-            "tm_play_start": self.tm_play_start,
-            "tm_play_end": self.tm_play_end,
-        }
+        return {name: getattr(self, name) for name in self.SHOWN} | {"status": str(self.status)}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> SayItem:

@@ -36,3 +36,12 @@ def test_cookie_credential_and_error_envelope_are_documented():
     assert reasons <= set(error["properties"]["reason"]["examples"])
     say_429 = OPENAPI["paths"]["/v1.0/speakings/{id}/say"]["post"]["responses"]["429"]
     assert "Retry-After" in say_429["headers"]
+
+
+def test_documented_fields_are_the_ones_served():
+    from speakd.sessions.model import FIELDS
+    from speakd.sessions.says import SayItem
+
+    schemas = OPENAPI["components"]["schemas"]
+    assert list(schemas["Speaking"]["properties"]) == list(FIELDS)
+    assert list(schemas["Say"]["properties"]) == list(SayItem.SHOWN)
