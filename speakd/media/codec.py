@@ -11,11 +11,11 @@ from typing import Literal
 import numpy as np
 import soxr
 
-from speakd.providers.base import AudioFormat
+from speakd.providers.base import TELEPHONY_RATE, AudioFormat
 
 Codec = Literal["ulaw", "alaw"]
 
-SAMPLE_RATE = 8000
+SAMPLE_RATE = TELEPHONY_RATE
 FRAME_MS = 20
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 160 samples = 160 bytes of G.711
 PAYLOAD_TYPES: dict[str, int] = {"ulaw": 0, "alaw": 8}

@@ -42,8 +42,9 @@ import structlog
 
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured, UnsupportedLanguage
 from speakd.languages import parse_language_tag
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
+from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice, telephony_format
 from speakd.providers.voices import (
+    DEFAULT_VOICE_CACHE_TTL,
     Failure,
     Section,
     Timeouts,
@@ -166,7 +167,7 @@ def create(section: Mapping[str, Any]) -> PollyProvider:
         timeouts=Timeouts.from_section(cfg),
         chunk_bytes=cfg.int("chunk_bytes", 640),
         voices=cfg.table("voices"),
-        voice_cache_ttl=cfg.float("voice_cache_ttl", 300.0),
+        voice_cache_ttl=cfg.float("voice_cache_ttl", DEFAULT_VOICE_CACHE_TTL),
     )
 
 
@@ -189,7 +190,7 @@ class PollyProvider(Provider):
         timeouts: Timeouts | None = None,
         chunk_bytes: int = 640,
         voices: Mapping[str, str] | None = None,
-        voice_cache_ttl: float = 300.0,
+        voice_cache_ttl: float = DEFAULT_VOICE_CACHE_TTL,
         queue_chunks: int = 32,
     ) -> None:
         self.access_key_id = access_key_id
@@ -280,8 +281,8 @@ class PollyProvider(Provider):
         self.check(request.language, request.voice_id, request.payload_type)
         locale, voice, engine = self._resolve(request.language, request.voice_id, request.model)
         if self.output_format == "g711":
-            fmt = AudioFormat(request.codec, 8000)
-            output, rate = ("alaw" if request.codec == "alaw" else "mulaw"), 8000
+            fmt = telephony_format(request.codec)
+            output, rate = ("alaw" if request.codec == "alaw" else "mulaw"), fmt.sample_rate
         else:
             fmt = AudioFormat("pcm_s16le", self.sample_rate)
             output, rate = "pcm", self.sample_rate

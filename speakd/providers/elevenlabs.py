@@ -41,8 +41,9 @@ from urllib.parse import urlencode
 
 from speakd.errors import ProviderNotConfigured, UnsupportedLanguage
 from speakd.languages import parse_language_tag, primary_language
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, TextStream, Voice
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice, telephony_format
 from speakd.providers.voices import (
+    DEFAULT_VOICE_CACHE_TTL,
     ConnectTimeout,
     Failure,
     Section,
@@ -123,7 +124,7 @@ def create(section: Mapping[str, Any]) -> ElevenLabsProvider:
         timeouts=Timeouts.from_section(cfg),
         voices=cfg.table("voices"),
         optimize_streaming_latency=None if latency in (None, "") else cfg.int("optimize_streaming_latency", 0),
-        voice_cache_ttl=cfg.float("voice_cache_ttl", 300.0),
+        voice_cache_ttl=cfg.float("voice_cache_ttl", DEFAULT_VOICE_CACHE_TTL),
         stream_inactivity_timeout=_inactivity_timeout(cfg),
     )
 
@@ -148,7 +149,7 @@ class ElevenLabsProvider(Provider):
         timeouts: Timeouts | None = None,
         voices: Mapping[str, str] | None = None,
         optimize_streaming_latency: int | None = None,
-        voice_cache_ttl: float = 300.0,
+        voice_cache_ttl: float = DEFAULT_VOICE_CACHE_TTL,
         stream_inactivity_timeout: int = 20,
     ) -> None:
         self.api_key = api_key
@@ -228,7 +229,7 @@ class ElevenLabsProvider(Provider):
         self.check(request.language, request.voice_id, request.payload_type)
         model, voice, iso = self._resolve(request.language, request.voice_id, request.model)
         output_format = "alaw_8000" if request.codec == "alaw" else "ulaw_8000"
-        fmt = AudioFormat(request.codec, 8000)
+        fmt = telephony_format(request.codec)
         client = self._sdk()
         kwargs: dict[str, Any] = {
             "text": request.text,
@@ -418,7 +419,7 @@ class ElevenLabsTextStream(TextStream):
     def __init__(self, provider: ElevenLabsProvider, *, voice: str, model: str, iso: str, codec: str) -> None:
         self.provider = provider
         self.codec = codec
-        self.format = AudioFormat("alaw" if codec == "alaw" else "ulaw", 8000)
+        self.format = telephony_format(codec)
         query = {
             "model_id": model,
             "output_format": "alaw_8000" if codec == "alaw" else "ulaw_8000",

@@ -37,8 +37,17 @@ import structlog
 
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured
 from speakd.languages import parse_language_tag
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, TextStream, Voice
+from speakd.providers.base import (
+    TELEPHONY_RATE,
+    AudioChunk,
+    Provider,
+    SynthesisRequest,
+    TextStream,
+    Voice,
+    telephony_format,
+)
 from speakd.providers.voices import (
+    DEFAULT_VOICE_CACHE_TTL,
     ConnectTimeout,
     Failure,
     Section,
@@ -131,7 +140,7 @@ def create(section: Mapping[str, Any]) -> GoogleProvider:
         streaming=cfg.bool("streaming", True),
         stream_reopen_after=cfg.float("stream_reopen_after", 4.0),
         voices=cfg.table("voices"),
-        voice_cache_ttl=cfg.float("voice_cache_ttl", 300.0),
+        voice_cache_ttl=cfg.float("voice_cache_ttl", DEFAULT_VOICE_CACHE_TTL),
     )
 
 
@@ -150,7 +159,7 @@ class GoogleProvider(Provider):
         streaming: bool = True,
         stream_reopen_after: float = 4.0,
         voices: Mapping[str, str] | None = None,
-        voice_cache_ttl: float = 300.0,
+        voice_cache_ttl: float = DEFAULT_VOICE_CACHE_TTL,
     ) -> None:
         self.stream_reopen_after = stream_reopen_after
         self.credentials_file = credentials_file
@@ -250,7 +259,7 @@ class GoogleProvider(Provider):
 
         client = self._sdk()
         encoding = tts.AudioEncoding.ALAW if request.codec == "alaw" else tts.AudioEncoding.MULAW
-        fmt = AudioFormat(request.codec, 8000)
+        fmt = telephony_format(request.codec)
         params = tts.VoiceSelectionParams(language_code=locale, name=voice)
         streaming = self.streaming and is_streaming_voice(voice) and request.payload_type == "text"
 
@@ -279,7 +288,9 @@ class GoogleProvider(Provider):
         config = tts.StreamingSynthesizeRequest(
             streaming_config=tts.StreamingSynthesizeConfig(
                 voice=params,
-                streaming_audio_config=tts.StreamingAudioConfig(audio_encoding=encoding, sample_rate_hertz=8000),
+                streaming_audio_config=tts.StreamingAudioConfig(
+                    audio_encoding=encoding, sample_rate_hertz=TELEPHONY_RATE
+                ),
             )
         )
 
@@ -307,7 +318,7 @@ class GoogleProvider(Provider):
         response = await client.synthesize_speech(
             input=synthesis_input,
             voice=params,
-            audio_config=tts.AudioConfig(audio_encoding=encoding, sample_rate_hertz=8000),
+            audio_config=tts.AudioConfig(audio_encoding=encoding, sample_rate_hertz=TELEPHONY_RATE),
             retry=None,
             timeout=self.timeouts.first_byte,
             metadata=self._metadata(),
@@ -403,7 +414,7 @@ class GoogleTextStream(TextStream):
         self.provider = provider
         self.params = tts.VoiceSelectionParams(language_code=locale, name=voice)
         self.encoding = tts.AudioEncoding.ALAW if codec == "alaw" else tts.AudioEncoding.MULAW
-        self.format = AudioFormat("alaw" if codec == "alaw" else "ulaw", 8000)
+        self.format = telephony_format(codec)
         self._ready: StreamingCall | None = None
 
     def _take_ready(self) -> StreamingCall | None:
