@@ -6,14 +6,10 @@ once with numpy, so a 20 ms frame costs one fancy-index.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import soxr
 
-from speakd.providers.base import TELEPHONY_RATE, AudioFormat
-
-Codec = Literal["ulaw", "alaw"]
+from speakd.providers.base import TELEPHONY_RATE, AudioFormat, Codec
 
 SAMPLE_RATE = TELEPHONY_RATE
 FRAME_MS = 20

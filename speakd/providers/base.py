@@ -23,6 +23,8 @@ from typing import Any, Literal, get_args
 from speakd.errors import InvalidRequest, either
 
 Encoding = Literal["pcm_s16le", "ulaw", "alaw"]
+# A session's telephony codec (media.codec encodes it; a provider may produce it directly).
+Codec = Literal["ulaw", "alaw"]
 # The rate of telephony audio: ``request.codec`` at this rate goes to the call unconverted.
 TELEPHONY_RATE = 8000
 # What a request's text is written in (not an RTP payload type: those are media.codec's).
@@ -59,7 +61,7 @@ class SynthesisRequest:
     language: str
     voice_id: str
     """Provider voice id; empty means the provider's default voice for ``language``."""
-    codec: Literal["ulaw", "alaw"] = "ulaw"
+    codec: Codec = "ulaw"
     """The RTP codec of the session: a provider may return exactly this at 8 kHz."""
     payload_type: PayloadType = "text"
     model: str = ""
