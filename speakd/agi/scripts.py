@@ -13,7 +13,7 @@ from typing import Protocol, TypeVar
 import structlog
 
 from speakd.agi.protocol import AgiEnvironment, AgiResponse, exec_app, set_variable
-from speakd.api.schemas import create_request, say_request
+from speakd.api.schemas import SAY_FIELDS, SESSION_OPTIONS, create_request, say_request
 from speakd.errors import InvalidRequest, SpeakdError
 from speakd.parsing import parse_bool
 from speakd.sessions.service import SpeakingService
@@ -21,10 +21,10 @@ from speakd.sessions.service import SpeakingService
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-# Options of ``speak`` after its text: session options (a new session only), say options, flags.
-CREATE_OPTIONS = {"language": "language", "provider": "provider", "voice": "voice_id", "voice_id": "voice_id"}
-CREATE_OPTIONS |= {"direction": "direction"}
-SAY_OPTIONS = ("payload_type", "client_state", "command_id", "stop")
+# Options of ``speak`` after its text: session options (a new session only; ``voice`` is short
+# for ``voice_id``), say options, flags.
+CREATE_OPTIONS = {name: name for name in SESSION_OPTIONS} | {"voice": "voice_id"}
+SAY_OPTIONS = tuple(f for f in SAY_FIELDS if f != "text")  # the text is the first argument
 FLAGS = ("wait", "keepalive")
 # A channel in the dialplan is the caller: by default it is the one that hears.
 DEFAULT_DIRECTION = "out"

@@ -30,6 +30,9 @@ _REFERENCE_ID = re.compile(REFERENCE_ID_PATTERN, re.ASCII)
 _PAGE_TOKEN = re.compile(PAGE_TOKEN_PATTERN, re.ASCII)
 
 CREATE_FIELDS = ("reference_type", "reference_id", "language", "provider", "voice_id", "direction")
+# What a caller on a call (the dialplan, an ARI application) may choose for the session it gets:
+# the reference is its channel.
+SESSION_OPTIONS = tuple(f for f in CREATE_FIELDS if f not in ("reference_type", "reference_id"))
 SAY_FIELDS = ("text", "payload_type", "client_state", "command_id", "stop")
 MAX_CLIENT_STATE_CHARS = 4096
 MAX_COMMAND_ID_CHARS = 256

@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from speakd.api.schemas import CREATE_FIELDS, SAY_FIELDS, create_request, say_request
+from speakd.api.schemas import SAY_FIELDS, SESSION_OPTIONS, create_request, say_request
 from speakd.errors import InvalidRequest, NotFound, SpeakdError
 from speakd.sessions.service import SpeakingService
 
@@ -44,7 +44,6 @@ STOP = "speakd_stop"
 ERROR = "speakd_error"
 COMMANDS = (SAY, FLUSH, STOP)
 REPLY_APP = "reply_app"
-SESSION_OPTIONS = tuple(f for f in CREATE_FIELDS if f not in ("reference_type", "reference_id"))
 ACCEPTED = {
     SAY: (*SAY_FIELDS, *SESSION_OPTIONS, REPLY_APP),
     FLUSH: (REPLY_APP,),

@@ -45,3 +45,13 @@ def test_documented_fields_are_the_ones_served():
     schemas = OPENAPI["components"]["schemas"]
     assert list(schemas["Speaking"]["properties"]) == list(FIELDS)
     assert list(schemas["Say"]["properties"]) == list(SayItem.SHOWN)
+
+
+def test_documented_request_bodies_take_the_fields_parsed():
+    from speakd.api.schemas import CREATE_FIELDS, SAY_FIELDS
+
+    def body(path: str) -> dict:
+        return OPENAPI["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+    assert list(body("/v1.0/speakings")["properties"]) == list(CREATE_FIELDS)
+    assert list(body("/v1.0/speakings/{id}/say")["properties"]) == list(SAY_FIELDS)
