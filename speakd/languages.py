@@ -12,8 +12,9 @@ ARI commands, a provider's ``voices`` config table):
   provider speaks them, so accepting the tag would only fail later, at every provider;
 * ``en_US`` (a POSIX locale, not a tag) is refused with the hyphenated form to send instead.
 
-Reading a tag's parts (:func:`primary_language`) and matching tags to a voice's languages
-(:func:`language_matches`) are here too, so no other module splits a tag.
+Reading a POSIX locale name (:func:`parse_posix_locale`), a tag's parts
+(:func:`primary_language`) and matching tags to a voice's languages (:func:`language_matches`)
+are here too, so no other module splits a tag.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def parse_language_tag(value: str) -> str:
     if region:
         parts.append(region.upper())
     return "-".join(parts)
+
+
+def parse_posix_locale(value: str) -> str:
+    """The canonical tag of a POSIX locale name (``en_US`` -> ``en-US``): how Piper's voice files
+    name their language. InvalidRequest as :func:`parse_language_tag` if it is no tag then."""
+    return parse_language_tag(value.replace("_", "-"))
 
 
 def primary_language(tag: str) -> str:

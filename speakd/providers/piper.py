@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLanguage
-from speakd.languages import parse_language_tag, primary_language
+from speakd.languages import parse_language_tag, parse_posix_locale, primary_language
 from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
 from speakd.providers.deadline_pool import DeadlinePool
 from speakd.providers.voices import Section
@@ -59,8 +59,7 @@ class PiperProvider(Provider):
         self.config_path = config_path
         meta = json.loads(Path(config_path).read_text())
         language = meta.get("language", {})
-        # Piper's voice files name a POSIX locale (en_US), not a language tag.
-        self.language = parse_language_tag(language.get("code", "en_US").replace("_", "-"))
+        self.language = parse_posix_locale(language.get("code", "en_US"))
         self.family = parse_language_tag(language.get("family", primary_language(self.language)))
         stem = Path(model_path).name.removesuffix(".onnx")  # e.g. en_US-joe-medium
         self.voice_ids = {stem, stem.split("-")[1] if stem.count("-") >= 2 else stem}
