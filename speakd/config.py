@@ -124,7 +124,7 @@ class TtsConfig:
 @dataclass
 class LogConfig:
     level: str = "info"
-    format: str = LOG_FORMATS[0]  # or any other of LOG_FORMATS
+    format: str = "console"  # one of LOG_FORMATS
 
 
 @dataclass
