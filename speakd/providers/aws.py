@@ -172,7 +172,6 @@ def create(section: Mapping[str, Any]) -> PollyProvider:
 
 class PollyProvider(Provider):
     name = NAME
-    supports_ssml = True
 
     def __init__(
         self,

@@ -137,7 +137,6 @@ def create(section: Mapping[str, Any]) -> GoogleProvider:
 
 class GoogleProvider(Provider):
     name = NAME
-    supports_ssml = True
 
     def __init__(
         self,
