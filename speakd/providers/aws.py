@@ -386,7 +386,6 @@ class PollyProvider(Provider):
                 name=v.get("Name", v["Id"]),
                 languages=(v["LanguageCode"], *v.get("AdditionalLanguageCodes", [])),
                 gender=str(v.get("Gender", "")).lower(),
-                extra={"engines": list(v.get("SupportedEngines", []))},
             )
             for v in raw
         ]

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 Encoding = Literal["pcm_s16le", "ulaw", "alaw"]
 
@@ -82,7 +82,6 @@ class Voice:
     name: str
     languages: tuple[str, ...]
     gender: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Provider(abc.ABC):

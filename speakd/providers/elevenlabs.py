@@ -280,7 +280,6 @@ class ElevenLabsProvider(Provider):
                     name=v.name or v.voice_id,
                     languages=tuple(langs),
                     gender=str(labels.get("gender", "")),
-                    extra={"category": str(v.category or "")},
                 )
             )
         return voices

@@ -345,7 +345,6 @@ class GoogleProvider(Provider):
                 name=v.name,
                 languages=tuple(v.language_codes),
                 gender=tts.SsmlVoiceGender(v.ssml_gender).name.lower() if v.ssml_gender else "",
-                extra={"natural_sample_rate_hertz": v.natural_sample_rate_hertz},
             )
             for v in response.voices
         ]
