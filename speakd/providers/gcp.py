@@ -240,9 +240,6 @@ class GoogleProvider(Provider):
             raise InvalidRequest(f"payload_type must be 'text' or 'ssml', not '{payload_type}'")
         self._resolve(language, voice_id)
 
-    def default_voice(self, language: str) -> str:
-        return self._resolve(language, "")[1]
-
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         self.check(request.language, request.voice_id, request.payload_type)
         locale, voice = self._resolve(request.language, request.voice_id)
