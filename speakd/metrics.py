@@ -161,6 +161,7 @@ class _MeasuredProvider(Provider):
     def __init__(self, inner: Provider, metrics: Metrics) -> None:
         self.inner = inner
         self.name = inner.name
+        self.supports_ssml = inner.supports_ssml
         self._first_byte = metrics.provider_first_byte.labels(provider=inner.name)
         self._errors = metrics.provider_errors
         for stage in ("before_audio", "mid_stream"):

@@ -90,6 +90,10 @@ class ProviderSlot(Provider):
     def name(self) -> str:  # type: ignore[override]
         return self.current.name
 
+    @property
+    def supports_ssml(self) -> bool:  # type: ignore[override]
+        return self.current.supports_ssml
+
     def __getattr__(self, attribute: str) -> Any:
         if attribute == "current":  # not set yet (during __init__): no recursion
             raise AttributeError(attribute)

@@ -172,6 +172,7 @@ def create(section: Mapping[str, Any]) -> PollyProvider:
 
 class PollyProvider(Provider):
     name = NAME
+    supports_ssml = True
 
     def __init__(
         self,

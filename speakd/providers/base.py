@@ -88,6 +88,7 @@ class Provider(abc.ABC):
     """One TTS provider. Instances are shared by every session; they must be task-safe."""
 
     name: str
+    supports_ssml: bool = False
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load models / open clients. Called once at daemon start."""
@@ -98,8 +99,7 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
         """Raise :class:`speakd.errors.InvalidRequest` (or a subclass) naming the provider and
-        what is wrong if this provider cannot speak ``language`` with ``voice_id``, or does not
-        take ``payload_type`` (SSML: each provider refuses it here, in its own words)."""
+        what is wrong if this provider cannot speak ``language`` with ``voice_id``."""
 
     @abc.abstractmethod
     def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:

@@ -137,6 +137,7 @@ def _inactivity_timeout(cfg: Section) -> int:
 
 class ElevenLabsProvider(Provider):
     name = NAME
+    supports_ssml = False
 
     def __init__(
         self,

@@ -137,6 +137,7 @@ def create(section: Mapping[str, Any]) -> GoogleProvider:
 
 class GoogleProvider(Provider):
     name = NAME
+    supports_ssml = True
 
     def __init__(
         self,

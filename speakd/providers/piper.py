@@ -49,6 +49,7 @@ NAME = "piper"
 
 class PiperProvider(Provider):
     name = NAME
+    supports_ssml = False
 
     def __init__(
         self, model_path: str, config_path: str, threads: int = 2, settings: dict[str, float] | None = None

@@ -132,6 +132,7 @@ PCM = AudioFormat("pcm_s16le", 8000)
 
 class ScriptedProvider(Provider):
     name = "scripted"
+    supports_ssml = True
 
     def __init__(self) -> None:
         self.fail_after: int | None = None  # chunks before raising ProviderError
@@ -166,7 +167,7 @@ async def test_providers_are_timed_to_their_first_audio_and_their_failures_count
     metrics = Metrics()
     inner = ScriptedProvider()
     provider = metrics.measure_provider(inner)
-    assert provider.name == "scripted"
+    assert provider.name == "scripted" and provider.supports_ssml
     provider.check("en-US", "")  # delegated, also when it refuses
     with pytest.raises(ValueError):
         provider.check("xx", "")
