@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from speakd.media.codec import decode_ulaw
+from speakd.media.codec import decode
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; also the SCM_ type of the ancillary data
 SPEECH_DBFS = -40.0
@@ -55,7 +55,7 @@ def _rtp_payload(data: bytes) -> tuple[int, bytes]:
 def frame_dbfs(payload: bytes) -> float:
     if not payload:
         return -120.0
-    pcm = decode_ulaw(payload).astype(np.float64) / 32768.0
+    pcm = decode(payload, "ulaw").astype(np.float64) / 32768.0
     rms = float(np.sqrt(np.mean(pcm * pcm)))
     return max(20 * np.log10(max(rms, 1e-12)), -120.0)
 

@@ -79,7 +79,7 @@ from harness.load import busy_loops, polling  # noqa: E402
 from probe import Probe, probe_party  # noqa: E402
 
 from speakd.ari.client import AriClient  # noqa: E402
-from speakd.media.codec import FRAME_SAMPLES, FrameEncoder, encode_ulaw  # noqa: E402
+from speakd.media.codec import FRAME_SAMPLES, FrameEncoder, encode  # noqa: E402
 from speakd.media.playout import Playout  # noqa: E402
 from speakd.media.rtp_transport import PacerProcess, RtpTransport  # noqa: E402
 from speakd.media.websocket import WebSocketTransport  # noqa: E402
@@ -752,7 +752,7 @@ async def capacity_rtp(k: int, provider: Provider, window_s: float, warmup_s: fl
 
 async def capacity(bench: Bench) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    audio = encode_ulaw(render_piper(LONG))
+    audio = encode(render_piper(LONG), "ulaw")
     window_s, warmup_s = bench.args.window, 1.5
     provider = PrerenderedProvider(audio, warmup_s + window_s + 3.0)
     ks = [int(k) for k in bench.args.sessions.split(",")]

@@ -119,10 +119,6 @@ class ServiceNotifier:
             )
         return notifier
 
-    @property
-    def active(self) -> bool:
-        return self._notify is not None
-
     def _send(self, *lines: str) -> None:
         if self._notify is not None:
             self._notify.send("\n".join(lines))

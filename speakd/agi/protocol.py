@@ -90,17 +90,6 @@ class EnvironmentParser:
         return None
 
 
-def parse_environment(lines: list[str]) -> AgiEnvironment:
-    """The whole block at once (the lines up to, and without, the empty one)."""
-    parser = EnvironmentParser()
-    for line in lines:
-        if (env := parser.feed(line)) is not None:
-            return env
-    env = parser.feed("")
-    assert env is not None
-    return env
-
-
 def _environment(values: dict[str, str]) -> AgiEnvironment:
     args: list[str] = []
     n = 1
@@ -232,12 +221,3 @@ def _result(text: str, line: str) -> AgiResponse:
             raise AgiProtocolError(f"unclosed ( in {line[:80]!r}")
         data, rest = rest[1:close], rest[close + 1 :]
     return AgiResponse(200, result=value, data=data, rest=rest.strip(), line=line)
-
-
-def parse_response(lines: list[str]) -> tuple[AgiResponse, bool]:
-    """The response in ``lines`` (all of them, in order) and whether a HANGUP came first."""
-    parser = ResponseParser()
-    for line in lines:
-        if (response := parser.feed(line)) is not None:
-            return response, parser.hung_up
-    raise AgiProtocolError("incomplete AGI response")

@@ -12,20 +12,12 @@ class AriError(Exception):
         self.path = path
 
 
-class AriBadRequest(AriError):
-    """400: a parameter Asterisk did not accept."""
-
-
 class AriNotFound(AriError):
     """404: the channel/bridge/... does not exist (any more)."""
 
 
-class AriConflict(AriError):
-    """409: e.g. the channel is not in a Stasis application."""
-
-
 class AriUnprocessable(AriError):
-    """422: e.g. the channel is not in our Stasis application."""
+    """422: e.g. a user event's source has gone (``Event source was not found``)."""
 
 
 class AriUnavailable(AriError):
@@ -36,9 +28,7 @@ class AriUnavailable(AriError):
 
 
 _BY_STATUS: dict[int, type[AriError]] = {
-    400: AriBadRequest,
     404: AriNotFound,
-    409: AriConflict,
     422: AriUnprocessable,
 }
 

@@ -28,10 +28,6 @@ class EventBus:
     def add_sink(self, sink: EventSink) -> None:
         self._sinks.append(sink)
 
-    def remove_sink(self, sink: EventSink) -> None:
-        if sink in self._sinks:
-            self._sinks.remove(sink)
-
     def publish(self, event: Event) -> None:
         log.debug("event", event_type=str(event.event_type), speaking_id=event.speaking_id)
         for sink in list(self._sinks):

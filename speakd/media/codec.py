@@ -72,22 +72,6 @@ def decode(data: bytes, codec: Codec) -> np.ndarray:
     return _DECODE[codec][np.frombuffer(data, dtype=np.uint8)]
 
 
-def encode_ulaw(pcm: np.ndarray) -> bytes:
-    return encode(pcm, "ulaw")
-
-
-def encode_alaw(pcm: np.ndarray) -> bytes:
-    return encode(pcm, "alaw")
-
-
-def decode_ulaw(data: bytes) -> np.ndarray:
-    return decode(data, "ulaw")
-
-
-def decode_alaw(data: bytes) -> np.ndarray:
-    return decode(data, "alaw")
-
-
 def strip_wav_header(data: bytes) -> bytes:
     """Return the sample data of a RIFF/WAVE blob (providers sometimes prepend one).
 

@@ -38,7 +38,6 @@ class WebSocketTransport(MediaTransport):
         self._has_outgoing = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._log = log.bind(**(log_context or {}))
-        self.media_start: dict[str, str] = {}
 
     async def start(self) -> None:
         try:
@@ -50,7 +49,6 @@ class WebSocketTransport(MediaTransport):
         if started.type != aiohttp.WSMsgType.TEXT or not started.data.startswith(control.MEDIA_START):
             await self.aclose()
             raise TransportError(f"Asterisk did not start the media WebSocket (got {started.type.name})")
-        self.media_start = control.parse(started.data).params
         self._tasks = [
             asyncio.create_task(self._read(), name="speakd-media-ws-read"),
             asyncio.create_task(self._write(), name="speakd-media-ws-write"),

@@ -274,9 +274,6 @@ class PollyProvider(Provider):
         self.check_payload_type(payload_type)
         self._resolve(language, voice_id)
 
-    def default_voice(self, language: str) -> str:
-        return self._resolve(language, "")[1]
-
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         self.check(request.language, request.voice_id, request.payload_type)
         locale, voice, engine = self._resolve(request.language, request.voice_id, request.model)
@@ -387,7 +384,6 @@ class PollyProvider(Provider):
                 name=v.get("Name", v["Id"]),
                 languages=(v["LanguageCode"], *v.get("AdditionalLanguageCodes", [])),
                 gender=str(v.get("Gender", "")).lower(),
-                extra={"engines": list(v.get("SupportedEngines", []))},
             )
             for v in raw
         ]

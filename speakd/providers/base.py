@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 from speakd.errors import InvalidRequest, either
 
@@ -96,7 +96,6 @@ class Voice:
     name: str
     languages: tuple[str, ...]
     gender: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Provider(abc.ABC):

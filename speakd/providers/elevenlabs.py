@@ -222,9 +222,6 @@ class ElevenLabsProvider(Provider):
         self.check_payload_type(payload_type)
         self._resolve(language, voice_id)
 
-    def default_voice(self, language: str) -> str:
-        return self._resolve(language, "")[1]
-
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         self.check(request.language, request.voice_id, request.payload_type)
         model, voice, iso = self._resolve(request.language, request.voice_id, request.model)
@@ -279,7 +276,6 @@ class ElevenLabsProvider(Provider):
                     name=v.name or v.voice_id,
                     languages=tuple(langs),
                     gender=str(labels.get("gender", "")),
-                    extra={"category": str(v.category or "")},
                 )
             )
         return voices

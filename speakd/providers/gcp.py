@@ -249,9 +249,6 @@ class GoogleProvider(Provider):
         self.check_payload_type(payload_type)
         self._resolve(language, voice_id)
 
-    def default_voice(self, language: str) -> str:
-        return self._resolve(language, "")[1]
-
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         self.check(request.language, request.voice_id, request.payload_type)
         locale, voice = self._resolve(request.language, request.voice_id)
@@ -356,7 +353,6 @@ class GoogleProvider(Provider):
                 name=v.name,
                 languages=tuple(v.language_codes),
                 gender=tts.SsmlVoiceGender(v.ssml_gender).name.lower() if v.ssml_gender else "",
-                extra={"natural_sample_rate_hertz": v.natural_sample_rate_hertz},
             )
             for v in response.voices
         ]

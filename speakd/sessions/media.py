@@ -49,7 +49,6 @@ class MediaPaths:
         self._rtp_external_host = rtp_external_host
         self._realtime_priority = realtime_priority
         self._on_pacer_stats = on_pacer_stats
-        self._rtp_socket: socket.socket | None = None
         self._stack = contextlib.AsyncExitStack()
         self.pacer: PacerProcess | None = None
         self.external_host = ""

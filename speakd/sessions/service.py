@@ -372,7 +372,7 @@ class SpeakingService:
         record = await self.get(customer_id, speaking_id)
         if speaking_id in self._live:
             record = await self._stop(speaking_id, StopReason.STOP, "deleted")
-        if record.tm_delete == NOT_YET:
+        if not record.deleted:
             stamp = now_stamp()
             record.tm_delete = stamp
             record.tm_update = stamp

@@ -60,8 +60,7 @@ def test_env_strings_are_parsed():
     )
     assert provider.sample_rate == 16000
     assert provider.timeouts.connect == 0.25 and provider.timeouts.retries == 0
-    assert provider.default_voice("de-DE") == "Daniel"
-    assert provider.default_voice("fr") == "Remi"
+    assert provider.voices["de-DE"] == ("Daniel", ()) and provider.voices["fr-FR"] == ("Remi", ())
     gcp = make_provider("gcp", {"api_key": "k", "endpoint": "127.0.0.1:9", "insecure": "true", "streaming": "no"})
     assert gcp.insecure is True and gcp.streaming is False
 

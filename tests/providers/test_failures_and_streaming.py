@@ -10,7 +10,7 @@ import pytest
 from providers_support import collect
 
 from speakd.errors import ProviderError
-from speakd.media.codec import decode_ulaw
+from speakd.media.codec import decode
 from speakd.providers import SynthesisRequest
 
 TEXT = "Hello, this is speakd speaking through a stand-in. It has two sentences."
@@ -22,7 +22,7 @@ def _pcm(chunks) -> np.ndarray:
     data = b"".join(c.data for c in chunks)
     fmt = chunks[0].format
     if fmt.encoding == "ulaw":
-        return decode_ulaw(data).astype(np.float64), fmt.sample_rate
+        return decode(data, "ulaw").astype(np.float64), fmt.sample_rate
     return np.frombuffer(data, dtype="<i2").astype(np.float64), fmt.sample_rate
 
 

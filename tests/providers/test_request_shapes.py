@@ -6,7 +6,7 @@ import pytest
 from providers_support import FAST, collect, make_provider
 
 from speakd.errors import InvalidRequest, UnsupportedLanguage
-from speakd.providers import AudioFormat, SynthesisRequest
+from speakd.providers import AudioFormat, SynthesisRequest, elevenlabs, gcp
 
 TEXT = "Good morning."
 
@@ -52,14 +52,17 @@ async def test_elevenlabs_default_voice_follows_the_language(eleven, elevenlabs_
     await collect(eleven, SynthesisRequest("Guten Morgen.", "de-DE", ""))
     en, de = elevenlabs_standin.synth_requests()
     assert de.voice != en.voice
-    assert de.voice == eleven.default_voice("de-DE")
+    assert (en.voice, de.voice) == (elevenlabs.DEFAULT_VOICES["en"], elevenlabs.DEFAULT_VOICES["de"])
     assert de.language == "de"
 
 
-async def test_elevenlabs_configured_voice_table_overrides_defaults(elevenlabs_standin):
-    provider = make_provider("elevenlabs", elevenlabs_standin.provider_section(voices="de-DE=germanvoice01"))
-    assert provider.default_voice("de-DE") == "germanvoice01"
-    assert provider.default_voice("en-US") != "germanvoice01"
+async def test_elevenlabs_configured_voice_table_overrides_defaults(elevenlabs_standin, standin_speech_ready):
+    provider = make_provider("elevenlabs", elevenlabs_standin.provider_section(**FAST, voices="de-DE=germanvoice01"))
+    await collect(provider, SynthesisRequest("Guten Morgen.", "de-DE", ""))
+    await collect(provider, SynthesisRequest(TEXT, "en-US", ""))
+    await provider.aclose()
+    de, en = elevenlabs_standin.synth_requests()
+    assert (de.voice, en.voice) == ("germanvoice01", elevenlabs.DEFAULT_VOICES["en"])
 
 
 async def test_elevenlabs_peer_voice_form_sets_model_and_voice(eleven, elevenlabs_standin):
@@ -122,8 +125,8 @@ async def test_google_ssml_goes_through_unary_as_ssml(google, gcp_standin):
 async def test_google_default_voice_follows_the_language(google, gcp_standin):
     await collect(google, SynthesisRequest("Guten Morgen.", "de-DE", ""))
     (req,) = gcp_standin.synth_requests()
-    assert req.voice.startswith("de-DE-") and req.language == "de-DE"
-    assert google.default_voice("en-US") != req.voice
+    assert (req.voice, req.language) == (gcp.DEFAULT_VOICES["de-DE"], "de-DE")
+    assert req.voice != gcp.DEFAULT_VOICES["en-US"]
 
 
 def test_google_unsupported_language_and_mismatched_voice(google):
@@ -192,6 +195,15 @@ async def test_polly_default_voice_follows_the_language(polly, aws_standin):
     de, ru = aws_standin.synth_requests()
     assert (de.voice, de.language) == ("Vicki", "de-DE")
     assert (ru.voice, ru.engine) == ("Tatyana", "standard"), "a standard-only voice is not asked for neural"
+
+
+async def test_polly_configured_voice_table_overrides_defaults(aws_standin, standin_speech_ready):
+    provider = make_provider("aws", aws_standin.provider_section(**FAST, voices="de-DE=Daniel,fr-FR=Remi"))
+    await collect(provider, SynthesisRequest("Guten Morgen.", "de-DE", ""))
+    await collect(provider, SynthesisRequest("Bonjour.", "fr", ""))
+    de, fr = aws_standin.synth_requests()
+    assert (de.voice, de.language) == ("Daniel", "de-DE")
+    assert (fr.voice, fr.language) == ("Remi", "fr-FR")  # a bare language: the table's locale for it
 
 
 def test_polly_unsupported_language_names_provider_and_language(polly):

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import soxr
 
-from speakd.media.codec import encode_alaw, encode_ulaw
+from speakd.media.codec import encode
 
 PIPER_RATE = 22050
 _voice = None
@@ -52,10 +52,8 @@ def speech(text: str, rate: int) -> np.ndarray:
 def render(text: str, encoding: str, rate: int) -> bytes:
     """``encoding``: ``pcm`` (s16le), ``ulaw`` or ``alaw``."""
     pcm = speech(text, rate)
-    if encoding == "ulaw":
-        return encode_ulaw(pcm)
-    if encoding == "alaw":
-        return encode_alaw(pcm)
+    if encoding in ("ulaw", "alaw"):
+        return encode(pcm, encoding)
     return pcm.astype("<i2").tobytes()
 
 

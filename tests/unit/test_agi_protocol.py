@@ -8,18 +8,40 @@ import pytest
 
 from speakd.agi.protocol import (
     MAX_COMMAND_BYTES,
+    AgiEnvironment,
     AgiProtocolError,
+    AgiResponse,
     EnvironmentParser,
+    ResponseParser,
     exec_app,
     format_command,
-    parse_environment,
-    parse_response,
     quote,
     set_variable,
 )
 from speakd.agi.scripts import parse_speak_args
 from speakd.agi.server import AgiServer
 from speakd.errors import InvalidRequest
+
+
+def parse_environment(lines: list[str]) -> AgiEnvironment:
+    """The whole block at once (the lines up to, and without, the empty one)."""
+    parser = EnvironmentParser()
+    for line in lines:
+        if (env := parser.feed(line)) is not None:
+            return env
+    env = parser.feed("")
+    assert env is not None
+    return env
+
+
+def parse_response(lines: list[str]) -> tuple[AgiResponse, bool]:
+    """The response in ``lines`` (all of them, in order) and whether a HANGUP came first."""
+    parser = ResponseParser()
+    for line in lines:
+        if (response := parser.feed(line)) is not None:
+            return response, parser.hung_up
+    raise AgiProtocolError("incomplete AGI response")
+
 
 ENV = [
     "agi_network: yes",
@@ -302,8 +324,6 @@ class FakeConnection:
         self.sent: list[str] = []
 
     async def command(self, line):
-        from speakd.agi.protocol import parse_response
-
         self.sent.append(line)
         return parse_response(["200 result=1"])[0]
 

@@ -22,7 +22,7 @@ def test_parse_a_mark_processed():
 
 def test_parse_status_with_many_parameters():
     message = parse("STATUS queue_length:179 xon_level:800 xoff_level:900 queue_full:false bulk_media:false")
-    assert message.command == control.STATUS
+    assert message.command == "STATUS"
     assert message.params == {
         "queue_length": "179",
         "xon_level": "800",

@@ -251,6 +251,20 @@ async def test_conflict_and_reuse_after_stop(env):
     assert second.id != first.id
 
 
+async def test_delete_stops_the_session_and_a_second_delete_keeps_its_tm_delete(env):
+    ari, service = env
+    record = await service.create("c1", request())
+    await until(lambda: record.status == "active")
+    deleted = await service.delete("c1", record.id)
+    assert deleted.status == "stopped" and deleted.tm_delete != "9999-01-01 00:00:00.000000"
+    assert ari.leftovers() == []
+    again = await service.delete("c1", record.id)
+    assert again.tm_delete == deleted.tm_delete  # what was said stays on record, as it was
+    assert (await service.store.get(record.id)).tm_delete == deleted.tm_delete
+    listed, _ = await service.list("c1", 10, None)
+    assert record.id not in [r.id for r in listed]
+
+
 async def test_unknown_call_and_foreign_session(env):
     _ari, service = env
     with pytest.raises(InvalidRequest, match="no-such"):

@@ -138,12 +138,16 @@ def test_notify_socket_sends_datagrams_and_survives_a_missing_listener(listener)
 
 
 def test_from_environ_takes_systemds_variables_out_of_the_environment(listener):
-    name, _ = listener
+    name, sock = listener
     environ = {"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid()), "PATH": "/bin"}
     notifier = ServiceNotifier.from_environ(lambda: "x", environ)
-    assert notifier.active and notifier.watchdog_every == 1.0
+    assert notifier.watchdog_every == 1.0
+    notifier.ready()
+    assert drain(sock) == ["READY=1\nSTATUS=x"]  # to the socket systemd named
     assert environ == {"PATH": "/bin"}  # the pacer process must not inherit them
-    assert not ServiceNotifier.from_environ(lambda: "x", {}).active
+    unsupervised = ServiceNotifier.from_environ(lambda: "x", {})
+    unsupervised.ready()  # no socket: a no-op
+    assert unsupervised.watchdog_every is None
 
 
 async def test_pings_come_from_the_event_loop_and_stop_while_it_is_stuck(listener):
