@@ -29,11 +29,10 @@ from speakd.config import ConfigError
 from speakd.errors import InvalidRequest, ProviderNotConfigured
 from speakd.parsing import parse_bool
 from speakd.provider_names import PROVIDER_NAMES
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, TextStream, Voice
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
 
 __all__ = [
     "AudioChunk",
-    "AudioFormat",
     "Provider",
     "ProviderRegistry",
     "ProviderSlot",

@@ -40,9 +40,10 @@ from typing import Any
 
 import structlog
 
+from speakd.audio import AudioFormat, telephony_format
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured, UnsupportedLanguage
 from speakd.languages import parse_language_tag
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice, telephony_format
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, Voice
 from speakd.providers.voices import (
     DEFAULT_VOICE_CACHE_TTL,
     Failure,

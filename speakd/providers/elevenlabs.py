@@ -39,9 +39,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+from speakd.audio import telephony_format
 from speakd.errors import ProviderNotConfigured, UnsupportedLanguage
 from speakd.languages import parse_language_tag, primary_language
-from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice, telephony_format
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
 from speakd.providers.voices import (
     DEFAULT_VOICE_CACHE_TTL,
     ConnectTimeout,

@@ -14,9 +14,10 @@ import re
 import pytest
 from harness.fakes import SinkTransport
 
+from speakd.audio import AudioFormat
 from speakd.errors import ProviderError
 from speakd.media.playout import Playout
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest
 from speakd.sessions.model import NOT_YET, TIME_FORMAT, Speaking
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.sessions.session import Session
