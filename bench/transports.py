@@ -85,8 +85,8 @@ from speakd.media.playout import Playout  # noqa: E402
 from speakd.media.rtp_transport import PacerProcess, RtpTransport  # noqa: E402
 from speakd.media.websocket import WebSocketTransport  # noqa: E402
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest  # noqa: E402
-from speakd.sessions.model import Speaking, now_stamp  # noqa: E402
 from speakd.sessions.session import Session  # noqa: E402
+from speakd.store.records import Speaking, now_stamp  # noqa: E402
 
 # Two sentences: a streaming speaker plays the first while the second is synthesized.
 TEXT = "Thanks for calling. Your order has shipped and will arrive tomorrow before noon."

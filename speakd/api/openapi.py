@@ -21,9 +21,9 @@ from speakd.languages import TAG_PATTERN
 from speakd.media.transport import TransportKind
 from speakd.provider_names import PROVIDER_NAMES
 from speakd.providers.base import TEXT_PAYLOAD_TYPES
-from speakd.sessions.model import FIELDS, Direction, ReferenceType, Status
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.sessions.service import SayStop
+from speakd.store.records import FIELDS, Direction, ReferenceType, Status
 
 
 def _enum(choices: Any) -> dict[str, Any]:

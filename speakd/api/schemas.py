@@ -11,8 +11,8 @@ from speakd.languages import parse_language_tag
 from speakd.parsing import parse_bool
 from speakd.providers.base import TEXT_PAYLOAD_TYPES
 from speakd.providers.voices import resolve_voice
-from speakd.sessions.model import Direction, ProviderName, ReferenceType
 from speakd.sessions.service import CreateRequest, SayRequest, SayStop
+from speakd.store.records import Direction, ProviderName, ReferenceType
 
 MAX_TEXT_CHARS = 5000
 MAX_PAGE_SIZE = 100

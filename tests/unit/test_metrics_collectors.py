@@ -23,7 +23,7 @@ from speakd.media import pacer_protocol
 from speakd.media.playout import BYTES_PER_MS, Playout
 from speakd.metrics import Metrics
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest
-from speakd.sessions.model import stamp_of
+from speakd.store.records import stamp_of
 from speakd.store.sqlite import SqliteStore
 
 T0 = 1_750_000_000.0  # unix seconds

@@ -39,8 +39,8 @@ def test_cookie_credential_and_error_envelope_are_documented():
 
 
 def test_documented_fields_are_the_ones_served():
-    from speakd.sessions.model import FIELDS
     from speakd.sessions.says import SayItem
+    from speakd.store.records import FIELDS
 
     schemas = OPENAPI["components"]["schemas"]
     assert list(schemas["Speaking"]["properties"]) == list(FIELDS)
