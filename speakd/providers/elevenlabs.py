@@ -43,17 +43,10 @@ from speakd.audio import telephony_format
 from speakd.errors import ProviderNotConfigured, UnsupportedLanguage
 from speakd.languages import parse_language_tag, primary_language
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
-from speakd.providers.voices import (
-    DEFAULT_VOICE_CACHE_TTL,
-    ConnectTimeout,
-    Failure,
-    Section,
-    Timeouts,
-    credentials_rejected,
-    http_failure,
-    resilient_stream,
-    split_voice,
-)
+from speakd.providers.catalogue import DEFAULT_VOICE_CACHE_TTL
+from speakd.providers.peer_voices import split_voice
+from speakd.providers.resilience import ConnectTimeout, Failure, credentials_rejected, http_failure, resilient_stream
+from speakd.providers.settings import Section, Timeouts
 
 NAME = "elevenlabs"
 DEFAULT_MODEL = "eleven_flash_v2_5"

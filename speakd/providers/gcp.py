@@ -37,19 +37,12 @@ import structlog
 
 from speakd.audio import TELEPHONY_RATE, strip_wav_header, telephony_format
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured
-from speakd.languages import parse_language_tag
+from speakd.languages import parse_language_tag, pick_locale
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
-from speakd.providers.voices import (
-    DEFAULT_VOICE_CACHE_TTL,
-    ConnectTimeout,
-    Failure,
-    Section,
-    Timeouts,
-    credentials_rejected,
-    pick_locale,
-    resilient_stream,
-    split_voice,
-)
+from speakd.providers.catalogue import DEFAULT_VOICE_CACHE_TTL
+from speakd.providers.peer_voices import split_voice
+from speakd.providers.resilience import ConnectTimeout, Failure, credentials_rejected, resilient_stream
+from speakd.providers.settings import Section, Timeouts
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 from speakd.errors import INVALID_FIELD, InvalidRequest, either
 from speakd.languages import parse_language_tag
 from speakd.providers.base import TEXT_PAYLOAD_TYPES
-from speakd.providers.voices import resolve_voice
+from speakd.providers.peer_voices import resolve_voice
 from speakd.sessions.service import CreateRequest, SayRequest, SayStop
 from speakd.store.records import Direction, ProviderName, ReferenceType
 
