@@ -79,13 +79,14 @@ from harness.load import busy_loops, polling  # noqa: E402
 from probe import Probe, probe_party  # noqa: E402
 
 from speakd.ari.client import AriClient  # noqa: E402
+from speakd.audio import AudioFormat  # noqa: E402
 from speakd.media.codec import FRAME_SAMPLES, FrameEncoder, encode  # noqa: E402
 from speakd.media.playout import Playout  # noqa: E402
 from speakd.media.rtp_transport import PacerProcess, RtpTransport  # noqa: E402
 from speakd.media.websocket import WebSocketTransport  # noqa: E402
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest  # noqa: E402
-from speakd.sessions.model import Speaking, now_stamp  # noqa: E402
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest  # noqa: E402
 from speakd.sessions.session import Session  # noqa: E402
+from speakd.store.records import Speaking, now_stamp  # noqa: E402
 
 # Two sentences: a streaming speaker plays the first while the second is synthesized.
 TEXT = "Thanks for calling. Your order has shipped and will arrive tomorrow before noon."

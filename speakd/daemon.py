@@ -32,6 +32,7 @@ from speakd.api import create_app
 from speakd.api.auth import Authenticator
 from speakd.api.events_ws import EventHub
 from speakd.ari.client import AriClient
+from speakd.ari_commands import AriCommands
 from speakd.config import Config
 from speakd.events import EventBus
 from speakd.events.ari_user_events import AriUserEventSink
@@ -39,7 +40,6 @@ from speakd.events.webhooks import WebhookSink
 from speakd.metrics import Metrics
 from speakd.providers import ProviderRegistry
 from speakd.reload import ConfigReloader
-from speakd.sessions.ari_commands import AriCommands
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.service import SpeakingService
 from speakd.store.sqlite import SqliteStore

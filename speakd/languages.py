@@ -13,15 +13,17 @@ ARI commands, a provider's ``voices`` config table):
 * ``en_US`` (a POSIX locale, not a tag) is refused with the hyphenated form to send instead.
 
 Reading a POSIX locale name (:func:`parse_posix_locale`), a tag's parts
-(:func:`primary_language`) and matching tags to a voice's languages (:func:`language_matches`)
-are here too, so no other module splits a tag.
+(:func:`primary_language`), matching tags to a voice's languages (:func:`language_matches`) and
+to a provider's locales (:func:`pick_locale`) are here too, so no other module splits a tag.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
-from speakd.errors import INVALID_FIELD, InvalidRequest
+from speakd.errors import INVALID_FIELD, InvalidRequest, UnsupportedLanguage
 
 # language[-extlang][-Script][-REGION]; also the pattern of the OpenAPI document's language fields.
 TAG_PATTERN = r"^([A-Za-z]{2,3})(?:-([A-Za-z]{3}))?(?:-([A-Za-z]{4}))?(?:-([A-Za-z]{2}|[0-9]{3}))?$"
@@ -83,3 +85,15 @@ def language_matches(wanted: str, voice_languages: tuple[str, ...]) -> bool:
         if ("-" not in wanted or "-" not in lang) and primary_language(lang) == primary_language(wanted):
             return True
     return False
+
+
+def pick_locale(provider: str, language: str, locales: Mapping[str, Any]) -> str:
+    """The key of ``locales`` for ``language`` (``de`` → ``de-DE``), or UnsupportedLanguage."""
+    lang = parse_language_tag(language)
+    if lang in locales:
+        return lang
+    if "-" not in lang:
+        for locale in locales:
+            if primary_language(locale) == lang:
+                return locale
+    raise UnsupportedLanguage(f"provider '{provider}' does not speak language '{language}'")

@@ -29,7 +29,7 @@ from prometheus_client.exposition import choose_encoder
 from speakd.events.model import Event, EventType, InterruptReason, StopReason
 from speakd.media import pacer_protocol
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
-from speakd.sessions.model import TIME_FORMAT, Status
+from speakd.store.records import TIME_FORMAT, Status
 
 if TYPE_CHECKING:
     from speakd.events.webhooks import WebhookSink

@@ -13,9 +13,9 @@ from typing import Protocol, TypeVar
 import structlog
 
 from speakd.agi.protocol import AgiEnvironment, AgiResponse, exec_app, set_variable
-from speakd.api.schemas import SAY_FIELDS, SESSION_OPTIONS, create_request, say_request
 from speakd.errors import InvalidRequest, SpeakdError
 from speakd.parsing import parse_bool
+from speakd.sessions.requests import SAY_FIELDS, SESSION_OPTIONS, create_request, say_request
 from speakd.sessions.service import SpeakingService
 
 log = structlog.get_logger(__name__)

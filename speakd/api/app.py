@@ -16,8 +16,8 @@ from speakd.api.ops import StoreCheck, health_body, metrics_response
 from speakd.api.voices import PROVIDERS_KEY, list_voices
 from speakd.errors import SpeakdError
 from speakd.metrics import Metrics
-from speakd.sessions.model import Speaking
 from speakd.sessions.service import SpeakingService
+from speakd.store.records import Speaking
 
 log = structlog.get_logger(__name__)
 

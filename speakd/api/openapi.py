@@ -5,25 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from speakd import __version__
-from speakd.api.schemas import (
+from speakd.api.schemas import MAX_PAGE_SIZE, PAGE_TOKEN_PATTERN
+from speakd.languages import TAG_PATTERN
+from speakd.media.transport import TransportKind
+from speakd.provider_names import PROVIDER_NAMES
+from speakd.providers.base import TEXT_PAYLOAD_TYPES
+from speakd.sessions.requests import (
     DEFAULT_DIRECTION,
     DEFAULT_LANGUAGE,
     DEFAULT_PAYLOAD_TYPE,
     MAX_CLIENT_STATE_CHARS,
     MAX_COMMAND_ID_CHARS,
-    MAX_PAGE_SIZE,
     MAX_TEXT_CHARS,
     MAX_VOICE_ID_CHARS,
-    PAGE_TOKEN_PATTERN,
     REFERENCE_ID_PATTERN,
 )
-from speakd.languages import TAG_PATTERN
-from speakd.media.transport import TransportKind
-from speakd.provider_names import PROVIDER_NAMES
-from speakd.providers.base import TEXT_PAYLOAD_TYPES
-from speakd.sessions.model import FIELDS, Direction, ReferenceType, Status
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.sessions.service import SayStop
+from speakd.store.records import FIELDS, Direction, ReferenceType, Status
 
 
 def _enum(choices: Any) -> dict[str, Any]:

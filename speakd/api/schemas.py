@@ -1,4 +1,5 @@
-"""Request validation: every rule raises InvalidRequest with a message that says what to fix."""
+"""HTTP request parsing: JSON bodies, query strings and pages. A body's fields are read by
+:mod:`speakd.sessions.requests`, as every way in reads them; this adds what only HTTP has."""
 
 from __future__ import annotations
 
@@ -6,41 +7,17 @@ import json
 import re
 from typing import Any
 
-from speakd.errors import INVALID_FIELD, INVALID_JSON, InvalidRequest, either
-from speakd.languages import parse_language_tag
+from speakd.errors import INVALID_JSON, InvalidRequest
 from speakd.parsing import parse_bool
-from speakd.providers.base import TEXT_PAYLOAD_TYPES
-from speakd.providers.voices import resolve_voice
-from speakd.sessions.model import Direction, ProviderName, ReferenceType
-from speakd.sessions.service import CreateRequest, SayRequest, SayStop
+from speakd.sessions.requests import CREATE_FIELDS, SAY_FIELDS, create_request, invalid_field, say_request
+from speakd.sessions.service import CreateRequest, SayRequest
 
-MAX_TEXT_CHARS = 5000
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 10
-# What an omitted field means; also the OpenAPI document's defaults.
-DEFAULT_LANGUAGE = "en-US"
-DEFAULT_DIRECTION = Direction.BOTH.value
-DEFAULT_PAYLOAD_TYPE = "text"
-
-# Also the patterns of the OpenAPI document's fields.
-REFERENCE_ID_PATTERN = r"^[A-Za-z0-9._:@+=-]{1,200}$"
+# Also the pattern of the OpenAPI document's page_token.
 PAGE_TOKEN_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"
 # fullmatch and ASCII: "$" alone lets a trailing newline through, \d other scripts' digits.
-_REFERENCE_ID = re.compile(REFERENCE_ID_PATTERN, re.ASCII)
 _PAGE_TOKEN = re.compile(PAGE_TOKEN_PATTERN, re.ASCII)
-
-CREATE_FIELDS = ("reference_type", "reference_id", "language", "provider", "voice_id", "direction")
-# What a caller on a call (the dialplan, an ARI application) may choose for the session it gets:
-# the reference is its channel.
-SESSION_OPTIONS = tuple(f for f in CREATE_FIELDS if f not in ("reference_type", "reference_id"))
-SAY_FIELDS = ("text", "payload_type", "client_state", "command_id", "stop")
-MAX_CLIENT_STATE_CHARS = 4096
-MAX_COMMAND_ID_CHARS = 256
-MAX_VOICE_ID_CHARS = 200
-
-
-def _invalid_field(message: str) -> InvalidRequest:
-    return InvalidRequest(message, reason=INVALID_FIELD)
 
 
 def load_json(text: str | bytes, what: str = "request body") -> Any:
@@ -62,104 +39,27 @@ def parse_json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
         raise InvalidRequest("request body must be a JSON object", reason=INVALID_JSON)
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise _invalid_field(f"unknown field(s) {', '.join(unknown)}; accepted fields: {', '.join(allowed)}")
+        raise invalid_field(f"unknown field(s) {', '.join(unknown)}; accepted fields: {', '.join(allowed)}")
     return data
-
-
-def _string(data: dict[str, Any], name: str, *, required: bool = False, default: str = "") -> str:
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise _invalid_field(f"'{name}' is required")
-        return default
-    if not isinstance(value, str):
-        raise _invalid_field(f"'{name}' must be a string")
-    return value
-
-
-def _enum(data: dict[str, Any], name: str, choices: type, default: str | None = None) -> str:
-    value = _string(data, name, required=default is None, default=default or "")
-    allowed = [c.value for c in choices]
-    if value not in allowed:
-        raise _invalid_field(f"'{name}' must be one of {', '.join(allowed)}; got '{value}'")
-    return value
 
 
 def parse_create(body: bytes, default_provider: str) -> CreateRequest:
     return create_request(parse_json_object(body, CREATE_FIELDS), default_provider)
 
 
-def create_request(data: dict[str, Any], default_provider: str) -> CreateRequest:
-    """A session's fields, however they came (a JSON body, AGI arguments, ARI user event variables)."""
-    reference_type = _enum(data, "reference_type", ReferenceType)
-    reference_id = _string(data, "reference_id", required=True)
-    if not reference_id:
-        raise _invalid_field("'reference_id' must not be empty")
-    if not _REFERENCE_ID.fullmatch(reference_id):
-        raise _invalid_field(
-            "'reference_id' must be a call (channel) or conference id: letters, digits and ._:@+=- only"
-        )
-    language = parse_language_tag(_string(data, "language", default=DEFAULT_LANGUAGE) or DEFAULT_LANGUAGE)
-    provider = _enum(data, "provider", ProviderName) if data.get("provider") is not None else None
-    voice_id = _string(data, "voice_id").strip()
-    if len(voice_id) > MAX_VOICE_ID_CHARS:
-        raise _invalid_field(f"'voice_id' is too long ({MAX_VOICE_ID_CHARS} characters at most)")
-    # A peer-form voice ("AWS.Polly.Joanna-Neural") names its provider and model.
-    try:
-        voice = resolve_voice(provider, voice_id)
-    except InvalidRequest as exc:
-        if type(exc) is InvalidRequest:  # not a finer reason (provider_not_configured, ...)
-            exc.reason = INVALID_FIELD
-        raise
-    direction = _enum(data, "direction", Direction, default=DEFAULT_DIRECTION)
-    return CreateRequest(
-        reference_type,
-        reference_id,
-        language,
-        voice.provider or default_provider,
-        voice_id,
-        direction,
-        model=voice.model,
-    )
-
-
 def parse_say(body: bytes) -> SayRequest:
     return say_request(parse_json_object(body, SAY_FIELDS))
-
-
-def say_request(data: dict[str, Any]) -> SayRequest:
-    """A say's fields, however they came (a JSON body, AGI arguments, ARI user event variables)."""
-    text = _string(data, "text", required=True)
-    if not text.strip():
-        raise _invalid_field("'text' must not be empty")
-    if len(text) > MAX_TEXT_CHARS:
-        raise _invalid_field(
-            f"'text' is {len(text)} characters; at most {MAX_TEXT_CHARS} per say (split it into several says)"
-        )
-    payload_type = _string(data, "payload_type", default=DEFAULT_PAYLOAD_TYPE) or DEFAULT_PAYLOAD_TYPE
-    if payload_type not in TEXT_PAYLOAD_TYPES:
-        raise _invalid_field(f"'payload_type' must be {either(TEXT_PAYLOAD_TYPES)}; got '{payload_type}'")
-    client_state = _string(data, "client_state", default="")
-    if len(client_state) > MAX_CLIENT_STATE_CHARS:
-        raise _invalid_field(f"'client_state' is {len(client_state)} characters; at most {MAX_CLIENT_STATE_CHARS}")
-    command_id = _string(data, "command_id", default="")
-    if len(command_id) > MAX_COMMAND_ID_CHARS:
-        raise _invalid_field(f"'command_id' is {len(command_id)} characters; at most {MAX_COMMAND_ID_CHARS}")
-    stop = _string(data, "stop", default="")
-    if stop and stop not in set(SayStop):
-        raise _invalid_field(f"'stop' must be {either(list(SayStop))} (or left out); got '{stop}'")
-    return SayRequest(text, payload_type, client_state, command_id, SayStop(stop) if stop else None)
 
 
 def parse_stream_query(query: Any) -> bool:
     """``?timestamps=true``: the stream reports its words' timings. Unknown parameters are refused."""
     unknown = sorted(set(query) - {"timestamps", "accesskey", "token"})
     if unknown:
-        raise _invalid_field(f"unknown query parameter(s) {', '.join(unknown)}; the stream takes 'timestamps'")
+        raise invalid_field(f"unknown query parameter(s) {', '.join(unknown)}; the stream takes 'timestamps'")
     try:
         return parse_bool(query.get("timestamps", "false"))
     except ValueError as exc:
-        raise _invalid_field(f"'timestamps': {exc}") from None
+        raise invalid_field(f"'timestamps': {exc}") from None
 
 
 def parse_page(query: Any) -> tuple[int, str | None]:
@@ -167,10 +67,10 @@ def parse_page(query: Any) -> tuple[int, str | None]:
     try:
         page_size = int(raw)
     except ValueError:
-        raise _invalid_field(f"'page_size' must be an integer from 1 to {MAX_PAGE_SIZE}; got '{raw}'") from None
+        raise invalid_field(f"'page_size' must be an integer from 1 to {MAX_PAGE_SIZE}; got '{raw}'") from None
     if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise _invalid_field(f"'page_size' must be from 1 to {MAX_PAGE_SIZE}; got {page_size}")
+        raise invalid_field(f"'page_size' must be from 1 to {MAX_PAGE_SIZE}; got {page_size}")
     token = query.get("page_token") or None
     if token is not None and not _PAGE_TOKEN.fullmatch(token):
-        raise _invalid_field("'page_token' must be the next_page_token of a previous page")
+        raise invalid_field("'page_token' must be the next_page_token of a previous page")
     return page_size, token

@@ -2,7 +2,7 @@
 
 The list comes from each provider's own list call (ElevenLabs ``GET /v1/voices``, Google
 ``ListVoices``, Polly ``DescribeVoices``), cached per provider and language
-(:func:`speakd.providers.voices.list_voices_cached`). With ``provider`` given, that provider's
+(the registry's :class:`~speakd.providers.catalogue.VoiceCatalogue`). With ``provider`` given, that provider's
 failure or absence is the answer (400 not configured, 502 provider error); without it, every
 configured provider is listed and one that fails is left out (and logged).
 
@@ -20,7 +20,7 @@ from aiohttp import web
 from speakd.errors import InvalidRequest, ProviderError
 from speakd.languages import language_matches, parse_language_tag
 from speakd.providers import ProviderRegistry, Voice
-from speakd.providers.voices import PROVIDER_ALIASES, list_voices_cached
+from speakd.providers.peer_voices import PROVIDER_ALIASES
 
 log = structlog.get_logger(__name__)
 
@@ -46,11 +46,11 @@ async def list_voices(request: web.Request) -> web.Response:
     if provider_arg:
         name = PROVIDER_ALIASES.get(provider_arg.lower(), provider_arg.lower())
         providers = [registry.get(name)]  # ProviderNotConfigured (400) says what to set
-        voices = await list_voices_cached(providers[0], language or None)
+        voices = await registry.catalogue.voices(providers[0], language or None)
     else:
         providers = list(registry)
         results = await asyncio.gather(
-            *(list_voices_cached(p, language or None) for p in providers), return_exceptions=True
+            *(registry.catalogue.voices(p, language or None) for p in providers), return_exceptions=True
         )
         voices = []
         for provider, result in zip(providers, results, strict=True):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from speakd.providers.base import TELEPHONY_RATE, AudioFormat, Codec
+from speakd.audio import TELEPHONY_RATE, AudioFormat, Codec
 
 SAMPLE_RATE = TELEPHONY_RATE
 FRAME_MS = 20
@@ -70,24 +70,6 @@ def encode(pcm: np.ndarray, codec: Codec) -> bytes:
 def decode(data: bytes, codec: Codec) -> np.ndarray:
     """Decode G.711 bytes to int16 samples."""
     return _DECODE[codec][np.frombuffer(data, dtype=np.uint8)]
-
-
-def strip_wav_header(data: bytes) -> bytes:
-    """Return the sample data of a RIFF/WAVE blob (providers sometimes prepend one).
-
-    Played as audio, a 44-byte header is a click; so every provider path calls this on the
-    first chunk of an utterance.
-    """
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return data
-    pos = 12
-    while pos + 8 <= len(data):
-        chunk_id = data[pos : pos + 4]
-        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
-        if chunk_id == b"data":
-            return data[pos + 8 :]
-        pos += 8 + size + (size & 1)
-    return b""
 
 
 class FrameEncoder:

@@ -29,11 +29,11 @@ from speakd.config import ConfigError
 from speakd.errors import InvalidRequest, ProviderNotConfigured
 from speakd.parsing import parse_bool
 from speakd.provider_names import PROVIDER_NAMES
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, TextStream, Voice
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
+from speakd.providers.catalogue import VoiceCatalogue
 
 __all__ = [
     "AudioChunk",
-    "AudioFormat",
     "Provider",
     "ProviderRegistry",
     "ProviderSlot",
@@ -167,6 +167,7 @@ class ProviderRegistry:
         self._unavailable = dict(unavailable)
         self._sections = {name: dict(section) for name, section in (sections or {}).items()}
         self._closing: set[asyncio.Task[None]] = set()
+        self.catalogue = VoiceCatalogue()  # GET /v1.0/voices: the providers' lists, cached
 
     @classmethod
     def from_config(
@@ -254,9 +255,7 @@ class ProviderRegistry:
         for name in changed:
             self._sections[name] = dict(sections.get(name, {}))
         if built:
-            from speakd.providers.voices import clear_voice_cache
-
-            clear_voice_cache()  # lists fetched with the old credentials
+            self.catalogue.clear()  # lists fetched with the old credentials
         return changed
 
     def _close_later(self, provider: Provider) -> None:

@@ -40,19 +40,14 @@ from typing import Any
 
 import structlog
 
+from speakd.audio import AudioFormat, telephony_format
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured, UnsupportedLanguage
-from speakd.languages import parse_language_tag
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice, telephony_format
-from speakd.providers.voices import (
-    DEFAULT_VOICE_CACHE_TTL,
-    Failure,
-    Section,
-    Timeouts,
-    http_failure,
-    pick_locale,
-    resilient_stream,
-    split_voice,
-)
+from speakd.languages import parse_language_tag, pick_locale
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, Voice
+from speakd.providers.catalogue import DEFAULT_VOICE_CACHE_TTL
+from speakd.providers.peer_voices import split_voice
+from speakd.providers.resilience import Failure, http_failure, resilient_stream
+from speakd.providers.settings import Section, Timeouts
 
 log = structlog.get_logger(__name__)
 

@@ -20,27 +20,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from speakd.audio import AudioFormat, Codec
 from speakd.errors import InvalidRequest, either
 
-Encoding = Literal["pcm_s16le", "ulaw", "alaw"]
-# A session's telephony codec (media.codec encodes it; a provider may produce it directly).
-Codec = Literal["ulaw", "alaw"]
-# The rate of telephony audio: ``request.codec`` at this rate goes to the call unconverted.
-TELEPHONY_RATE = 8000
 # What a request's text is written in (not an RTP payload type: those are media.codec's).
 PayloadType = Literal["text", "ssml"]
 TEXT_PAYLOAD_TYPES: tuple[str, ...] = get_args(PayloadType)
-
-
-@dataclass(frozen=True, slots=True)
-class AudioFormat:
-    encoding: Encoding
-    sample_rate: int
-
-
-def telephony_format(codec: str) -> AudioFormat:
-    """A session's codec (``alaw``, else ``ulaw``) at the telephony rate."""
-    return AudioFormat("alaw" if codec == "alaw" else "ulaw", TELEPHONY_RATE)
 
 
 @dataclass(frozen=True, slots=True)

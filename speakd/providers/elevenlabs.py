@@ -39,20 +39,14 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+from speakd.audio import telephony_format
 from speakd.errors import ProviderNotConfigured, UnsupportedLanguage
 from speakd.languages import parse_language_tag, primary_language
-from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice, telephony_format
-from speakd.providers.voices import (
-    DEFAULT_VOICE_CACHE_TTL,
-    ConnectTimeout,
-    Failure,
-    Section,
-    Timeouts,
-    credentials_rejected,
-    http_failure,
-    resilient_stream,
-    split_voice,
-)
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
+from speakd.providers.catalogue import DEFAULT_VOICE_CACHE_TTL
+from speakd.providers.peer_voices import split_voice
+from speakd.providers.resilience import ConnectTimeout, Failure, credentials_rejected, http_failure, resilient_stream
+from speakd.providers.settings import Section, Timeouts
 
 NAME = "elevenlabs"
 DEFAULT_MODEL = "eleven_flash_v2_5"

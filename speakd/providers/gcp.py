@@ -35,28 +35,14 @@ from typing import Any
 
 import structlog
 
+from speakd.audio import TELEPHONY_RATE, strip_wav_header, telephony_format
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured
-from speakd.languages import parse_language_tag
-from speakd.providers.base import (
-    TELEPHONY_RATE,
-    AudioChunk,
-    Provider,
-    SynthesisRequest,
-    TextStream,
-    Voice,
-    telephony_format,
-)
-from speakd.providers.voices import (
-    DEFAULT_VOICE_CACHE_TTL,
-    ConnectTimeout,
-    Failure,
-    Section,
-    Timeouts,
-    credentials_rejected,
-    pick_locale,
-    resilient_stream,
-    split_voice,
-)
+from speakd.languages import parse_language_tag, pick_locale
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
+from speakd.providers.catalogue import DEFAULT_VOICE_CACHE_TTL
+from speakd.providers.peer_voices import split_voice
+from speakd.providers.resilience import ConnectTimeout, Failure, credentials_rejected, resilient_stream
+from speakd.providers.settings import Section, Timeouts
 
 log = structlog.get_logger(__name__)
 
@@ -305,8 +291,6 @@ class GoogleProvider(Provider):
             yield data
 
     async def _unary_attempt(self, client: Any, tts: Any, params: Any, encoding: Any, request: SynthesisRequest):
-        from speakd.media.codec import strip_wav_header
-
         await self._connect()
         if request.payload_type == "ssml":
             synthesis_input = tts.SynthesisInput(ssml=request.text)
@@ -375,8 +359,6 @@ class StreamingCall:
     async def speak(self, text: str) -> AsyncIterator[bytes]:
         """Send ``text``, half-close, and yield the audio until the call ends: Google has no
         end-of-input marker in its responses, so the end of the call is the end of this text."""
-        from speakd.media.codec import strip_wav_header
-
         self.texts.put_nowait(text)
         self.texts.put_nowait(None)
         first = True

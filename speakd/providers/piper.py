@@ -27,11 +27,12 @@ from typing import Any
 
 import structlog
 
+from speakd.audio import AudioFormat
 from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLanguage
 from speakd.languages import parse_language_tag, parse_posix_locale, primary_language
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest, Voice
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, Voice
 from speakd.providers.deadline_pool import DeadlinePool
-from speakd.providers.voices import Section
+from speakd.providers.settings import Section
 
 log = structlog.get_logger(__name__)
 

@@ -30,7 +30,6 @@ from speakd.providers.base import TextStream
 from speakd.sessions.chunker import TextChunker
 from speakd.sessions.conference import ConferenceTarget
 from speakd.sessions.media import MediaPaths
-from speakd.sessions.model import NOT_YET, Speaking, Status, now_stamp
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.sessions.session import Session
 from speakd.sessions.stream import Send, SpeakingStream
@@ -43,6 +42,7 @@ from speakd.sessions.targets import (
     hang_up_and_wait,
     is_own_object,
 )
+from speakd.store.records import NOT_YET, Speaking, Status, now_stamp
 from speakd.store.sqlite import SqliteStore
 
 log = structlog.get_logger(__name__)

@@ -25,14 +25,15 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from speakd.audio import Codec
 from speakd.errors import ProviderError
 from speakd.events.model import EventType, InterruptReason, StopReason
-from speakd.media.codec import FRAME_MS, Codec, FrameEncoder
+from speakd.media.codec import FRAME_MS, FrameEncoder
 from speakd.media.playout import Playout
 from speakd.media.transport import MediaTransport
 from speakd.providers.base import Provider, SynthesisRequest
-from speakd.sessions.model import Speaking, stamp_of
 from speakd.sessions.says import SayItem, SayStatus
+from speakd.store.records import Speaking, stamp_of
 
 log = structlog.get_logger(__name__)
 

@@ -35,8 +35,8 @@ import structlog
 from speakd.errors import SpeakdError
 from speakd.providers.base import TextStream
 from speakd.sessions.chunker import TextChunker
-from speakd.sessions.model import TIME_FORMAT, stamp_of
 from speakd.sessions.says import SayItem, SayStatus
+from speakd.store.records import TIME_FORMAT, stamp_of
 
 log = structlog.get_logger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from speakd.errors import ServiceUnavailable
-from speakd.sessions.model import FIELDS, Speaking, Status
+from speakd.store.records import FIELDS, Speaking, Status
 
 log = structlog.get_logger(__name__)
 

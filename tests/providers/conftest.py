@@ -6,16 +6,7 @@ import pytest
 from providers_support import FAST, make_provider
 from standins.conftest_plugin import aws_standin, blackhole, elevenlabs_standin, gcp_standin, standin_speech_ready
 
-from speakd.providers.voices import clear_voice_cache
-
 __all__ = ["aws_standin", "blackhole", "elevenlabs_standin", "gcp_standin", "standin_speech_ready"]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_voice_cache():
-    clear_voice_cache()
-    yield
-    clear_voice_cache()
 
 
 @pytest.fixture(params=["elevenlabs", "gcp", "aws"])

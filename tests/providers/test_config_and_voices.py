@@ -10,7 +10,7 @@ from providers_support import FAST, make_provider
 from speakd.api.voices import PROVIDERS_KEY, list_voices
 from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLanguage
 from speakd.providers import ProviderRegistry
-from speakd.providers.voices import ParsedVoice, list_voices_cached, parse_voice, resolve_voice
+from speakd.providers.peer_voices import ParsedVoice, parse_voice, resolve_voice
 
 # -- credentials -------------------------------------------------------------------------------
 
@@ -167,7 +167,7 @@ async def test_voices_list_is_cached(registry, aws_standin):
     await _get(registry, "provider=aws")
     await _get(registry, "provider=aws")
     assert len([r for r in aws_standin.requests if r.kind == "list_voices"]) == 1
-    await list_voices_cached(registry.get("aws"), None, ttl=0)
+    await registry.catalogue.voices(registry.get("aws"), None, ttl=0)
     assert len([r for r in aws_standin.requests if r.kind == "list_voices"]) == 2
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from providers_support import FAST, collect, make_provider
 
+from speakd.audio import AudioFormat
 from speakd.errors import InvalidRequest, UnsupportedLanguage
-from speakd.providers import AudioFormat, SynthesisRequest, elevenlabs, gcp
+from speakd.providers import SynthesisRequest, elevenlabs, gcp
 
 TEXT = "Good morning."
 

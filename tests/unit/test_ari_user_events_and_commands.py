@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from speakd.ari.errors import AriNotFound, AriUnprocessable
+from speakd.ari_commands import AriCommands
 from speakd.errors import NotFound
 from speakd.events.ari_user_events import AriUserEventSink, flat, variables_of
 from speakd.events.model import Event, EventType
-from speakd.sessions.ari_commands import AriCommands
 
 OWN = "speakd"
 

@@ -11,10 +11,10 @@ import warnings
 import numpy as np
 import pytest
 
+from speakd.audio import AudioFormat, strip_wav_header
 from speakd.media import codec
-from speakd.media.codec import FRAME_SAMPLES, FrameEncoder, strip_wav_header
+from speakd.media.codec import FRAME_SAMPLES, FrameEncoder
 from speakd.media.rtp import RtpPacketizer, parse_header
-from speakd.providers.base import AudioFormat
 
 
 def test_g711_matches_the_reference_encoder_for_every_sample():

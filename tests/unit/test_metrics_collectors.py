@@ -14,6 +14,7 @@ from harness.webhooks import WebhookReceiver
 from prometheus_client.parser import text_string_to_metric_families
 
 from speakd.api import ops
+from speakd.audio import AudioFormat
 from speakd.config import WebhookTarget
 from speakd.errors import ProviderError
 from speakd.events.model import Event, EventType, StopReason
@@ -21,8 +22,8 @@ from speakd.events.webhooks import WebhookSink
 from speakd.media import pacer_protocol
 from speakd.media.playout import BYTES_PER_MS, Playout
 from speakd.metrics import Metrics
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest
-from speakd.sessions.model import stamp_of
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest
+from speakd.store.records import stamp_of
 from speakd.store.sqlite import SqliteStore
 
 T0 = 1_750_000_000.0  # unix seconds

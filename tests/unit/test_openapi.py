@@ -23,7 +23,7 @@ def test_every_route_is_documented_with_its_methods():
 def test_cookie_credential_and_error_envelope_are_documented():
     from speakd import errors
     from speakd.api.app import HTTP_REASONS
-    from speakd.api.schemas import INVALID_FIELD, INVALID_JSON
+    from speakd.errors import INVALID_FIELD, INVALID_JSON
 
     schemes = OPENAPI["components"]["securitySchemes"]
     assert {"type": "apiKey", "in": "cookie", "name": "accesskey"} in schemes.values()
@@ -39,8 +39,8 @@ def test_cookie_credential_and_error_envelope_are_documented():
 
 
 def test_documented_fields_are_the_ones_served():
-    from speakd.sessions.model import FIELDS
     from speakd.sessions.says import SayItem
+    from speakd.store.records import FIELDS
 
     schemas = OPENAPI["components"]["schemas"]
     assert list(schemas["Speaking"]["properties"]) == list(FIELDS)
@@ -48,7 +48,7 @@ def test_documented_fields_are_the_ones_served():
 
 
 def test_documented_request_bodies_take_the_fields_parsed():
-    from speakd.api.schemas import CREATE_FIELDS, SAY_FIELDS
+    from speakd.sessions.requests import CREATE_FIELDS, SAY_FIELDS
 
     def body(path: str) -> dict:
         return OPENAPI["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]

@@ -8,7 +8,7 @@ from speakd.agi.scripts import parse_speak_args
 from speakd.config import ConfigError, load_config
 from speakd.parsing import parse_bool, parse_table
 from speakd.providers import ProviderRegistry
-from speakd.providers.voices import Section
+from speakd.providers.settings import Section
 
 
 @pytest.mark.parametrize("raw", ["1", "true", "Yes", " ON "])

@@ -13,10 +13,11 @@ import structlog
 from harness.fakes import SinkTransport
 
 from speakd.ari.errors import AriNotFound
+from speakd.audio import AudioFormat
 from speakd.errors import Conflict, InvalidRequest, NotFound
 from speakd.media.transport import TransportError, TransportKind
 from speakd.providers import ProviderRegistry
-from speakd.providers.base import AudioChunk, AudioFormat, Provider
+from speakd.providers.base import AudioChunk, Provider
 from speakd.sessions.service import CreateRequest, SayRequest, SpeakingService
 from speakd.store.sqlite import SqliteStore
 

@@ -14,12 +14,13 @@ import re
 import pytest
 from harness.fakes import SinkTransport
 
+from speakd.audio import AudioFormat
 from speakd.errors import ProviderError
 from speakd.media.playout import Playout
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest
-from speakd.sessions.model import NOT_YET, TIME_FORMAT, Speaking
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.sessions.session import Session
+from speakd.store.records import NOT_YET, TIME_FORMAT, Speaking
 
 FMT = AudioFormat("ulaw", 8000)
 MARK_MS = 100

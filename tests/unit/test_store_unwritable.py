@@ -14,8 +14,8 @@ import sqlite3
 import pytest
 import structlog
 
-from speakd.sessions.model import NOT_YET, Speaking, Status
 from speakd.store import sqlite as store_module
+from speakd.store.records import NOT_YET, Speaking, Status
 from speakd.store.sqlite import SqliteStore, StoreUnwritable
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import structlog
 
+from speakd.audio import AudioFormat
 from speakd.config import ConfigError, load_config
 from speakd.errors import ProviderNotConfigured
 from speakd.logging import configure_logging, set_log_level
 from speakd.providers import ProviderRegistry, ProviderSlot
-from speakd.providers.base import AudioChunk, AudioFormat, Provider, SynthesisRequest
+from speakd.providers.base import AudioChunk, Provider, SynthesisRequest
 from speakd.reload import differences
 from speakd.systemd_notify import NotifySocket, ServiceNotifier, socket_address, watchdog_interval
 

@@ -1,4 +1,5 @@
-"""Operators' ARI applications driving speakd by user events.
+"""Operators' ARI applications driving speakd by user events: a way in, beside the API and AGI
+(and like them, above the sessions it drives), reading requests as they do (sessions.requests).
 
 An application sends ``POST /events/user/<command>?application=<speakd's app>&source=channel:<id>``
 with its arguments as variables (``{"variables": {...}}``); speakd's application receives it
@@ -32,8 +33,8 @@ from typing import Any
 
 import structlog
 
-from speakd.api.schemas import SAY_FIELDS, SESSION_OPTIONS, create_request, say_request
 from speakd.errors import InvalidRequest, NotFound, SpeakdError
+from speakd.sessions.requests import SAY_FIELDS, SESSION_OPTIONS, create_request, say_request
 from speakd.sessions.service import SpeakingService
 
 log = structlog.get_logger(__name__)

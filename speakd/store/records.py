@@ -1,4 +1,7 @@
-"""The Speaking resource: its fields, enums and timestamp format, exactly as the spec."""
+"""The Speaking record: its fields, enums and timestamp format, exactly as the spec.
+
+Here, beside the store that keeps it, so the store need not import the sessions that fill it.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,98 @@
+"""A provider's config section read with types, and the timeouts every cloud provider takes from it.
+
+Values may come from TOML (typed) or from ``SPEAKD_<PROVIDER>_<KEY>`` variables (always
+strings); a bad one is a ProviderNotConfigured naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from speakd.errors import ProviderNotConfigured
+from speakd.parsing import parse_bool, parse_table
+
+
+class Section:
+    """A provider config section; values may be TOML-typed or env strings."""
+
+    def __init__(self, provider: str, section: Mapping[str, Any]) -> None:
+        self.provider = provider
+        self.data = {str(k).lower(): v for k, v in section.items()}
+
+    def str(self, key: str, default: str = "") -> str:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        return str(value).strip()
+
+    def float(self, key: str, default: float) -> float:
+        value = self.data.get(key)
+        if value is None or value == "":
+            return default
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise ProviderNotConfigured(
+                f"{self.provider}: '{key}' must be a number of seconds, not {value!r}"
+            ) from None
+        if result <= 0:
+            raise ProviderNotConfigured(f"{self.provider}: '{key}' must be greater than 0")
+        return result
+
+    def int(self, key: str, default: int, choices: tuple[int, ...] = ()) -> int:
+        value = self.data.get(key)
+        if value is None or value == "":
+            return default
+        try:
+            result = int(value)
+        except (TypeError, ValueError):
+            raise ProviderNotConfigured(f"{self.provider}: '{key}' must be an integer, not {value!r}") from None
+        if choices and result not in choices:
+            raise ProviderNotConfigured(f"{self.provider}: '{key}' must be one of {list(choices)}, not {result}")
+        return result
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        try:
+            return parse_bool(str(value))
+        except ValueError:
+            raise ProviderNotConfigured(f"{self.provider}: '{key}' must be true or false, not {value!r}") from None
+
+    def table(self, key: str) -> dict[str, str]:
+        """A TOML table, or ``k=v,k2=v2`` from the environment."""
+        value = self.data.get(key)
+        if value is None or value == "":
+            return {}
+        if isinstance(value, Mapping):
+            return {str(k): str(v) for k, v in value.items()}
+        try:
+            return parse_table(str(value))
+        except ValueError:
+            raise ProviderNotConfigured(f"{self.provider}: '{key}' must look like 'de-DE=Vicki,fr-FR=Lea'") from None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 3.0
+    """Seconds to open the connection to the provider."""
+    first_byte: float = 6.0
+    """Seconds from the start of a request to its first audio byte (connecting included)."""
+    read: float = 10.0
+    """Seconds the stream may stall between two chunks once audio is flowing."""
+    retries: int = 1
+    """Retries of a request that failed before any audio was yielded."""
+
+    @classmethod
+    def from_section(cls, section: Section) -> Timeouts:
+        return cls(
+            connect=section.float("connect_timeout", cls.connect),
+            first_byte=section.float("first_byte_timeout", cls.first_byte),
+            read=section.float("read_timeout", cls.read),
+            retries=section.int("retries", cls.retries, choices=(0, 1, 2, 3)),
+        )
