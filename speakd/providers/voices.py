@@ -4,8 +4,8 @@
   (``AWS.Polly.Joanna-Neural``, ``ElevenLabs.eleven_flash_v2_5.<id>``,
   ``Google.en-US-Chirp3-HD-Charon``) split into provider name, model and voice id. A plain voice
   id passes through unchanged.
-* :func:`list_voices_cached`: a provider's own voice list, cached with a TTL, for
-  ``GET /v1.0/voices``.
+* :func:`list_voices_cached`: a provider's own voice list, cached with a TTL;
+  :func:`list_voices_of`: those of a registry's providers, as ``GET /v1.0/voices`` lists them.
 * :func:`resilient_stream`: the failure behaviour every cloud provider shares: first-byte
   timeout, one retry while nothing has been yielded, a stall timeout between chunks, and a
   :class:`~speakd.errors.ProviderError` with a clear message for anything else. Audio already
@@ -22,15 +22,18 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured, UnsupportedLanguage
-from speakd.languages import parse_language_tag, primary_language
+from speakd.languages import language_matches, parse_language_tag, primary_language
 from speakd.parsing import parse_bool, parse_table
 from speakd.provider_names import PROVIDER_NAMES
 from speakd.providers.base import Provider, Voice
+
+if TYPE_CHECKING:
+    from speakd.providers import ProviderRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -345,6 +348,32 @@ async def list_voices_cached(provider: Provider, language: str | None = None, tt
         voices = await provider.list_voices(key[1] or None)
         _voice_cache[key] = (time.monotonic(), voices)
         return voices
+
+
+async def list_voices_of(registry: ProviderRegistry, provider: str, language: str) -> list[Voice]:
+    """``GET /v1.0/voices``: the voices of ``provider`` (a name or an alias) in the registry, or
+    with ``provider`` "" of every configured provider, one that fails left out (and logged).
+    ``language``: a parsed tag, or "" for every language."""
+    if provider:
+        name = PROVIDER_ALIASES.get(provider.lower(), provider.lower())
+        voices = await list_voices_cached(registry.get(name), language or None)  # ProviderNotConfigured: 400
+    else:
+        providers = list(registry)
+        results = await asyncio.gather(
+            *(list_voices_cached(p, language or None) for p in providers), return_exceptions=True
+        )
+        voices = []
+        for each, result in zip(providers, results, strict=True):
+            if isinstance(result, ProviderError | InvalidRequest):
+                log.warning("voices_list_failed", provider=each.name, error=result.message)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            voices.extend(result)
+    if language:
+        # Providers filter too, but not all alike (bilingual voices, bare languages): be exact here.
+        voices = [v for v in voices if language_matches(language, v.languages)]
+    return voices
 
 
 def clear_voice_cache() -> None:

@@ -19,6 +19,7 @@ from speakd import errors
 from speakd.api.app import create_app
 from speakd.api.auth import Authenticator
 from speakd.providers import ProviderRegistry
+from speakd.providers.voices import list_voices_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -33,14 +34,17 @@ class FakeService:
     def __init__(self) -> None:
         self.raises: BaseException | None = None
         self.providers = ProviderRegistry({}, {"gcp": "provider 'gcp' is not configured on this speakd: add [gcp]"})
-        self.ari = SimpleNamespace(connected=SimpleNamespace(is_set=lambda: True))
-        self.media = SimpleNamespace(health=lambda: {"media_transport": "websocket"})
-        self.live_count = 0
 
     def _maybe_raise(self) -> None:
         if self.raises is not None:
             exc, self.raises = self.raises, None
             raise exc
+
+    async def health(self):
+        return {"status": "ok", "failed": [], "live_sessions": 0, "media_transport": "websocket"}
+
+    async def voices(self, provider: str, language: str):
+        return await list_voices_of(self.providers, provider, language)
 
     async def get(self, customer_id: str, speaking_id: str):
         structlog.get_logger("test").info("fake_get", speaking_id=speaking_id)
