@@ -347,14 +347,14 @@ class SpeakingService:
 
     async def stop(self, customer_id: str, speaking_id: str) -> Speaking:
         record = await self.get(customer_id, speaking_id)
-        if speaking_id not in self.sessions:
+        if (live := self.sessions.get(speaking_id)) is None:
             return record  # already stopped: stop is idempotent
-        return await self._stop(speaking_id, StopReason.STOP, "stopped by request")
+        return await self._stop(live, StopReason.STOP, "stopped by request")
 
     async def delete(self, customer_id: str, speaking_id: str) -> Speaking:
         record = await self.get(customer_id, speaking_id)
-        if speaking_id in self.sessions:
-            record = await self._stop(speaking_id, StopReason.STOP, "deleted")
+        if (live := self.sessions.get(speaking_id)) is not None:
+            record = await self._stop(live, StopReason.STOP, "deleted")
         if not record.deleted:
             stamp = now_stamp()
             record.tm_delete = stamp
@@ -452,10 +452,9 @@ class SpeakingService:
             )
             live.stopping.add_done_callback(_log_stop_failure)
 
-    async def _stop(self, speaking_id: str, reason: StopReason, detail: str) -> Speaking:
-        live = self.sessions.get(speaking_id)
-        assert live is not None, speaking_id
-        self.stop_soon(speaking_id, reason, detail)
+    async def _stop(self, live: LiveSession, reason: StopReason, detail: str) -> Speaking:
+        """Stop the session (or join the stop under way) and wait until it is stopped."""
+        self.stop_soon(live.id, reason, detail)
         assert live.stopping is not None
         # shield: a client hanging up mid-request must not abandon a half-done teardown.
         return await asyncio.shield(live.stopping)
@@ -532,11 +531,11 @@ class SpeakingService:
     async def shutdown(self) -> None:
         """Stop every live session: say so for each, remove its Asterisk objects."""
         self._closing = True
-        ids = [live.id for live in self.sessions]
-        if ids:
-            log.info("shutdown_stopping_sessions", count=len(ids))
+        lives = list(self.sessions)
+        if lives:
+            log.info("shutdown_stopping_sessions", count=len(lives))
         await asyncio.gather(
-            *(self._stop(i, StopReason.SHUTDOWN, "daemon shutdown") for i in ids), return_exceptions=True
+            *(self._stop(live, StopReason.SHUTDOWN, "daemon shutdown") for live in lives), return_exceptions=True
         )
 
 
