@@ -12,8 +12,8 @@ from speakd.api import events_ws, schemas, stream_ws
 from speakd.api.auth import Authenticator
 from speakd.api.events_ws import EventHub
 from speakd.api.openapi import OPENAPI
-from speakd.api.ops import StoreCheck, health_body, metrics_response
-from speakd.api.voices import PROVIDERS_KEY, list_voices
+from speakd.api.ops import health_response, metrics_response
+from speakd.api.voices import voices_response
 from speakd.errors import SpeakdError
 from speakd.metrics import Metrics
 from speakd.sessions.service import SpeakingService
@@ -26,7 +26,6 @@ EVENTS = web.AppKey("events", EventHub)
 AUTH = web.AppKey("auth", Authenticator)
 DEFAULT_PROVIDER = web.AppKey("default_provider", str)
 METRICS = web.AppKey("metrics", Metrics)
-STORE_CHECK = web.AppKey("store_check", StoreCheck)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # For monitoring (see speakd.api.ops for why they take no credentials), and the API's own document.
@@ -175,10 +174,13 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
+async def list_voices(request: web.Request) -> web.Response:
+    return await voices_response(request.app[SERVICE], request.query)
+
+
 async def health(request: web.Request) -> web.Response:
     """For systemd/monitoring: 200 when speakd can serve, 503 naming what fails (ARI, the store)."""
-    body, status = await health_body(request.app[SERVICE], request.app[STORE_CHECK])
-    return web.json_response(body, status=status)
+    return await health_response(request.app[SERVICE])
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
@@ -200,9 +202,7 @@ def create_app(
     app[EVENTS] = hub if hub is not None else EventHub()
     app[AUTH] = authenticator
     app[DEFAULT_PROVIDER] = default_provider
-    app[PROVIDERS_KEY] = service.providers
     app[METRICS] = metrics if metrics is not None else Metrics()
-    app[STORE_CHECK] = StoreCheck(service)
     app.router.add_post("/v1.0/speakings", create_speaking)
     app.router.add_get("/v1.0/speakings", list_speakings)
     app.router.add_get("/v1.0/speakings/{id}", get_speaking)

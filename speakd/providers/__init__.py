@@ -26,11 +26,13 @@ from typing import Any
 import structlog
 
 from speakd.config import ConfigError
-from speakd.errors import InvalidRequest, ProviderNotConfigured
+from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured
+from speakd.languages import language_matches
 from speakd.parsing import parse_bool
 from speakd.provider_names import PROVIDER_NAMES
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
 from speakd.providers.catalogue import VoiceCatalogue
+from speakd.providers.peer_voices import PROVIDER_ALIASES
 
 __all__ = [
     "AudioChunk",
@@ -193,6 +195,31 @@ class ProviderRegistry:
             raise ProviderNotConfigured(reason) from None
 
     @property
+    async def voices(self, provider: str, language: str) -> list[Voice]:
+        """``GET /v1.0/voices``: the voices of ``provider`` (a name or an alias), or with
+        ``provider`` "" of every configured provider, one that fails left out (and logged).
+        ``language``: a parsed tag, or "" for every language."""
+        if provider:
+            name = PROVIDER_ALIASES.get(provider.lower(), provider.lower())
+            voices = await self.catalogue.voices(self.get(name), language or None)  # ProviderNotConfigured: 400
+        else:
+            providers = list(self)
+            results = await asyncio.gather(
+                *(self.catalogue.voices(p, language or None) for p in providers), return_exceptions=True
+            )
+            voices = []
+            for each, result in zip(providers, results, strict=True):
+                if isinstance(result, ProviderError | InvalidRequest):
+                    log.warning("voices_list_failed", provider=each.name, error=result.message)
+                    continue
+                if isinstance(result, BaseException):
+                    raise result
+                voices.extend(result)
+        if language:
+            # Providers filter too, but not all alike (bilingual voices, bare languages): be exact here.
+            voices = [v for v in voices if language_matches(language, v.languages)]
+        return voices
+
     def unavailable(self) -> dict[str, str]:
         """Provider name -> why it cannot be used (what to set or fix)."""
         return dict(self._unavailable)

@@ -1,18 +1,21 @@
-"""The Speaking service: the API's verbs, the sessions' lifecycle, and the ARI event handlers.
+"""The Speaking service: the API's verbs and the sessions' lifecycle.
 
-Handlers are named after the ARI events they handle. Every session's tasks are owned here:
-``stop`` (from the API, a hangup, or shutdown) cancels and awaits them and removes every
-Asterisk object the session made before the record reads ``stopped``.
+A session is created ``initiating``, becomes ``active`` once attached, and is stopped (by the
+API, a hangup, its media path closing, or shutdown) by one teardown that cancels and awaits its
+tasks and removes every Asterisk object it made before the record reads ``stopped``. Its state
+and the transitions allowed are in :mod:`speakd.sessions.live`; ARI events reach it through
+:mod:`speakd.sessions.ari_events`, and an ARI reconnect through :mod:`speakd.sessions.reconcile`.
+The service also answers ``/health`` and ``/v1.0/voices`` (:meth:`SpeakingService.health`,
+:meth:`SpeakingService.voices`), so the API needs nothing else of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -20,28 +23,24 @@ import structlog
 
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError
-from speakd.ari.events import EventWaiters, event_object_ids
+from speakd.ari.events import EventWaiters
 from speakd.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable, TooManyRequests
 from speakd.events import Event, EventBus, EventType, InterruptReason, StopReason
 from speakd.media.playout import Playout
 from speakd.media.transport import TransportError
 from speakd.providers import ProviderRegistry
-from speakd.providers.base import TextStream
+from speakd.providers.base import TextStream, Voice
+from speakd.sessions.ari_events import AriEventHandlers
 from speakd.sessions.chunker import TextChunker
 from speakd.sessions.conference import ConferenceTarget
+from speakd.sessions.live import LiveSession, LiveSessions, SessionState
 from speakd.sessions.media import MediaPaths
+from speakd.sessions.reconcile import reconcile, stop_stale_sessions
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.sessions.session import Session
 from speakd.sessions.stream import Send, SpeakingStream
-from speakd.sessions.targets import (
-    AttachContext,
-    CallTarget,
-    SetupFailed,
-    Target,
-    channel_owner,
-    hang_up_and_wait,
-    is_own_object,
-)
+from speakd.sessions.targets import AttachContext, CallTarget, SetupFailed, Target, channel_owner
+from speakd.store.health import StoreCheck
 from speakd.store.records import NOT_YET, Speaking, Status, now_stamp
 from speakd.store.sqlite import SqliteStore
 
@@ -81,16 +80,6 @@ class CreateRequest:
     model: str = ""
 
 
-@dataclass
-class _Live:
-    session: Session
-    target: Target
-    task: asyncio.Task[None] | None = None  # setup, then wait for the end
-    stopping: asyncio.Task[Speaking] | None = None
-    # command_id -> (when first seen, its say): the answer a repeat gets.
-    commands: dict[str, tuple[float, asyncio.Future[SayItem]]] = field(default_factory=dict)
-
-
 class SpeakingService:
     def __init__(
         self,
@@ -114,12 +103,10 @@ class SpeakingService:
         self.mark_every_ms = mark_every_ms
         self.waiters = EventWaiters()
         self.ctx = AttachContext(ari=ari, waiters=self.waiters, app=ari.app, media=media)
-        self._live: dict[str, _Live] = {}
-        self._by_reference: dict[tuple[str, str], str] = {}
-        self._by_object: dict[str, str] = {}  # Asterisk object id -> speaking id
-        self._closing = False
-        self._say_done: dict[str, asyncio.Future[SayItem]] = {}  # say id -> its final state, for waiters
-        self._streams: dict[str, SpeakingStream] = {}  # speaking id -> its open text stream
+        self.sessions = LiveSessions()
+        self.ari_events = AriEventHandlers(self)
+        self.store_check = StoreCheck(store)
+        self._closing = False  # shutting down: creates are refused
         # ChannelUserevents sent to speakd's application go here (operators' commands); must not block.
         self.user_event_handler: Callable[[dict[str, Any]], None] | None = None
         # Told how long each flush of audio in flight took to be confirmed by the far end (s).
@@ -129,10 +116,10 @@ class SpeakingService:
 
     @property
     def live_count(self) -> int:
-        return len(self._live)
+        return len(self.sessions)
 
     def live_sessions(self) -> list[Session]:
-        return [live.session for live in self._live.values()]
+        return [live.session for live in self.sessions]
 
     # -- API verbs --------------------------------------------------------------------------
 
@@ -148,13 +135,13 @@ class SpeakingService:
         await target.validate(self.ari, customer_id, self.owner_variable)
 
         key = (req.reference_type, target.conflict_key)
-        if key in self._by_reference:  # checked and taken with no await in between
-            other = self._live.get(self._by_reference[key])  # None while its record is being written
+        if (holder := self.sessions.holder(key)) is not None:  # checked and taken with no await in between
+            other = self.sessions.get(holder)  # None while its record is being written
             # Name the other session only to its owner.
-            mine = other is not None and other.session.record.customer_id == customer_id
-            which = f"speaking session {self._by_reference[key]}" if mine else "another speaking session"
+            mine = other is not None and other.record.customer_id == customer_id
+            which = f"speaking session {holder}" if mine else "another speaking session"
             raise Conflict(f"{which} is already active on {req.reference_type} '{req.reference_id}'; stop it first")
-        self._by_reference[key] = speaking_id
+        self.sessions.reserve(key, speaking_id)
         stamp = now_stamp()
         record = Speaking(
             id=speaking_id,
@@ -173,9 +160,10 @@ class SpeakingService:
         try:
             await self.store.insert(record)
         except BaseException:
-            del self._by_reference[key]
+            self.sessions.unreserve(key)
             raise
         self._publish(EventType.SPEAKING_CREATED, record, target.event_source)
+        live: LiveSession  # bound just below: the session reports no say before its tasks start
         session = Session(
             record,
             provider,
@@ -183,13 +171,11 @@ class SpeakingService:
             Playout(lead_ms=self.lead_ms, mark_every_ms=self.mark_every_ms, on_flush_confirmed=self.on_flush_confirmed),
             self._save_say,
             model=req.model,
-            say_event=lambda kind, item, at, extra: self._publish_say(kind, record, target, item, at, extra),
+            say_event=lambda kind, item, at, extra: self._publish_say(kind, live, item, at, extra),
             on_underrun=self.on_underrun,
         )
-        live = _Live(session, target)
-        self._live[speaking_id] = live
-        for object_id in target.watched_ids:
-            self._by_object[object_id] = speaking_id
+        live = LiveSession(session, target)
+        self.sessions.add(live)
         # The session's tasks start in a context of their own, not the request's: the create
         # request's id (bound for logging) would otherwise label every line the session logs.
         contextvars.Context().run(self._start_tasks, live)
@@ -197,8 +183,8 @@ class SpeakingService:
         return record
 
     async def get(self, customer_id: str, speaking_id: str) -> Speaking:
-        live = self._live.get(speaking_id)
-        record = live.session.record if live else await self.store.get(speaking_id)
+        live = self.sessions.get(speaking_id)
+        record = live.record if live else await self.store.get(speaking_id)
         if record is None or record.customer_id != customer_id:
             raise NotFound(f"speaking '{speaking_id}' not found")
         return record
@@ -206,15 +192,13 @@ class SpeakingService:
     async def list(self, customer_id: str, page_size: int, page_token: str | None) -> tuple[list[Speaking], str]:
         records = await self.store.list(customer_id, page_size, page_token)
         # Live records are fresher than the rows (status changes are written through anyway).
-        records = [self._live[r.id].session.record if r.id in self._live else r for r in records]
+        records = [live.record if (live := self.sessions.get(r.id)) else r for r in records]
         next_token = records[-1].tm_create if len(records) == page_size else ""
         return records, next_token
 
     async def say(self, customer_id: str, speaking_id: str, req: SayRequest) -> tuple[Speaking, SayItem]:
         record = await self.get(customer_id, speaking_id)
-        live = self._live.get(speaking_id)
-        if live is None or record.status == Status.STOPPED:
-            raise InvalidRequest(f"speaking '{speaking_id}' is {record.status}; create a new session to speak")
+        live = self._speakable(speaking_id, record, "create a new session to speak")
         if req.command_id:
             loop = asyncio.get_running_loop()
             now = loop.time()
@@ -241,7 +225,7 @@ class SpeakingService:
         return record, await self._queue_say(live, record, req)
 
     async def _queue_say(
-        self, live: _Live, record: Speaking, req: SayRequest, text_stream: TextStream | None = None
+        self, live: LiveSession, record: Speaking, req: SayRequest, text_stream: TextStream | None = None
     ) -> SayItem:
         session = live.session
         session.provider.check(record.language, record.voice_id, req.payload_type)
@@ -254,7 +238,7 @@ class SpeakingService:
         item = session.new_say(req.text, req.payload_type, req.client_state, req.command_id)
         item.text_stream = text_stream
         await self.store.insert_say(item.row())
-        if record.id not in self._live:  # stopped while the record was written
+        if record.id not in self.sessions:  # stopped while the record was written
             item.status = SayStatus.INTERRUPTED
             await self.store.update_say(item.row())
             raise InvalidRequest(f"speaking '{record.id}' is stopped; create a new session to speak")
@@ -269,8 +253,8 @@ class SpeakingService:
 
     def active_on(self, reference_type: str, reference_id: str) -> str | None:
         """The id of the session live on this call (or conference, by the name it was created with)."""
-        speaking_id = self._by_reference.get((reference_type, reference_id))
-        return speaking_id if speaking_id in self._live else None
+        speaking_id = self.sessions.holder((reference_type, reference_id))
+        return speaking_id if speaking_id is not None and speaking_id in self.sessions else None
 
     async def channel_customer(self, channel_id: str, fallback: str = "") -> str:
         """The customer a channel's owner variable names, else ``fallback`` ("" if neither)."""
@@ -292,7 +276,7 @@ class SpeakingService:
 
     async def wait_say(self, speaking_id: str, say_id: str) -> SayItem:
         """The say once it is final (played, interrupted or failed)."""
-        live = self._live.get(speaking_id)
+        live = self.sessions.get(speaking_id)
         item = next((i for i in live.session.says if i.say_id == say_id), None) if live else None
         if item is None:  # its session has ended: the store has its final state
             row = next((r for r in await self.store.list_says(speaking_id) if r["say_id"] == say_id), None)
@@ -301,7 +285,8 @@ class SpeakingService:
             return SayItem.from_row(row)
         if item.final:
             return item
-        done = self._say_done.setdefault(say_id, asyncio.get_running_loop().create_future())
+        assert live is not None
+        done = live.say_done.setdefault(say_id, asyncio.get_running_loop().create_future())
         return await asyncio.shield(done)
 
     # -- text streams (GET /v1.0/speakings/{id}/stream) ---------------------------------------
@@ -317,10 +302,8 @@ class SpeakingService:
     ) -> SpeakingStream:
         """A client's text stream into the session: one at a time per session."""
         record = await self.get(customer_id, speaking_id)
-        live = self._live.get(speaking_id)
-        if live is None or record.status == Status.STOPPED:
-            raise InvalidRequest(f"speaking '{speaking_id}' is {record.status}; create a new session to stream into")
-        if speaking_id in self._streams:
+        live = self._speakable(speaking_id, record, "create a new session to stream into")
+        if live.stream is not None:
             raise Conflict(f"a text stream is already open on speaking '{speaking_id}'; one at a time")
         session = live.session
         stream = SpeakingStream(
@@ -336,17 +319,18 @@ class SpeakingService:
             ),
             timestamps=timestamps,
         )
-        self._streams[speaking_id] = stream
+        live.stream = stream
         return stream
 
     def close_stream(self, stream: SpeakingStream) -> None:
-        if self._streams.get(stream.speaking_id) is stream:
-            del self._streams[stream.speaking_id]
+        live = self.sessions.get(stream.speaking_id)
+        if live is not None and live.stream is stream:
+            live.stream = None
 
     async def says(self, customer_id: str, speaking_id: str) -> list[dict[str, Any]]:
         """The session's say items, oldest first (newest last)."""
         await self.get(customer_id, speaking_id)
-        live = self._live.get(speaking_id)
+        live = self.sessions.get(speaking_id)
         if live is not None:
             return [item.to_dict() for item in live.session.says]
         return [SayItem.from_row(row).to_dict() for row in await self.store.list_says(speaking_id)]
@@ -356,28 +340,54 @@ class SpeakingService:
 
     async def flush(self, customer_id: str, speaking_id: str) -> Speaking:
         record = await self.get(customer_id, speaking_id)
-        live = self._live.get(speaking_id)
-        if live is None or record.status == Status.STOPPED:
-            raise InvalidRequest(f"speaking '{speaking_id}' is {record.status}; there is nothing to flush")
+        live = self._speakable(speaking_id, record, "there is nothing to flush")
         live.session.flush(InterruptReason.FLUSH)
         return record
 
     async def stop(self, customer_id: str, speaking_id: str) -> Speaking:
         record = await self.get(customer_id, speaking_id)
-        if speaking_id not in self._live:
+        if (live := self.sessions.get(speaking_id)) is None:
             return record  # already stopped: stop is idempotent
-        return await self._stop(speaking_id, StopReason.STOP, "stopped by request")
+        return await self._stop(live, StopReason.STOP, "stopped by request")
 
     async def delete(self, customer_id: str, speaking_id: str) -> Speaking:
         record = await self.get(customer_id, speaking_id)
-        if speaking_id in self._live:
-            record = await self._stop(speaking_id, StopReason.STOP, "deleted")
+        if (live := self.sessions.get(speaking_id)) is not None:
+            record = await self._stop(live, StopReason.STOP, "deleted")
         if not record.deleted:
             stamp = now_stamp()
             record.tm_delete = stamp
             record.tm_update = stamp
             await self.store.update(record)
         return record
+
+    def _speakable(self, speaking_id: str, record: Speaking, what_now: str) -> LiveSession:
+        """The live session, unless it is gone or torn down (``what_now``: what the client can do)."""
+        live = self.sessions.get(speaking_id)
+        if live is None or live.state is SessionState.STOPPED:
+            raise InvalidRequest(f"speaking '{speaking_id}' is {record.status}; {what_now}")
+        return live
+
+    # -- for operators (GET /health, GET /v1.0/voices) -----------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """Whether speakd can serve: ``failed`` names what fails (ARI, the store); empty if nothing."""
+        ari_connected = self.ari.connected.is_set()
+        store_writable, store_error = await self.store_check.writable()
+        failed = [name for name, ok in (("ari", ari_connected), ("store", store_writable)) if not ok]
+        return {
+            "status": "unavailable" if failed else "ok",
+            "failed": failed,
+            "ari_connected": ari_connected,
+            "store_writable": store_writable,
+            "store_error": store_error,
+            "live_sessions": self.live_count,
+            **self.media.health(),
+        }
+
+    async def voices(self, provider: str, language: str) -> list[Voice]:
+        """The voices of ``provider`` (every configured one if ""), for ``language`` if given."""
+        return await self.providers.voices(provider, language)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -388,11 +398,11 @@ class SpeakingService:
             return ConferenceTarget(req.reference_id, req.direction, speaking_id, self.ari.app)
         raise InvalidRequest(f"reference_type '{req.reference_type}' is not supported by this speakd")
 
-    def _start_tasks(self, live: _Live) -> None:
+    def _start_tasks(self, live: LiveSession) -> None:
         live.session.start_synthesis()
-        live.task = asyncio.create_task(self._setup(live), name=f"speakd-setup-{live.session.record.id}")
+        live.setup = asyncio.create_task(self._setup(live), name=f"speakd-setup-{live.id}")
 
-    async def _setup(self, live: _Live) -> None:
+    async def _setup(self, live: LiveSession) -> None:
         session = live.session
         speaking_id = session.record.id
         started = asyncio.get_running_loop().time()
@@ -400,78 +410,79 @@ class SpeakingService:
             transport = await live.target.attach(self.ctx)
         except (SetupFailed, AriError, TransportError) as exc:
             session.log.warning("session_setup_failed", error=str(exc))
-            self._stop_soon(speaking_id, StopReason.ERROR, f"setup failed: {exc}", asterisk_may_be_gone=True)
+            self.stop_soon(speaking_id, StopReason.ERROR, f"setup failed: {exc}", asterisk_may_be_gone=True)
             return
         except Exception as exc:  # a bug must not leave a session initiating forever
             session.log.exception("session_setup_crashed")
-            self._stop_soon(speaking_id, StopReason.ERROR, f"setup failed: {type(exc).__name__}: {exc}")
+            self.stop_soon(speaking_id, StopReason.ERROR, f"setup failed: {type(exc).__name__}: {exc}")
             return
-        if speaking_id not in self._live or live.stopping is not None:
+        if not live.move_to(SessionState.ACTIVE):  # stopped meanwhile: the teardown releases the transport
             return
         session.start_playout(transport)
         # The media path going away on its own (Asterisk restart, network) ends the session.
         transport.closed.add_done_callback(
-            lambda closed: self._stop_soon(speaking_id, StopReason.ERROR, closed.result(), asterisk_may_be_gone=True)
+            lambda closed: self.stop_soon(speaking_id, StopReason.ERROR, closed.result(), asterisk_may_be_gone=True)
         )
-        session.record.status = Status.ACTIVE  # published before it is stored: no say event may precede it
+        # Published before it is stored: no say event may precede it.
         self._publish(EventType.SPEAKING_STARTED, session.record, live.target.event_source)
-        await self._set_status(session.record, Status.ACTIVE)
+        await self._store_status(session.record)
         session.log.info(
             "session_active",
             setup_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
             transport=str(transport.kind),
         )
 
-    async def _set_status(self, record: Speaking, status: Status) -> None:
-        record.status = status
+    async def _store_status(self, record: Speaking) -> None:
+        """Write the status the session's state gave the record (LiveSession.move_to)."""
         record.tm_update = now_stamp()
         # Not refused when the store is: the session's state changed whether or not it is stored.
         await self.store.update_later(record)
 
-    def _stop_soon(
+    def stop_soon(
         self, speaking_id: str, reason: StopReason, detail: str, *, asterisk_may_be_gone: bool = False
     ) -> None:
-        """Start stopping a session (once); the stop task is owned by the session entry.
-        ``asterisk_may_be_gone``: an error that Asterisk going away also causes; told apart on stopping."""
-        live = self._live.get(speaking_id)
-        if live is not None and live.stopping is None:
+        """Start stopping a session (once: only the first call moves it to STOPPING); the stop task
+        is owned by the session entry. ``asterisk_may_be_gone``: an error that Asterisk going away
+        also causes; told apart on stopping."""
+        live = self.sessions.get(speaking_id)
+        if live is not None and live.move_to(SessionState.STOPPING):
             live.stopping = asyncio.create_task(
                 self._do_stop(live, reason, detail, asterisk_may_be_gone), name=f"speakd-stop-{speaking_id}"
             )
             live.stopping.add_done_callback(_log_stop_failure)
 
-    async def _stop(self, speaking_id: str, reason: StopReason, detail: str) -> Speaking:
-        live = self._live[speaking_id]
-        self._stop_soon(speaking_id, reason, detail)
+    async def _stop(self, live: LiveSession, reason: StopReason, detail: str) -> Speaking:
+        """Stop the session (or join the stop under way) and wait until it is stopped."""
+        self.stop_soon(live.id, reason, detail)
         assert live.stopping is not None
         # shield: a client hanging up mid-request must not abandon a half-done teardown.
         return await asyncio.shield(live.stopping)
 
-    async def _do_stop(self, live: _Live, reason: StopReason, detail: str, asterisk_may_be_gone: bool) -> Speaking:
+    async def _do_stop(
+        self, live: LiveSession, reason: StopReason, detail: str, asterisk_may_be_gone: bool
+    ) -> Speaking:
         session = live.session
         record = session.record
         if asterisk_may_be_gone and not await self._asterisk_reachable():
             reason = StopReason.ASTERISK_GONE
-        if live.task is not None and not live.task.done():
+        if live.setup is not None and not live.setup.done():
             # Let setup finish rather than cancel it: a cancelled POST may still create its
             # object in Asterisk after our DELETE, leaving an orphan. Setup is bounded anyway.
-            done, _ = await asyncio.wait({live.task}, timeout=15)
+            done, _ = await asyncio.wait({live.setup}, timeout=15)
             if not done:
-                live.task.cancel()
-                await asyncio.gather(live.task, return_exceptions=True)
+                live.setup.cancel()
+                await asyncio.gather(live.setup, return_exceptions=True)
         dropped = await session.close(reason)
-        if (stream := self._streams.get(record.id)) is not None:
-            await stream.end(f"speaking '{record.id}' stopped ({reason}); nothing more can be said on it")
+        if live.stream is not None:
+            await live.stream.end(f"speaking '{record.id}' stopped ({reason}); nothing more can be said on it")
         await live.target.release_media()
         await live.target.detach(self.ctx)
         try:
-            await self._set_status(record, Status.STOPPED)
+            live.move_to(SessionState.STOPPED)
+            await self._store_status(record)
         finally:
-            self._live.pop(record.id, None)
-            self._by_reference.pop((record.reference_type, live.target.conflict_key), None)
-            for object_id in live.target.watched_ids:
-                self._by_object.pop(object_id, None)
-            self._publish(EventType.SPEAKING_STOPPED, record, live.target.event_source, reason=reason, detail=detail)
+            self.sessions.remove(live)
+            self._publish_stopped(record, live.target.event_source, reason, detail)
         session.log.info("session_stopped", reason=str(reason), detail=detail, dropped_says=dropped)
         return record
 
@@ -491,106 +502,42 @@ class SpeakingService:
         data = {**record.to_dict(), **{k: str(v) for k, v in extra.items()}}
         self.events.publish(Event(kind, now_stamp(), record.customer_id, record.id, data, source))
 
-    def _publish_say(
-        self, kind: EventType, record: Speaking, target: Target, item: SayItem, at: str, extra: dict[str, str]
-    ) -> None:
+    def _publish_stopped(self, record: Speaking, source: str, reason: StopReason, detail: str) -> None:
+        self._publish(EventType.SPEAKING_STOPPED, record, source, reason=reason, detail=detail)
+
+    def _publish_say(self, kind: EventType, live: LiveSession, item: SayItem, at: str, extra: dict[str, str]) -> None:
+        record = live.record
         data = {"speaking_id": record.id, **item.to_dict(), **extra}
-        self.events.publish(Event(kind, at, record.customer_id, record.id, data, target.event_source))
-        if item.final and (done := self._say_done.pop(item.say_id, None)) is not None and not done.done():
+        self.events.publish(Event(kind, at, record.customer_id, record.id, data, live.target.event_source))
+        if item.final and (done := live.say_done.pop(item.say_id, None)) is not None and not done.done():
             done.set_result(item)
 
-    # -- ARI events -------------------------------------------------------------------------
+    # -- Asterisk ---------------------------------------------------------------------------
 
     async def on_event(self, event: dict[str, Any]) -> None:
-        self.waiters.resolve(event)
-        for object_id in event_object_ids(event):  # targets that judge events themselves (conferences)
-            live = self._live.get(self._by_object.get(object_id, ""))
-            if live is not None and (detail := live.target.on_event(event)):
-                self._stop_soon(live.session.record.id, live.target.ended_reason, detail)
-        handler = getattr(self, "_" + _snake(event.get("type", "")), None)
-        if handler is not None:
-            handler(event)
-
-    def _end_for(self, event: dict[str, Any], why: str) -> None:
-        for object_id in event_object_ids(event):
-            live = self._live.get(self._by_object.get(object_id, ""))
-            if live is not None:
-                self._stop_soon(live.session.record.id, live.target.ended_reason, f"{why} ({object_id})")
-
-    def _stasis_end(self, event: dict[str, Any]) -> None:
-        self._end_for(event, "channel left speakd")
-
-    def _channel_hangup_request(self, event: dict[str, Any]) -> None:
-        self._end_for(event, "hangup")
-
-    def _channel_destroyed(self, event: dict[str, Any]) -> None:
-        self._end_for(event, "channel destroyed")
-
-    def _bridge_destroyed(self, event: dict[str, Any]) -> None:
-        self._end_for(event, "bridge destroyed")
-
-    def _channel_userevent(self, event: dict[str, Any]) -> None:
-        if self.user_event_handler is not None:
-            self.user_event_handler(event)
+        """An event from the ARI events WebSocket (handled by :class:`AriEventHandlers`)."""
+        await self.ari_events.on_event(event)
 
     async def on_ari_connected(self) -> None:
-        """On every (re)connect: end sessions whose objects are gone; remove our orphans."""
+        """On every (re)connect: choose the media transport, then catch up with Asterisk."""
         await self.media.choose()
-        try:
-            channels = {c["id"] for c in await self.ari.get("channels")}
-            bridges = {b["id"] for b in await self.ari.get("bridges")}
-        except AriError as exc:
-            log.warning("reconcile_failed", error=str(exc))
-            return
-        present = channels | bridges
-        for speaking_id, live in list(self._live.items()):
-            missing = [i for i in live.target.watched_ids if i not in present]
-            if missing and live.session.record.status == Status.ACTIVE:
-                # Its objects went while speakd could not see Asterisk (a restart takes them all).
-                detail = f"gone while ARI was disconnected: {', '.join(sorted(missing))}"
-                self._stop_soon(speaking_id, StopReason.ASTERISK_GONE, detail)
-            elif live.session.record.status == Status.ACTIVE and (detail := await live.target.reconcile(self.ari)):
-                self._stop_soon(speaking_id, live.target.ended_reason, f"{detail} (seen on reconnect)")
-        mine = set(self._by_object)
-        orphans = [("bridges", b) for b in bridges if is_own_object(self.ari.app, b) and b not in mine]
-        orphans += [("channels", c) for c in channels if is_own_object(self.ari.app, c) and c not in mine]
-        for kind, object_id in orphans:
-            if kind == "channels":
-                await hang_up_and_wait(self.ctx, object_id, "orphan channel")
-            else:
-                try:
-                    await self.ari.delete(f"{kind}/{object_id}")
-                except AriError as exc:
-                    log.warning("orphan_remove_failed", kind=kind, id=object_id, error=str(exc))
-                    continue
-            log.info("orphan_removed", kind=kind, id=object_id)
+        await reconcile(self.ctx, self.sessions, self.stop_soon)
 
     async def recover(self) -> None:
         """Start-up: sessions a previous run left unfinished are stopped (their objects go on connect)."""
-        stale = await self.store.stop_unfinished(now_stamp())
-        for record in stale:
-            log.info("stale_session_stopped", speaking_id=record.id, was=record.status)
-            record.status = Status.STOPPED
-            source = f"channel:{record.reference_id}" if record.reference_type == "call" else ""
-            self._publish(
-                EventType.SPEAKING_STOPPED, record, source, reason=StopReason.ERROR, detail="speakd restarted"
-            )
+        await stop_stale_sessions(self.store, self._publish_stopped)
 
     async def shutdown(self) -> None:
         """Stop every live session: say so for each, remove its Asterisk objects."""
         self._closing = True
-        ids = list(self._live)
-        if ids:
-            log.info("shutdown_stopping_sessions", count=len(ids))
+        lives = list(self.sessions)
+        if lives:
+            log.info("shutdown_stopping_sessions", count=len(lives))
         await asyncio.gather(
-            *(self._stop(i, StopReason.SHUTDOWN, "daemon shutdown") for i in ids), return_exceptions=True
+            *(self._stop(live, StopReason.SHUTDOWN, "daemon shutdown") for live in lives), return_exceptions=True
         )
 
 
 def _log_stop_failure(task: asyncio.Task[Speaking]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("session_stop_failed", task=task.get_name(), error=repr(task.exception()))
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

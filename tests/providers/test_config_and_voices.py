@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from providers_support import FAST, make_provider
 
-from speakd.api.voices import PROVIDERS_KEY, list_voices
+from speakd.api.voices import voices_response
 from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLanguage
 from speakd.providers import ProviderRegistry
 from speakd.providers.peer_voices import ParsedVoice, parse_voice, resolve_voice
@@ -130,9 +131,11 @@ async def registry(elevenlabs_standin, gcp_standin, aws_standin):
 
 
 async def _get(registry, query: str):
-    app = web.Application()
-    app[PROVIDERS_KEY] = registry
-    response = await list_voices(make_mocked_request("GET", f"/v1.0/voices?{query}", app=app))
+    async def voices(provider: str, language: str):  # what SpeakingService.voices answers
+        return await registry.voices(provider, language)
+
+    request = make_mocked_request("GET", f"/v1.0/voices?{query}")
+    response = await voices_response(SimpleNamespace(voices=voices), request.query)
     import json
 
     return json.loads(response.body)["result"]

@@ -33,14 +33,17 @@ class FakeService:
     def __init__(self) -> None:
         self.raises: BaseException | None = None
         self.providers = ProviderRegistry({}, {"gcp": "provider 'gcp' is not configured on this speakd: add [gcp]"})
-        self.ari = SimpleNamespace(connected=SimpleNamespace(is_set=lambda: True))
-        self.media = SimpleNamespace(health=lambda: {"media_transport": "websocket"})
-        self.live_count = 0
 
     def _maybe_raise(self) -> None:
         if self.raises is not None:
             exc, self.raises = self.raises, None
             raise exc
+
+    async def health(self):
+        return {"status": "ok", "failed": [], "live_sessions": 0, "media_transport": "websocket"}
+
+    async def voices(self, provider: str, language: str):
+        return await self.providers.voices(provider, language)
 
     async def get(self, customer_id: str, speaking_id: str):
         structlog.get_logger("test").info("fake_get", speaking_id=speaking_id)

@@ -13,7 +13,6 @@ from harness.fakes import SinkTransport
 from harness.webhooks import WebhookReceiver
 from prometheus_client.parser import text_string_to_metric_families
 
-from speakd.api import ops
 from speakd.audio import AudioFormat
 from speakd.config import WebhookTarget
 from speakd.errors import ProviderError
@@ -23,6 +22,7 @@ from speakd.media import pacer_protocol
 from speakd.media.playout import BYTES_PER_MS, Playout
 from speakd.metrics import Metrics
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest
+from speakd.store import health as ops
 from speakd.store.records import stamp_of
 from speakd.store.sqlite import SqliteStore
 
@@ -306,7 +306,7 @@ async def test_the_store_check_writes_and_names_a_store_that_takes_no_write(tmp_
     monkeypatch.setattr(ops, "STORE_CHECK_EVERY_S", 0.0)
     path = tmp_path / "s.sqlite3"
     async with SqliteStore(str(path)) as store:
-        check = ops.StoreCheck(SimpleNamespace(store=store))
+        check = ops.StoreCheck(store)
         assert await check.writable() == (True, "")
         holder = sqlite3.connect(path, timeout=0, isolation_level=None)
         try:
@@ -331,7 +331,7 @@ async def test_a_hung_store_gets_one_check_at_a_time_and_answers_are_reused_for_
             writes[-1].set_result(None)
         return writes[-1]
 
-    check = ops.StoreCheck(SimpleNamespace(store=SimpleNamespace(write_health_row=write_health_row)))
+    check = ops.StoreCheck(SimpleNamespace(write_health_row=write_health_row))  # type: ignore[arg-type]
     writable, why = await check.writable()
     assert not writable and "has not finished" in why
     assert await check.writable() == (writable, why)  # within a second: the same answer, no new write
