@@ -194,7 +194,6 @@ class ProviderRegistry:
             reason = self._unavailable.get(name, f"provider '{name}' is not configured on this speakd")
             raise ProviderNotConfigured(reason) from None
 
-    @property
     async def voices(self, provider: str, language: str) -> list[Voice]:
         """``GET /v1.0/voices``: the voices of ``provider`` (a name or an alias), or with
         ``provider`` "" of every configured provider, one that fails left out (and logged).
@@ -220,6 +219,7 @@ class ProviderRegistry:
             voices = [v for v in voices if language_matches(language, v.languages)]
         return voices
 
+    @property
     def unavailable(self) -> dict[str, str]:
         """Provider name -> why it cannot be used (what to set or fix)."""
         return dict(self._unavailable)
