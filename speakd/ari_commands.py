@@ -33,9 +33,17 @@ from typing import Any
 
 import structlog
 
-from speakd.errors import InvalidRequest, NotFound, SpeakdError
+from speakd.errors import (
+    INTERNAL_ERROR,
+    INVALID_FIELD,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    SpeakdError,
+    TooManyRequests,
+)
 from speakd.sessions.requests import SAY_FIELDS, SESSION_OPTIONS, create_request, say_request
-from speakd.sessions.service import SpeakingService
+from speakd.sessions.service import SHUTTING_DOWN, SpeakingService
 
 log = structlog.get_logger(__name__)
 
@@ -81,12 +89,12 @@ class AriCommands:
             log.debug("ari_user_event_ignored", eventname=name)
             return
         if self._closed:
-            self._refuse(event, "speakd is shutting down; retry on the next instance", "unavailable")
+            self._refuse(event, ServiceUnavailable(SHUTTING_DOWN))
             return
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            self._refuse(event, f"more than {self._queue.maxsize} ARI commands waiting; retry shortly", "queue_full")
+            self._refuse(event, TooManyRequests(f"more than {self._queue.maxsize} ARI commands waiting; retry shortly"))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="speakd-ari-commands")
@@ -105,7 +113,7 @@ class AriCommands:
                 await self.handle(event)
             except Exception:  # a bug must not end command handling for good
                 log.exception("ari_command_crashed", command=event.get("eventname"))
-                self._refuse(event, "internal error in speakd; the daemon log has the details", "internal")
+                self._refuse(event, SpeakdError(INTERNAL_ERROR))
 
     async def handle(self, event: dict[str, Any]) -> None:
         name = event.get("eventname", "")
@@ -150,9 +158,10 @@ class AriCommands:
                 await self._service.stop(customer_id, speaking_id)
             log.info("ari_command", command=name, channel_id=channel_id, speaking_id=speaking_id)
         except SpeakdError as exc:
-            self._refuse(event, exc.message, exc.reason)
+            self._refuse(event, exc)
 
-    def _refuse(self, event: dict[str, Any], message: str, reason: str) -> None:
+    def _refuse(self, event: dict[str, Any], exc: SpeakdError) -> None:
+        message, reason = exc.message, exc.reason
         name = event.get("eventname", "")
         channel_id = (event.get("channel") or {}).get("id", "")
         sent = event.get("userevent") or {}
@@ -172,9 +181,9 @@ def _variables(event: dict[str, Any], name: str) -> dict[str, Any]:
     if unknown:
         raise InvalidRequest(
             f"unknown variable(s) {', '.join(unknown)} for {name}; accepted: {', '.join(ACCEPTED[name])}",
-            reason="invalid_field",
+            reason=INVALID_FIELD,
         )
     reply_app = variables.pop(REPLY_APP, "")
     if not isinstance(reply_app, str):
-        raise InvalidRequest(f"'{REPLY_APP}' must be a string", reason="invalid_field")
+        raise InvalidRequest(f"'{REPLY_APP}' must be a string", reason=INVALID_FIELD)
     return variables

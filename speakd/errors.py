@@ -16,6 +16,8 @@ from collections.abc import Sequence
 # parameters) is wrong: missing, unknown, of the wrong type or out of range.
 INVALID_JSON = "invalid_json"
 INVALID_FIELD = "invalid_field"
+# What a client is told of a bug (an exception that is not a SpeakdError): the log has the rest.
+INTERNAL_ERROR = "internal error in speakd; the daemon log has the details"
 
 
 def either(choices: Sequence[str]) -> str:

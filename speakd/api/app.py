@@ -14,7 +14,7 @@ from speakd.api.events_ws import EventHub
 from speakd.api.openapi import OPENAPI
 from speakd.api.ops import health_response, metrics_response
 from speakd.api.voices import voices_response
-from speakd.errors import SpeakdError
+from speakd.errors import INTERNAL_ERROR, SpeakdError
 from speakd.metrics import Metrics
 from speakd.sessions.service import SpeakingService
 from speakd.store.records import Speaking
@@ -103,7 +103,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return response
     except Exception:
         log.exception("request_crashed", method=request.method, path=request.path)
-        return _error(request, 500, "internal error in speakd; the daemon log has the details", "internal")
+        return _error(request, SpeakdError.status, INTERNAL_ERROR, SpeakdError.reason)
 
 
 @web.middleware

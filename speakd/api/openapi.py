@@ -21,8 +21,9 @@ from speakd.sessions.requests import (
     REFERENCE_ID_PATTERN,
 )
 from speakd.sessions.says import SayItem, SayStatus
-from speakd.sessions.service import SayStop
-from speakd.store.records import FIELDS, Direction, ReferenceType, Status
+from speakd.sessions.service import COMMAND_ID_WINDOW_S, SayStop
+from speakd.store.health import STORE_CHECK_TIMEOUT_S
+from speakd.store.records import FIELDS, NOT_YET, Direction, ReferenceType, Status
 
 
 def _enum(choices: Any) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def _enum(choices: Any) -> dict[str, Any]:
 
 _TIMESTAMP = {
     "type": "string",
-    "description": "UTC, 'YYYY-MM-DD HH:MM:SS.ffffff'; '9999-01-01 00:00:00.000000' means not yet",
+    "description": f"UTC, 'YYYY-MM-DD HH:MM:SS.ffffff'; '{NOT_YET}' means not yet",
     "examples": ["2025-06-15 14:30:00.123456"],
 }
 
@@ -172,7 +173,8 @@ _HEALTH_BODY = {
         "ari_connected": {"type": "boolean", "description": "the ARI events WebSocket is connected"},
         "store_writable": {
             "type": "boolean",
-            "description": "the store took a real write (checked at most once a second, 1 s timeout)",
+            "description": "the store took a real write "
+            f"(checked at most once a second, {STORE_CHECK_TIMEOUT_S:g} s timeout)",
         },
         "store_error": {"type": "string", "description": "why the store is not writable; empty when it is"},
         "live_sessions": {"type": "integer", "description": "sessions initiating or active"},
@@ -351,7 +353,7 @@ OPENAPI: dict[str, Any] = {
                                         "type": "string",
                                         "maxLength": MAX_COMMAND_ID_CHARS,
                                         "description": "a repeat with the same command_id on this session within "
-                                        "60 s is not played again and gets the first answer",
+                                        f"{COMMAND_ID_WINDOW_S:g} s is not played again and gets the first answer",
                                     },
                                     "stop": {
                                         **_enum(SayStop),

@@ -51,6 +51,8 @@ log = structlog.get_logger(__name__)
 MAX_QUEUED_SAYS = 100
 # A say repeating an earlier one's command_id within this long is answered, not played again.
 COMMAND_ID_WINDOW_S = 60.0
+# Why a create is refused once shutdown began (also an ARI command arriving then).
+SHUTTING_DOWN = "speakd is shutting down; retry on the next instance"
 
 
 class SayStop(StrEnum):
@@ -125,7 +127,7 @@ class SpeakingService:
 
     async def create(self, customer_id: str, req: CreateRequest) -> Speaking:
         if self._closing:
-            raise ServiceUnavailable("speakd is shutting down; retry on the next instance")
+            raise ServiceUnavailable(SHUTTING_DOWN)
         if not self.ari.connected.is_set():
             raise ServiceUnavailable("speakd is not connected to Asterisk (ARI); retry shortly")
         provider = self.providers.get(req.provider)

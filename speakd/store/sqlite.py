@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from speakd.errors import ServiceUnavailable
-from speakd.store.records import FIELDS, Speaking, Status
+from speakd.store.records import FIELDS, NOT_YET, Speaking, Status
 
 log = structlog.get_logger(__name__)
 
@@ -427,8 +427,8 @@ class SqliteStore:
         """Newest first; ``before`` is the tm_create cursor of the previous page. Deleted ones left out."""
 
         def run() -> list[Speaking]:
-            sql = "SELECT * FROM speakings WHERE customer_id = ? AND tm_delete = '9999-01-01 00:00:00.000000'"
-            args: list[Any] = [customer_id]
+            sql = "SELECT * FROM speakings WHERE customer_id = ? AND tm_delete = ?"
+            args: list[Any] = [customer_id, NOT_YET]
             if before:
                 sql += " AND tm_create < ?"
                 args.append(before)
