@@ -37,13 +37,12 @@ from speakd.errors import (
     INTERNAL_ERROR,
     INVALID_FIELD,
     InvalidRequest,
-    NotFound,
     ServiceUnavailable,
     SpeakdError,
     TooManyRequests,
 )
-from speakd.sessions.requests import SAY_FIELDS, SESSION_OPTIONS, create_request, say_request
-from speakd.sessions.service import SHUTTING_DOWN, SpeakingService
+from speakd.sessions.requests import SAY_FIELDS, SESSION_OPTIONS, call_create_request, say_request
+from speakd.sessions.service import SHUTTING_DOWN, CallVerb, SpeakingService
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +57,8 @@ ACCEPTED = {
     FLUSH: (REPLY_APP,),
     STOP: (REPLY_APP,),
 }
+# What a command other than a say does to the channel's session (refused if none is live).
+VERBS: dict[str, CallVerb] = {FLUSH: "flush", STOP: "stop"}
 QUEUE_COMMANDS = 200
 
 # (event name, source, variables, also to these applications): raises a user event.
@@ -122,23 +123,13 @@ class AriCommands:
             variables = _variables(event, name)
             if not channel_id:
                 raise InvalidRequest(f"{name} must be sent with source=channel:<channel id>")
-            customer_id = await self._service.channel_customer(channel_id, self._operator_customer_id)
-            if not customer_id:
-                raise InvalidRequest(
-                    f"channel '{channel_id}' names no customer ({self._service.owner_variable} is not set on it) "
-                    "and speakd has no operator customer ([ari] operator_customer_id)",
-                    reason="no_customer",
-                )
+            customer_id = await self._service.customer_of_channel(
+                channel_id, self._operator_customer_id, "operator customer ([ari] operator_customer_id)"
+            )
             if name == SAY:
                 say = say_request(variables)
-                create = create_request(
-                    {
-                        "reference_type": "call",
-                        "reference_id": channel_id,
-                        **{k: variables[k] for k in SESSION_OPTIONS if k in variables},
-                    },
-                    self._default_provider,
-                )
+                options = {k: variables[k] for k in SESSION_OPTIONS if k in variables}
+                create = call_create_request(channel_id, options, self._default_provider)
                 record, item = await self._service.speak_on_call(customer_id, channel_id, create, say)
                 log.info(
                     "ari_command",
@@ -149,13 +140,7 @@ class AriCommands:
                     command_id=say.command_id or None,
                 )
                 return
-            speaking_id = self._service.active_on("call", channel_id)
-            if speaking_id is None:
-                raise NotFound(f"no speaking session is live on channel '{channel_id}'")
-            if name == FLUSH:
-                await self._service.flush(customer_id, speaking_id)
-            else:
-                await self._service.stop(customer_id, speaking_id)
+            speaking_id = await self._service.on_call(VERBS[name], customer_id, channel_id)
             log.info("ari_command", command=name, channel_id=channel_id, speaking_id=speaking_id)
         except SpeakdError as exc:
             self._refuse(event, exc)

@@ -15,8 +15,8 @@ import structlog
 from speakd.agi.protocol import AgiEnvironment, AgiResponse, exec_app, set_variable
 from speakd.errors import InvalidRequest, SpeakdError
 from speakd.parsing import parse_bool
-from speakd.sessions.requests import SAY_FIELDS, SESSION_OPTIONS, create_request, say_request
-from speakd.sessions.service import SpeakingService
+from speakd.sessions.requests import SAY_FIELDS, SESSION_OPTIONS, call_create_request, say_request
+from speakd.sessions.service import CallVerb, SpeakingService
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -109,13 +109,9 @@ class AgiScripts:
         await handler(env, conn)
 
     async def _customer(self, env: AgiEnvironment) -> str:
-        customer = await self.service.channel_customer(env.channel_id, self.default_customer)
-        if not customer:
-            raise InvalidRequest(
-                f"no customer for channel {env.channel}: set the channel variable {self.service.owner_variable} "
-                "or speakd's [agi] customer_id"
-            )
-        return customer
+        return await self.service.customer_of_channel(
+            env.channel_id, self.default_customer, "default customer ([agi] customer_id)"
+        )
 
     async def speak(self, env: AgiEnvironment, conn: Connection) -> None:
         out = {SPEAKING_ID: "", SAY_ID: "", SAY_STATUS: "error", HEARD_TEXT: "", ERROR: ""}
@@ -123,14 +119,8 @@ class AgiScripts:
         try:
             args = parse_speak_args(env.args)
             # Validated before anything happens on the call.
-            create = create_request(
-                {
-                    "reference_type": "call",
-                    "reference_id": env.channel_id,
-                    "direction": DEFAULT_DIRECTION,
-                    **args.create,
-                },
-                self.default_provider,
+            create = call_create_request(
+                env.channel_id, {"direction": DEFAULT_DIRECTION, **args.create}, self.default_provider
             )
             say = say_request({"text": args.text, **args.say})
             customer = await self._customer(env)
@@ -175,20 +165,18 @@ class AgiScripts:
     async def stop(self, env: AgiEnvironment, conn: Connection) -> None:
         await self._session_verb(env, conn, "stop")
 
-    async def _session_verb(self, env: AgiEnvironment, conn: Connection, verb: str) -> None:
+    async def _session_verb(self, env: AgiEnvironment, conn: Connection, verb: CallVerb) -> None:
         out = {SPEAKING_ID: "", ERROR: ""}
         try:
             if any(a.strip() for a in env.args):
                 raise InvalidRequest(f"{verb} takes no arguments: AGI(agi://<host>:<port>/{verb})")
             customer = await self._customer(env)
-            speaking_id = self.service.active_on("call", env.channel_id)
+            # The dialplan's stop is idempotent, as a stop by id is; a flush of nothing is refused.
+            speaking_id = await self.service.on_call(verb, customer, env.channel_id, missing_ok=verb == "stop")
             if speaking_id is None:
-                if verb == "flush":
-                    raise InvalidRequest(f"no speaking session is active on channel {env.channel}; nothing to flush")
-                log.info("agi_stop_nothing_active", channel=env.channel)  # stop is idempotent
+                log.info("agi_stop_nothing_active", channel=env.channel)
             else:
                 out[SPEAKING_ID] = speaking_id
-                await (self.service.flush if verb == "flush" else self.service.stop)(customer, speaking_id)
                 log.info(f"agi_{verb}", speaking_id=speaking_id)
         except SpeakdError as exc:
             log.warning("agi_refused", script=verb, error=exc.message, channel=env.channel)

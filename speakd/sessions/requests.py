@@ -96,6 +96,12 @@ def create_request(data: dict[str, Any], default_provider: str) -> CreateRequest
     )
 
 
+def call_create_request(channel_id: str, options: dict[str, Any], default_provider: str) -> CreateRequest:
+    """The session a caller on a call gets (the dialplan, an ARI application): its channel is
+    the reference; ``options`` are its SESSION_OPTIONS."""
+    return create_request({**options, "reference_type": "call", "reference_id": channel_id}, default_provider)
+
+
 def say_request(data: dict[str, Any]) -> SayRequest:
     """A say's fields, however they came (a JSON body, AGI arguments, ARI user event variables)."""
     text = _string(data, "text", required=True)

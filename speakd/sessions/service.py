@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -51,6 +51,10 @@ log = structlog.get_logger(__name__)
 MAX_QUEUED_SAYS = 100
 # A say repeating an earlier one's command_id within this long is answered, not played again.
 COMMAND_ID_WINDOW_S = 60.0
+# Why a command naming a channel is refused when no customer is found for it.
+NO_CUSTOMER = "no_customer"
+# What a command naming a call (not a session) does to the session live on it.
+CallVerb = Literal["flush", "stop"]
 # Why a create is refused once shutdown began (also an ARI command arriving then).
 SHUTTING_DOWN = "speakd is shutting down; retry on the next instance"
 
@@ -266,6 +270,18 @@ class SpeakingService:
             raise ServiceUnavailable(f"Asterisk is not reachable: {exc.message}") from None
         return owner or fallback
 
+    async def customer_of_channel(self, channel_id: str, fallback: str, fallback_setting: str) -> str:
+        """The customer a channel's owner variable names, else ``fallback``; with neither the
+        command is refused (``fallback_setting``: where speakd's fallback is configured)."""
+        customer = await self.channel_customer(channel_id, fallback)
+        if not customer:
+            raise InvalidRequest(
+                f"channel '{channel_id}' names no customer ({self.owner_variable} is not set on it) "
+                f"and speakd has no {fallback_setting}",
+                reason=NO_CUSTOMER,
+            )
+        return customer
+
     async def speak_on_call(
         self, customer_id: str, channel_id: str, create: CreateRequest, req: SayRequest
     ) -> tuple[Speaking, SayItem]:
@@ -275,6 +291,19 @@ class SpeakingService:
         if speaking_id is None:
             speaking_id = (await self.create(customer_id, create)).id
         return await self.say(customer_id, speaking_id, req)
+
+    async def on_call(
+        self, verb: CallVerb, customer_id: str, channel_id: str, *, missing_ok: bool = False
+    ) -> str | None:
+        """Flush or stop the session live on the call: its id. With none live, NotFound, or None
+        if ``missing_ok``."""
+        speaking_id = self.active_on("call", channel_id)
+        if speaking_id is None:
+            if missing_ok:
+                return None
+            raise NotFound(f"no speaking session is live on channel '{channel_id}'; nothing to {verb}")
+        await (self.flush if verb == "flush" else self.stop)(customer_id, speaking_id)
+        return speaking_id
 
     async def wait_say(self, speaking_id: str, say_id: str) -> SayItem:
         """The say once it is final (played, interrupted or failed)."""

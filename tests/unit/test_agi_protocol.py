@@ -21,6 +21,7 @@ from speakd.agi.protocol import (
 from speakd.agi.scripts import parse_speak_args
 from speakd.agi.server import AgiServer
 from speakd.errors import InvalidRequest
+from speakd.sessions.service import SpeakingService
 
 
 def parse_environment(lines: list[str]) -> AgiEnvironment:
@@ -336,7 +337,9 @@ class FakeConnection:
         }
 
 
-class FakeService:
+class FakeService(SpeakingService):
+    """The service's ARI and session seams stood in for; its call-level commands are the real ones."""
+
     owner_variable = "SPEAKD_CUSTOMER_ID"
 
     def __init__(self, owner=""):

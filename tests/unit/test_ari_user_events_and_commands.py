@@ -16,6 +16,7 @@ from speakd.ari_commands import AriCommands
 from speakd.errors import NotFound
 from speakd.events.ari_user_events import AriUserEventSink, flat, variables_of
 from speakd.events.model import Event, EventType
+from speakd.sessions.service import SpeakingService
 
 OWN = "speakd"
 
@@ -186,7 +187,9 @@ async def test_ari_disconnected_drops_the_batch_and_delivery_goes_on(sink):
 # -- commands in ------------------------------------------------------------------------------
 
 
-class FakeService:
+class FakeService(SpeakingService):
+    """The service's ARI and session seams stood in for; its call-level commands are the real ones."""
+
     owner_variable = "SPEAKD_CUSTOMER_ID"
 
     def __init__(self, owner: str = "") -> None:
