@@ -9,10 +9,11 @@ table are not handled.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from speakd.ari.events import event_object_ids
+from speakd.sessions.live import LiveSession
 
 if TYPE_CHECKING:
     from speakd.sessions.service import SpeakingService
@@ -34,9 +35,8 @@ class AriEventHandlers:
     async def on_event(self, event: dict[str, Any]) -> None:
         service = self.service
         service.waiters.resolve(event)
-        for object_id in event_object_ids(event):  # targets that judge events themselves (conferences)
-            live = service.sessions.watching(object_id)
-            if live is not None and (detail := live.target.on_event(event)):
+        for _, live in self._watchers(event):  # targets that judge events themselves (conferences)
+            if detail := live.target.on_event(event):
                 service.stop_soon(live.id, live.target.ended_reason, detail)
         handler = self.table.get(event.get("type", ""))
         if handler is not None:
@@ -61,7 +61,11 @@ class AriEventHandlers:
 
     def _end_watchers(self, event: dict[str, Any], why: str) -> None:
         """Stop the sessions watching an object the event says has ended."""
+        for object_id, live in self._watchers(event):
+            self.service.stop_soon(live.id, live.target.ended_reason, f"{why} ({object_id})")
+
+    def _watchers(self, event: dict[str, Any]) -> Iterator[tuple[str, LiveSession]]:
+        """Each object the event is about that a live session watches, with that session."""
         for object_id in event_object_ids(event):
-            live = self.service.sessions.watching(object_id)
-            if live is not None:
-                self.service.stop_soon(live.id, live.target.ended_reason, f"{why} ({object_id})")
+            if (live := self.service.sessions.watching(object_id)) is not None:
+                yield object_id, live

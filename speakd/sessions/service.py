@@ -203,8 +203,7 @@ class SpeakingService:
         return records, next_token
 
     async def say(self, customer_id: str, speaking_id: str, req: SayRequest) -> tuple[Speaking, SayItem]:
-        record = await self.get(customer_id, speaking_id)
-        live = self._speakable(speaking_id, record, "create a new session to speak")
+        record, live = await self._speakable(customer_id, speaking_id, "create a new session to speak")
         if req.command_id:
             loop = asyncio.get_running_loop()
             now = loop.time()
@@ -332,8 +331,7 @@ class SpeakingService:
         timestamps: bool,
     ) -> SpeakingStream:
         """A client's text stream into the session: one at a time per session."""
-        record = await self.get(customer_id, speaking_id)
-        live = self._speakable(speaking_id, record, "create a new session to stream into")
+        record, live = await self._speakable(customer_id, speaking_id, "create a new session to stream into")
         if live.stream is not None:
             raise Conflict(f"a text stream is already open on speaking '{speaking_id}'; one at a time")
         session = live.session
@@ -370,8 +368,7 @@ class SpeakingService:
         await self.store.update_say_later(item.row())
 
     async def flush(self, customer_id: str, speaking_id: str) -> Speaking:
-        record = await self.get(customer_id, speaking_id)
-        live = self._speakable(speaking_id, record, "there is nothing to flush")
+        record, live = await self._speakable(customer_id, speaking_id, "there is nothing to flush")
         live.session.flush(InterruptReason.FLUSH)
         return record
 
@@ -392,12 +389,14 @@ class SpeakingService:
             await self.store.update(record)
         return record
 
-    def _speakable(self, speaking_id: str, record: Speaking, what_now: str) -> LiveSession:
-        """The live session, unless it is gone or torn down (``what_now``: what the client can do)."""
+    async def _speakable(self, customer_id: str, speaking_id: str, what_now: str) -> tuple[Speaking, LiveSession]:
+        """The customer's session and its live entry, unless it is gone or torn down (``what_now``:
+        what the client can do then)."""
+        record = await self.get(customer_id, speaking_id)
         live = self.sessions.get(speaking_id)
         if live is None or live.state is SessionState.STOPPED:
             raise InvalidRequest(f"speaking '{speaking_id}' is {record.status}; {what_now}")
-        return live
+        return record, live
 
     # -- for operators (GET /health, GET /v1.0/voices) -----------------------------------------
 
