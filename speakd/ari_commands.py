@@ -35,11 +35,12 @@ import structlog
 
 from speakd.errors import (
     INTERNAL_ERROR,
-    INVALID_FIELD,
     InvalidRequest,
     ServiceUnavailable,
     SpeakdError,
     TooManyRequests,
+    invalid_field,
+    reject_unknown,
 )
 from speakd.sessions.requests import SAY_FIELDS, SESSION_OPTIONS, call_create_request, say_request
 from speakd.sessions.service import SHUTTING_DOWN, CallVerb, SpeakingService
@@ -162,13 +163,8 @@ class AriCommands:
 
 def _variables(event: dict[str, Any], name: str) -> dict[str, Any]:
     variables = {k: v for k, v in (event.get("userevent") or {}).items() if k != "eventname"}
-    unknown = sorted(set(variables) - set(ACCEPTED[name]))
-    if unknown:
-        raise InvalidRequest(
-            f"unknown variable(s) {', '.join(unknown)} for {name}; accepted: {', '.join(ACCEPTED[name])}",
-            reason=INVALID_FIELD,
-        )
+    reject_unknown(variables, ACCEPTED[name], "variable")  # the speakd_error names the command
     reply_app = variables.pop(REPLY_APP, "")
     if not isinstance(reply_app, str):
-        raise InvalidRequest(f"'{REPLY_APP}' must be a string", reason=INVALID_FIELD)
+        raise invalid_field(f"'{REPLY_APP}' must be a string")
     return variables

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speakd.errors import either
+from speakd.errors import either, reject_unknown
 from speakd.logging import LOG_FORMATS, LOG_LEVELS
 from speakd.parsing import parse_bool, parse_table
 from speakd.provider_names import PROVIDER_NAMES
@@ -161,9 +161,7 @@ class WebhooksConfig:
                     f'{where} must be a table {{ url = "https://...", secret = "..." }} '
                     f"(set webhooks in the config file, not the environment)"
                 )
-            unknown = set(target) - {"url", "secret"}
-            if unknown:
-                raise ConfigError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}; known: secret, url")
+            reject_unknown(target, ("secret", "url"), "key", where=where, error=ConfigError)
             url = target.get("url")
             if not isinstance(url, str) or not url:
                 raise ConfigError(f"{where}.url must be set to the endpoint's http:// or https:// URL")
@@ -259,12 +257,8 @@ def _parse_env_value(raw: str, current: Any, where: str) -> Any:
 
 
 def _build_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ConfigError(
-            f"[{section}] has unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
-        )
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    reject_unknown(values, known, "key", where=f"[{section}]", error=ConfigError)
     obj = cls()
     for key, value in values.items():
         current = getattr(obj, key)

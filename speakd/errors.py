@@ -10,7 +10,7 @@ never leaked to the API.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 
 # Finer reasons of InvalidRequest: the body is not a JSON object, or one of its fields (or query
 # parameters) is wrong: missing, unknown, of the wrong type or out of range.
@@ -20,10 +20,31 @@ INVALID_FIELD = "invalid_field"
 INTERNAL_ERROR = "internal error in speakd; the daemon log has the details"
 
 
-def either(choices: Sequence[str]) -> str:
+def either(choices: Iterable[str]) -> str:
     """The allowed values as a message says them: ``'a' or 'b'``, ``'a', 'b' or 'c'``."""
     quoted = [f"'{choice}'" for choice in choices]
     return " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+
+
+def invalid_field(message: str) -> InvalidRequest:
+    return InvalidRequest(message, reason=INVALID_FIELD)
+
+
+def reject_unknown(
+    given: Iterable[str],
+    allowed: Iterable[str],
+    what: str,
+    *,
+    where: str = "",
+    error: Callable[[str], Exception] = invalid_field,
+) -> None:
+    """Raise ``error`` if ``given`` has names not ``allowed`` (``what`` they are: "field", "key";
+    ``where``: what has them, if the message should say), saying which and what is accepted:
+    the one wording of every such refusal."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        message = f"unknown {what}(s) {', '.join(unknown)}; accepted: {either(allowed)}"
+        raise error(f"{where} has {message}" if where else message)
 
 
 class SpeakdError(Exception):

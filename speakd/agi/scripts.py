@@ -13,7 +13,7 @@ from typing import Protocol, TypeVar
 import structlog
 
 from speakd.agi.protocol import AgiEnvironment, AgiResponse, exec_app, set_variable
-from speakd.errors import InvalidRequest, SpeakdError
+from speakd.errors import InvalidRequest, SpeakdError, either
 from speakd.parsing import parse_bool
 from speakd.sessions.requests import SAY_FIELDS, SESSION_OPTIONS, call_create_request, say_request
 from speakd.sessions.service import CallVerb, SpeakingService
@@ -82,9 +82,10 @@ def parse_speak_args(args: list[str]) -> SpeakArgs:
         elif sep and key in SAY_OPTIONS:
             parsed.say[key] = value
         else:
-            known = ", ".join([*CREATE_OPTIONS, *SAY_OPTIONS, *FLAGS])
+            # Not reject_unknown: the argument is refused as written (a known name without "=" too).
             raise InvalidRequest(
-                f"unknown speak option '{arg}' (options: {known}); a text with commas must be quoted: "
+                f"unknown speak option '{arg}' (options: {either([*CREATE_OPTIONS, *SAY_OPTIONS, *FLAGS])}); "
+                "a text with commas must be quoted: "
                 'AGI(agi://<host>:<port>/speak,"Hello, world")'
             )
     return parsed

@@ -7,9 +7,9 @@ import json
 import re
 from typing import Any
 
-from speakd.errors import INVALID_JSON, InvalidRequest
+from speakd.errors import INVALID_JSON, InvalidRequest, invalid_field, reject_unknown
 from speakd.parsing import parse_bool
-from speakd.sessions.requests import CREATE_FIELDS, SAY_FIELDS, create_request, invalid_field, say_request
+from speakd.sessions.requests import CREATE_FIELDS, SAY_FIELDS, create_request, say_request
 from speakd.sessions.service import CreateRequest, SayRequest
 
 MAX_PAGE_SIZE = 100
@@ -37,9 +37,7 @@ def parse_json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
     data = load_json(body)
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object", reason=INVALID_JSON)
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise invalid_field(f"unknown field(s) {', '.join(unknown)}; accepted fields: {', '.join(allowed)}")
+    reject_unknown(data, allowed, "field")
     return data
 
 
@@ -53,9 +51,7 @@ def parse_say(body: bytes) -> SayRequest:
 
 def parse_stream_query(query: Any) -> bool:
     """``?timestamps=true``: the stream reports its words' timings. Unknown parameters are refused."""
-    unknown = sorted(set(query) - {"timestamps", "accesskey", "token"})
-    if unknown:
-        raise invalid_field(f"unknown query parameter(s) {', '.join(unknown)}; the stream takes 'timestamps'")
+    reject_unknown(set(query) - {"accesskey", "token"}, ("timestamps",), "query parameter")  # less credentials
     try:
         return parse_bool(query.get("timestamps", "false"))
     except ValueError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from speakd.errors import INVALID_FIELD, InvalidRequest, either
+from speakd.errors import INVALID_FIELD, InvalidRequest, either, invalid_field
 from speakd.languages import parse_language_tag
 from speakd.providers.base import TEXT_PAYLOAD_TYPES
 from speakd.providers.peer_voices import resolve_voice
@@ -39,10 +39,6 @@ MAX_COMMAND_ID_CHARS = 256
 MAX_VOICE_ID_CHARS = 200
 
 
-def invalid_field(message: str) -> InvalidRequest:
-    return InvalidRequest(message, reason=INVALID_FIELD)
-
-
 def _string(data: dict[str, Any], name: str, *, required: bool = False, default: str = "") -> str:
     value = data.get(name)
     if value is None:
@@ -56,9 +52,8 @@ def _string(data: dict[str, Any], name: str, *, required: bool = False, default:
 
 def _enum(data: dict[str, Any], name: str, choices: type, default: str | None = None) -> str:
     value = _string(data, name, required=default is None, default=default or "")
-    allowed = [c.value for c in choices]
-    if value not in allowed:
-        raise invalid_field(f"'{name}' must be one of {', '.join(allowed)}; got '{value}'")
+    if value not in [c.value for c in choices]:
+        raise invalid_field(f"'{name}' must be one of {either(choices)}; got '{value}'")
     return value
 
 
@@ -122,5 +117,5 @@ def say_request(data: dict[str, Any]) -> SayRequest:
         raise invalid_field(f"'command_id' is {len(command_id)} characters; at most {MAX_COMMAND_ID_CHARS}")
     stop = _string(data, "stop", default="")
     if stop and stop not in set(SayStop):
-        raise invalid_field(f"'stop' must be {either(list(SayStop))} (or left out); got '{stop}'")
+        raise invalid_field(f"'stop' must be {either(SayStop)} (or left out); got '{stop}'")
     return SayRequest(text, payload_type, client_state, command_id, SayStop(stop) if stop else None)
