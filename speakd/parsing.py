@@ -4,6 +4,9 @@ sections set from the environment). Each caller words its own error around the V
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 TRUE_WORDS = ("1", "true", "yes", "on")
 # Empty is no: an unset dialplan or shell variable (``wait=${WAIT}``) asks for nothing.
 FALSE_WORDS = ("0", "false", "no", "off", "")
@@ -17,6 +20,21 @@ def parse_bool(raw: str) -> bool:
     if lowered in FALSE_WORDS:
         return False
     raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def load_json_object(text: str | bytes, what: str) -> dict[str, Any]:
+    """``json.loads`` of what a client sent (a request body, a WebSocket message), which must be a
+    JSON object; else ValueError saying what is wrong with ``what``, also for nesting deep enough
+    to exhaust the parser's recursion limit."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:  # also bytes that are not UTF-8
+        raise ValueError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply; send a flat JSON object") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a JSON object")  # noqa: TRY004 - one error for every wrong text
+    return data
 
 
 def parse_table(raw: str) -> dict[str, str]:

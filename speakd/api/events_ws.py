@@ -21,12 +21,14 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from speakd.api.schemas import load_json
-from speakd.errors import InvalidRequest
+from speakd.api.schemas import json_object, websocket_response
+from speakd.errors import InvalidRequest, either
 from speakd.events.model import Event, customer_of_topic
+from speakd.sessions.stream import error_message
 
 log = structlog.get_logger(__name__)
 
+MESSAGE_TYPES = ("subscribe", "unsubscribe")  # what a client sends
 QUEUE_EVENTS = 1000
 MAX_TOPICS = 100
 # Close code "policy violation": used for a client that fell too far behind.
@@ -102,7 +104,7 @@ class EventHub:
 
 
 async def serve(request: web.Request, hub: EventHub, customer_id: str) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=64 * 1024)
+    ws = websocket_response()
     await ws.prepare(request)
     with hub.subscriber(customer_id, ws) as subscriber:
         sender = asyncio.create_task(_send_events(ws, subscriber), name="speakd-events-ws-send")
@@ -120,19 +122,19 @@ async def serve(request: web.Request, hub: EventHub, customer_id: str) -> web.We
 
 def _handle(subscriber: Subscriber, text: str) -> dict[str, Any]:
     try:
-        message = load_json(text, "the message")
+        message = json_object(text, "the message")
     except InvalidRequest as exc:
-        return {"type": "error", "message": f'{exc.message}; send {{"type": "subscribe", "topics": [...]}}'}
-    kind = message.get("type") if isinstance(message, dict) else None
-    if kind not in ("subscribe", "unsubscribe"):
-        return {"type": "error", "message": "'type' must be 'subscribe' or 'unsubscribe'"}
+        return error_message(f'{exc.message}; send {{"type": "subscribe", "topics": [...]}}')
+    kind = message.get("type")
+    if kind not in MESSAGE_TYPES:
+        return error_message(f"'type' must be {either(MESSAGE_TYPES)}")
     try:
         topics = check_topics(subscriber.customer_id, message.get("topics"))
     except TopicRefused as exc:
-        return {"type": "error", "message": str(exc)}
+        return error_message(str(exc))
     if kind == "subscribe":
         if len(subscriber.topics | set(topics)) > MAX_TOPICS:
-            return {"type": "error", "message": f"at most {MAX_TOPICS} topics per connection; use a '*' topic"}
+            return error_message(f"at most {MAX_TOPICS} topics per connection; use a '*' topic")
         subscriber.topics.update(topics)
     else:
         subscriber.topics.difference_update(topics)

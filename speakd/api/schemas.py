@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+from aiohttp import web
+
 from speakd.errors import INVALID_JSON, InvalidRequest, invalid_field, reject_unknown
-from speakd.parsing import parse_bool
+from speakd.parsing import load_json_object, parse_bool
 from speakd.sessions.requests import CREATE_FIELDS, SAY_FIELDS, create_request, say_request
 from speakd.sessions.service import CreateRequest, SayRequest
 
@@ -20,23 +21,24 @@ PAGE_TOKEN_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"
 _PAGE_TOKEN = re.compile(PAGE_TOKEN_PATTERN, re.ASCII)
 
 
-def load_json(text: str | bytes, what: str = "request body") -> Any:
-    """``json.loads`` for what a client sent: anything it cannot parse is an InvalidRequest
-    (``invalid_json``), also nesting deep enough to exhaust the parser's recursion limit."""
+def json_object(text: str | bytes, what: str = "request body") -> dict[str, Any]:
+    """A JSON object a client sent; anything else is an InvalidRequest (``invalid_json``)."""
     try:
-        return json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"{what} is not valid JSON: {exc}", reason=INVALID_JSON) from None
-    except RecursionError:
-        raise InvalidRequest(f"{what} is nested too deeply; send a flat JSON object", reason=INVALID_JSON) from None
+        return load_json_object(text, what)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), reason=INVALID_JSON) from None
+
+
+def websocket_response(**options: Any) -> web.WebSocketResponse:
+    """Every WebSocket of the API: pinged every 30 s (a vanished client is noticed), messages of
+    64 KiB at most."""
+    return web.WebSocketResponse(heartbeat=30, max_msg_size=64 * 1024, **options)
 
 
 def parse_json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
     if not body.strip():
         return {}
-    data = load_json(body)
-    if not isinstance(data, dict):
-        raise InvalidRequest("request body must be a JSON object", reason=INVALID_JSON)
+    data = json_object(body)
     reject_unknown(data, allowed, "field")
     return data
 

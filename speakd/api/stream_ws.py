@@ -12,10 +12,11 @@ from typing import Any
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from speakd.api.schemas import websocket_response
 from speakd.errors import SpeakdError
 from speakd.sessions.chunker import TextChunker
 from speakd.sessions.service import SpeakingService
-from speakd.sessions.stream import StreamProtocolError
+from speakd.sessions.stream import StreamProtocolError, error_message
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +37,7 @@ async def serve(
     # Refusals (unknown session, one already open, stopped) are JSON errors before the upgrade.
     stream = await service.open_stream(customer_id, speaking_id, send, close, TextChunker(), timestamps)
     # timeout: how long a close waits for the client's close frame (a stopped session, shutdown).
-    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=64 * 1024, timeout=2.0)
+    ws = websocket_response(timeout=2.0)
     try:
         await ws.prepare(request)
         writer = asyncio.create_task(_write(ws, outbox), name=f"speakd-stream-writer-{speaking_id}")
@@ -60,17 +61,17 @@ async def serve(
 async def _read(ws: web.WebSocketResponse, stream: Any, send: Any) -> None:
     async for message in ws:
         if message.type == WSMsgType.BINARY:
-            await send({"type": "error", "message": "send JSON text messages, not binary"})
+            await send(error_message("send JSON text messages, not binary"))
             return
         if message.type != WSMsgType.TEXT:
             continue
         try:
             await stream.handle(message.data)
         except StreamProtocolError as exc:
-            await send({"type": "error", "message": str(exc)})
+            await send(error_message(str(exc)))
             return
         except SpeakdError as exc:  # e.g. the session stopped, or 100 says already wait
-            await send({"type": "error", "message": exc.message, "reason": exc.reason})
+            await send(error_message(exc.message, exc.reason))
             return
         if stream.finishing:
             await stream.wait_played()

@@ -25,14 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
-from speakd.errors import SpeakdError
+from speakd.errors import SpeakdError, either
+from speakd.parsing import load_json_object
 from speakd.providers.base import TextStream
 from speakd.sessions.chunker import TextChunker
 from speakd.sessions.says import SayItem, SayStatus
@@ -48,6 +48,7 @@ CutSession = Callable[[], None]
 # The say once it is final.
 WaitFinal = Callable[[SayItem], Awaitable[SayItem]]
 
+MESSAGE_TYPES = ("text", "flush", "reset", "finish")  # what a client sends
 MAX_MESSAGE_CHARS = 16_384
 # Text held without a place to cut it (one endless word): beyond this the client is told so.
 MAX_BUFFERED_CHARS = 20_000
@@ -57,13 +58,17 @@ class StreamProtocolError(Exception):
     """A client message that is not one of the protocol's; the message says what to send."""
 
 
+def error_message(message: str, reason: str = "") -> dict[str, Any]:
+    """The ``error`` message of speakd's WebSockets (this stream's, the events'): ``reason`` where
+    the error has one."""
+    return {"type": "error", "message": message} | ({"reason": reason} if reason else {})
+
+
 def parse_message(raw: str) -> dict[str, Any]:
     try:
-        message = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise StreamProtocolError('messages are JSON objects, e.g. {"type": "text", "text": "Hello"}') from None
-    if not isinstance(message, dict):
-        raise StreamProtocolError('messages are JSON objects, e.g. {"type": "text", "text": "Hello"}')
+        message = load_json_object(raw, "the message")
+    except ValueError as exc:
+        raise StreamProtocolError(f'{exc}; e.g. {{"type": "text", "text": "Hello"}}') from None
     kind = message.get("type")
     if kind == "text":
         if not isinstance(message.get("text"), str):
@@ -73,7 +78,7 @@ def parse_message(raw: str) -> dict[str, Any]:
         if nonce is not None and (isinstance(nonce, bool) or not isinstance(nonce, int | str)):
             raise StreamProtocolError(f"'nonce' of a '{kind}' message is a number or a string")
     elif kind != "finish":
-        raise StreamProtocolError("'type' must be one of: text, flush, reset, finish")
+        raise StreamProtocolError(f"'type' must be {either(MESSAGE_TYPES)}")
     return message
 
 
@@ -153,7 +158,7 @@ class SpeakingStream:
 
     async def end(self, why: str) -> None:
         """The session ended under the stream: tell the client, close the socket."""
-        await self._send({"type": "error", "message": why, "reason": "stopped"})
+        await self._send(error_message(why, "stopped"))
         await self._close()
 
     async def wait_played(self) -> None:
