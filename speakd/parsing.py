@@ -1,6 +1,7 @@
 """Values written as text: the one reading of a yes/no and of a ``key=value`` table, wherever
 text is all there is (``SPEAKD_*`` variables, query strings, dialplan arguments, provider
-sections set from the environment). Each caller words its own error around the ValueError."""
+sections set from the environment), and of a JSON object a client sent (a request body, a
+WebSocket message). Each caller words its own error around the ValueError."""
 
 from __future__ import annotations
 
