@@ -2,7 +2,7 @@
 encodes and sends it) both rely on, in one module below both so neither imports the other.
 
 * :data:`Encoding`, :class:`AudioFormat`: what a chunk of provider audio is;
-* :data:`Codec`, :data:`TELEPHONY_RATE`, :func:`telephony_format`: what a call carries;
+* :data:`Codec`, :data:`CODECS`, :data:`TELEPHONY_RATE`, :func:`telephony_format`: what a call carries;
 * :func:`strip_wav_header`: the sample data of a WAV blob some providers send.
 
 No numpy, no I/O: a provider imports this without the codec tables.
@@ -11,11 +11,12 @@ No numpy, no I/O: a provider imports this without the codec tables.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 Encoding = Literal["pcm_s16le", "ulaw", "alaw"]
 # A session's telephony codec (media.codec encodes it; a provider may produce it directly).
 Codec = Literal["ulaw", "alaw"]
+CODECS: tuple[Codec, ...] = get_args(Codec)
 # The rate of telephony audio: ``request.codec`` at this rate goes to the call unconverted.
 TELEPHONY_RATE = 8000
 
@@ -26,16 +27,16 @@ class AudioFormat:
     sample_rate: int
 
 
-def telephony_format(codec: str) -> AudioFormat:
-    """A session's codec (``alaw``, else ``ulaw``) at the telephony rate."""
-    return AudioFormat("alaw" if codec == "alaw" else "ulaw", TELEPHONY_RATE)
+def telephony_format(codec: Codec) -> AudioFormat:
+    """A session's codec at the telephony rate."""
+    return AudioFormat(codec, TELEPHONY_RATE)
 
 
 def strip_wav_header(data: bytes) -> bytes:
     """Return the sample data of a RIFF/WAVE blob (providers sometimes prepend one).
 
-    Played as audio, a 44-byte header is a click; so every provider path calls this on the
-    first chunk of an utterance.
+    Played as audio, a 44-byte header is a click; Google's responses carry one (its unary
+    answer and the first message of a streamed one).
     """
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return data

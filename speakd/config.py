@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speakd.audio import CODECS
 from speakd.errors import either, reject_unknown
 from speakd.logging import LOG_FORMATS, LOG_LEVELS
 from speakd.parsing import parse_bool, parse_table
@@ -198,9 +199,9 @@ class Config:
     def validate(self) -> None:
         if not -20 <= self.server.nice <= 19:
             raise ConfigError(f"server.nice must be -20..19, not {self.server.nice}")
-        if self.media.codec not in ("ulaw", "alaw"):
+        if self.media.codec not in CODECS:
             raise ConfigError(
-                f"media.codec must be 'ulaw' or 'alaw', not {self.media.codec!r} "
+                f"media.codec must be {either(CODECS)}, not {self.media.codec!r} "
                 "(Asterisk drops slin RTP on ExternalMedia)"
             )
         if self.media.transport not in MEDIA_TRANSPORTS:

@@ -87,9 +87,12 @@ def language_matches(wanted: str, voice_languages: tuple[str, ...]) -> bool:
     return False
 
 
-def pick_locale(provider: str, language: str, locales: Mapping[str, Any]) -> str:
-    """The key of ``locales`` for ``language`` (``de`` → ``de-DE``), or UnsupportedLanguage."""
-    lang = parse_language_tag(language)
+def pick_locale(provider: str, language: str, locales: Mapping[str, Any], aliases: Mapping[str, str]) -> str:
+    """The key of ``locales`` for the tag ``language``, read through the provider's ``aliases``
+    (its own name for a tag: ``zh`` → ``cmn-CN``); a bare language takes its first locale
+    (``de`` → ``de-DE``). Else UnsupportedLanguage naming ``language`` as it was given."""
+    tag = parse_language_tag(language)
+    lang = aliases.get(tag, tag)
     if lang in locales:
         return lang
     if "-" not in lang:

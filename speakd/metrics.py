@@ -20,7 +20,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
@@ -28,7 +28,7 @@ from prometheus_client.exposition import choose_encoder
 
 from speakd.events.model import Event, EventType, InterruptReason, StopReason
 from speakd.media import pacer_protocol
-from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
+from speakd.providers.base import AudioChunk, DelegatingProvider, Provider, SynthesisRequest
 from speakd.store.records import TIME_FORMAT, Status
 
 if TYPE_CHECKING:
@@ -155,35 +155,15 @@ class Metrics:
         return _MeasuredProvider(provider, self)
 
 
-class _MeasuredProvider(Provider):
+class _MeasuredProvider(DelegatingProvider):
     """A provider as sessions see it, timing its first audio and counting its failures."""
 
     def __init__(self, inner: Provider, metrics: Metrics) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.supports_ssml = inner.supports_ssml
+        super().__init__(inner)
         self._first_byte = metrics.provider_first_byte.labels(provider=inner.name)
         self._errors = metrics.provider_errors
         for stage in ("before_audio", "mid_stream"):
             self._errors.labels(provider=inner.name, stage=stage)
-
-    def __getattr__(self, name: str) -> Any:  # anything provider-specific
-        return getattr(self.inner, name)
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
-        self.inner.check(language, voice_id, payload_type)
-
-    async def list_voices(self, language: str | None = None) -> list[Voice]:
-        return await self.inner.list_voices(language)
-
-    def open_text_stream(self, language: str, voice_id: str, codec: str, model: str = "") -> TextStream | None:
-        return self.inner.open_text_stream(language, voice_id, codec, model)
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         asked = time.monotonic()

@@ -19,6 +19,7 @@ import structlog
 from yarl import URL
 
 from speakd.ari.errors import AriNotFound, AriUnavailable, error_for_status
+from speakd.urls import websocket_url
 
 log = structlog.get_logger(__name__)
 
@@ -128,8 +129,7 @@ class AriClient:
     def media_websocket(self, connection_id: str) -> Any:
         """Open chan_websocket's media socket for an ExternalMedia channel made with
         ``connection_type=server`` (same host, credentials and TLS as ARI)."""
-        url = self._base.parent / "media" / connection_id
-        url = url.with_scheme("wss" if url.scheme == "https" else "ws")
+        url = websocket_url(self._base.parent / "media" / connection_id)
         if self._media_session is None:
             raise RuntimeError("AriClient used outside 'async with'")
         return self._media_session.ws_connect(
@@ -146,8 +146,7 @@ class AriClient:
 
     async def run_events(self, on_event: EventCallback, on_connected: ConnectCallback | None = None) -> None:
         """Keep the events WebSocket up until cancelled."""
-        url = (self._base / "events").with_query({"app": self.app, "subscribeAll": "false"})
-        ws_url = url.with_scheme("wss" if url.scheme == "https" else "ws")
+        ws_url = websocket_url((self._base / "events").with_query({"app": self.app, "subscribeAll": "false"}))
         backoff = 0.25
         while True:
             try:

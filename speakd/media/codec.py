@@ -14,9 +14,9 @@ from speakd.audio import TELEPHONY_RATE, AudioFormat, Codec
 SAMPLE_RATE = TELEPHONY_RATE
 FRAME_MS = 20
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 160 samples = 160 bytes of G.711
-PAYLOAD_TYPES: dict[str, int] = {"ulaw": 0, "alaw": 8}
+PAYLOAD_TYPES: dict[Codec, int] = {"ulaw": 0, "alaw": 8}
 # The byte each codec uses for digital silence.
-SILENCE_BYTE: dict[str, int] = {"ulaw": 0xFF, "alaw": 0xD5}
+SILENCE_BYTE: dict[Codec, int] = {"ulaw": 0xFF, "alaw": 0xD5}
 
 
 def _build_ulaw_table() -> np.ndarray:
@@ -58,8 +58,11 @@ def _build_alaw_decode() -> np.ndarray:
 
 
 # Tables are indexed by the int16 sample viewed as uint16, hence the half-turn roll.
-_ENCODE = {"ulaw": np.roll(_build_ulaw_table(), 32768), "alaw": np.roll(_build_alaw_table(), 32768)}
-_DECODE = {"ulaw": _build_ulaw_decode(), "alaw": _build_alaw_decode()}
+_ENCODE: dict[Codec, np.ndarray] = {
+    "ulaw": np.roll(_build_ulaw_table(), 32768),
+    "alaw": np.roll(_build_alaw_table(), 32768),
+}
+_DECODE: dict[Codec, np.ndarray] = {"ulaw": _build_ulaw_decode(), "alaw": _build_alaw_decode()}
 
 
 def encode(pcm: np.ndarray, codec: Codec) -> bytes:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import structlog
@@ -30,7 +30,7 @@ from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured
 from speakd.languages import language_matches
 from speakd.parsing import parse_bool
 from speakd.provider_names import PROVIDER_NAMES
-from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
+from speakd.providers.base import AudioChunk, DelegatingProvider, Provider, SynthesisRequest, Voice
 from speakd.providers.catalogue import VoiceCatalogue
 from speakd.providers.peer_voices import PROVIDER_ALIASES
 
@@ -78,79 +78,54 @@ def _build(name: str, sections: Mapping[str, Mapping[str, Any]]) -> tuple[Provid
         return None, f"{name}: the [{name}] section cannot be used: {type(exc).__name__}: {exc}", False
 
 
-class ProviderSlot(Provider):
+class ProviderSlot(DelegatingProvider):
     """The provider under one name, as sessions and the API hold it; a reload replaces what is
-    inside. Attributes it does not define are the current provider's."""
+    inside (:attr:`inner`)."""
 
     def __init__(self, provider: Provider, close_later: Callable[[Provider], None]) -> None:
-        self.current = provider
+        super().__init__(provider)
         self._close_later = close_later
         self._streams: dict[int, int] = {}  # id(provider) -> its syntheses/voice lists under way
         self._retired: dict[int, Provider] = {}
 
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return self.current.name
-
-    @property
-    def supports_ssml(self) -> bool:  # type: ignore[override]
-        return self.current.supports_ssml
-
-    def __getattr__(self, attribute: str) -> Any:
-        if attribute == "current":  # not set yet (during __init__): no recursion
-            raise AttributeError(attribute)
-        return getattr(self.current, attribute)
-
     def replace(self, provider: Provider) -> None:
-        old, self.current = self.current, provider
+        old, self.inner = self.inner, provider
         if self._streams.get(id(old), 0):
             self._retired[id(old)] = old  # closed when its last stream ends
         else:
             self._close_later(old)
 
-    async def start(self) -> None:
-        await self.current.start()
-
-    def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
-        self.current.check(language, voice_id, payload_type)
-
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
-        provider = self.current  # this say stays on it to the end, whatever a reload does
-        self._enter(provider)
-        try:
+        with self._held() as provider:  # this say stays on it to the end, whatever a reload does
             async with contextlib.aclosing(provider.synthesize(request)) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
                     yield chunk
-        finally:
-            self._leave(provider)
 
-    def open_text_stream(self, language: str, voice_id: str, codec: str, model: str = "") -> TextStream | None:
-        # The stream stays on the provider it was opened with, like a say in flight.
-        return self.current.open_text_stream(language, voice_id, codec, model)
+    # open_text_stream is inherited: the stream stays on the provider it was opened with, like a say in flight.
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
-        provider = self.current
-        self._enter(provider)
-        try:
+        with self._held() as provider:
             return await provider.list_voices(language)
-        finally:
-            self._leave(provider)
 
-    def _enter(self, provider: Provider) -> None:
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[Provider]:
+        """The current provider, kept open (not closed by a reload) until the block ends."""
+        provider = self.inner
         self._streams[id(provider)] = self._streams.get(id(provider), 0) + 1
-
-    def _leave(self, provider: Provider) -> None:
-        left = self._streams[id(provider)] - 1
-        if left:
-            self._streams[id(provider)] = left
-            return
-        del self._streams[id(provider)]
-        retired = self._retired.pop(id(provider), None)
-        if retired is not None:
-            self._close_later(retired)
+        try:
+            yield provider
+        finally:
+            left = self._streams[id(provider)] - 1
+            if left:
+                self._streams[id(provider)] = left
+            else:
+                del self._streams[id(provider)]
+                retired = self._retired.pop(id(provider), None)
+                if retired is not None:
+                    self._close_later(retired)
 
     async def aclose(self) -> None:
-        for provider in [self.current, *self._retired.values()]:
+        for provider in [self.inner, *self._retired.values()]:
             await provider.aclose()
         self._retired.clear()
 

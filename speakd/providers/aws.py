@@ -19,14 +19,10 @@ Config (``[aws]`` in the config file, or ``SPEAKD_AWS_<KEY>``):
 ``sample_rate``           8000 (default) or 16000: PCM rate asked of Polly.
 ``output_format``         ``pcm`` (default) or ``g711`` (Polly's ``mulaw``/``alaw`` at 8 kHz, matching
                           the session codec, so nothing is resampled).
-``connect_timeout``       seconds to connect (default 3).
-``first_byte_timeout``    seconds from request to first audio byte (default 6); one retry.
-``read_timeout``          seconds the stream may stall once audio flows (default 10).
-``retries``               retries before any audio was yielded (default 1).
 ``chunk_bytes``           bytes per chunk read off the stream (default 640 = 20 ms at 16 kHz).
-``voices``                per-language default voices overriding the built-in table, e.g.
-                          ``{ "de-DE" = "Daniel" }`` or ``de-DE=Daniel,fr-FR=Remi``.
-``voice_cache_ttl``       seconds ``GET /v1.0/voices`` caches the voice list (default 300).
+
+and the keys every cloud provider reads (:mod:`speakd.providers.settings`); ``voices`` is keyed
+by locale (``de-DE``, or a language: ``de``).
 """
 
 from __future__ import annotations
@@ -34,20 +30,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import structlog
 
-from speakd.audio import AudioFormat, telephony_format
-from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured, UnsupportedLanguage
-from speakd.languages import parse_language_tag, pick_locale
-from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, Voice
-from speakd.providers.catalogue import DEFAULT_VOICE_CACHE_TTL
+from speakd.audio import AudioFormat, Codec, telephony_format
+from speakd.errors import ProviderNotConfigured
+from speakd.languages import pick_locale
+from speakd.providers.base import AudioChunk, SynthesisRequest, Voice
+from speakd.providers.cloud import CloudProvider
 from speakd.providers.peer_voices import split_voice
-from speakd.providers.resilience import Failure, http_failure, resilient_stream
-from speakd.providers.settings import Section, Timeouts
+from speakd.providers.resilience import Failure, http_failure, listing_voices, resilient_stream
+from speakd.providers.settings import CloudSettings, Section
 
 log = structlog.get_logger(__name__)
 
@@ -102,6 +99,8 @@ DEFAULT_VOICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "cmn-CN": ("Zhiyu", _NEURAL),
     "yue-CN": ("Hiujin", _NEURAL_ONLY),
 }
+# Polly's OutputFormat for a session codec (``output_format = "g711"``).
+_G711: dict[Codec, str] = {"ulaw": "mulaw", "alaw": "alaw"}
 _ALIASES = {
     "en": "en-US",
     "de": "de-DE",
@@ -150,6 +149,7 @@ def create(section: Mapping[str, Any]) -> PollyProvider:
     if output_format not in ("pcm", "g711"):
         raise ProviderNotConfigured(f"aws: output_format must be 'pcm' or 'g711', not '{output_format}'")
     return PollyProvider(
+        CloudSettings.from_section(cfg),
         access_key_id=key_id,
         secret_access_key=secret,
         session_token=cfg.str("session_token"),
@@ -159,19 +159,17 @@ def create(section: Mapping[str, Any]) -> PollyProvider:
         engine=engine,
         sample_rate=cfg.int("sample_rate", 8000, choices=(8000, 16000)),
         output_format=output_format,
-        timeouts=Timeouts.from_section(cfg),
         chunk_bytes=cfg.int("chunk_bytes", 640),
-        voices=cfg.table("voices"),
-        voice_cache_ttl=cfg.float("voice_cache_ttl", DEFAULT_VOICE_CACHE_TTL),
     )
 
 
-class PollyProvider(Provider):
+class PollyProvider(CloudProvider):
     name = NAME
     supports_ssml = True
 
     def __init__(
         self,
+        settings: CloudSettings,
         *,
         access_key_id: str = "",
         secret_access_key: str = "",
@@ -182,12 +180,10 @@ class PollyProvider(Provider):
         engine: str = "neural",
         sample_rate: int = 8000,
         output_format: str = "pcm",
-        timeouts: Timeouts | None = None,
         chunk_bytes: int = 640,
-        voices: Mapping[str, str] | None = None,
-        voice_cache_ttl: float = DEFAULT_VOICE_CACHE_TTL,
         queue_chunks: int = 32,
     ) -> None:
+        super().__init__(settings)
         self.access_key_id = access_key_id
         self.secret_access_key = secret_access_key
         self.session_token = session_token
@@ -197,12 +193,10 @@ class PollyProvider(Provider):
         self.engine = engine
         self.sample_rate = sample_rate
         self.output_format = output_format
-        self.timeouts = timeouts or Timeouts()
         self.chunk_bytes = chunk_bytes
         self.voices: dict[str, tuple[str, tuple[str, ...]]] = dict(DEFAULT_VOICES)
-        for lang, voice in (voices or {}).items():
+        for lang, voice in settings.voices.items():
             self.voices[self._locale(lang)] = (voice, ())
-        self.voice_cache_ttl = voice_cache_ttl
         self.queue_chunks = queue_chunks
         self._client: Any = None
         self._client_lock = threading.Lock()
@@ -245,14 +239,7 @@ class PollyProvider(Provider):
     # -- requests --------------------------------------------------------------------------
 
     def _locale(self, language: str) -> str:
-        lang = parse_language_tag(language)
-        lang = _ALIASES.get(lang, lang)
-        if lang in self.voices:
-            return lang
-        try:
-            return pick_locale(NAME, lang, self.voices)
-        except InvalidRequest:
-            raise _unsupported(language) from None
+        return pick_locale(NAME, language, self.voices, _ALIASES)
 
     def _resolve(self, language: str, voice_id: str, model: str = "") -> tuple[str, str, str]:
         """(locale, voice, engine) or a 400."""
@@ -265,16 +252,11 @@ class PollyProvider(Provider):
                 engine = self.engine if not engines or self.engine in engines else engines[-1]
         return locale, voice, engine or self.engine
 
-    def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
-        self.check_payload_type(payload_type)
-        self._resolve(language, voice_id)
-
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
-        self.check(request.language, request.voice_id, request.payload_type)
-        locale, voice, engine = self._resolve(request.language, request.voice_id, request.model)
+        locale, voice, engine = self._checked(request.language, request.voice_id, request.payload_type, request.model)
         if self.output_format == "g711":
             fmt = telephony_format(request.codec)
-            output, rate = ("alaw" if request.codec == "alaw" else "mulaw"), fmt.sample_rate
+            output, rate = _G711[request.codec], fmt.sample_rate
         else:
             fmt = AudioFormat("pcm_s16le", self.sample_rate)
             output, rate = "pcm", self.sample_rate
@@ -287,12 +269,9 @@ class PollyProvider(Provider):
             "TextType": request.payload_type,
             "VoiceId": voice,
         }
-
-        def attempt() -> AsyncIterator[bytes]:
-            return self._attempt(params)
-
-        async for data in resilient_stream(NAME, attempt, _classify, self.timeouts):
-            yield AudioChunk(data, fmt)
+        attempt = functools.partial(self._attempt, params)
+        async for chunk in resilient_stream(NAME, attempt, _classify, self.timeouts, fmt):
+            yield chunk
 
     async def _attempt(self, params: dict[str, Any]) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -368,10 +347,8 @@ class PollyProvider(Provider):
                 if not token:
                     return voices
 
-        try:
+        with listing_voices(NAME, _classify):
             raw = await asyncio.to_thread(describe)
-        except Exception as exc:
-            raise ProviderError(f"aws: listing voices failed: {_classify(exc).message}") from exc
         return [
             Voice(
                 provider=NAME,
@@ -382,10 +359,6 @@ class PollyProvider(Provider):
             )
             for v in raw
         ]
-
-
-def _unsupported(language: str) -> InvalidRequest:
-    return UnsupportedLanguage(f"provider 'aws' does not speak language '{language}'")
 
 
 def _shutdown(stream: Any) -> None:
@@ -423,6 +396,4 @@ def _classify(exc: BaseException) -> Failure:
         return Failure(f"aws: timed out reading from Polly: {exc}", retryable=True)
     if isinstance(exc, bce.EndpointConnectionError | bce.ConnectionClosedError | bce.ResponseStreamingError):
         return Failure(f"aws: {type(exc).__name__}: {exc}", retryable=True)
-    if isinstance(exc, bce.BotoCoreError):
-        return Failure(f"aws: {type(exc).__name__}: {exc}", retryable=False)
     return Failure(f"aws: {type(exc).__name__}: {exc}", retryable=False)

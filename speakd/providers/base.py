@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from speakd.audio import AudioFormat, Codec
 from speakd.errors import InvalidRequest, either
@@ -112,10 +112,47 @@ class Provider(abc.ABC):
     def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         """Stream audio for ``request``: an async generator, first chunk as early as possible."""
 
-    def open_text_stream(self, language: str, voice_id: str, codec: str, model: str = "") -> TextStream | None:
+    def open_text_stream(self, language: str, voice_id: str, codec: Codec, model: str = "") -> TextStream | None:
         """A streaming text input for one speaking stream where the provider has one (None: each
         chunk of the stream is synthesized on its own)."""
         return None
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
         return []
+
+
+class DelegatingProvider(Provider):
+    """A provider standing for another (:attr:`inner`): every call goes to it, and attributes
+    this class does not define are the inner provider's. A subclass overrides only what it adds;
+    :meth:`synthesize` is always its own (what a wrapper adds is around the audio stream)."""
+
+    def __init__(self, inner: Provider) -> None:
+        self.inner = inner
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.inner.name
+
+    @property
+    def supports_ssml(self) -> bool:  # type: ignore[override]
+        return self.inner.supports_ssml
+
+    def __getattr__(self, attribute: str) -> Any:  # anything provider-specific
+        if attribute == "inner":  # not set yet (during __init__): no recursion
+            raise AttributeError(attribute)
+        return getattr(self.inner, attribute)
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
+        self.inner.check(language, voice_id, payload_type)
+
+    def open_text_stream(self, language: str, voice_id: str, codec: Codec, model: str = "") -> TextStream | None:
+        return self.inner.open_text_stream(language, voice_id, codec, model)
+
+    async def list_voices(self, language: str | None = None) -> list[Voice]:
+        return await self.inner.list_voices(language)

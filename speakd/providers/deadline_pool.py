@@ -104,7 +104,7 @@ class DeadlinePool:
         if cost > 0:
             with self._cond:
                 self._observed += 1
-                self.seconds_per_cost += (took / cost - self.seconds_per_cost) / min(self._observed, 4)
+                self.seconds_per_cost = _recent_mean(self.seconds_per_cost, took / cost, self._observed)
 
     def expected_s(self, cost: float | None) -> float:
         """How long a job of ``cost`` is expected to run."""
@@ -173,7 +173,13 @@ class DeadlinePool:
             with self._cond:
                 self._running -= 1
                 self._measured += 1
-                self.typical_job_s += (took - self.typical_job_s) / min(self._measured, 4)
+                self.typical_job_s = _recent_mean(self.typical_job_s, took, self._measured)
+
+
+def _recent_mean(mean: float, sample: float, count: int) -> float:
+    """``mean`` with the ``count``-th sample in: the plain mean of the first ones, then a moving
+    average weighing the newest a quarter (the host's load changes)."""
+    return mean + (sample - mean) / min(count, 4)
 
 
 def _deliver(job: _Job, how: Callable[[asyncio.Future[Any], Any], None], value: Any) -> None:

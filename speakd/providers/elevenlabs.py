@@ -10,17 +10,13 @@ Config (``[elevenlabs]`` in the config file, or ``SPEAKD_ELEVENLABS_<KEY>``):
                           local stand-in.
 ``model``                 default ``eleven_flash_v2_5``; a ``ElevenLabs.<model>.<voice>`` voice
                           overrides it per request.
-``connect_timeout``       seconds to connect (default 3).
-``first_byte_timeout``    seconds from request to first audio byte (default 6); one retry.
-``read_timeout``          seconds the stream may stall once audio flows (default 10).
-``retries``               retries before any audio was yielded (default 1).
 ``optimize_streaming_latency``  0-4, passed through when set.
-``voices``                per-language default voices overriding the built-in table, e.g.
-                          ``{ de = "<voice id>" }`` or ``de=<id>,fr=<id>`` from the environment.
-``voice_cache_ttl``       seconds ``GET /v1.0/voices`` caches the voice list (default 300).
 ``stream_inactivity_timeout``  seconds ElevenLabs keeps a streaming-input socket open without
                           text (its ``inactivity_timeout``, default 20, at most 180); a stream idle
                           longer reconnects on its next chunk.
+
+and the keys every cloud provider reads (:mod:`speakd.providers.settings`); ``voices`` is keyed
+by language (a region is ignored), e.g. ``{ de = "<voice id>" }``.
 
 A streamed speaking (text sent in chunks) uses the multi-context WebSocket
 ``/v1/text-to-speech/{voice}/multi-stream-input``, one connection per stream and one context per
@@ -32,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import re
 import time
@@ -39,18 +36,28 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-from speakd.audio import telephony_format
+from speakd.audio import Codec, telephony_format
 from speakd.errors import ProviderNotConfigured, UnsupportedLanguage
 from speakd.languages import parse_language_tag, primary_language
-from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
-from speakd.providers.catalogue import DEFAULT_VOICE_CACHE_TTL
+from speakd.providers.base import AudioChunk, SynthesisRequest, TextStream, Voice
+from speakd.providers.cloud import CloudProvider
 from speakd.providers.peer_voices import split_voice
-from speakd.providers.resilience import ConnectTimeout, Failure, credentials_rejected, http_failure, resilient_stream
-from speakd.providers.settings import Section, Timeouts
+from speakd.providers.resilience import (
+    ConnectTimeout,
+    Failure,
+    credentials_rejected,
+    http_failure,
+    listing_voices,
+    resilient_stream,
+)
+from speakd.providers.settings import CloudSettings, Section
+from speakd.urls import websocket_url
 
 NAME = "elevenlabs"
 DEFAULT_MODEL = "eleven_flash_v2_5"
 DEFAULT_ENDPOINT = "https://api.elevenlabs.io"
+# ElevenLabs' output_format for a session codec.
+OUTPUT_FORMATS: dict[Codec, str] = {"ulaw": "ulaw_8000", "alaw": "alaw_8000"}
 
 _V2 = "en ja zh de hi fr ko pt it es id nl tr fil pl sv bg ro ar cs el fi hr ms sk da ta uk ru"
 _LANGS_V2 = tuple(_V2.split())
@@ -112,13 +119,11 @@ def create(section: Mapping[str, Any]) -> ElevenLabsProvider:
         )
     latency = cfg.data.get("optimize_streaming_latency")
     return ElevenLabsProvider(
+        CloudSettings.from_section(cfg),
         api_key=api_key,
         endpoint=cfg.str("endpoint", DEFAULT_ENDPOINT).rstrip("/"),
         model=cfg.str("model", DEFAULT_MODEL),
-        timeouts=Timeouts.from_section(cfg),
-        voices=cfg.table("voices"),
         optimize_streaming_latency=None if latency in (None, "") else cfg.int("optimize_streaming_latency", 0),
-        voice_cache_ttl=cfg.float("voice_cache_ttl", DEFAULT_VOICE_CACHE_TTL),
         stream_inactivity_timeout=_inactivity_timeout(cfg),
     )
 
@@ -130,30 +135,27 @@ def _inactivity_timeout(cfg: Section) -> int:
     return int(seconds)
 
 
-class ElevenLabsProvider(Provider):
+class ElevenLabsProvider(CloudProvider):
     name = NAME
     supports_ssml = False
 
     def __init__(
         self,
+        settings: CloudSettings,
         *,
         api_key: str,
         endpoint: str = DEFAULT_ENDPOINT,
         model: str = DEFAULT_MODEL,
-        timeouts: Timeouts | None = None,
-        voices: Mapping[str, str] | None = None,
         optimize_streaming_latency: int | None = None,
-        voice_cache_ttl: float = DEFAULT_VOICE_CACHE_TTL,
         stream_inactivity_timeout: int = 20,
     ) -> None:
+        super().__init__(settings)
         self.api_key = api_key
         self.stream_inactivity_timeout = stream_inactivity_timeout
         self.endpoint = endpoint
         self.model = model
-        self.timeouts = timeouts or Timeouts()
-        self.voices = {**DEFAULT_VOICES, **{_iso(k): v for k, v in (voices or {}).items()}}
+        self.voices = {**DEFAULT_VOICES, **{_iso(k): v for k, v in settings.voices.items()}}
         self.optimize_streaming_latency = optimize_streaming_latency
-        self.voice_cache_ttl = voice_cache_ttl
         self._client: Any = None
         self._http: Any = None
         self._ws_http: Any = None  # aiohttp session of the streaming-input sockets
@@ -212,20 +214,13 @@ class ElevenLabsProvider(Provider):
             voice = self.voices.get(iso, FALLBACK_VOICE)
         return model, voice, iso
 
-    def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
-        self.check_payload_type(payload_type)
-        self._resolve(language, voice_id)
-
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
-        self.check(request.language, request.voice_id, request.payload_type)
-        model, voice, iso = self._resolve(request.language, request.voice_id, request.model)
-        output_format = "alaw_8000" if request.codec == "alaw" else "ulaw_8000"
-        fmt = telephony_format(request.codec)
+        model, voice, iso = self._checked(request.language, request.voice_id, request.payload_type, request.model)
         client = self._sdk()
         kwargs: dict[str, Any] = {
             "text": request.text,
             "model_id": model,
-            "output_format": output_format,
+            "output_format": OUTPUT_FORMATS[request.codec],
             # The SDK's own retries would replay; speakd retries itself, once, before any audio.
             # chunk_size None: hand on every chunk as it arrives (a size would buffer up to it).
             "request_options": {"max_retries": 0, "chunk_size": None},
@@ -234,25 +229,18 @@ class ElevenLabsProvider(Provider):
             kwargs["language_code"] = iso
         if self.optimize_streaming_latency is not None:
             kwargs["optimize_streaming_latency"] = self.optimize_streaming_latency
+        attempt = functools.partial(_attempt, client, voice, kwargs)
+        async for chunk in resilient_stream(NAME, attempt, _classify, self.timeouts, telephony_format(request.codec)):
+            yield chunk
 
-        def attempt() -> AsyncIterator[bytes]:
-            return _attempt(client, voice, kwargs)
-
-        async for data in resilient_stream(NAME, attempt, _classify, self.timeouts):
-            yield AudioChunk(data, fmt)
-
-    def open_text_stream(self, language: str, voice_id: str, codec: str, model: str = "") -> TextStream | None:
+    def open_text_stream(self, language: str, voice_id: str, codec: Codec, model: str = "") -> TextStream | None:
         model, voice, iso = self._resolve(language, voice_id, model)
         return ElevenLabsTextStream(self, voice=voice, model=model, iso=iso, codec=codec)
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
-        from speakd.errors import ProviderError
-
         client = self._sdk()
-        try:
+        with listing_voices(NAME, _classify):
             response = await client.voices.get_all(request_options={"max_retries": 0})
-        except Exception as exc:
-            raise ProviderError(f"elevenlabs: listing voices failed: {_classify(exc).message}") from exc
         iso = _iso(language) if language else ""
         voices = []
         for v in response.voices:
@@ -406,19 +394,18 @@ class AlignmentMarks:
 class ElevenLabsTextStream(TextStream):
     """One speaking stream's multi-context WebSocket (see above). Not task-safe: one chunk at a time."""
 
-    def __init__(self, provider: ElevenLabsProvider, *, voice: str, model: str, iso: str, codec: str) -> None:
+    def __init__(self, provider: ElevenLabsProvider, *, voice: str, model: str, iso: str, codec: Codec) -> None:
         self.provider = provider
-        self.codec = codec
         self.format = telephony_format(codec)
         query = {
             "model_id": model,
-            "output_format": "alaw_8000" if codec == "alaw" else "ulaw_8000",
+            "output_format": OUTPUT_FORMATS[codec],
             "sync_alignment": "true",
             "inactivity_timeout": str(provider.stream_inactivity_timeout),
         }
         if model in LANGUAGE_CODE_MODELS:
             query["language_code"] = iso
-        base = provider.endpoint.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        base = websocket_url(provider.endpoint)
         self.url = f"{base}/v1/text-to-speech/{voice}/multi-stream-input?{urlencode(query)}"
         self._ws: Any = None
         self._last_used = 0.0
@@ -462,12 +449,8 @@ class ElevenLabsTextStream(TextStream):
         if not request.text.strip():
             return
         mapper = AlignmentMarks(request.text, self.format.sample_rate)
-
-        def attempt() -> AsyncIterator[AudioChunk]:
-            return self._attempt(request.text, mapper)
-
-        chunks = resilient_stream(NAME, attempt, _classify, self.provider.timeouts, size=lambda c: len(c.data))
-        async for chunk in chunks:
+        attempt = functools.partial(self._attempt, request.text, mapper)
+        async for chunk in resilient_stream(NAME, attempt, _classify, self.provider.timeouts, self.format):
             yield chunk
 
     async def _attempt(self, text: str, mapper: AlignmentMarks) -> AsyncIterator[AudioChunk]:

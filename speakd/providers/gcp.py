@@ -13,16 +13,13 @@ Config (``[gcp]`` in the config file, or ``SPEAKD_GCP_<KEY>``):
                           a private endpoint or a local stand-in.
 ``insecure``              ``true`` for a plain-text gRPC endpoint (a local stand-in); then only
                           ``api_key`` is sent, as metadata.
-``connect_timeout``       seconds to get the channel connected (default 3).
-``first_byte_timeout``    seconds from request to first audio byte (default 6); one retry.
-``read_timeout``          seconds a stream may stall once audio flows (default 10).
-``retries``               retries before any audio was yielded (default 1).
 ``streaming``             ``false`` to use unary synthesis even for Chirp 3 HD voices (default true).
 ``stream_reopen_after``   seconds a pre-opened streaming call waits for a streamed speaking's next
                           chunk before it is replaced (default 4; Google closes it after about 5).
-``voices``                per-language default voices overriding the built-in table, e.g.
-                          ``{ "de-DE" = "de-DE-Chirp3-HD-Puck" }`` or ``de-DE=...,fr-FR=...``.
-``voice_cache_ttl``       seconds ``GET /v1.0/voices`` caches the voice list (default 300).
+
+and the keys every cloud provider reads (:mod:`speakd.providers.settings`); ``connect_timeout``
+bounds getting the gRPC channel ready, ``voices`` is keyed by locale, e.g.
+``{ "de-DE" = "de-DE-Chirp3-HD-Puck" }``.
 """
 
 from __future__ import annotations
@@ -35,20 +32,28 @@ from typing import Any
 
 import structlog
 
-from speakd.audio import TELEPHONY_RATE, strip_wav_header, telephony_format
-from speakd.errors import InvalidRequest, ProviderError, ProviderNotConfigured
-from speakd.languages import parse_language_tag, pick_locale
-from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream, Voice
-from speakd.providers.catalogue import DEFAULT_VOICE_CACHE_TTL
+from speakd.audio import TELEPHONY_RATE, Codec, strip_wav_header, telephony_format
+from speakd.errors import InvalidRequest, ProviderNotConfigured
+from speakd.languages import pick_locale
+from speakd.providers.base import AudioChunk, SynthesisRequest, TextStream, Voice
+from speakd.providers.cloud import CloudProvider
 from speakd.providers.peer_voices import split_voice
-from speakd.providers.resilience import ConnectTimeout, Failure, credentials_rejected, resilient_stream
-from speakd.providers.settings import Section, Timeouts
+from speakd.providers.resilience import (
+    ConnectTimeout,
+    Failure,
+    credentials_rejected,
+    listing_voices,
+    resilient_stream,
+)
+from speakd.providers.settings import CloudSettings, Section
 
 log = structlog.get_logger(__name__)
 
 NAME = "gcp"
 DEFAULT_ENDPOINT = "texttospeech.googleapis.com"
 CHUNK_BYTES = 1600  # 200 ms of 8 kHz G.711: how a unary response is handed on
+# Google's AudioEncoding (by name) for a session codec.
+_ENCODINGS: dict[Codec, str] = {"ulaw": "MULAW", "alaw": "ALAW"}
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -101,6 +106,13 @@ def voice_locale(voice: str) -> str:
     return "-".join(parts[:2]) if len(parts) >= 3 else ""
 
 
+def voice_config(locale: str, voice: str, codec: Codec) -> tuple[Any, Any]:
+    """The ``VoiceSelectionParams`` and ``AudioEncoding`` of a request."""
+    from google.cloud import texttospeech_v1 as tts
+
+    return tts.VoiceSelectionParams(language_code=locale, name=voice), tts.AudioEncoding[_ENCODINGS[codec]]
+
+
 def create(section: Mapping[str, Any]) -> GoogleProvider:
     cfg = Section(NAME, section)
     credentials_file = cfg.str("credentials_file")
@@ -118,46 +130,41 @@ def create(section: Mapping[str, Any]) -> GoogleProvider:
     if insecure and not api_key and not adc:
         raise ProviderNotConfigured("gcp: an insecure endpoint takes only api_key as credentials: set api_key")
     return GoogleProvider(
+        CloudSettings.from_section(cfg),
         credentials_file=credentials_file,
         api_key=api_key,
         endpoint=cfg.str("endpoint", DEFAULT_ENDPOINT),
         insecure=insecure,
-        timeouts=Timeouts.from_section(cfg),
         streaming=cfg.bool("streaming", True),
         stream_reopen_after=cfg.float("stream_reopen_after", 4.0),
-        voices=cfg.table("voices"),
-        voice_cache_ttl=cfg.float("voice_cache_ttl", DEFAULT_VOICE_CACHE_TTL),
     )
 
 
-class GoogleProvider(Provider):
+class GoogleProvider(CloudProvider):
     name = NAME
     supports_ssml = True
 
     def __init__(
         self,
+        settings: CloudSettings,
         *,
         credentials_file: str = "",
         api_key: str = "",
         endpoint: str = DEFAULT_ENDPOINT,
         insecure: bool = False,
-        timeouts: Timeouts | None = None,
         streaming: bool = True,
         stream_reopen_after: float = 4.0,
-        voices: Mapping[str, str] | None = None,
-        voice_cache_ttl: float = DEFAULT_VOICE_CACHE_TTL,
     ) -> None:
+        super().__init__(settings)
         self.stream_reopen_after = stream_reopen_after
         self.credentials_file = credentials_file
         self.api_key = api_key
         self.endpoint = endpoint
         self.insecure = insecure
-        self.timeouts = timeouts or Timeouts()
         self.streaming = streaming
         self.voices = dict(DEFAULT_VOICES)
-        for lang, voice in (voices or {}).items():
-            self.voices[self._locale(lang)] = voice
-        self.voice_cache_ttl = voice_cache_ttl
+        for lang, voice in settings.voices.items():
+            self.voices[pick_locale(NAME, lang, self.voices, _ALIASES)] = voice
         self._client: Any = None
         self._channel: Any = None
 
@@ -212,17 +219,9 @@ class GoogleProvider(Provider):
 
     # -- requests --------------------------------------------------------------------------
 
-    def _locale(self, language: str) -> str:
-        lang = parse_language_tag(language)
-        lang = _ALIASES.get(lang, lang)
-        return pick_locale(NAME, lang, self.voices) if lang not in self.voices else lang
-
-    def _resolve(self, language: str, voice_id: str) -> tuple[str, str]:
-        """(locale, voice name) or a 400."""
-        try:
-            locale = self._locale(language)
-        except InvalidRequest as exc:
-            raise type(exc)(f"provider 'gcp' does not speak language '{language}'") from None
+    def _resolve(self, language: str, voice_id: str, model: str = "") -> tuple[str, str]:
+        """(locale, voice name) or a 400; Google has no models to choose."""
+        locale = pick_locale(NAME, language, self.voices, _ALIASES)
         _model, voice = split_voice(NAME, voice_id)
         if not voice:
             return locale, self.voices[locale]
@@ -231,19 +230,12 @@ class GoogleProvider(Provider):
             raise InvalidRequest(f"gcp voice '{voice}' speaks {vloc}, not the requested language '{language}'")
         return locale, voice
 
-    def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
-        self.check_payload_type(payload_type)
-        self._resolve(language, voice_id)
-
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
-        self.check(request.language, request.voice_id, request.payload_type)
-        locale, voice = self._resolve(request.language, request.voice_id)
+        locale, voice = self._checked(request.language, request.voice_id, request.payload_type)
         from google.cloud import texttospeech_v1 as tts
 
         client = self._sdk()
-        encoding = tts.AudioEncoding.ALAW if request.codec == "alaw" else tts.AudioEncoding.MULAW
-        fmt = telephony_format(request.codec)
-        params = tts.VoiceSelectionParams(language_code=locale, name=voice)
+        params, encoding = voice_config(locale, voice, request.codec)
         streaming = self.streaming and is_streaming_voice(voice) and request.payload_type == "text"
 
         def attempt() -> AsyncIterator[bytes]:
@@ -251,8 +243,8 @@ class GoogleProvider(Provider):
                 return self._stream_attempt(params, encoding, request.text)
             return self._unary_attempt(client, tts, params, encoding, request)
 
-        async for data in resilient_stream(NAME, attempt, _classify, self.timeouts):
-            yield AudioChunk(data, fmt)
+        async for chunk in resilient_stream(NAME, attempt, _classify, self.timeouts, telephony_format(request.codec)):
+            yield chunk
 
     async def _connect(self) -> None:
         try:
@@ -308,7 +300,7 @@ class GoogleProvider(Provider):
         for start in range(0, len(audio), CHUNK_BYTES):
             yield audio[start : start + CHUNK_BYTES]
 
-    def open_text_stream(self, language: str, voice_id: str, codec: str, model: str = "") -> TextStream | None:
+    def open_text_stream(self, language: str, voice_id: str, codec: Codec, model: str = "") -> TextStream | None:
         locale, voice = self._resolve(language, voice_id)
         if not (self.streaming and is_streaming_voice(voice)):
             return None  # each chunk through synthesize(): unary for voices that do not stream
@@ -316,7 +308,7 @@ class GoogleProvider(Provider):
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
         client = self._sdk()
-        try:
+        with listing_voices(NAME, _classify):
             await self._connect()
             response = await client.list_voices(
                 language_code=language or "",
@@ -324,10 +316,6 @@ class GoogleProvider(Provider):
                 timeout=self.timeouts.first_byte,
                 metadata=self._metadata(),
             )
-        except ConnectTimeout as exc:
-            raise ProviderError(f"gcp: listing voices failed: could not connect: {exc}") from exc
-        except Exception as exc:
-            raise ProviderError(f"gcp: listing voices failed: {_classify(exc).message}") from exc
         from google.cloud import texttospeech_v1 as tts
 
         return [
@@ -386,12 +374,9 @@ class GoogleTextStream(TextStream):
     by a fresh one when the next chunk comes. No alignment comes back: the chunks carry no word
     marks and the session estimates word timings."""
 
-    def __init__(self, provider: GoogleProvider, *, locale: str, voice: str, codec: str) -> None:
-        from google.cloud import texttospeech_v1 as tts
-
+    def __init__(self, provider: GoogleProvider, *, locale: str, voice: str, codec: Codec) -> None:
         self.provider = provider
-        self.params = tts.VoiceSelectionParams(language_code=locale, name=voice)
-        self.encoding = tts.AudioEncoding.ALAW if codec == "alaw" else tts.AudioEncoding.MULAW
+        self.params, self.encoding = voice_config(locale, voice, codec)
         self.format = telephony_format(codec)
         self._ready: StreamingCall | None = None
 
@@ -411,8 +396,8 @@ class GoogleTextStream(TextStream):
             async for data in call.speak(request.text):
                 yield data
 
-        async for data in resilient_stream(NAME, attempt, _classify, self.provider.timeouts):
-            yield AudioChunk(data, self.format)
+        async for chunk in resilient_stream(NAME, attempt, _classify, self.provider.timeouts, self.format):
+            yield chunk
         try:
             self._ready = await self.provider._open_streaming(self.params, self.encoding)
         except Exception as exc:  # only a head start: the next chunk opens its own call

@@ -1,7 +1,7 @@
 """The failure behaviour every cloud provider shares (:func:`resilient_stream`): first-byte
 timeout, one retry while nothing has been yielded, a stall timeout between chunks, and a
 :class:`~speakd.errors.ProviderError` with a clear message for anything else. Audio already
-yielded is never replayed.
+yielded is never replayed. A voice list that fails says so alike (:func:`listing_voices`).
 
 Nothing here imports a provider SDK: each provider classifies its own SDK's errors into a
 :class:`Failure`.
@@ -10,13 +10,15 @@ Nothing here imports a provider SDK: each provider classifies its own SDK's erro
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
+from speakd.audio import AudioFormat
 from speakd.errors import ProviderError
+from speakd.providers.base import AudioChunk
 from speakd.providers.settings import Timeouts
 
 log = structlog.get_logger(__name__)
@@ -38,19 +40,19 @@ def credentials_rejected(provider: str, detail: str) -> Failure:
 
 async def resilient_stream(
     provider: str,
-    attempt: Callable[[], AsyncIterator[Any]],
+    attempt: Callable[[], AsyncIterator[bytes | AudioChunk]],
     classify: Callable[[BaseException], Failure],
     timeouts: Timeouts,
-    size: Callable[[Any], int] = len,
-) -> AsyncIterator[Any]:
-    """Yield the audio of ``attempt()`` with speakd's failure behaviour.
+    fmt: AudioFormat,
+) -> AsyncIterator[AudioChunk]:
+    """Yield the audio of ``attempt()`` with speakd's failure behaviour, as AudioChunks.
 
     ``attempt`` opens one request and iterates its audio; it runs in the caller's task (no
     helper tasks, so SDKs that bind state to a task are safe). Before the first byte, a timeout
     or a retryable failure opens one new request (``timeouts.retries``); after it, any failure
     or a stall longer than ``timeouts.read`` ends the stream with a ProviderError saying it was
     cut off — what was yielded is never sent again. Cancellation propagates and closes the
-    request. ``size`` measures an item: bytes by default; an attempt may yield AudioChunks.
+    request. ``attempt`` yields raw audio in ``fmt``, or AudioChunks (with word marks) of it.
     """
     failures: list[str] = []
     for number in range(1, timeouts.retries + 2):
@@ -75,7 +77,8 @@ async def resilient_stream(
             except Exception as exc:
                 failure = classify(exc)
             if failure is None:
-                yielded = size(first)
+                first = _chunk(first, fmt)
+                yielded = len(first.data)
                 yield first
                 while True:
                     try:
@@ -93,8 +96,9 @@ async def resilient_stream(
                         raise ProviderError(
                             f"{provider}: the audio stream was cut off after {yielded} bytes: {detail}"
                         ) from exc
-                    if size(chunk):
-                        yielded += size(chunk)
+                    chunk = _chunk(chunk, fmt)
+                    if chunk.data:
+                        yielded += len(chunk.data)
                         yield chunk
         finally:
             await _close_quietly(provider, stream)
@@ -108,7 +112,11 @@ async def resilient_stream(
     raise ProviderError(message)
 
 
-async def _close_quietly(provider: str, stream: AsyncIterator[bytes]) -> None:
+def _chunk(item: bytes | AudioChunk, fmt: AudioFormat) -> AudioChunk:
+    return item if isinstance(item, AudioChunk) else AudioChunk(item, fmt)
+
+
+async def _close_quietly(provider: str, stream: AsyncIterator[bytes | AudioChunk]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is None:
         return
@@ -118,6 +126,17 @@ async def _close_quietly(provider: str, stream: AsyncIterator[bytes]) -> None:
         raise
     except Exception as exc:
         log.debug("provider_stream_close_failed", provider=provider, error=repr(exc))
+
+
+@contextlib.contextmanager
+def listing_voices(provider: str, classify: Callable[[BaseException], Failure]) -> Iterator[None]:
+    """Around a provider's voice-list call: any failure a ProviderError saying the listing failed."""
+    try:
+        yield
+    except ConnectTimeout as exc:
+        raise ProviderError(f"{provider}: listing voices failed: could not connect: {exc}") from exc
+    except Exception as exc:
+        raise ProviderError(f"{provider}: listing voices failed: {classify(exc).message}") from exc
 
 
 def http_failure(provider: str, status: int | None, detail: str) -> Failure:

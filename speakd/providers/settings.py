@@ -1,17 +1,30 @@
-"""A provider's config section read with types, and the timeouts every cloud provider takes from it.
+"""A provider's config section read with types, and the settings every cloud provider takes from it.
 
 Values may come from TOML (typed) or from ``SPEAKD_<PROVIDER>_<KEY>`` variables (always
 strings); a bad one is a ProviderNotConfigured naming the key.
+
+Every cloud provider (``[aws]``, ``[gcp]``, ``[elevenlabs]``) reads these keys alike
+(:class:`CloudSettings`); each provider's module describes the others:
+
+``connect_timeout``       seconds to connect (default 3).
+``first_byte_timeout``    seconds from request to first audio byte (default 6).
+``read_timeout``          seconds the stream may stall once audio flows (default 10).
+``retries``               retries before any audio was yielded (default 1, at most 3).
+``voices``                per-language default voices overriding the provider's built-in table: a
+                          TOML table, e.g. ``{ "de-DE" = "Daniel" }``, or ``de-DE=Daniel,fr-FR=Remi``
+                          from the environment.
+``voice_cache_ttl``       seconds ``GET /v1.0/voices`` caches the voice list (default 300).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from speakd.errors import ProviderNotConfigured
 from speakd.parsing import parse_bool, parse_table
+from speakd.providers.catalogue import DEFAULT_VOICE_CACHE_TTL
 
 
 class Section:
@@ -95,4 +108,22 @@ class Timeouts:
             first_byte=section.float("first_byte_timeout", cls.first_byte),
             read=section.float("read_timeout", cls.read),
             retries=section.int("retries", cls.retries, choices=(0, 1, 2, 3)),
+        )
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    """The keys every cloud provider reads alike (see the module docstring)."""
+
+    timeouts: Timeouts = Timeouts()
+    voices: Mapping[str, str] = field(default_factory=dict)
+    """The ``voices`` table as written: language -> voice, keys not parsed yet."""
+    voice_cache_ttl: float = DEFAULT_VOICE_CACHE_TTL
+
+    @classmethod
+    def from_section(cls, section: Section) -> CloudSettings:
+        return cls(
+            timeouts=Timeouts.from_section(section),
+            voices=section.table("voices"),
+            voice_cache_ttl=section.float("voice_cache_ttl", DEFAULT_VOICE_CACHE_TTL),
         )

@@ -257,20 +257,20 @@ AWS = {"access_key_id": "AKIDOLD", "secret_access_key": "old", "region": "eu-wes
 async def test_registry_reload_rebuilds_a_changed_provider_and_refuses_to_break_a_working_one():
     registry = ProviderRegistry.from_config({"piper": {"enabled": False}, "aws": AWS})
     slot = registry.get("aws")
-    before = slot.current  # type: ignore[attr-defined]
+    before = slot.inner  # type: ignore[attr-defined]
     assert await registry.reload({"piper": {"enabled": False}, "aws": AWS}) == []
-    assert slot.current is before  # type: ignore[attr-defined]
+    assert slot.inner is before  # type: ignore[attr-defined]
 
     # A misspelt key would leave aws unconfigured: refused, nothing changes.
     typo = {"acess_key_id": "AKIDNEW", "secret_access_key": "new", "region": "eu-west-1"}
     with pytest.raises(ConfigError, match="access_key_id"):
         await registry.reload({"piper": {"enabled": False}, "aws": typo})
-    assert registry.get("aws").current is before  # type: ignore[attr-defined]
+    assert registry.get("aws").inner is before  # type: ignore[attr-defined]
 
     rotated = {**AWS, "access_key_id": "AKIDNEW", "secret_access_key": "new"}
     assert await registry.reload({"piper": {"enabled": False}, "aws": rotated}) == ["aws"]
-    assert registry.get("aws") is slot and slot.current is not before  # type: ignore[attr-defined]
-    assert slot.current.access_key_id == "AKIDNEW"  # type: ignore[attr-defined]
+    assert registry.get("aws") is slot and slot.inner is not before  # type: ignore[attr-defined]
+    assert slot.inner.access_key_id == "AKIDNEW"  # type: ignore[attr-defined]
 
     # A deliberately removed section takes the provider away from new sessions.
     assert await registry.reload({"piper": {"enabled": False}}) == ["aws"]
