@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -36,7 +35,7 @@ from speakd.errors import SpeakdError
 from speakd.providers.base import TextStream
 from speakd.sessions.chunker import TextChunker
 from speakd.sessions.says import SayItem, SayStatus
-from speakd.store.records import TIME_FORMAT, stamp_of
+from speakd.store.records import seconds_of, stamp_of
 
 log = structlog.get_logger(__name__)
 
@@ -226,7 +225,7 @@ class SpeakingStream:
 def timestamps_message(item: SayItem) -> dict[str, Any]:
     """The words of a played (or cut) say with their start and duration on the call's timeline
     (UTC, the spec's format), as far as they were heard."""
-    start = dt.datetime.strptime(item.tm_play_start, TIME_FORMAT).replace(tzinfo=dt.UTC).timestamp()
+    start = seconds_of(item.tm_play_start)
     words = [
         {
             "word": word,
