@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
@@ -137,7 +137,7 @@ class SpeakingStream:
         elif kind == "reset":
             dropped = self._chunker.reset()
             self._cut()  # every say queued or playing reads interrupted now, with what was heard
-            heard = " ".join(item.heard_text for item in self._since_reset if item.heard_text)
+            heard = heard_text(self._since_reset)
             self._since_reset = []
             self.log.info("stream_reset", dropped_chars=len(dropped), heard_chars=len(heard))
             await self._send({"type": "reset_complete", "nonce": message.get("nonce"), "heard_text": heard})
@@ -211,8 +211,7 @@ class SpeakingStream:
         while True:
             while done == len(self._says):
                 if self._finishing:
-                    heard = " ".join(item.heard_text for item in self._says if item.heard_text)
-                    await self._send({"type": "played", "heard_text": heard})
+                    await self._send({"type": "played", "heard_text": heard_text(self._says)})
                     return
                 self._said.clear()
                 await self._said.wait()
@@ -220,6 +219,11 @@ class SpeakingStream:
             done += 1
             if self._timestamps and item.status in (SayStatus.PLAYED, SayStatus.INTERRUPTED) and item.played_ms:
                 await self._send(timestamps_message(item))
+
+
+def heard_text(says: Iterable[SayItem]) -> str:
+    """What the caller heard of ``says``, in order."""
+    return " ".join(item.heard_text for item in says if item.heard_text)
 
 
 def timestamps_message(item: SayItem) -> dict[str, Any]:
