@@ -40,6 +40,7 @@ from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError, AriNotFound, AriUnavailable, AriUnprocessable
 from speakd.events.bus import drain_and_stop, next_batch
 from speakd.events.model import Event, EventType
+from speakd.parsing import format_bool
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +57,7 @@ def flat(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return format_bool(value)
     if isinstance(value, str):
         return value
     if isinstance(value, int | float):
