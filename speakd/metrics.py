@@ -17,7 +17,6 @@ label (their number is unbounded).
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
@@ -29,7 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from speakd.events.model import Event, EventType, InterruptReason, StopReason
 from speakd.media import pacer_protocol
 from speakd.providers.base import AudioChunk, DelegatingProvider, Provider, SynthesisRequest
-from speakd.store.records import TIME_FORMAT, Status
+from speakd.store.records import Status, seconds_of
 
 if TYPE_CHECKING:
     from speakd.events.webhooks import WebhookSink
@@ -49,11 +48,6 @@ LEAD_BUCKETS = (0.02, 0.04, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0, 60.0)
 _FINAL_EVENTS = {EventType.SAY_FINISHED, EventType.SAY_FAILED, EventType.SAY_INTERRUPTED}
 # Cuts made on behalf of a new say: that say plays as soon as it can, so it counts as asked of an idle session.
 _CUT_FOR_NEW_SAY = {str(InterruptReason.STOP_ALL), str(InterruptReason.STOP_CURRENT)}
-
-
-def _seconds(stamp: str) -> float:
-    """A spec timestamp (UTC) as unix seconds."""
-    return dt.datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=dt.UTC).timestamp()
 
 
 class Metrics:
@@ -135,15 +129,15 @@ class Metrics:
             self.sessions_stopped.labels(reason=event.data.get("reason", "")).inc()
             self._busy_until.pop(event.speaking_id, None)
         elif kind is EventType.SAY_STARTED:
-            queued = _seconds(event.data["tm_queued"])
+            queued = seconds_of(event.data["tm_queued"])
             # Only a say asked of a session with nothing else to say: one queued behind others
             # would measure how long they played.
             if queued >= self._busy_until.get(event.speaking_id, 0.0):
-                self.time_to_first_audio.observe(max(0.0, _seconds(event.timestamp) - queued))
+                self.time_to_first_audio.observe(max(0.0, seconds_of(event.timestamp) - queued))
         elif kind in _FINAL_EVENTS:
             self.says.labels(status=event.data["status"]).inc()
             if event.data.get("reason") not in _CUT_FOR_NEW_SAY:
-                ended = _seconds(event.timestamp)
+                ended = seconds_of(event.timestamp)
                 self._busy_until[event.speaking_id] = max(ended, self._busy_until.get(event.speaking_id, 0.0))
 
     # -- hooks for the producers ---------------------------------------------------------------------

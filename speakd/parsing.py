@@ -1,7 +1,7 @@
-"""Values written as text: the one reading of a yes/no and of a ``key=value`` table, wherever
-text is all there is (``SPEAKD_*`` variables, query strings, dialplan arguments, provider
-sections set from the environment), and of a JSON object a client sent (a request body, a
-WebSocket message). Each caller words its own error around the ValueError."""
+"""Values written as text: the one reading (and writing) of a yes/no and the reading of a
+``key=value`` table, wherever text is all there is (``SPEAKD_*`` variables, query strings,
+dialplan arguments, provider sections set from the environment), and of a JSON object a client
+sent (a request body, a WebSocket message). Each caller words its own error around the ValueError."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def parse_bool(raw: str) -> bool:
     if lowered in FALSE_WORDS:
         return False
     raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def format_bool(value: bool) -> str:
+    """A bool as Asterisk and its dialplan spell it: ``true`` / ``false``."""
+    return "true" if value else "false"
 
 
 def load_json_object(text: str | bytes, what: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import structlog
 from yarl import URL
 
 from speakd.ari.errors import AriNotFound, AriUnavailable, error_for_status
+from speakd.parsing import format_bool
 from speakd.urls import websocket_url
 
 log = structlog.get_logger(__name__)
@@ -42,7 +43,7 @@ def _clean_params(params: dict[str, Any] | None) -> dict[str, str] | None:
         if value is None:
             continue
         if isinstance(value, bool):
-            out[key] = "true" if value else "false"
+            out[key] = format_bool(value)
         elif isinstance(value, list | tuple):
             out[key] = ",".join(str(v) for v in value)
         else:

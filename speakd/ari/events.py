@@ -1,9 +1,9 @@
 """Routing of ARI events to whoever waits for them.
 
 Asterisk can deliver a channel's StasisStart before the POST that created it returns, so a
-waiter is registered under the id we chose for the object *before* creating it. The same
-holds for teardown: a DELETE returns before the channel is destroyed, so whoever must know
-it is gone waits for its ChannelDestroyed.
+waiter is registered under the id we chose for the object *before* creating it. (Teardown
+does not wait here: a channel that left our app is destroyed without an event reaching us,
+so the sessions poll until ARI no longer lists it.)
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ a failed raise (Asterisk unreachable, application gone) is logged and not retrie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -39,7 +38,9 @@ import structlog
 
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError, AriNotFound, AriUnavailable, AriUnprocessable
+from speakd.events.bus import drain_and_stop, next_batch
 from speakd.events.model import Event, EventType
+from speakd.parsing import format_bool
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +57,7 @@ def flat(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return format_bool(value)
     if isinstance(value, str):
         return value
     if isinstance(value, int | float):
@@ -95,16 +96,15 @@ class Watching:
             name = app.get("name", "")
             if not name or name == own_app:
                 continue
-            for channel_id in app.get("channel_ids") or ():
-                if channel_id == ALL_CHANNELS:
-                    self.all_channels.add(name)
-                else:
-                    self.channels.setdefault(channel_id, set()).add(name)
-            for bridge_id in app.get("bridge_ids") or ():
-                if bridge_id == ALL_BRIDGES:
-                    self.all_bridges.add(name)
-                else:
-                    self.bridges.setdefault(bridge_id, set()).add(name)
+            for ids, everything, table, watch_all in (
+                ("channel_ids", ALL_CHANNELS, self.channels, self.all_channels),
+                ("bridge_ids", ALL_BRIDGES, self.bridges, self.all_bridges),
+            ):
+                for object_id in app.get(ids) or ():
+                    if object_id == everything:
+                        watch_all.add(name)
+                    else:
+                        table.setdefault(object_id, set()).add(name)
 
     def of(self, source: str) -> frozenset[str]:
         """The applications that named this object."""
@@ -162,26 +162,17 @@ class AriUserEventSink:
         self._closed = True
         if self._task is None or self._task.done():
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_timeout):
-                await self._queue.join()
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await drain_and_stop(self._queue, self._task, drain_timeout)
         if not self._queue.empty():
             log.info("ari_user_events_unsent", count=self._queue.qsize())
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self._deliver(batch)
-            except Exception:  # a bug here must not end delivery for good
-                log.exception("ari_user_events_failed", count=len(batch))
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            async with next_batch(self._queue, BATCH) as batch:
+                try:
+                    await self._deliver(batch)
+                except Exception:  # a bug here must not end delivery for good
+                    log.exception("ari_user_events_failed", count=len(batch))
 
     # -- delivery -----------------------------------------------------------------------------
 

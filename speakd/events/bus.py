@@ -7,13 +7,18 @@ an API verb), which must not wait for a slow client or a webhook that hangs.
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Protocol, TypeVar
 
 import structlog
 
 from speakd.events.model import Event
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class EventSink(Protocol):
@@ -35,3 +40,34 @@ class EventBus:
                 sink.offer(event)
             except Exception:  # one broken way out must not cost the others their event
                 log.exception("event_sink_failed", sink=type(sink).__name__)
+
+
+# -- a way out's own queue and task ---------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def next_batch(queue: asyncio.Queue[T], limit: int) -> AsyncIterator[list[T]]:
+    """Wait for one item, then take what else is queued (up to ``limit`` in all); the items
+    count as done (for ``queue.join()``) when the block ends, however it ends."""
+    batch = [await queue.get()]
+    while len(batch) < limit and not queue.empty():
+        batch.append(queue.get_nowait())
+    try:
+        yield batch
+    finally:
+        for _ in batch:
+            queue.task_done()
+
+
+async def drain_and_stop(queue: asyncio.Queue[T], task: asyncio.Task[None], within_s: float) -> bool:
+    """Let ``task`` finish what is queued (for at most ``within_s``), then cancel it; whether
+    everything was."""
+    drained = True
+    try:
+        async with asyncio.timeout(within_s):
+            await queue.join()
+    except TimeoutError:
+        drained = False
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return drained

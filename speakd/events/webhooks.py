@@ -42,6 +42,7 @@ import aiohttp
 import structlog
 
 from speakd.config import WebhooksConfig, WebhookTarget
+from speakd.events.bus import drain_and_stop, next_batch
 from speakd.events.model import Event
 from speakd.store.sqlite import SqliteStore
 
@@ -218,13 +219,8 @@ class WebhookSink:
         """Write every queued event to the outbox; give answering endpoints a moment; stop."""
         self._closing = True
         if self._writer is not None:
-            try:
-                async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                    await self._queue.join()
-            except TimeoutError:
+            if not await drain_and_stop(self._queue, self._writer, DRAIN_TIMEOUT_S):
                 log.error("webhook_outbox_drain_timeout", lost=self._queue.qsize())
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_GRACE_S):
@@ -243,19 +239,14 @@ class WebhookSink:
 
     async def _write(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < WRITE_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self.store.outbox_add(batch)
-                self._outbox_rows += len(batch)
-            except Exception:
-                log.exception("webhook_outbox_write_failed", events=len(batch))
-                for row in batch:
-                    self._lost(row, "the outbox could not be written")
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            async with next_batch(self._queue, WRITE_BATCH) as batch:
+                try:
+                    await self.store.outbox_add(batch)
+                    self._outbox_rows += len(batch)
+                except Exception:
+                    log.exception("webhook_outbox_write_failed", events=len(batch))
+                    for row in batch:
+                        self._lost(row, "the outbox could not be written")
             for customer_id in {row["customer_id"] for row in batch}:
                 customer = self._customers[customer_id]
                 customer.idle = False  # now, not when its task next runs: aclose's grace counts on it
@@ -345,7 +336,5 @@ class WebhookSink:
                 return f"HTTP {resp.status}"
         except TimeoutError:
             return f"no answer within {self.request_timeout} s"
-        except aiohttp.ClientError as exc:
-            return f"{type(exc).__name__}: {exc}"
-        except OSError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"

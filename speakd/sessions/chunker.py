@@ -104,12 +104,11 @@ _TAG = re.compile(r"<[^<>]*>")
 
 def _weight(text: str) -> int:
     """Speakable length: whitespace counts nothing, East Asian wide characters two."""
-    total = 0
-    for c in text:
-        if c.isspace():
-            continue
-        total += 2 if c >= "\u1100" and unicodedata.east_asian_width(c) in "WF" else 1
-    return total
+    return sum(_char_weight(c) for c in text if not c.isspace())
+
+
+def _char_weight(c: str) -> int:
+    return 2 if _is_wide(c) else 1
 
 
 def _is_wide(c: str) -> bool:
@@ -407,7 +406,7 @@ class TextChunker:
                 # A line break ends a sentence (cut where the text before it ends).
                 self._on_sentence_end(_Cut(start, self._weight, self._open_containers()), now, out)
             return True
-        self._weight += 2 if _is_wide(c) else 1
+        self._weight += _char_weight(c)
         self._check_max(i, out)
         return True
 
@@ -478,11 +477,15 @@ class TextChunker:
             return (start == 0 and self._at_stream_start) or (start > 0 and buf[start - 1] == "\n")
         return False
 
+    @property
+    def _minimum(self) -> int:
+        """The least weight a chunk is released at (the first of an utterance has its own)."""
+        return self.min_chars if self._released_any else self.first_min_chars
+
     def _on_sentence_end(self, cut: _Cut, since: float, out: list[str]) -> None:
         if cut.weight == 0:
             return
-        minimum = self.min_chars if self._released_any else self.first_min_chars
-        if cut.weight >= minimum:
+        if cut.weight >= self._minimum:
             self._emit(cut, out)
             return
         if self._held is None:
@@ -510,8 +513,7 @@ class TextChunker:
         if self._pending_end is not None or self._held is not None:
             return None  # those have their own (shorter) wait
         cut = self._word
-        minimum = self.min_chars if self._released_any else self.first_min_chars
-        if cut is None or cut.weight == 0 or cut.weight < minimum:
+        if cut is None or cut.weight == 0 or cut.weight < self._minimum:
             return None
         return cut
 

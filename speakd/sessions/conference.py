@@ -27,14 +27,13 @@ How the end of a conference is seen (events, no polling):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import structlog
 
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError, AriNotFound, AriUnavailable
-from speakd.errors import Conflict, InvalidRequest, ServiceUnavailable
+from speakd.errors import Conflict, InvalidRequest
 from speakd.events.model import StopReason
 from speakd.media.transport import MediaTransport
 from speakd.sessions.targets import (
@@ -42,11 +41,11 @@ from speakd.sessions.targets import (
     AttachContext,
     SetupFailed,
     Target,
-    all_of,
     check_participants_owned,
-    cleanup_call,
     create_external_media,
     hang_up_and_wait,
+    setup_errors,
+    unreachable,
 )
 
 log = structlog.get_logger(__name__)
@@ -57,122 +56,108 @@ CONFBRIDGE_CREATOR = "ConfBridge"
 CONFBRIDGE_PLAYBACK_PREFIX = "CBAnn/"  # ConfBridge's own announcement channel, a member of every room
 
 
-def _unreachable(exc: AriUnavailable) -> ServiceUnavailable:
-    return ServiceUnavailable(f"Asterisk is not reachable: {exc.message}")
-
-
-class BridgeConferenceTarget(Target):
-    """An ARI mixing bridge (made by any ARI application): the ExternalMedia channel joins it."""
+class _ResolvedConference(Target):
+    """A conference as :class:`ConferenceTarget` resolved it: :meth:`check` the bridge found,
+    then :meth:`validate`."""
 
     reference_type = "confbridge"
 
     def __init__(self, reference_id: str, direction: str, session_id: str, app: str) -> None:
         super().__init__(reference_id, direction, session_id, app)
-        self.bridge_id = reference_id
         self.participants: list[str] = []
-        self.media_id = f"{self.prefix}-media"
-        self._subscribed = False
+
+    def check(self, bridge: dict[str, Any]) -> None:
+        self.participants = list(bridge.get("channels") or [])
+        if not self.participants:
+            raise Conflict(
+                f"conference '{self.reference_id}' has no participant; create the session once one has joined"
+            )
+
+    async def validate(self, ari: AriClient, customer_id: str, owner_variable: str) -> None:
+        # The owner variable of the call legs, applied to the participants check() recorded.
+        await check_participants_owned(
+            ari, self.participants, owner_variable, customer_id, f"conference '{self.reference_id}'"
+        )
+
+
+class BridgeConferenceTarget(_ResolvedConference):
+    """An ARI mixing bridge (made by any ARI application), ``reference_id``: the ExternalMedia
+    channel joins it. The bridge is not ours: speakd never makes or deletes one here."""
+
+    def __init__(self, reference_id: str, direction: str, session_id: str, app: str) -> None:
+        super().__init__(reference_id, direction, session_id, app)
         self._joined: asyncio.Future[None] | None = None
 
     @property
     def watched_ids(self) -> set[str]:
-        return {self.bridge_id, self.media_id}
-
-    async def validate(self, ari: AriClient, customer_id: str, owner_variable: str) -> None:
-        bridge = await ari.get(f"bridges/{self.bridge_id}")
-        self.check(bridge)
+        return {self.reference_id, self.media_id}
 
     def check(self, bridge: dict[str, Any]) -> None:
-        self.participants = list(bridge.get("channels") or [])
         if bridge.get("bridge_type") != "mixing":
             raise InvalidRequest(
-                f"bridge '{self.bridge_id}' is a {bridge.get('bridge_type')} bridge, not a conference (mixing)"
+                f"bridge '{self.reference_id}' is a {bridge.get('bridge_type')} bridge, not a conference (mixing)"
             )
-        if not bridge.get("channels"):
-            raise Conflict(f"conference '{self.bridge_id}' has no participant; create the session once one has joined")
+        super().check(bridge)
+
+    def _left_alone(self, bridge: dict[str, Any]) -> str | None:
+        """Why the session ends if no one but speakd's media channel is in ``bridge``."""
+        if set(bridge.get("channels") or []) <= {self.media_id}:
+            return "conference has no participant left"
+        return None
 
     def on_event(self, event: dict[str, Any]) -> str | None:
         kind = event.get("type")
         bridge = event.get("bridge") or {}
-        if bridge.get("id") != self.bridge_id or kind not in ("ChannelEnteredBridge", "ChannelLeftBridge"):
+        if bridge.get("id") != self.reference_id or kind not in ("ChannelEnteredBridge", "ChannelLeftBridge"):
             return None
         joined = kind == "ChannelEnteredBridge" and (event.get("channel") or {}).get("id") == self.media_id
         if joined and self._joined is not None and not self._joined.done():
             self._joined.set_result(None)
-        if set(bridge.get("channels") or []) <= {self.media_id}:
-            return "conference has no participant left"
-        return None
+        return self._left_alone(bridge)
 
     async def reconcile(self, ari: AriClient) -> str | None:
         try:
-            bridge = await ari.get(f"bridges/{self.bridge_id}")
+            bridge = await ari.get(f"bridges/{self.reference_id}")
         except AriError:
             return None  # gone: the watched-ids check ends the session; unreachable: try next time
-        if set(bridge.get("channels") or []) <= {self.media_id}:
-            return "conference has no participant left"
-        return None
+        return self._left_alone(bridge)
 
     async def attach(self, ctx: AttachContext) -> MediaTransport:
         self._joined = asyncio.get_running_loop().create_future()
-        try:
+        conference = f"conference '{self.reference_id}'"
+        with setup_errors(conference, f"the media channel did not join {conference}", STASIS_TIMEOUT):
             # The bridge is another app's: its events reach us only if we subscribe.
-            await ctx.ari.post(f"applications/{ctx.app}/subscription", eventSource=f"bridge:{self.bridge_id}")
-            self._subscribed = True
+            await self._subscribe(ctx, f"bridge:{self.reference_id}")
             await create_external_media(ctx, self, self.media_id)
-            await ctx.ari.post(f"bridges/{self.bridge_id}/addChannel", channel=self.media_id)
+            await ctx.ari.post(f"bridges/{self.reference_id}/addChannel", channel=self.media_id)
             await asyncio.wait_for(self._joined, STASIS_TIMEOUT)
-        except AriNotFound as exc:
-            raise SetupFailed(f"conference '{self.bridge_id}' ended during setup ({exc.message})") from None
-        except AriError as exc:
-            raise SetupFailed(f"Asterisk refused the session setup: {exc}") from None
-        except TimeoutError:
-            raise SetupFailed(f"the media channel did not join conference '{self.bridge_id}' within 5 s") from None
         assert self.transport is not None
         return self.transport
 
     async def detach(self, ctx: AttachContext) -> None:
         # Hanging up our channel takes it out of the bridge; the bridge is not ours to delete.
         await hang_up_and_wait(ctx, self.media_id, "media channel")
-        if self._subscribed:
-            self._subscribed = False
-            with contextlib.suppress(AriError):
-                await ctx.ari.delete(f"applications/{ctx.app}/subscription", eventSource=f"bridge:{self.bridge_id}")
+        await self._unsubscribe(ctx)
 
 
-class ConfBridgeTarget(Target):
+class ConfBridgeTarget(_ResolvedConference):
     """A dialplan ConfBridge room, joined by speakd's announcer Local channel."""
-
-    reference_type = "confbridge"
 
     def __init__(self, reference_id: str, direction: str, session_id: str, app: str, room: str) -> None:
         super().__init__(reference_id, direction, session_id, app)
         self.room = room
         self.conf_bridge_id = ""  # the room's bridge, as resolved (informational)
-        self.participants: list[str] = []
         self.announcer_id = f"{self.prefix}-announcer"  # ;1, in our app, bridged with the media
         self.member_id = f"{self.prefix}-announcer2"  # ;2, the participant inside the room
-        self.media_id = f"{self.prefix}-media"
-        self.bridge_id = f"{self.prefix}-bridge"
-        self._subscribed = False
         self._joined: asyncio.Future[list[str]] | None = None
 
     @property
     def watched_ids(self) -> set[str]:
         return {self.announcer_id, self.member_id, self.media_id, self.bridge_id}
 
-    async def validate(self, ari: AriClient, customer_id: str, owner_variable: str) -> None:
-        bridge = await find_confbridge_room(ari, self.room)
-        if bridge is None:
-            raise InvalidRequest(f"no conference '{self.reference_id}': no ConfBridge room of that name is live")
-        self.check(bridge)
-
     def check(self, bridge: dict[str, Any]) -> None:
-        self.participants = list(bridge.get("channels") or [])
         self.conf_bridge_id = bridge["id"]
-        if not bridge.get("channels"):
-            raise Conflict(
-                f"conference '{self.reference_id}' has no participant; create the session once one has joined"
-            )
+        super().check(bridge)
 
     def on_event(self, event: dict[str, Any]) -> str | None:
         if event.get("type") != "ChannelVarset" or event.get("variable") != "BRIDGEPEER":
@@ -203,52 +188,38 @@ class ConfBridgeTarget(Target):
     async def attach(self, ctx: AttachContext) -> MediaTransport:
         self._joined = asyncio.get_running_loop().create_future()
         entered = ctx.waiters.expect("StasisStart", self.announcer_id)
+        conference = f"conference '{self.room}'"
         try:
+            with setup_errors(conference, f"speakd's announcer did not join {conference}", JOIN_TIMEOUT):
 
-            async def announcer() -> None:
-                # Created, not yet dialled: we subscribe to the ;2 half before it joins the room,
-                # so its first BRIDGEPEER (= joined, and who is there) cannot be missed.
-                await ctx.ari.post(
-                    "channels/create",
-                    endpoint=f"Local/{self.room}@{ANNOUNCER_CONTEXT}/n",
-                    app=ctx.app,
-                    channelId=self.announcer_id,
-                    otherChannelId=self.member_id,
-                )
-                await asyncio.wait_for(entered, STASIS_TIMEOUT)
-                await ctx.ari.post(f"applications/{ctx.app}/subscription", eventSource=f"channel:{self.member_id}")
-                self._subscribed = True
+                async def announcer() -> None:
+                    # Created, not yet dialled: we subscribe to the ;2 half before it joins the room,
+                    # so its first BRIDGEPEER (= joined, and who is there) cannot be missed.
+                    await ctx.ari.post(
+                        "channels/create",
+                        endpoint=f"Local/{self.room}@{ANNOUNCER_CONTEXT}/n",
+                        app=ctx.app,
+                        channelId=self.announcer_id,
+                        otherChannelId=self.member_id,
+                    )
+                    await asyncio.wait_for(entered, STASIS_TIMEOUT)
+                    await self._subscribe(ctx, f"channel:{self.member_id}")
 
-            bridge = ctx.ari.post("bridges", type="mixing", bridgeId=self.bridge_id, name=self.prefix)
-            await all_of(announcer(), create_external_media(ctx, self, self.media_id), bridge)
-            await ctx.ari.post(f"bridges/{self.bridge_id}/addChannel", channel=f"{self.announcer_id},{self.media_id}")
-            await ctx.ari.post(f"channels/{self.announcer_id}/dial", timeout=int(JOIN_TIMEOUT))
-            peers = await asyncio.wait_for(self._joined, JOIN_TIMEOUT)
-        except AriNotFound as exc:
-            raise SetupFailed(f"conference '{self.room}' went away during setup ({exc.message})") from None
-        except AriError as exc:
-            raise SetupFailed(f"Asterisk refused the session setup: {exc}") from None
-        except TimeoutError:
-            raise SetupFailed(f"speakd's announcer did not join conference '{self.room}' within 5 s") from None
+                await self._bridge_with_media(ctx, self.announcer_id, announcer())
+                await ctx.ari.post(f"channels/{self.announcer_id}/dial", timeout=int(JOIN_TIMEOUT))
+                peers = await asyncio.wait_for(self._joined, JOIN_TIMEOUT)
         finally:
             ctx.waiters.discard("StasisStart", self.announcer_id)
         if not peers:
             # The room emptied between validation and the join: the announcer made a new one.
-            raise SetupFailed(f"conference '{self.room}' ended before speakd joined it")
+            raise SetupFailed(f"{conference} ended before speakd joined it")
         assert self.transport is not None
         return self.transport
 
     async def detach(self, ctx: AttachContext) -> None:
-        await asyncio.gather(
-            cleanup_call(ctx.ari.delete(f"bridges/{self.bridge_id}"), "bridge"),
-            hang_up_and_wait(ctx, self.announcer_id, "announcer channel"),
-            hang_up_and_wait(ctx, self.member_id, "announcer channel (room side)"),
-            hang_up_and_wait(ctx, self.media_id, "media channel"),
+        await self._remove_bridged(
+            ctx, {self.announcer_id: "announcer channel", self.member_id: "announcer channel (room side)"}
         )
-        if self._subscribed:
-            self._subscribed = False
-            with contextlib.suppress(AriError):
-                await ctx.ari.delete(f"applications/{ctx.app}/subscription", eventSource=f"channel:{self.member_id}")
 
 
 async def find_confbridge_room(ari: AriClient, room: str) -> dict[str, Any] | None:
@@ -298,26 +269,26 @@ class ConferenceTarget(Target):
                 bridge = await ari.get(f"bridges/{self.reference_id}")
             except AriNotFound:
                 bridge = None
-            if bridge is not None:
-                if bridge.get("bridge_class") == "stasis":
-                    target: BridgeConferenceTarget | ConfBridgeTarget = BridgeConferenceTarget(*args)
-                elif bridge.get("creator") == CONFBRIDGE_CREATOR and bridge.get("name"):
-                    target = ConfBridgeTarget(*args, room=bridge["name"])
-                else:
+            if bridge is None:
+                bridge = await find_confbridge_room(ari, self.reference_id)
+                if bridge is None:
                     raise InvalidRequest(
-                        f"bridge '{self.reference_id}' is not a conference: neither an ARI (Stasis) bridge nor a "
-                        "ConfBridge room; to speak into a call use reference_type 'call'"
+                        f"no conference '{self.reference_id}': no ConfBridge room of that name is live"
                     )
-                target.check(bridge)
+                target: BridgeConferenceTarget | ConfBridgeTarget = ConfBridgeTarget(*args, room=self.reference_id)
+            elif bridge.get("bridge_class") == "stasis":
+                target = BridgeConferenceTarget(*args)
+            elif bridge.get("creator") == CONFBRIDGE_CREATOR and bridge.get("name"):
+                target = ConfBridgeTarget(*args, room=bridge["name"])
             else:
-                target = ConfBridgeTarget(*args, room=self.reference_id)
-                await target.validate(ari, customer_id, owner_variable)
-            # The owner variable of the call legs, applied to the conference's participants.
-            await check_participants_owned(
-                ari, target.participants, owner_variable, customer_id, f"conference '{self.reference_id}'"
-            )
+                raise InvalidRequest(
+                    f"bridge '{self.reference_id}' is not a conference: neither an ARI (Stasis) bridge nor a "
+                    "ConfBridge room; to speak into a call use reference_type 'call'"
+                )
+            target.check(bridge)
+            await target.validate(ari, customer_id, owner_variable)
         except AriUnavailable as exc:
-            raise _unreachable(exc) from None
+            raise unreachable(exc) from None
         except AriNotFound:
             raise InvalidRequest(f"no conference '{self.reference_id}'") from None
         self.resolved = target

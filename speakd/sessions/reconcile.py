@@ -16,7 +16,7 @@ import structlog
 from speakd.ari.errors import AriError
 from speakd.events import StopReason
 from speakd.sessions.live import LiveSessions, SessionState
-from speakd.sessions.targets import AttachContext, hang_up_and_wait, is_own_object
+from speakd.sessions.targets import AttachContext, cleanup_call, hang_up_and_wait, is_own_object
 from speakd.store.records import Speaking, Status, now_stamp
 from speakd.store.sqlite import SqliteStore
 
@@ -52,12 +52,8 @@ async def reconcile(ctx: AttachContext, sessions: LiveSessions, stop_soon: StopS
     for kind, object_id in orphans:
         if kind == "channels":
             await hang_up_and_wait(ctx, object_id, "orphan channel")
-        else:
-            try:
-                await ari.delete(f"{kind}/{object_id}")
-            except AriError as exc:
-                log.warning("orphan_remove_failed", kind=kind, id=object_id, error=str(exc))
-                continue
+        elif not await cleanup_call(ari.delete(f"{kind}/{object_id}"), f"orphan bridge {object_id}"):
+            continue
         log.info("orphan_removed", kind=kind, id=object_id)
 
 

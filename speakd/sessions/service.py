@@ -39,7 +39,7 @@ from speakd.sessions.reconcile import reconcile, stop_stale_sessions
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.sessions.session import Session
 from speakd.sessions.stream import Send, SpeakingStream
-from speakd.sessions.targets import AttachContext, CallTarget, SetupFailed, Target, channel_owner
+from speakd.sessions.targets import AttachContext, CallTarget, SetupFailed, Target, channel_owner, unreachable
 from speakd.store.health import StoreCheck
 from speakd.store.records import NOT_YET, Speaking, Status, now_stamp
 from speakd.store.sqlite import SqliteStore
@@ -266,7 +266,7 @@ class SpeakingService:
         try:
             owner = await channel_owner(self.ari, channel_id, self.owner_variable)
         except AriError as exc:
-            raise ServiceUnavailable(f"Asterisk is not reachable: {exc.message}") from None
+            raise unreachable(exc) from None
         return owner or fallback
 
     async def customer_of_channel(self, channel_id: str, fallback: str, fallback_setting: str) -> str:

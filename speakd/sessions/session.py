@@ -330,7 +330,7 @@ class Session:
         if released:  # the say ends (played, or failed after what it had) when playout gets there
             self.playout.boundary(generation, lambda at: self._say_ended(item, at))
         else:  # no audio at all
-            self._finish(item, SayStatus.FAILED if item.error else SayStatus.PLAYED, stamp_of(time.time()))
+            self._ran_its_course(item, stamp_of(time.time()))
 
     # -- played positions (called when playout reaches a say's boundaries) -------------------
 
@@ -345,10 +345,14 @@ class Session:
         item.tm_play_end = stamp_of(at)
         item.played_ms = item.synthesized_ms
         item.heard_chars = item.chars_heard_by(item.played_ms)
-        self._finish(item, SayStatus.FAILED if item.error else SayStatus.PLAYED, item.tm_play_end)
+        self._ran_its_course(item, item.tm_play_end)
         # A failed say's partial audio has played out: not "say_played" (it was not).
         event = "say_failed_played_out" if item.error else "say_played"
         self.log.info(event, say_id=item.say_id, duration_ms=item.played_ms)
+
+    def _ran_its_course(self, item: SayItem, at: str) -> None:
+        """A say not cut: failed if its synthesis failed, else played."""
+        self._finish(item, SayStatus.FAILED if item.error else SayStatus.PLAYED, at)
 
     def _finish(self, item: SayItem, status: SayStatus, at: str) -> None:
         item.status = status

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
@@ -36,7 +35,7 @@ from speakd.parsing import load_json_object
 from speakd.providers.base import TextStream
 from speakd.sessions.chunker import TextChunker
 from speakd.sessions.says import SayItem, SayStatus
-from speakd.store.records import TIME_FORMAT, stamp_of
+from speakd.store.records import seconds_of, stamp_of
 
 log = structlog.get_logger(__name__)
 
@@ -143,7 +142,7 @@ class SpeakingStream:
         elif kind == "reset":
             dropped = self._chunker.reset()
             self._cut()  # every say queued or playing reads interrupted now, with what was heard
-            heard = " ".join(item.heard_text for item in self._since_reset if item.heard_text)
+            heard = heard_text(self._since_reset)
             self._since_reset = []
             self.log.info("stream_reset", dropped_chars=len(dropped), heard_chars=len(heard))
             await self._send({"type": "reset_complete", "nonce": message.get("nonce"), "heard_text": heard})
@@ -217,8 +216,7 @@ class SpeakingStream:
         while True:
             while done == len(self._says):
                 if self._finishing:
-                    heard = " ".join(item.heard_text for item in self._says if item.heard_text)
-                    await self._send({"type": "played", "heard_text": heard})
+                    await self._send({"type": "played", "heard_text": heard_text(self._says)})
                     return
                 self._said.clear()
                 await self._said.wait()
@@ -228,10 +226,15 @@ class SpeakingStream:
                 await self._send(timestamps_message(item))
 
 
+def heard_text(says: Iterable[SayItem]) -> str:
+    """What the caller heard of ``says``, in order."""
+    return " ".join(item.heard_text for item in says if item.heard_text)
+
+
 def timestamps_message(item: SayItem) -> dict[str, Any]:
     """The words of a played (or cut) say with their start and duration on the call's timeline
     (UTC, the spec's format), as far as they were heard."""
-    start = dt.datetime.strptime(item.tm_play_start, TIME_FORMAT).replace(tzinfo=dt.UTC).timestamp()
+    start = seconds_of(item.tm_play_start)
     words = [
         {
             "word": word,

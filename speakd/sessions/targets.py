@@ -1,7 +1,7 @@
 """Audio targets: what a session attaches to, and the Asterisk objects it makes to do so.
 
 A target validates its reference (before any record is written), attaches (creates its
-Asterisk objects and returns where to send RTP), and detaches (removes every object it
+Asterisk objects and returns the media transport open into them), and detaches (removes every object it
 made, whatever state setup reached). Every object id starts with ``<app>-<session id>`` so a
 daemon restarted after a crash finds leftovers without any record of them.
 
@@ -14,6 +14,7 @@ import abc
 import asyncio
 import contextlib
 import re
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,24 @@ class AttachContext:
     media: MediaPaths
 
 
+def unreachable(exc: AriError) -> ServiceUnavailable:
+    return ServiceUnavailable(f"Asterisk is not reachable: {exc.message}")
+
+
+@contextlib.contextmanager
+def setup_errors(what: str, stalled: str, timeout: float) -> Iterator[None]:
+    """Setup failures as SetupFailed: ``what`` (e.g. "call 'x'") went away, Asterisk refused, or
+    ``stalled`` (what did not happen) within ``timeout`` seconds."""
+    try:
+        yield
+    except AriNotFound as exc:
+        raise SetupFailed(f"{what} went away during setup ({exc.message})") from None
+    except AriError as exc:
+        raise SetupFailed(f"Asterisk refused the session setup: {exc}") from None
+    except TimeoutError:
+        raise SetupFailed(f"{stalled} within {timeout:g} s") from None
+
+
 def object_prefix(app: str, session_id: str) -> str:
     return f"{app}-{session_id}"
 
@@ -69,8 +88,12 @@ class Target(abc.ABC):
         self.direction = direction
         self.session_id = session_id
         self.prefix = object_prefix(app, session_id)
+        # The ids of the objects a target makes (not every target makes a bridge).
+        self.media_id = f"{self.prefix}-media"
+        self.bridge_id = f"{self.prefix}-bridge"
         # Opened by attach(); the owner closes it (release_media) whatever setup reached.
         self.transport: MediaTransport | None = None
+        self._subscription: str | None = None  # the event source subscribed to, until detach
 
     # Why the session stops when a watched object ends (a call hangs up; a conference ends).
     ended_reason = StopReason.HANGUP
@@ -114,6 +137,34 @@ class Target(abc.ABC):
     async def reconcile(self, ari: AriClient) -> str | None:
         """On an ARI reconnect (events may have been missed): a reason to end the session, or None."""
         return None
+
+    async def _subscribe(self, ctx: AttachContext, source: str) -> None:
+        """Receive the events of an object outside our app (``channel:<id>``/``bridge:<id>``)."""
+        await ctx.ari.post(f"applications/{ctx.app}/subscription", eventSource=source)
+        self._subscription = source
+
+    async def _unsubscribe(self, ctx: AttachContext) -> None:
+        source, self._subscription = self._subscription, None
+        if source is not None:
+            with contextlib.suppress(AriError):
+                await ctx.ari.delete(f"applications/{ctx.app}/subscription", eventSource=source)
+
+    async def _bridge_with_media(self, ctx: AttachContext, channel_id: str, make_channel: Awaitable[None]) -> None:
+        """Our mixing bridge joining ``channel_id`` (made by ``make_channel``) and the
+        ExternalMedia channel, all three made at once."""
+        bridge = ctx.ari.post("bridges", type="mixing", bridgeId=self.bridge_id, name=self.prefix)
+        await all_of(make_channel, create_external_media(ctx, self, self.media_id), bridge)
+        await ctx.ari.post(f"bridges/{self.bridge_id}/addChannel", channel=f"{channel_id},{self.media_id}")
+
+    async def _remove_bridged(self, ctx: AttachContext, channels: dict[str, str]) -> None:
+        """Undo :meth:`_bridge_with_media` (``channels``: id -> what, besides the media channel)
+        and any subscription."""
+        await asyncio.gather(
+            cleanup_call(ctx.ari.delete(f"bridges/{self.bridge_id}"), "bridge"),
+            *(hang_up_and_wait(ctx, channel_id, what) for channel_id, what in channels.items()),
+            hang_up_and_wait(ctx, self.media_id, "media channel"),
+        )
+        await self._unsubscribe(ctx)
 
 
 async def all_of(*steps: Any) -> None:
@@ -214,9 +265,6 @@ class CallTarget(Target):
     def __init__(self, reference_id: str, direction: str, session_id: str, app: str) -> None:
         super().__init__(reference_id, direction, session_id, app)
         self.snoop_id = f"{self.prefix}-snoop"
-        self.media_id = f"{self.prefix}-media"
-        self.bridge_id = f"{self.prefix}-bridge"
-        self._subscribed = False
 
     @property
     def watched_ids(self) -> set[str]:
@@ -231,7 +279,7 @@ class CallTarget(Target):
                 f"reference_id '{self.reference_id}' is not a live call: Asterisk has no channel with that id"
             ) from None
         except AriUnavailable as exc:
-            raise ServiceUnavailable(f"Asterisk is not reachable: {exc.message}") from None
+            raise unreachable(exc) from None
         if owner and owner != customer_id:
             # Another customer's call: indistinguishable from a call that does not exist.
             raise NotFound(f"reference_id '{self.reference_id}' is not a call of this customer")
@@ -242,47 +290,31 @@ class CallTarget(Target):
             )
 
     async def attach(self, ctx: AttachContext) -> MediaTransport:
-        app = ctx.app
         # Events for the call leg (hangup) come only if we subscribe: it is not in our app.
-        await ctx.ari.post(f"applications/{app}/subscription", eventSource=f"channel:{self.reference_id}")
-        self._subscribed = True
+        await self._subscribe(ctx, f"channel:{self.reference_id}")
         snoop_entered = ctx.waiters.expect("StasisStart", self.snoop_id)
         try:
+            with setup_errors(
+                f"call '{self.reference_id}'",
+                "Asterisk did not hand the snoop/media channel to speakd",
+                STASIS_TIMEOUT,
+            ):
 
-            async def snoop() -> None:
-                await ctx.ari.post(
-                    f"channels/{self.reference_id}/snoop",
-                    app=app,
-                    snoopId=self.snoop_id,
-                    whisper=self.direction,
-                    spy="none",
-                )
-                await asyncio.wait_for(snoop_entered, STASIS_TIMEOUT)
+                async def snoop() -> None:
+                    await ctx.ari.post(
+                        f"channels/{self.reference_id}/snoop",
+                        app=ctx.app,
+                        snoopId=self.snoop_id,
+                        whisper=self.direction,
+                        spy="none",
+                    )
+                    await asyncio.wait_for(snoop_entered, STASIS_TIMEOUT)
 
-            bridge = ctx.ari.post("bridges", type="mixing", bridgeId=self.bridge_id, name=self.prefix)
-            await all_of(snoop(), create_external_media(ctx, self, self.media_id), bridge)
-        except AriNotFound as exc:
-            raise SetupFailed(f"call '{self.reference_id}' went away during setup ({exc.message})") from None
-        except AriError as exc:
-            raise SetupFailed(f"Asterisk refused the session setup: {exc}") from None
-        except TimeoutError:
-            raise SetupFailed("Asterisk did not hand the snoop/media channel to speakd within 5 s") from None
+                await self._bridge_with_media(ctx, self.snoop_id, snoop())
         finally:
             ctx.waiters.discard("StasisStart", self.snoop_id)
-        try:
-            await ctx.ari.post(f"bridges/{self.bridge_id}/addChannel", channel=f"{self.snoop_id},{self.media_id}")
-        except AriError as exc:
-            raise SetupFailed(f"could not bridge the snoop and media channels: {exc}") from None
         assert self.transport is not None
         return self.transport
 
     async def detach(self, ctx: AttachContext) -> None:
-        await asyncio.gather(
-            cleanup_call(ctx.ari.delete(f"bridges/{self.bridge_id}"), "bridge"),
-            hang_up_and_wait(ctx, self.snoop_id, "snoop channel"),
-            hang_up_and_wait(ctx, self.media_id, "media channel"),
-        )
-        if self._subscribed:
-            self._subscribed = False
-            with contextlib.suppress(AriError):
-                await ctx.ari.delete(f"applications/{ctx.app}/subscription", eventSource=f"channel:{self.reference_id}")
+        await self._remove_bridged(ctx, {self.snoop_id: "snoop channel"})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -43,6 +44,11 @@ def stamp_of(wall_time: float) -> str:
     return dt.datetime.fromtimestamp(wall_time, dt.UTC).strftime(TIME_FORMAT)
 
 
+def seconds_of(stamp: str) -> float:
+    """A time in the spec's format (UTC) as unix seconds: the inverse of :func:`stamp_of`."""
+    return dt.datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=dt.UTC).timestamp()
+
+
 _last_stamp = ""
 
 
@@ -52,10 +58,9 @@ def now_stamp() -> str:
     Strictly increasing so that ``tm_create`` can serve as a pagination cursor.
     """
     global _last_stamp
-    stamp = dt.datetime.now(dt.UTC).strftime(TIME_FORMAT)
+    stamp = stamp_of(time.time())
     if stamp <= _last_stamp:
-        last = dt.datetime.strptime(_last_stamp, TIME_FORMAT)
-        stamp = (last + dt.timedelta(microseconds=1)).strftime(TIME_FORMAT)
+        stamp = stamp_of(seconds_of(_last_stamp) + 1e-6)  # 1 µs on: exact, a float resolves finer
     _last_stamp = stamp
     return stamp
 

@@ -3,7 +3,7 @@
 Every write is committed before the call returns, so the API never answers about a record
 that a crash could lose. WAL with synchronous=NORMAL survives a killed process (only a power
 cut can lose the last commits). Queries run on one dedicated thread so a slow disk never
-stalls the event loop, and with it the pacer.
+stalls the event loop (the sessions, the API, webhook delivery).
 
 A store that cannot be written (its disk full, its file system read-only, an I/O error) raises
 :class:`StoreUnwritable`, a 503 at the API: a request that needs a write is refused, nothing
@@ -124,6 +124,39 @@ SAY_FIELDS = (
 
 # Written when the say is queued, never after.
 _SAY_SET_ONCE = ("say_id", "speaking_id", "text", "payload_type", "client_state", "command_id", "tm_queued")
+_SPEAKING_COLS = tuple(f for f in FIELDS if f != "id")  # what an update writes
+_SAY_COLS = tuple(f for f in SAY_FIELDS if f not in _SAY_SET_ONCE)
+
+
+def _insert_sql(table: str, fields: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})"
+
+
+def _update_sql(table: str, fields: tuple[str, ...], key: str) -> str:
+    return f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in fields)} WHERE {key} = ?"
+
+
+_INSERT_SPEAKING = _insert_sql("speakings", FIELDS)
+_INSERT_SAY = _insert_sql("says", SAY_FIELDS)
+_INSERT_OUTBOX = _insert_sql("webhook_outbox", OUTBOX_FIELDS)
+_UPDATE_SPEAKING = _update_sql("speakings", _SPEAKING_COLS, "id")
+_UPDATE_SAY = _update_sql("says", _SAY_COLS, "say_id")
+_SELECT_OUTBOX = f"SELECT seq, {', '.join(OUTBOX_FIELDS)} FROM webhook_outbox"
+
+
+def _update_speaking_args(row: dict[str, Any]) -> tuple:
+    return (*(row[c] for c in _SPEAKING_COLS), row["id"])
+
+
+def _update_say_args(row: dict[str, Any]) -> tuple:
+    return (*(row[c] for c in _SAY_COLS), row["say_id"])
+
+
+def _overlay(pending: dict[str, dict[str, Any]], key: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as read, each replaced by its newer state still kept in memory (see update_later)."""
+    return [pending.get(row[key], row) for row in rows]
+
+
 # Columns added after a table was first created: (table, column, definition).
 _ADDED_COLUMNS = (
     ("says", "client_state", "TEXT NOT NULL DEFAULT ''"),
@@ -219,23 +252,17 @@ class SqliteStore:
 
     async def insert(self, record: Speaking) -> None:
         row = record.to_dict()
-        sql = f"INSERT INTO speakings ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
-        await self._run(self.db.execute, sql, tuple(row[f] for f in FIELDS))
+        await self._run(self.db.execute, _INSERT_SPEAKING, tuple(row[f] for f in FIELDS))
 
     async def update(self, record: Speaking) -> None:
         row = record.to_dict()
-        cols = [f for f in FIELDS if f != "id"]
-        sql = f"UPDATE speakings SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?"
-        await self._superseding(self._pending_speakings, record.id, sql, (*(row[c] for c in cols), record.id))
+        await self._superseding(self._pending_speakings, record.id, _UPDATE_SPEAKING, _update_speaking_args(row))
 
     async def insert_say(self, row: dict[str, Any]) -> None:
-        sql = f"INSERT INTO says ({', '.join(SAY_FIELDS)}) VALUES ({', '.join('?' * len(SAY_FIELDS))})"
-        await self._run(self.db.execute, sql, tuple(row[f] for f in SAY_FIELDS))
+        await self._run(self.db.execute, _INSERT_SAY, tuple(row[f] for f in SAY_FIELDS))
 
     async def update_say(self, row: dict[str, Any]) -> None:
-        cols = [f for f in SAY_FIELDS if f not in _SAY_SET_ONCE]
-        sql = f"UPDATE says SET {', '.join(f'{c} = ?' for c in cols)} WHERE say_id = ?"
-        await self._superseding(self._pending_says, row["say_id"], sql, (*(row[c] for c in cols), row["say_id"]))
+        await self._superseding(self._pending_says, row["say_id"], _UPDATE_SAY, _update_say_args(row))
 
     async def _superseding(self, pending: dict[str, dict[str, Any]], key: str, sql: str, args: tuple) -> None:
         """A direct write of a row that may be kept for later: the kept (older) state must not
@@ -292,17 +319,11 @@ class SqliteStore:
     async def _write_pending(self) -> None:
         """Write every kept row in one transaction; a row replaced meanwhile stays kept."""
         speakings, says = dict(self._pending_speakings), dict(self._pending_says)
-        cols = [f for f in FIELDS if f != "id"]
-        speaking_sql = f"UPDATE speakings SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?"
-        say_cols = [f for f in SAY_FIELDS if f not in _SAY_SET_ONCE]
-        say_sql = f"UPDATE says SET {', '.join(f'{c} = ?' for c in say_cols)} WHERE say_id = ?"
 
         def run() -> None:
             with self._transaction():
-                for speaking_id, row in speakings.items():
-                    self.db.execute(speaking_sql, (*(row[c] for c in cols), speaking_id))
-                for say_id, row in says.items():
-                    self.db.execute(say_sql, (*(row[c] for c in say_cols), say_id))
+                self.db.executemany(_UPDATE_SPEAKING, [_update_speaking_args(row) for row in speakings.values()])
+                self.db.executemany(_UPDATE_SAY, [_update_say_args(row) for row in says.values()])
 
         await self._run(run)
         for pending, written in ((self._pending_speakings, speakings), (self._pending_says, says)):
@@ -314,7 +335,7 @@ class SqliteStore:
         """Mark every session a previous run left initiating/active as stopped; return them."""
 
         def run() -> list[Speaking]:
-            with self.db:  # one transaction
+            with self._transaction():
                 rows = self.db.execute(
                     "SELECT * FROM speakings WHERE status IN (?, ?)", (Status.INITIATING, Status.ACTIVE)
                 ).fetchall()
@@ -350,10 +371,11 @@ class SqliteStore:
         """Queue deliveries (one transaction, in order); return their ``seq``s."""
 
         def run() -> list[int]:
-            columns, marks = ", ".join(OUTBOX_FIELDS), ", ".join("?" * len(OUTBOX_FIELDS))
-            sql = f"INSERT INTO webhook_outbox ({columns}) VALUES ({marks})"
             with self._transaction():
-                return [int(self.db.execute(sql, tuple(row[f] for f in OUTBOX_FIELDS)).lastrowid or 0) for row in rows]
+                return [
+                    int(self.db.execute(_INSERT_OUTBOX, tuple(row[f] for f in OUTBOX_FIELDS)).lastrowid or 0)
+                    for row in rows
+                ]
 
         return await self._run(run)
 
@@ -361,8 +383,7 @@ class SqliteStore:
         """Every delivery still waiting, oldest first (with its ``seq``)."""
 
         def run() -> list[dict[str, Any]]:
-            sql = f"SELECT seq, {', '.join(OUTBOX_FIELDS)} FROM webhook_outbox ORDER BY seq"
-            return [dict(r) for r in self.db.execute(sql).fetchall()]
+            return [dict(r) for r in self.db.execute(f"{_SELECT_OUTBOX} ORDER BY seq").fetchall()]
 
         return await self._run(run)
 
@@ -370,9 +391,7 @@ class SqliteStore:
         """The customer's oldest waiting delivery."""
 
         def run() -> dict[str, Any] | None:
-            sql = (
-                f"SELECT seq, {', '.join(OUTBOX_FIELDS)} FROM webhook_outbox WHERE customer_id = ? ORDER BY seq LIMIT 1"
-            )
+            sql = f"{_SELECT_OUTBOX} WHERE customer_id = ? ORDER BY seq LIMIT 1"
             row = self.db.execute(sql, (customer_id,)).fetchone()
             return dict(row) if row else None
 
@@ -382,10 +401,7 @@ class SqliteStore:
         """The customer's waiting deliveries queued before ``created_before``, oldest first."""
 
         def run() -> list[dict[str, Any]]:
-            sql = (
-                f"SELECT seq, {', '.join(OUTBOX_FIELDS)} FROM webhook_outbox "
-                "WHERE customer_id = ? AND created < ? ORDER BY seq"
-            )
+            sql = f"{_SELECT_OUTBOX} WHERE customer_id = ? AND created < ? ORDER BY seq"
             return [dict(r) for r in self.db.execute(sql, (customer_id, created_before)).fetchall()]
 
         return await self._run(run)
@@ -405,13 +421,11 @@ class SqliteStore:
     # -- reads ------------------------------------------------------------------------------
 
     async def get(self, speaking_id: str) -> Speaking | None:
-        def run() -> Speaking | None:
-            row = self.db.execute("SELECT * FROM speakings WHERE id = ?", (speaking_id,)).fetchone()
-            return Speaking(**dict(row)) if row else None
+        def run() -> list[dict[str, Any]]:
+            return [dict(r) for r in self.db.execute("SELECT * FROM speakings WHERE id = ?", (speaking_id,))]
 
-        if speaking_id in self._pending_speakings:
-            return Speaking(**self._pending_speakings[speaking_id])
-        return await self._run(run)
+        rows = _overlay(self._pending_speakings, "id", await self._run(run))
+        return Speaking(**rows[0]) if rows else None
 
     async def list_says(self, speaking_id: str) -> list[dict[str, Any]]:
         """A session's says, oldest first."""
@@ -420,13 +434,12 @@ class SqliteStore:
             sql = f"SELECT {', '.join(SAY_FIELDS)} FROM says WHERE speaking_id = ? ORDER BY seq"
             return [dict(r) for r in self.db.execute(sql, (speaking_id,)).fetchall()]
 
-        rows = await self._run(run)
-        return [self._pending_says.get(row["say_id"], row) for row in rows]
+        return _overlay(self._pending_says, "say_id", await self._run(run))
 
     async def list(self, customer_id: str, page_size: int, before: str | None) -> list[Speaking]:
         """Newest first; ``before`` is the tm_create cursor of the previous page. Deleted ones left out."""
 
-        def run() -> list[Speaking]:
+        def run() -> list[dict[str, Any]]:
             sql = "SELECT * FROM speakings WHERE customer_id = ? AND tm_delete = ?"
             args: list[Any] = [customer_id, NOT_YET]
             if before:
@@ -434,7 +447,6 @@ class SqliteStore:
                 args.append(before)
             sql += " ORDER BY tm_create DESC LIMIT ?"
             args.append(page_size)
-            return [Speaking(**dict(r)) for r in self.db.execute(sql, args).fetchall()]
+            return [dict(r) for r in self.db.execute(sql, args).fetchall()]
 
-        records = await self._run(run)
-        return [Speaking(**self._pending_speakings[r.id]) if r.id in self._pending_speakings else r for r in records]
+        return [Speaking(**row) for row in _overlay(self._pending_speakings, "id", await self._run(run))]
