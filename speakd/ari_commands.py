@@ -27,7 +27,6 @@ task owned here: a command awaits ARI itself, which the events reader must never
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +43,7 @@ from speakd.errors import (
 )
 from speakd.sessions.requests import SAY_FIELDS, SESSION_OPTIONS, call_create_request, say_request
 from speakd.sessions.service import SHUTTING_DOWN, CallVerb, SpeakingService
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -103,10 +103,7 @@ class AriCommands:
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

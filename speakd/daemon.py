@@ -44,6 +44,7 @@ from speakd.sessions.media import MediaPaths
 from speakd.sessions.service import SpeakingService
 from speakd.store.sqlite import SqliteStore
 from speakd.systemd_notify import ServiceNotifier
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -243,7 +244,5 @@ async def run(
             await hub.aclose()
             await runner.shutdown()
             await runner.cleanup()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
         log.info("speakd_stopped")

@@ -27,6 +27,7 @@ from speakd.config import Config, ConfigError, load_config
 from speakd.logging import set_log_level
 from speakd.providers import MODULES, RESTART_ONLY, ProviderRegistry
 from speakd.systemd_notify import ServiceNotifier
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -150,7 +151,5 @@ class ConfigReloader:
         return True
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

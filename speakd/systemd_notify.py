@@ -23,6 +23,8 @@ from collections.abc import Callable, MutableMapping
 
 import structlog
 
+from speakd.tasks import cancel_and_wait
+
 log = structlog.get_logger(__name__)
 
 # How often the status line is re-read: STATUS lags a change by at most this.
@@ -173,10 +175,8 @@ class ServiceNotifier:
             await asyncio.sleep(max(0.0, wake - loop.time()))
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._notify is not None:
             self._notify.close()
             self._notify = None

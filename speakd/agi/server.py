@@ -24,6 +24,7 @@ from speakd.agi.protocol import (
     EnvironmentParser,
     ResponseParser,
 )
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -86,10 +87,7 @@ class AgiConnection:
                 hangup.result()  # raises ConnectionClosed if that is what ended the wait
             return None
         finally:
-            for task in (fut, hangup):
-                if task is not None and not task.done():
-                    task.cancel()
-            await asyncio.gather(*(t for t in (fut, hangup) if t is not None), return_exceptions=True)
+            await cancel_and_wait(fut, hangup)
 
     async def _wait_hangup(self) -> None:
         while True:
@@ -166,10 +164,7 @@ class AgiServer:
         self.stop_listening()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
-        tasks = set(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):

@@ -25,6 +25,7 @@ from speakd.api.schemas import json_object, websocket_response
 from speakd.errors import InvalidRequest, either
 from speakd.events.model import Event, customer_of_topic
 from speakd.sessions.stream import error_message
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -114,9 +115,7 @@ async def serve(request: web.Request, hub: EventHub, customer_id: str) -> web.We
                     continue
                 await ws.send_json(_handle(subscriber, message.data))
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+            await cancel_and_wait(sender)
     return ws
 
 

@@ -6,7 +6,6 @@ socket closes; the session itself is untouched by anything a client sends wrong.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import structlog
@@ -17,6 +16,7 @@ from speakd.errors import SpeakdError
 from speakd.sessions.chunker import TextChunker
 from speakd.sessions.service import SpeakingService
 from speakd.sessions.stream import StreamProtocolError, error_message
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -47,9 +47,7 @@ async def serve(
             await close()
             await writer
         finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            await cancel_and_wait(writer)
             if not ws.closed:
                 await ws.close()
     finally:

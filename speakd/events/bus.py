@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 import structlog
 
 from speakd.events.model import Event
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +69,5 @@ async def drain_and_stop(queue: asyncio.Queue[T], task: asyncio.Task[None], with
             await queue.join()
     except TimeoutError:
         drained = False
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
     return drained

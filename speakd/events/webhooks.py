@@ -45,6 +45,7 @@ from speakd.config import WebhooksConfig, WebhookTarget
 from speakd.events.bus import drain_and_stop, next_batch
 from speakd.events.model import Event
 from speakd.store.sqlite import SqliteStore
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -228,9 +229,7 @@ class WebhookSink:
                     self._settling.clear()
                     await self._settling.wait()
         tasks = [c.task for c in self._customers.values() if c.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         if self._http is not None:
             await self._http.close()
             self._http = None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from speakd.media.codec import FRAME_MS, FRAME_SAMPLES
 from speakd.media.transport import MediaTransport
+from speakd.tasks import cancel_and_wait
 
 BYTES_PER_MS = FRAME_SAMPLES // FRAME_MS  # G.711 at 8 kHz: 8 bytes per ms
 
@@ -87,11 +88,8 @@ class Playout:
         self._feeder = asyncio.create_task(self._feed(), name="speakd-playout")
 
     async def aclose(self) -> None:
-        if self._feeder is not None:
-            self._feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._feeder
-            self._feeder = None
+        await cancel_and_wait(self._feeder)
+        self._feeder = None
 
     # -- synthesis side ---------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ import structlog
 from speakd.media import pacer_protocol as proto
 from speakd.media.rtp_pacer import FRAME_BYTES, MAX_CUSHION
 from speakd.media.transport import MediaTransport, TransportError, TransportKind
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -173,10 +174,7 @@ class PacerProcess:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if writer is not None:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()

@@ -18,6 +18,7 @@ import structlog
 
 from speakd.media import control
 from speakd.media.transport import MediaTransport, TransportError, TransportKind
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -71,11 +72,7 @@ class WebSocketTransport(MediaTransport):
         self._has_outgoing.set()
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._ws is not None:
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):

@@ -43,6 +43,7 @@ from speakd.sessions.targets import AttachContext, CallTarget, SetupFailed, Targ
 from speakd.store.health import StoreCheck
 from speakd.store.records import NOT_YET, Speaking, Status, now_stamp
 from speakd.store.sqlite import SqliteStore
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -500,8 +501,7 @@ class SpeakingService:
             # object in Asterisk after our DELETE, leaving an orphan. Setup is bounded anyway.
             done, _ = await asyncio.wait({live.setup}, timeout=15)
             if not done:
-                live.setup.cancel()
-                await asyncio.gather(live.setup, return_exceptions=True)
+                await cancel_and_wait(live.setup)
         dropped = await session.close(reason)
         if live.stream is not None:
             await live.stream.end(f"speaking '{record.id}' stopped ({reason}); nothing more can be said on it")

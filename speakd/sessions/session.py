@@ -34,6 +34,7 @@ from speakd.media.transport import MediaTransport
 from speakd.providers.base import Provider, SynthesisRequest
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.store.records import Speaking, stamp_of
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -118,12 +119,7 @@ class Session:
         """Stop synthesis and playout; returns how many say items were dropped unplayed."""
         self.playout.on_flush_confirmed = None  # the media path goes next: a stop's silence is not a flush's
         dropped = self._interrupt_all(reason)
-        tasks = [task for task in (self._current, self._worker) if task is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._current, self._worker)
         self._current = self._worker = None
         await self.playout.aclose()
         if self._writer is not None:

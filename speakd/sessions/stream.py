@@ -36,6 +36,7 @@ from speakd.providers.base import TextStream
 from speakd.sessions.chunker import TextChunker
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.store.records import seconds_of, stamp_of
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -167,11 +168,7 @@ class SpeakingStream:
     async def aclose(self) -> None:
         """The client is gone: drop what is buffered; says already queued play on. The provider
         connection closes once they have (or the session ends)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         if self._chunker.buffered:
             self.log.info("stream_closed_with_text_buffered", chars=len(self._chunker.buffered))
         if self._text_stream is not None:

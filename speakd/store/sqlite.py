@@ -28,6 +28,7 @@ import structlog
 
 from speakd.errors import ServiceUnavailable
 from speakd.store.records import FIELDS, NOT_YET, Speaking, Status
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -187,10 +188,7 @@ class SqliteStore:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retry
+        await cancel_and_wait(self._retry)
         if self.pending_writes:
             try:
                 await self._write_pending()

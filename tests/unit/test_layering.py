@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, frozenset[str], bool], ...] = (
                 "parsing",
                 "provider_names",
                 "systemd_notify",
+                "tasks",
                 "urls",
             }
         ),
