@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from speakd.ari.events import event_object_ids
+from speakd.events import StopReason
 from speakd.sessions.live import LiveSession
 
 if TYPE_CHECKING:
@@ -62,7 +63,13 @@ class AriEventHandlers:
     def _end_watchers(self, event: dict[str, Any], why: str) -> None:
         """Stop the sessions watching an object the event says has ended."""
         for object_id, live in self._watchers(event):
-            self.service.stop_soon(live.id, live.target.ended_reason, f"{why} ({object_id})")
+            if object_id == live.target.media_id:
+                # speakd's own media channel, ended by someone else: its media path broke (the
+                # media connection closing makes Asterisk hang it up, maybe before speakd sees the
+                # close). A party's hangup ends the session through the call's channels instead.
+                self.service.stop_soon(live.id, StopReason.ERROR, f"media channel: {why} ({object_id})")
+            else:
+                self.service.stop_soon(live.id, live.target.ended_reason, f"{why} ({object_id})")
 
     def _watchers(self, event: dict[str, Any]) -> Iterator[tuple[str, LiveSession]]:
         """Each object the event is about that a live session watches, with that session."""

@@ -20,10 +20,14 @@ S = SessionState
 ALLOWED = {(S.INITIATING, S.ACTIVE), (S.INITIATING, S.STOPPING), (S.ACTIVE, S.STOPPING), (S.STOPPING, S.STOPPED)}
 
 
-def live_session(speaking_id: str = "sp-1", watched: tuple[str, ...] = ("call-1",)) -> LiveSession:
+def live_session(speaking_id: str = "sp-1", watched: tuple[str, ...] = ("call-1", "sp-1-media")) -> LiveSession:
     record = Speaking(speaking_id, "c1", "call", "call-1", "en-US", "piper", "", "out", "initiating", "t", "t")
     target = SimpleNamespace(
-        watched_ids=set(watched), conflict_key="call-1", ended_reason=StopReason.HANGUP, on_event=lambda event: None
+        watched_ids=set(watched),
+        media_id=f"{speaking_id}-media",
+        conflict_key="call-1",
+        ended_reason=StopReason.HANGUP,
+        on_event=lambda event: None,
     )
     return LiveSession(SimpleNamespace(record=record), target)  # type: ignore[arg-type]
 
@@ -94,6 +98,16 @@ async def test_handlers_end_the_watching_session_and_pass_user_events_on():
     event = {"type": "ChannelUserevent", "eventname": "speakd", "channel": {"id": "call-1"}}
     await table.on_event(event)
     assert user_events == [event]
+
+
+@pytest.mark.parametrize("event_type", ["ChannelHangupRequest", "StasisEnd", "ChannelDestroyed"])
+async def test_the_media_channel_ended_by_someone_else_is_a_media_error_not_a_hangup(event_type):
+    # Asterisk hangs up an ExternalMedia channel whose connection closed, and that event may come
+    # before speakd sees the close itself: the reason must not depend on which comes first.
+    table, stops, _ = handlers()
+    await table.on_event({"type": event_type, "channel": {"id": "sp-1-media"}})
+    assert [(speaking_id, reason) for speaking_id, reason, _ in stops] == [("sp-1", StopReason.ERROR)]
+    assert "media channel" in stops[0][2] and "sp-1-media" in stops[0][2]
 
 
 async def test_an_event_type_not_in_the_table_is_not_dispatched_by_name():
