@@ -10,10 +10,9 @@ import numpy as np
 import soxr
 
 from speakd.audio import TELEPHONY_RATE, AudioFormat, Codec
+from speakd.media.rtp import FRAME_SAMPLES
 
 SAMPLE_RATE = TELEPHONY_RATE
-FRAME_MS = 20
-FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 160 samples = 160 bytes of G.711
 PAYLOAD_TYPES: dict[str, int] = {"ulaw": 0, "alaw": 8}
 # The byte each codec uses for digital silence.
 SILENCE_BYTE: dict[str, int] = {"ulaw": 0xFF, "alaw": 0xD5}

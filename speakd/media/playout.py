@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from speakd.media.codec import FRAME_MS, FRAME_SAMPLES
+from speakd.media.rtp import FRAME_MS, FRAME_SAMPLES
 from speakd.media.transport import MediaTransport
 
 BYTES_PER_MS = FRAME_SAMPLES // FRAME_MS  # G.711 at 8 kHz: 8 bytes per ms

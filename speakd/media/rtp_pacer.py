@@ -39,11 +39,10 @@ import time
 from collections import deque
 
 from speakd.media import pacer_protocol as proto
-from speakd.media.rtp import RtpPacketizer
+from speakd.media.rtp import FRAME_MS, FRAME_SAMPLES, RtpPacketizer
 
-FRAME_BYTES = 160  # 20 ms of G.711 at 8 kHz (codec.FRAME_SAMPLES; not imported: it pulls numpy)
-FRAME_SAMPLES = 160
-FRAME_INTERVAL = 0.020
+FRAME_BYTES = FRAME_SAMPLES  # G.711: a byte a sample
+FRAME_INTERVAL = FRAME_MS / 1000
 SLOTS = 4
 SLOT_SAMPLES = FRAME_SAMPLES // SLOTS
 MAX_CUSHION = 2  # frames: 40 ms, half of softmix's 80 ms backlog limit

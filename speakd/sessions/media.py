@@ -16,8 +16,9 @@ import structlog
 
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError
-from speakd.media.codec import FRAME_SAMPLES, PAYLOAD_TYPES
+from speakd.media.codec import PAYLOAD_TYPES
 from speakd.media.pacer_protocol import Stats
+from speakd.media.rtp import FRAME_SAMPLES
 from speakd.media.rtp_transport import PacerProcess, RtpTransport
 from speakd.media.transport import MediaTransport, TransportError, TransportKind
 from speakd.media.websocket import WebSocketTransport

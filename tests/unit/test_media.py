@@ -13,8 +13,8 @@ import pytest
 
 from speakd.audio import AudioFormat, strip_wav_header
 from speakd.media import codec
-from speakd.media.codec import FRAME_SAMPLES, FrameEncoder
-from speakd.media.rtp import RtpPacketizer, parse_header
+from speakd.media.codec import FrameEncoder
+from speakd.media.rtp import FRAME_SAMPLES, RtpPacketizer, parse_header
 
 
 def test_g711_matches_the_reference_encoder_for_every_sample():
