@@ -48,6 +48,9 @@ SLOT_SAMPLES = FRAME_SAMPLES // SLOTS
 MAX_CUSHION = 2  # frames: 40 ms, half of softmix's 80 ms backlog limit
 STATS_EVERY = 50 * SLOTS  # sub-ticks: 1 s
 READ_CHUNK = 65536  # per wake-up: a large backlog of control data cannot hold up a deadline for long
+# Flow control (frames queued for one stream): XOFF above 18 s of audio, XON again below 16 s.
+XOFF_FRAMES = 900
+XON_FRAMES = 800
 
 
 class Stream:
@@ -76,8 +79,8 @@ class RtpPacer:
         control: socket.socket,
         *,
         cushion: int = 0,
-        xoff_frames: int = 900,
-        xon_frames: int = 800,
+        xoff_frames: int = XOFF_FRAMES,
+        xon_frames: int = XON_FRAMES,
         clock=time.monotonic,
     ) -> None:
         self.rtp = rtp
@@ -286,7 +289,14 @@ def set_realtime(priority: int) -> str:
 
 def _parse_args(argv: list[str]) -> dict[str, int]:
     # Not argparse: every import counts towards the pacer's start-up.
-    options = {"--rtp-fd": -1, "--control-fd": -1, "--priority": 0, "--cushion": 0, "--xoff": 900, "--xon": 800}
+    options = {
+        "--rtp-fd": -1,
+        "--control-fd": -1,
+        "--priority": 0,
+        "--cushion": 0,
+        "--xoff": XOFF_FRAMES,
+        "--xon": XON_FRAMES,
+    }
     it = iter(argv)
     for name in it:
         if name not in options:
