@@ -15,6 +15,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,16 @@ class AriConfig:
     operator_customer_id: str = ""
 
 
-MEDIA_TRANSPORTS = ("auto", "websocket", "rtp")
+class TransportKind(StrEnum):
+    """A media path into Asterisk (speakd.media implements each); defined here, below media,
+    because [media] transport names them."""
+
+    WEBSOCKET = "websocket"
+    RTP = "rtp"
+
+
+AUTO_TRANSPORT = "auto"  # [media] transport: pick a TransportKind on every ARI connect
+MEDIA_TRANSPORTS = (AUTO_TRANSPORT, *TransportKind)
 
 
 @dataclass
@@ -63,7 +73,7 @@ class MediaConfig:
     # websocket: Asterisk paces (chan_websocket, Asterisk 22.6+/21.11+/20.16+); rtp: speakd's
     # pacer process paces; auto: websocket where Asterisk has chan_websocket (checked on
     # every ARI connect), else rtp.
-    transport: str = "auto"
+    transport: str = AUTO_TRANSPORT
     codec: str = "ulaw"
     # Audio queued at the far end ahead of playout: rides out a daemon stall this long;
     # a flush throws away at most this much synthesis.

@@ -31,9 +31,10 @@ from collections.abc import Callable
 
 import structlog
 
+from speakd.config import TransportKind
 from speakd.media import pacer_protocol as proto
 from speakd.media.rtp_pacer import FRAME_BYTES, MAX_CUSHION, XOFF_FRAMES, XON_FRAMES
-from speakd.media.transport import MediaTransport, TransportError, TransportKind
+from speakd.media.transport import MediaTransport, TransportError
 
 log = structlog.get_logger(__name__)
 

@@ -16,12 +16,8 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Callable
-from enum import StrEnum
 
-
-class TransportKind(StrEnum):
-    WEBSOCKET = "websocket"
-    RTP = "rtp"
+from speakd.config import TransportKind
 
 
 class MediaTransport(abc.ABC):
