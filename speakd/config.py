@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from speakd.errors import either
-from speakd.logging import LOG_FORMATS, LOG_LEVELS
+from speakd.logging import LOG_FORMATS, log_level_number
 from speakd.parsing import parse_bool, parse_table
 from speakd.provider_names import PROVIDER_NAMES
 
@@ -232,8 +232,10 @@ class Config:
             )
         if self.agi.listen:
             self.agi.address()
-        if self.log.level.lower() not in LOG_LEVELS:
-            raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, not {self.log.level!r}")
+        try:
+            log_level_number(self.log.level)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.log.format not in LOG_FORMATS:
             raise ConfigError(f"log.format must be {either(LOG_FORMATS)}, not {self.log.format!r}")
         self.webhooks.validate()
