@@ -4,7 +4,7 @@ Sections and their keys are the dataclasses below. Provider sections (``[piper]`
 ``[elevenlabs]``, ``[gcp]``, ``[aws]``) are kept as plain tables and read by each provider's
 own module, so adding a provider key never touches this file. Environment values are
 parsed to the type of the key they replace (``true``/``1`` for bools, ``k=v,k2=v2`` for
-tables, ``a,b`` for lists).
+tables).
 """
 
 from __future__ import annotations
@@ -265,8 +265,6 @@ def _parse_env_value(raw: str, current: Any, where: str) -> Any:
             return parse_table(raw)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-    if isinstance(current, list):
-        return [p.strip() for p in raw.split(",") if p.strip()]
     return raw
 
 

@@ -1,6 +1,6 @@
 """A real Asterisk for development and tests: a Debian sid chroot beside the host.
 
-    python -m speakd.sandbox up|down|status|env|call
+    python -m speakd.sandbox up|down|status|env|crash|call
 
 Debian bookworm ships no Asterisk and installing sid packages on it would replace libc,
 so `up` builds a minimal sid root with debootstrap (cached outside the repo, keyed by the
