@@ -55,16 +55,3 @@ class RtpPacketizer:
         talkspurt (marker bit)."""
         self._talking = False
         self.timestamp = (self.timestamp + max(0, samples)) & 0xFFFFFFFF
-
-
-def parse_header(packet: bytes) -> dict[str, int]:
-    """Decode an RTP fixed header (for tests and diagnostics)."""
-    first, second, sequence, timestamp, ssrc = _HEADER.unpack_from(packet)
-    return {
-        "version": first >> 6,
-        "marker": second >> 7,
-        "payload_type": second & 0x7F,
-        "sequence": sequence,
-        "timestamp": timestamp,
-        "ssrc": ssrc,
-    }

@@ -15,9 +15,9 @@ import socket
 import time
 
 import pytest
+from harness.rtp import parse_header
 
 from speakd.media import pacer_protocol as proto
-from speakd.media.rtp import parse_header
 from speakd.media.rtp_pacer import SLOTS, RtpPacer
 from speakd.media.rtp_transport import PacerProcess, RtpTransport
 from speakd.media.transport import TransportError, TransportKind
