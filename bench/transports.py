@@ -80,8 +80,9 @@ from probe import Probe, probe_party  # noqa: E402
 
 from speakd.ari.client import AriClient  # noqa: E402
 from speakd.audio import AudioFormat  # noqa: E402
-from speakd.media.codec import FRAME_SAMPLES, FrameEncoder, encode  # noqa: E402
+from speakd.media.codec import FrameEncoder, encode  # noqa: E402
 from speakd.media.playout import Playout  # noqa: E402
+from speakd.media.rtp import FRAME_SAMPLES  # noqa: E402
 from speakd.media.rtp_transport import PacerProcess, RtpTransport  # noqa: E402
 from speakd.media.websocket import WebSocketTransport  # noqa: E402
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest  # noqa: E402

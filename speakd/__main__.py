@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run the daemon")
     run_p.add_argument("--config", "-c", help="TOML config file (SPEAKD_<SECTION>_<KEY> env vars override it)")
-    sub.add_parser("sandbox", help="manage the development Asterisk: up|down|status|env|call")
+    sub.add_parser("sandbox", help="manage the development Asterisk (speakd sandbox --help lists its commands)")
     check_p = sub.add_parser("check-config", help="load the config and print the effective values")
     check_p.add_argument("--config", "-c")
     args = parser.parse_args(argv)

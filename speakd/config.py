@@ -4,7 +4,7 @@ Sections and their keys are the dataclasses below. Provider sections (``[piper]`
 ``[elevenlabs]``, ``[gcp]``, ``[aws]``) are kept as plain tables and read by each provider's
 own module, so adding a provider key never touches this file. Environment values are
 parsed to the type of the key they replace (``true``/``1`` for bools, ``k=v,k2=v2`` for
-tables, ``a,b`` for lists).
+tables).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from speakd.audio import CODECS
 from speakd.errors import either, reject_unknown
-from speakd.logging import LOG_FORMATS, LOG_LEVELS
+from speakd.logging import LOG_FORMATS, log_level_number
 from speakd.parsing import parse_bool, parse_table
 from speakd.provider_names import PROVIDER_NAMES
 
@@ -56,7 +57,16 @@ class AriConfig:
     operator_customer_id: str = ""
 
 
-MEDIA_TRANSPORTS = ("auto", "websocket", "rtp")
+class TransportKind(StrEnum):
+    """A media path into Asterisk (speakd.media implements each); defined here, below media,
+    because [media] transport names them."""
+
+    WEBSOCKET = "websocket"
+    RTP = "rtp"
+
+
+AUTO_TRANSPORT = "auto"  # [media] transport: pick a TransportKind on every ARI connect
+MEDIA_TRANSPORTS = (AUTO_TRANSPORT, *TransportKind)
 
 
 @dataclass
@@ -64,7 +74,7 @@ class MediaConfig:
     # websocket: Asterisk paces (chan_websocket, Asterisk 22.6+/21.11+/20.16+); rtp: speakd's
     # pacer process paces; auto: websocket where Asterisk has chan_websocket (checked on
     # every ARI connect), else rtp.
-    transport: str = "auto"
+    transport: str = AUTO_TRANSPORT
     codec: str = "ulaw"
     # Audio queued at the far end ahead of playout: rides out a daemon stall this long;
     # a flush throws away at most this much synthesis.
@@ -221,8 +231,10 @@ class Config:
             )
         if self.agi.listen:
             self.agi.address()
-        if self.log.level.lower() not in LOG_LEVELS:
-            raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, not {self.log.level!r}")
+        try:
+            log_level_number(self.log.level)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.log.format not in LOG_FORMATS:
             raise ConfigError(f"log.format must be {either(LOG_FORMATS)}, not {self.log.format!r}")
         self.webhooks.validate()
@@ -252,8 +264,6 @@ def _parse_env_value(raw: str, current: Any, where: str) -> Any:
             return parse_table(raw)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-    if isinstance(current, list):
-        return [p.strip() for p in raw.split(",") if p.strip()]
     return raw
 
 

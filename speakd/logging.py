@@ -19,9 +19,10 @@ LOG_FORMATS = ("console", "json")  # key=value lines, JSON lines
 _threshold = logging.INFO
 
 
-def _numeric(level: str) -> int:
+def log_level_number(level: str) -> int:
+    """The standard library's number for ``level``; ValueError (naming the levels) if not one."""
     if level.lower() not in LOG_LEVELS:
-        raise ValueError(f"log.level must be one of {', '.join(LOG_LEVELS)}; not {level!r}")
+        raise ValueError(f"log.level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
     return logging.getLevelNamesMapping()[level.upper()]
 
 
@@ -34,7 +35,7 @@ def _below_threshold(_logger: Any, method_name: str, event_dict: Any) -> Any:
 def set_log_level(level: str) -> None:
     """From now on, log at ``level`` and above (speakd's own lines and the libraries')."""
     global _threshold
-    numeric = _numeric(level)
+    numeric = log_level_number(level)
     _threshold = numeric
     # Libraries log through the standard library: their warnings always, their chatter never.
     logging.getLogger().setLevel(max(numeric, logging.WARNING))

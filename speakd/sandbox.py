@@ -1,6 +1,6 @@
 """A real Asterisk for development and tests: a Debian sid chroot beside the host.
 
-    python -m speakd.sandbox up|down|status|env|call
+    python -m speakd.sandbox up|down|status|env|crash|call
 
 Debian bookworm ships no Asterisk and installing sid packages on it would replace libc,
 so `up` builds a minimal sid root with debootstrap (cached outside the repo, keyed by the
@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 SUITE = "sid"
@@ -210,9 +211,13 @@ def _root_pids(root: Path) -> list[int]:
     return pids
 
 
-def _ari_ok(settings: dict[str, str], timeout: float = 2.0) -> bool:
+def _ari_auth(settings: dict[str, str]) -> dict[str, str]:
     token = base64.b64encode(f"{settings['user']}:{settings['password']}".encode()).decode()
-    req = urllib.request.Request(settings["url"] + "/ari/asterisk/info", headers={"Authorization": f"Basic {token}"})
+    return {"Authorization": f"Basic {token}"}
+
+
+def _ari_ok(settings: dict[str, str], timeout: float = 2.0) -> bool:
+    req = urllib.request.Request(settings["url"] + "/ari/asterisk/info", headers=_ari_auth(settings))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status == 200
@@ -287,6 +292,19 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _signal_until_gone(pids: Callable[[], Iterable[int]], sig: signal.Signals | None, timeout: float) -> bool:
+    """Send ``sig`` (None: none) to every pid ``pids()`` names, then wait up to ``timeout``
+    seconds for it to name none; True if it does."""
+    if sig is not None:
+        for pid in pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not pids()
+
+
 def stop_asterisk(root: Path) -> None:
     seen = set(_root_pids(root))
     if not seen:
@@ -306,14 +324,7 @@ def stop_asterisk(root: Path) -> None:
             timeout=15,
         )
     for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        if sig is not None:
-            for pid in remaining():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-        deadline = time.monotonic() + 5
-        while remaining() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not remaining():
+        if _signal_until_gone(remaining, sig, 5):
             return
     raise SandboxError(f"processes in {root} would not stop: {sorted(remaining())}")
 
@@ -407,12 +418,8 @@ def cmd_crash() -> int:
     state = read_state()
     if not is_running(state):
         raise SandboxError("the sandbox is not running")
-    for pid in _root_pids(Path(state["root"])):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while _root_pids(Path(state["root"])) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    root = Path(state["root"])
+    _signal_until_gone(lambda: _root_pids(root), signal.SIGKILL, 10)
     print("sandbox: Asterisk killed (SIGKILL)", file=sys.stderr)
     return 0
 
@@ -440,13 +447,12 @@ def cmd_env() -> int:
 
 
 def _ari(settings: dict[str, str], method: str, path: str, body: dict | None = None) -> dict:
-    token = base64.b64encode(f"{settings['user']}:{settings['password']}".encode()).decode()
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
         settings["url"] + "/ari" + path,
         data=data,
         method=method,
-        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+        headers={**_ari_auth(settings), "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         raw = resp.read()

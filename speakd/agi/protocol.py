@@ -54,10 +54,6 @@ class AgiEnvironment:
         return unquote(path.partition("?")[0].strip("/"))
 
     @property
-    def query(self) -> str:
-        return self.values.get("network_script", "").partition("?")[2]
-
-    @property
     def channel_id(self) -> str:
         """The calling channel's unique id: its ARI channel id."""
         return self.values.get("uniqueid", "")

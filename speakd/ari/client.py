@@ -19,6 +19,7 @@ import structlog
 from yarl import URL
 
 from speakd.ari.errors import AriNotFound, AriUnavailable, error_for_status
+from speakd.config import AriConfig
 from speakd.parsing import format_bool
 from speakd.urls import websocket_url
 
@@ -59,8 +60,8 @@ class AriClient:
         password: str,
         app: str,
         *,
-        request_timeout: float = 5.0,
-        max_backoff: float = 10.0,
+        request_timeout: float = AriConfig.request_timeout,
+        max_backoff: float = AriConfig.reconnect_max_backoff,
     ) -> None:
         base = URL(url.rstrip("/"))
         self._base = base if base.path.endswith("/ari") else base / "ari"

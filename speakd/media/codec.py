@@ -10,10 +10,9 @@ import numpy as np
 import soxr
 
 from speakd.audio import TELEPHONY_RATE, AudioFormat, Codec
+from speakd.media.rtp import FRAME_SAMPLES
 
 SAMPLE_RATE = TELEPHONY_RATE
-FRAME_MS = 20
-FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 160 samples = 160 bytes of G.711
 PAYLOAD_TYPES: dict[Codec, int] = {"ulaw": 0, "alaw": 8}
 # The byte each codec uses for digital silence.
 SILENCE_BYTE: dict[Codec, int] = {"ulaw": 0xFF, "alaw": 0xD5}
@@ -116,10 +115,7 @@ class FrameEncoder:
     def feed(self, data: bytes, fmt: AudioFormat) -> list[bytes]:
         """Add a chunk; return every complete frame it finishes."""
         self._pending += self._to_codec(data, fmt)
-        n = len(self._pending) // FRAME_SAMPLES
-        frames = [bytes(self._pending[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]) for i in range(n)]
-        del self._pending[: n * FRAME_SAMPLES]
-        return frames
+        return self._whole_frames()
 
     def finish(self) -> list[bytes]:
         """End of utterance: drain the resampler and pad the last frame with silence."""
@@ -127,10 +123,13 @@ class FrameEncoder:
             tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
             self._pending += encode(tail, self.codec)
             self._resampler = None
-        if not self._pending:
-            return []
         pad = (-len(self._pending)) % FRAME_SAMPLES
         self._pending += bytes([SILENCE_BYTE[self.codec]]) * pad
-        frames = [bytes(self._pending[i : i + FRAME_SAMPLES]) for i in range(0, len(self._pending), FRAME_SAMPLES)]
-        self._pending.clear()
+        return self._whole_frames()
+
+    def _whole_frames(self) -> list[bytes]:
+        """Take every whole frame out of what is pending."""
+        end = len(self._pending) - len(self._pending) % FRAME_SAMPLES
+        frames = [bytes(self._pending[i : i + FRAME_SAMPLES]) for i in range(0, end, FRAME_SAMPLES)]
+        del self._pending[:end]
         return frames

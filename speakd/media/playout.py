@@ -28,7 +28,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from speakd.media.codec import FRAME_MS, FRAME_SAMPLES
+from speakd.config import MediaConfig
+from speakd.media.rtp import FRAME_MS, FRAME_SAMPLES
 from speakd.media.transport import MediaTransport
 from speakd.tasks import cancel_and_wait
 
@@ -53,8 +54,8 @@ class Playout:
     def __init__(
         self,
         *,
-        lead_ms: int = 1500,
-        mark_every_ms: int = 100,
+        lead_ms: int = MediaConfig.lead_ms,
+        mark_every_ms: int = MediaConfig.mark_every_ms,
         max_buffered_ms: int = 60_000,
         on_flush_confirmed: Callable[[float], None] | None = None,
     ) -> None:

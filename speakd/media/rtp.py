@@ -14,12 +14,18 @@ import struct
 _HEADER = struct.Struct("!BBHII")
 _VERSION_BYTE = 0x80  # V=2, no padding, no extension, no CSRC
 
+# A frame: 20 ms at the 8 kHz telephony clock (speakd.audio.TELEPHONY_RATE), one byte a sample
+# in G.711. Defined here, not in media.codec: the pacer process imports this module and must not
+# pull in numpy (codec) or dataclasses (audio), which would slow its start.
+FRAME_MS = 20
+FRAME_SAMPLES = 160
+
 
 class RtpPacketizer:
     def __init__(
         self,
         payload_type: int,
-        samples_per_frame: int = 160,
+        samples_per_frame: int = FRAME_SAMPLES,
         *,
         ssrc: int | None = None,
         sequence: int | None = None,
@@ -49,16 +55,3 @@ class RtpPacketizer:
         talkspurt (marker bit)."""
         self._talking = False
         self.timestamp = (self.timestamp + max(0, samples)) & 0xFFFFFFFF
-
-
-def parse_header(packet: bytes) -> dict[str, int]:
-    """Decode an RTP fixed header (for tests and diagnostics)."""
-    first, second, sequence, timestamp, ssrc = _HEADER.unpack_from(packet)
-    return {
-        "version": first >> 6,
-        "marker": second >> 7,
-        "payload_type": second & 0x7F,
-        "sequence": sequence,
-        "timestamp": timestamp,
-        "ssrc": ssrc,
-    }

@@ -11,20 +11,21 @@ it, so it knows the port it gives Asterisk as ``external_host``) and one end of 
 socketpair carrying :mod:`speakd.media.pacer_protocol`. It lives exactly as long as that
 control socket: end of file there (the daemon closed it or died) ends the process.
 
-Pacing is the in-daemon pacer's: absolute monotonic deadlines every 5 ms sub-tick; a talking
-stream sends exactly one frame per 20 ms on its own sub-tick; an idle stream starts a
-talkspurt on any sub-tick (at least 20 ms after its last packet), so speech starts within
-5 ms. No catch-up bursts: after a stall of more than a frame period the missed sub-ticks are
-skipped and counted. The one exception is the optional cushion: the first ``cushion``
-extra frames of a talkspurt go out right behind its first frame, so the far end holds that
-much audio in hand against this process's own lateness (Asterisk's whisper path absorbs a
-backlog up to ~500 ms, softmix up to 80 ms, so it is kept at most 2 frames).
+Pacing: absolute monotonic deadlines every 5 ms sub-tick; a talking stream sends exactly
+one frame per 20 ms on its own sub-tick; an idle stream starts a talkspurt on any sub-tick
+(at least 20 ms after its last packet), so speech starts within 5 ms. No catch-up bursts:
+after a stall of more than a frame period the missed sub-ticks are skipped and counted. The
+one exception is the optional cushion: the first ``cushion`` extra frames of a talkspurt go
+out right behind its first frame, so the far end holds that much audio in hand against this
+process's own lateness (Asterisk's whisper path absorbs a backlog up to ~500 ms, softmix up
+to 80 ms, so it is kept at most 2 frames).
 
 Between sub-ticks the process sleeps in ``select`` on the control socket, so control messages
 are applied as they arrive. Its own messages to the daemon are buffered and written only when
 the socket is writable: a daemon that is slow to read can never block a frame.
 
-Run: ``python -m speakd.media.rtp_pacer --rtp-fd N --control-fd M [--priority P] [--cushion C]``.
+Run: ``python -m speakd.media.rtp_pacer --rtp-fd N --control-fd M [--priority P] [--cushion C]
+[--xoff F] [--xon F]`` (flow control: XOFF once a stream has F frames queued, XON at F or fewer).
 """
 
 from __future__ import annotations
@@ -39,16 +40,18 @@ import time
 from collections import deque
 
 from speakd.media import pacer_protocol as proto
-from speakd.media.rtp import RtpPacketizer
+from speakd.media.rtp import FRAME_MS, FRAME_SAMPLES, RtpPacketizer
 
-FRAME_BYTES = 160  # 20 ms of G.711 at 8 kHz (codec.FRAME_SAMPLES; not imported: it pulls numpy)
-FRAME_SAMPLES = 160
-FRAME_INTERVAL = 0.020
+FRAME_BYTES = FRAME_SAMPLES  # G.711: a byte a sample
+FRAME_INTERVAL = FRAME_MS / 1000
 SLOTS = 4
 SLOT_SAMPLES = FRAME_SAMPLES // SLOTS
 MAX_CUSHION = 2  # frames: 40 ms, half of softmix's 80 ms backlog limit
 STATS_EVERY = 50 * SLOTS  # sub-ticks: 1 s
 READ_CHUNK = 65536  # per wake-up: a large backlog of control data cannot hold up a deadline for long
+# Flow control (frames queued for one stream): XOFF at 18 s of audio, XON again at 16 s.
+XOFF_FRAMES = 900
+XON_FRAMES = 800
 
 
 class Stream:
@@ -77,8 +80,8 @@ class RtpPacer:
         control: socket.socket,
         *,
         cushion: int = 0,
-        xoff_frames: int = 900,
-        xon_frames: int = 800,
+        xoff_frames: int = XOFF_FRAMES,
+        xon_frames: int = XON_FRAMES,
         clock=time.monotonic,
     ) -> None:
         self.rtp = rtp
@@ -287,7 +290,14 @@ def set_realtime(priority: int) -> str:
 
 def _parse_args(argv: list[str]) -> dict[str, int]:
     # Not argparse: every import counts towards the pacer's start-up.
-    options = {"--rtp-fd": -1, "--control-fd": -1, "--priority": 0, "--cushion": 0, "--xoff": 900, "--xon": 800}
+    options = {
+        "--rtp-fd": -1,
+        "--control-fd": -1,
+        "--priority": 0,
+        "--cushion": 0,
+        "--xoff": XOFF_FRAMES,
+        "--xon": XON_FRAMES,
+    }
     it = iter(argv)
     for name in it:
         if name not in options:

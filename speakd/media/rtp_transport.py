@@ -31,9 +31,10 @@ from collections.abc import Callable
 
 import structlog
 
+from speakd.config import TransportKind
 from speakd.media import pacer_protocol as proto
-from speakd.media.rtp_pacer import FRAME_BYTES, MAX_CUSHION
-from speakd.media.transport import MediaTransport, TransportError, TransportKind
+from speakd.media.rtp_pacer import FRAME_BYTES, MAX_CUSHION, XOFF_FRAMES, XON_FRAMES
+from speakd.media.transport import MediaTransport, TransportError
 from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -48,20 +49,21 @@ LATE_REPORT_EVERY = 10.0  # seconds between pacer_late log lines
 
 
 class PacerProcess:
-    """The pacer child and its control channel: ``async with PacerProcess(rtp_socket) as pacer:``.
+    """The pacer child and its control channel: ``async with PacerProcess(rtp_socket, ...) as pacer:``.
 
     ``rtp_socket`` stays the caller's (it is bound and closed by the daemon); the child gets a
-    copy of its descriptor.
+    copy of its descriptor. ``realtime_priority`` is ``[rtp] realtime_priority`` (whose default
+    is the one: none here).
     """
 
     def __init__(
         self,
         rtp_socket: socket.socket,
         *,
-        realtime_priority: int = 10,
+        realtime_priority: int,
         cushion_frames: int = 1,
-        xoff_frames: int = 900,
-        xon_frames: int = 800,
+        xoff_frames: int = XOFF_FRAMES,
+        xon_frames: int = XON_FRAMES,
         on_stats: Callable[[proto.Stats], None] | None = None,
     ) -> None:
         if not 0 <= cushion_frames <= MAX_CUSHION:

@@ -6,9 +6,9 @@ itself for ``websocket``; speakd's pacer process for ``rtp``). A mark placed aft
 audio comes back through :attr:`MediaTransport.on_mark` once that audio has been played;
 ``flush`` drops everything queued and the marks in it never come back.
 
-Calls are synchronous and keep their order: each appends to the transport's outgoing queue,
-which one writer task drains. ``flush`` also drops what the writer has not sent yet, so
-audio handed over before a flush never reaches the wire after it.
+Calls are synchronous and keep their order (``websocket``: a queue one writer task drains;
+``rtp``: one write each to the pacer's control socket). ``flush`` also drops what has not
+been sent yet, so audio handed over before a flush never reaches the wire after it.
 """
 
 from __future__ import annotations
@@ -16,12 +16,8 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Callable
-from enum import StrEnum
 
-
-class TransportKind(StrEnum):
-    WEBSOCKET = "websocket"
-    RTP = "rtp"
+from speakd.config import TransportKind
 
 
 class MediaTransport(abc.ABC):

@@ -16,8 +16,9 @@ from typing import Any
 import aiohttp
 import structlog
 
+from speakd.config import TransportKind
 from speakd.media import control
-from speakd.media.transport import MediaTransport, TransportError, TransportKind
+from speakd.media.transport import MediaTransport, TransportError
 from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)

@@ -16,10 +16,12 @@ import structlog
 
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError
-from speakd.media.codec import FRAME_SAMPLES, PAYLOAD_TYPES
+from speakd.config import AUTO_TRANSPORT, TransportKind
+from speakd.media.codec import PAYLOAD_TYPES
 from speakd.media.pacer_protocol import Stats
+from speakd.media.rtp import FRAME_SAMPLES
 from speakd.media.rtp_transport import PacerProcess, RtpTransport
-from speakd.media.transport import MediaTransport, TransportError, TransportKind
+from speakd.media.transport import MediaTransport, TransportError
 from speakd.media.websocket import WebSocketTransport
 
 log = structlog.get_logger(__name__)
@@ -44,7 +46,7 @@ class MediaPaths:
         self.ari = ari
         self.mode = mode
         self.codec = codec
-        self.kind = TransportKind.RTP if mode == "rtp" else TransportKind.WEBSOCKET
+        self.kind = TransportKind.RTP if mode == TransportKind.RTP else TransportKind.WEBSOCKET
         self._rtp_bind = rtp_bind
         self._rtp_external_host = rtp_external_host
         self._realtime_priority = realtime_priority
@@ -55,7 +57,7 @@ class MediaPaths:
         self._announced = False
 
     async def __aenter__(self) -> MediaPaths:
-        if self.mode == "rtp":
+        if self.mode == TransportKind.RTP:
             await self._start_rtp()
         return self
 
@@ -79,7 +81,7 @@ class MediaPaths:
 
     async def choose(self) -> None:
         """On every ARI connect: decide the transport for new sessions (``auto``)."""
-        if self.mode != "auto":
+        if self.mode != AUTO_TRANSPORT:
             return
         try:
             has_websocket = await self.ari.has_module(CHAN_WEBSOCKET)

@@ -97,8 +97,8 @@ class SpeakingService:
         media: MediaPaths,
         owner_variable: str,
         events: EventBus | None = None,
-        lead_ms: int = 1500,
-        mark_every_ms: int = 100,
+        lead_ms: int,
+        mark_every_ms: int,
     ) -> None:
         self.store = store
         self.ari = ari

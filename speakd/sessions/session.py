@@ -28,8 +28,9 @@ import structlog
 from speakd.audio import Codec
 from speakd.errors import ProviderError
 from speakd.events.model import EventType, InterruptReason, StopReason
-from speakd.media.codec import FRAME_MS, FrameEncoder
+from speakd.media.codec import FrameEncoder
 from speakd.media.playout import Playout
+from speakd.media.rtp import FRAME_MS
 from speakd.media.transport import MediaTransport
 from speakd.providers.base import Provider, SynthesisRequest
 from speakd.sessions.says import SayItem, SayStatus

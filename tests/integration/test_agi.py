@@ -200,11 +200,10 @@ async def test_speak_and_wait_the_caller_hears_it_and_the_dialplan_goes_on_after
     assert continued_at - agi_at > len(reference) / 8000, "the AGI returned before the text could have played"
 
     recording = await call.recording()
-    lag = assert_heard_in_agi(recording, reference)
+    assert_heard_in_agi(recording, reference)
     # ... and what the caller heard ended before the dialplan continued.
     heard_end = await call.recording_started_at() + last_speech_s(recording)
     assert heard_end <= continued_at + 0.1, f"speech heard {heard_end - continued_at:.3f}s after the AGI returned"
-    assert lag >= 0
 
 
 @pytest.mark.by_ear

@@ -8,7 +8,6 @@ import uuid
 
 import jwt
 import pytest
-from conftest_helpers import wait_for
 from harness.daemon import CUSTOMER_A, CUSTOMER_B, JWT_SECRET, KEY_A, KEY_B
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -317,7 +316,6 @@ async def test_session_record_is_written_before_the_answer(api, two_party_call, 
     row = db.execute("SELECT status FROM speakings WHERE id = ?", (created.body["id"],)).fetchone()
     db.close()
     assert row is not None
-    await wait_for(lambda: True)
     await api.wait_status(created.body["id"], "active")
     await api.stop(created.body["id"])
 

@@ -10,11 +10,12 @@ import warnings
 
 import numpy as np
 import pytest
+from harness.rtp import parse_header
 
 from speakd.audio import AudioFormat, strip_wav_header
 from speakd.media import codec
-from speakd.media.codec import FRAME_SAMPLES, FrameEncoder
-from speakd.media.rtp import RtpPacketizer, parse_header
+from speakd.media.codec import FrameEncoder
+from speakd.media.rtp import FRAME_SAMPLES, RtpPacketizer
 
 
 def test_g711_matches_the_reference_encoder_for_every_sample():

@@ -15,9 +15,9 @@ import socket
 import time
 
 import pytest
+from harness.rtp import parse_header
 
 from speakd.media import pacer_protocol as proto
-from speakd.media.rtp import parse_header
 from speakd.media.rtp_pacer import SLOTS, RtpPacer
 from speakd.media.rtp_transport import PacerProcess, RtpTransport
 from speakd.media.transport import TransportError, TransportKind
@@ -245,8 +245,11 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:
 
 async def test_pacer_starts_and_reports_its_priority(pacer):
     assert pacer.running
-    assert isinstance(pacer.realtime, bool)  # True where SCHED_FIFO is allowed (root, CAP_SYS_NICE)
     assert pacer.pid is not None
+    # What it reports is what the kernel gave it (SCHED_FIFO where allowed: root, CAP_SYS_NICE).
+    assert pacer.realtime == (os.sched_getscheduler(pacer.pid) == os.SCHED_FIFO)
+    if pacer.realtime:
+        assert os.sched_getparam(pacer.pid).sched_priority == 10
 
 
 async def test_frames_are_paced_with_continuous_headers(pacer, receiver):
