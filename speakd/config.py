@@ -215,9 +215,7 @@ class Config:
                 "(Asterisk drops slin RTP on ExternalMedia)"
             )
         if self.media.transport not in MEDIA_TRANSPORTS:
-            raise ConfigError(
-                f"media.transport must be one of {', '.join(MEDIA_TRANSPORTS)}, not {self.media.transport!r}"
-            )
+            raise ConfigError(f"media.transport must be {either(MEDIA_TRANSPORTS)}, not {self.media.transport!r}")
         if not 20 <= self.media.mark_every_ms <= 1000:
             raise ConfigError(f"media.mark_every_ms must be 20..1000, not {self.media.mark_every_ms}")
         if not 2 * self.media.mark_every_ms <= self.media.lead_ms <= 15_000:
@@ -227,7 +225,7 @@ class Config:
             )
         if self.tts.default_provider not in PROVIDER_NAMES:
             raise ConfigError(
-                f"tts.default_provider must be one of {', '.join(PROVIDER_NAMES)}, not {self.tts.default_provider!r}"
+                f"tts.default_provider must be {either(PROVIDER_NAMES)}, not {self.tts.default_provider!r}"
             )
         if self.agi.listen:
             self.agi.address()
@@ -299,9 +297,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
-    unknown_sections = set(data) - set(_SECTIONS) - set(PROVIDER_NAMES)
-    if unknown_sections:
-        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown_sections))}")
+    reject_unknown(data, [*_SECTIONS, *PROVIDER_NAMES], "config section", error=ConfigError)
 
     config = Config()
     for name, f in _SECTIONS.items():

@@ -226,7 +226,7 @@ async def run(
                 app=config.ari.app,
                 providers=providers.names(),
                 default_provider=config.tts.default_provider,
-                agi=config.agi.listen or "off",
+                agi=f"{agi.host}:{agi.bound_port}" if agi is not None else "off",  # the real port, also for :0
             )
             await shutdown_trigger()
             status.phase = "stopping"

@@ -6,8 +6,8 @@ from typing import Any
 
 from speakd import __version__
 from speakd.api.schemas import MAX_PAGE_SIZE, PAGE_TOKEN_PATTERN
+from speakd.config import TransportKind
 from speakd.languages import TAG_PATTERN
-from speakd.media.transport import TransportKind
 from speakd.provider_names import PROVIDER_NAMES
 from speakd.providers.base import TEXT_PAYLOAD_TYPES
 from speakd.sessions.requests import (

@@ -12,7 +12,6 @@ import soxr
 from speakd.audio import TELEPHONY_RATE, AudioFormat, Codec
 from speakd.media.rtp import FRAME_SAMPLES
 
-SAMPLE_RATE = TELEPHONY_RATE
 PAYLOAD_TYPES: dict[Codec, int] = {"ulaw": 0, "alaw": 8}
 # The byte each codec uses for digital silence.
 SILENCE_BYTE: dict[Codec, int] = {"ulaw": 0xFF, "alaw": 0xD5}
@@ -89,7 +88,7 @@ class FrameEncoder:
         self._odd_byte = b""
 
     def _to_codec(self, data: bytes, fmt: AudioFormat) -> bytes:
-        if fmt.encoding == self.codec and fmt.sample_rate == SAMPLE_RATE:
+        if fmt.encoding == self.codec and fmt.sample_rate == TELEPHONY_RATE:
             return data
         if fmt.encoding == "pcm_s16le":
             if self._odd_byte:
@@ -100,9 +99,9 @@ class FrameEncoder:
             pcm = np.frombuffer(data, dtype="<i2")
         else:
             pcm = decode(data, fmt.encoding)
-        if fmt.sample_rate != SAMPLE_RATE:
+        if fmt.sample_rate != TELEPHONY_RATE:
             if self._resampler is None or self._in_rate != fmt.sample_rate:
-                self._resampler = soxr.ResampleStream(fmt.sample_rate, SAMPLE_RATE, 1, dtype="int16", quality="HQ")
+                self._resampler = soxr.ResampleStream(fmt.sample_rate, TELEPHONY_RATE, 1, dtype="int16", quality="HQ")
                 self._in_rate = fmt.sample_rate
             pcm = self._resampler.resample_chunk(pcm)
         return encode(pcm, self.codec)
@@ -110,7 +109,7 @@ class FrameEncoder:
     @property
     def pending_ms(self) -> int:
         """Audio taken in but not yet out as a whole frame."""
-        return len(self._pending) * 1000 // SAMPLE_RATE
+        return len(self._pending) * 1000 // TELEPHONY_RATE
 
     def feed(self, data: bytes, fmt: AudioFormat) -> list[bytes]:
         """Add a chunk; return every complete frame it finishes."""

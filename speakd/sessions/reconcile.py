@@ -51,10 +51,11 @@ async def reconcile(ctx: AttachContext, sessions: LiveSessions, stop_soon: StopS
     orphans += [("channels", c) for c in channels if is_own_object(ctx.app, c) and c not in mine]
     for kind, object_id in orphans:
         if kind == "channels":
-            await hang_up_and_wait(ctx, object_id, "orphan channel")
-        elif not await cleanup_call(ari.delete(f"{kind}/{object_id}"), f"orphan bridge {object_id}"):
-            continue
-        log.info("orphan_removed", kind=kind, id=object_id)
+            removed = await hang_up_and_wait(ctx, object_id, "orphan channel")
+        else:
+            removed = await cleanup_call(ari.delete(f"{kind}/{object_id}"), f"orphan bridge {object_id}")
+        if removed:
+            log.info("orphan_removed", kind=kind, id=object_id)
 
 
 async def stop_stale_sessions(store: SqliteStore, publish: PublishStopped) -> None:

@@ -190,25 +190,27 @@ async def cleanup_call(coro: Any, what: str) -> bool:
     return True
 
 
-async def hang_up_and_wait(ctx: AttachContext, channel_id: str, what: str) -> None:
+async def hang_up_and_wait(ctx: AttachContext, channel_id: str, what: str) -> bool:
     """DELETE returns before the channel is gone: poll until ARI no longer lists it (bounded).
+    True if this hung it up and it went.
 
     Polling, not an event: a channel that already left our app (a snoop whose target hung
     up) is destroyed without a ChannelDestroyed reaching us.
     """
     if not await cleanup_call(ctx.ari.delete(f"channels/{channel_id}"), what):
-        return
+        return False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DESTROY_TIMEOUT
     while loop.time() < deadline:
         try:
             await ctx.ari.get(f"channels/{channel_id}")
         except AriNotFound:
-            return
+            return True
         except AriError:
             break
         await asyncio.sleep(0.005)
     log.warning("cleanup_slow", what=what, channel=channel_id)
+    return False
 
 
 async def channel_owner(ari: AriClient, channel_id: str, variable: str) -> str:

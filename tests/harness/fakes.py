@@ -17,7 +17,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from speakd.media.transport import MediaTransport, TransportKind
+from speakd.config import TransportKind
+from speakd.media.transport import MediaTransport
 
 FRAME_BYTES = 160
 FRAME_S = 0.020

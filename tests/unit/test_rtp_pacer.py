@@ -17,10 +17,11 @@ import time
 import pytest
 from harness.rtp import parse_header
 
+from speakd.config import TransportKind
 from speakd.media import pacer_protocol as proto
 from speakd.media.rtp_pacer import SLOTS, RtpPacer
 from speakd.media.rtp_transport import PacerProcess, RtpTransport
-from speakd.media.transport import TransportError, TransportKind
+from speakd.media.transport import TransportError
 
 FRAME = 160
 PT_ULAW = 0

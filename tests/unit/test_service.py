@@ -14,8 +14,9 @@ from harness.fakes import SinkTransport
 
 from speakd.ari.errors import AriNotFound
 from speakd.audio import AudioFormat
+from speakd.config import TransportKind
 from speakd.errors import Conflict, InvalidRequest, NotFound
-from speakd.media.transport import TransportError, TransportKind
+from speakd.media.transport import TransportError
 from speakd.providers import ProviderRegistry
 from speakd.providers.base import AudioChunk, Provider
 from speakd.sessions.service import CreateRequest, SayRequest, SpeakingService
