@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from speakd.errors import INVALID_FIELD, InvalidRequest, UnsupportedLanguage
+from speakd.errors import UnsupportedLanguage, invalid_field
 
 # language[-extlang][-Script][-REGION]; also the pattern of the OpenAPI document's language fields.
 TAG_PATTERN = r"^([A-Za-z]{2,3})(?:-([A-Za-z]{3}))?(?:-([A-Za-z]{4}))?(?:-([A-Za-z]{2}|[0-9]{3}))?$"
@@ -43,17 +43,15 @@ def parse_language_tag(value: str) -> str:
     if match is None:
         hyphenated = tag.replace("_", "-")
         if "_" in tag and _TAG.fullmatch(hyphenated):
-            raise InvalidRequest(
-                f"language '{value}' uses '_': BCP47 language tags use '-'; send '{parse_language_tag(hyphenated)}'",
-                reason=INVALID_FIELD,
+            raise invalid_field(
+                f"language '{value}' uses '_': BCP47 language tags use '-'; send '{parse_language_tag(hyphenated)}'"
             )
         if _LONGER.fullmatch(tag):
-            raise InvalidRequest(
+            raise invalid_field(
                 f"language '{value}' has variant, extension or private-use subtags, which no provider speaks; "
-                f"send language[-Script][-REGION] {EXAMPLES}",
-                reason=INVALID_FIELD,
+                f"send language[-Script][-REGION] {EXAMPLES}"
             )
-        raise InvalidRequest(f"language must be a BCP47 language tag {EXAMPLES}; got '{value}'", reason=INVALID_FIELD)
+        raise invalid_field(f"language must be a BCP47 language tag {EXAMPLES}; got '{value}'")
     language, extlang, script, region = match.groups()
     parts = [(extlang or language).lower()]
     if script:

@@ -10,12 +10,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 
 async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
     """Cancel each of ``tasks`` (None and finished ones are fine) and wait until all have ended.
-    Their results and errors are consumed here: a task reports its own failures while it runs."""
+    A task that had failed is logged here (``task_failed``), not raised: the owner is ending it,
+    and the rest of the owner's teardown must still run."""
     owned = [task for task in tasks if task is not None]
     for task in owned:
         task.cancel()
-    if owned:
-        await asyncio.gather(*owned, return_exceptions=True)
+    if not owned:
+        return
+    for task, result in zip(owned, await asyncio.gather(*owned, return_exceptions=True), strict=True):
+        if isinstance(result, Exception):
+            name = task.get_name() if isinstance(task, asyncio.Task) else repr(task)
+            log.error("task_failed", task=name, error=repr(result), exc_info=result)

@@ -27,7 +27,7 @@ CREATE_OPTIONS = {name: name for name in SESSION_OPTIONS} | {"voice": "voice_id"
 SAY_OPTIONS = tuple(f for f in SAY_FIELDS if f != "text")  # the text is the first argument
 FLAGS = ("wait", "keepalive")
 # A channel in the dialplan is the caller: by default it is the one that hears.
-DEFAULT_DIRECTION = "out"
+CALLER_DIRECTION = "out"
 # After a hangup mid-wait: how long the say may take to be marked final (the hangup stops the session).
 HANGUP_SETTLE_S = 5.0
 
@@ -121,7 +121,7 @@ class AgiScripts:
             args = parse_speak_args(env.args)
             # Validated before anything happens on the call.
             create = call_create_request(
-                env.channel_id, {"direction": DEFAULT_DIRECTION, **args.create}, self.default_provider
+                env.channel_id, {"direction": CALLER_DIRECTION, **args.create}, self.default_provider
             )
             say = say_request({"text": args.text, **args.say})
             customer = await self._customer(env)

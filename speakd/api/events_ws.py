@@ -21,9 +21,10 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from speakd.api.schemas import json_object, websocket_response
-from speakd.errors import InvalidRequest, either
+from speakd.api.schemas import websocket_response
+from speakd.errors import either
 from speakd.events.model import Event, customer_of_topic
+from speakd.parsing import load_json_object
 from speakd.sessions.stream import error_message
 from speakd.tasks import cancel_and_wait
 
@@ -121,9 +122,9 @@ async def serve(request: web.Request, hub: EventHub, customer_id: str) -> web.We
 
 def _handle(subscriber: Subscriber, text: str) -> dict[str, Any]:
     try:
-        message = json_object(text, "the message")
-    except InvalidRequest as exc:
-        return error_message(f'{exc.message}; send {{"type": "subscribe", "topics": [...]}}')
+        message = load_json_object(text, "the message")
+    except ValueError as exc:
+        return error_message(f'{exc}; send {{"type": "subscribe", "topics": [...]}}')
     kind = message.get("type")
     if kind not in MESSAGE_TYPES:
         return error_message(f"'type' must be {either(MESSAGE_TYPES)}")

@@ -19,9 +19,10 @@ from speakd.sessions.requests import (
     MAX_TEXT_CHARS,
     MAX_VOICE_ID_CHARS,
     REFERENCE_ID_PATTERN,
+    SayStop,
 )
 from speakd.sessions.says import SayItem, SayStatus
-from speakd.sessions.service import COMMAND_ID_WINDOW_S, SayStop
+from speakd.sessions.service import COMMAND_ID_WINDOW_S
 from speakd.store.health import STORE_CHECK_TIMEOUT_S
 from speakd.store.records import FIELDS, NOT_YET, Direction, ReferenceType, Status
 

@@ -10,8 +10,7 @@ from aiohttp import web
 
 from speakd.errors import INVALID_JSON, InvalidRequest, invalid_field, reject_unknown
 from speakd.parsing import load_json_object, parse_bool
-from speakd.sessions.requests import CREATE_FIELDS, SAY_FIELDS, create_request, say_request
-from speakd.sessions.service import CreateRequest, SayRequest
+from speakd.sessions.requests import CREATE_FIELDS, SAY_FIELDS, CreateRequest, SayRequest, create_request, say_request
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 10
@@ -19,14 +18,6 @@ DEFAULT_PAGE_SIZE = 10
 PAGE_TOKEN_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"
 # fullmatch and ASCII: "$" alone lets a trailing newline through, \d other scripts' digits.
 _PAGE_TOKEN = re.compile(PAGE_TOKEN_PATTERN, re.ASCII)
-
-
-def json_object(text: str | bytes, what: str = "request body") -> dict[str, Any]:
-    """A JSON object a client sent; anything else is an InvalidRequest (``invalid_json``)."""
-    try:
-        return load_json_object(text, what)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), reason=INVALID_JSON) from None
 
 
 def websocket_response(**options: Any) -> web.WebSocketResponse:
@@ -38,7 +29,10 @@ def websocket_response(**options: Any) -> web.WebSocketResponse:
 def parse_json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
     if not body.strip():
         return {}
-    data = json_object(body)
+    try:
+        data = load_json_object(body, "request body")
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), reason=INVALID_JSON) from None
     reject_unknown(data, allowed, "field")
     return data
 

@@ -67,7 +67,9 @@ class AriEventHandlers:
                 # speakd's own media channel, ended by someone else: its media path broke (the
                 # media connection closing makes Asterisk hang it up, maybe before speakd sees the
                 # close). A party's hangup ends the session through the call's channels instead.
-                self.service.stop_soon(live.id, StopReason.ERROR, f"media channel: {why} ({object_id})")
+                self.service.stop_soon(
+                    live.id, StopReason.ERROR, f"media channel: {why} ({object_id})", asterisk_may_be_gone=True
+                )
             else:
                 self.service.stop_soon(live.id, live.target.ended_reason, f"{why} ({object_id})")
 

@@ -108,11 +108,8 @@ def _weight(text: str) -> int:
 
 
 def _char_weight(c: str) -> int:
-    return 2 if _is_wide(c) else 1
-
-
-def _is_wide(c: str) -> bool:
-    return c >= "\u1100" and unicodedata.east_asian_width(c) in "WF"
+    # Per character of streamed text: the width test inline, one call.
+    return 2 if c >= "\u1100" and unicodedata.east_asian_width(c) in "WF" else 1
 
 
 def _is_greek_letter(c: str) -> bool:
@@ -502,7 +499,7 @@ class TextChunker:
             cut = self._word
         elif punctuation is not None:
             cut = punctuation
-        elif self._atomic_depth == 0 and _is_wide(self._buf[i]):
+        elif self._atomic_depth == 0 and _char_weight(self._buf[i]) == 2:
             cut = _Cut(i + 1, self._weight, self._open_containers())
         else:
             return  # one long word (a URL): it ends at the next whitespace

@@ -68,6 +68,11 @@ class LiveSession:
     def record(self) -> Speaking:
         return self.session.record
 
+    @property
+    def speakable(self) -> bool:
+        """Whether a say may still be queued: not once a stop has begun (no worker would play it)."""
+        return self.state in (SessionState.INITIATING, SessionState.ACTIVE)
+
     def move_to(self, state: SessionState) -> bool:
         """Enter ``state`` if the lifecycle allows it from the current one; False (and no
         change) if not: e.g. a setup finishing after a stop began does not make it active."""

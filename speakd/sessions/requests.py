@@ -9,14 +9,43 @@ importing one another.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from speakd.errors import INVALID_FIELD, InvalidRequest, either, invalid_field
 from speakd.languages import parse_language_tag
 from speakd.providers.base import TEXT_PAYLOAD_TYPES
 from speakd.providers.peer_voices import resolve_voice
-from speakd.sessions.service import CreateRequest, SayRequest, SayStop
 from speakd.store.records import Direction, ProviderName, ReferenceType
+
+
+class SayStop(StrEnum):
+    """What a say cuts before it plays (seed 003's ``stop``)."""
+
+    CURRENT = "current"
+    ALL = "all"
+
+
+@dataclass
+class SayRequest:
+    text: str
+    payload_type: str = "text"
+    client_state: str = ""
+    command_id: str = ""
+    stop: SayStop | None = None
+
+
+@dataclass
+class CreateRequest:
+    reference_type: str
+    reference_id: str
+    language: str
+    provider: str
+    voice_id: str
+    direction: str
+    model: str = ""
+
 
 MAX_TEXT_CHARS = 5000
 # What an omitted field means; also the OpenAPI document's defaults.

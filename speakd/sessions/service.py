@@ -15,8 +15,6 @@ import asyncio
 import contextvars
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Literal
 
 import structlog
@@ -36,6 +34,7 @@ from speakd.sessions.conference import ConferenceTarget
 from speakd.sessions.live import LiveSession, LiveSessions, SessionState
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.reconcile import reconcile, stop_stale_sessions
+from speakd.sessions.requests import CreateRequest, SayRequest, SayStop
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.sessions.session import Session
 from speakd.sessions.stream import Send, SpeakingStream
@@ -58,33 +57,6 @@ NO_CUSTOMER = "no_customer"
 CallVerb = Literal["flush", "stop"]
 # Why a create is refused once shutdown began (also an ARI command arriving then).
 SHUTTING_DOWN = "speakd is shutting down; retry on the next instance"
-
-
-class SayStop(StrEnum):
-    """What a say cuts before it plays (seed 003's ``stop``)."""
-
-    CURRENT = "current"
-    ALL = "all"
-
-
-@dataclass
-class SayRequest:
-    text: str
-    payload_type: str = "text"
-    client_state: str = ""
-    command_id: str = ""
-    stop: SayStop | None = None
-
-
-@dataclass
-class CreateRequest:
-    reference_type: str
-    reference_id: str
-    language: str
-    provider: str
-    voice_id: str
-    direction: str
-    model: str = ""
 
 
 class SpeakingService:
@@ -244,7 +216,7 @@ class SpeakingService:
         item = session.new_say(req.text, req.payload_type, req.client_state, req.command_id)
         item.text_stream = text_stream
         await self.store.insert_say(item.row())
-        if record.id not in self.sessions:  # stopped while the record was written
+        if not live.speakable:  # a stop began while the record was written
             item.status = SayStatus.INTERRUPTED
             await self.store.update_say(item.row())
             raise InvalidRequest(f"speaking '{record.id}' is stopped; create a new session to speak")
@@ -271,8 +243,8 @@ class SpeakingService:
         return owner or fallback
 
     async def customer_of_channel(self, channel_id: str, fallback: str, fallback_setting: str) -> str:
-        """The customer a channel's owner variable names, else ``fallback``; with neither the
-        command is refused (``fallback_setting``: where speakd's fallback is configured)."""
+        """:meth:`channel_customer`, but with neither the command is refused (``fallback_setting``:
+        where speakd's fallback is configured)."""
         customer = await self.channel_customer(channel_id, fallback)
         if not customer:
             raise InvalidRequest(
@@ -395,8 +367,9 @@ class SpeakingService:
         what the client can do then)."""
         record = await self.get(customer_id, speaking_id)
         live = self.sessions.get(speaking_id)
-        if live is None or live.state is SessionState.STOPPED:
-            raise InvalidRequest(f"speaking '{speaking_id}' is {record.status}; {what_now}")
+        if live is None or not live.speakable:
+            shown = SessionState.STOPPING if live is not None and live.state is SessionState.STOPPING else record.status
+            raise InvalidRequest(f"speaking '{speaking_id}' is {shown}; {what_now}")
         return record, live
 
     # -- for operators (GET /health, GET /v1.0/voices) -----------------------------------------

@@ -19,7 +19,8 @@ from speakd.errors import Conflict, InvalidRequest, NotFound
 from speakd.media.transport import TransportError
 from speakd.providers import ProviderRegistry
 from speakd.providers.base import AudioChunk, Provider
-from speakd.sessions.service import CreateRequest, SayRequest, SpeakingService
+from speakd.sessions.requests import CreateRequest, SayRequest
+from speakd.sessions.service import SpeakingService
 from speakd.store.sqlite import SqliteStore
 
 APP = "speakd-unit"

@@ -68,7 +68,7 @@ def handlers() -> tuple[AriEventHandlers, list[tuple[str, StopReason, str]], lis
     service = SimpleNamespace(
         waiters=EventWaiters(),
         sessions=sessions,
-        stop_soon=lambda *args: stops.append(args),
+        stop_soon=lambda *args, **_: stops.append(args),
         user_event_handler=user_events.append,
     )
     return AriEventHandlers(service), stops, user_events  # type: ignore[arg-type]
