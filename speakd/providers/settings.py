@@ -18,13 +18,15 @@ Every cloud provider (``[aws]``, ``[gcp]``, ``[elevenlabs]``) reads these keys a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from speakd.errors import ProviderNotConfigured
 from speakd.parsing import parse_bool, parse_table
 from speakd.providers.catalogue import DEFAULT_VOICE_CACHE_TTL
+
+_Number = TypeVar("_Number", int, float)
 
 
 class Section:
@@ -41,30 +43,30 @@ class Section:
         return str(value).strip()
 
     def float(self, key: str, default: float) -> float:
-        value = self.data.get(key)
-        if value is None or value == "":
+        result = self._number(key, float, "a number of seconds")
+        if result is None:
             return default
-        try:
-            result = float(value)
-        except (TypeError, ValueError):
-            raise ProviderNotConfigured(
-                f"{self.provider}: '{key}' must be a number of seconds, not {value!r}"
-            ) from None
         if result <= 0:
             raise ProviderNotConfigured(f"{self.provider}: '{key}' must be greater than 0")
         return result
 
     def int(self, key: str, default: int, choices: tuple[int, ...] = ()) -> int:
-        value = self.data.get(key)
-        if value is None or value == "":
+        result = self._number(key, int, "an integer")
+        if result is None:
             return default
-        try:
-            result = int(value)
-        except (TypeError, ValueError):
-            raise ProviderNotConfigured(f"{self.provider}: '{key}' must be an integer, not {value!r}") from None
         if choices and result not in choices:
             raise ProviderNotConfigured(f"{self.provider}: '{key}' must be one of {list(choices)}, not {result}")
         return result
+
+    def _number(self, key: str, kind: Callable[[Any], _Number], what: str) -> _Number | None:
+        """``key`` read as ``kind``; None when unset or empty (the caller's default)."""
+        value = self.data.get(key)
+        if value is None or value == "":
+            return None
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ProviderNotConfigured(f"{self.provider}: '{key}' must be {what}, not {value!r}") from None
 
     def bool(self, key: str, default: bool) -> bool:
         value = self.data.get(key)

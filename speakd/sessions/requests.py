@@ -8,6 +8,7 @@ importing one another.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -58,11 +59,12 @@ REFERENCE_ID_PATTERN = r"^[A-Za-z0-9._:@+=-]{1,200}$"
 # fullmatch and ASCII: "$" alone lets a trailing newline through, \d other scripts' digits.
 _REFERENCE_ID = re.compile(REFERENCE_ID_PATTERN, re.ASCII)
 
-CREATE_FIELDS = ("reference_type", "reference_id", "language", "provider", "voice_id", "direction")
+# The fields a body may have: the request types' (a create's model comes from its voice).
+CREATE_FIELDS = tuple(f.name for f in dataclasses.fields(CreateRequest) if f.name != "model")
 # What a caller on a call (the dialplan, an ARI application) may choose for the session it gets:
 # the reference is its channel.
 SESSION_OPTIONS = tuple(f for f in CREATE_FIELDS if f not in ("reference_type", "reference_id"))
-SAY_FIELDS = ("text", "payload_type", "client_state", "command_id", "stop")
+SAY_FIELDS = tuple(f.name for f in dataclasses.fields(SayRequest))
 MAX_CLIENT_STATE_CHARS = 4096
 MAX_COMMAND_ID_CHARS = 256
 MAX_VOICE_ID_CHARS = 200

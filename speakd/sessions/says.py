@@ -21,7 +21,7 @@ from typing import Any
 
 from speakd.providers.base import TextStream
 from speakd.store.records import NOT_YET, now_stamp
-from speakd.store.sqlite import SAY_FIELDS
+from speakd.store.sqlite import SAY_COLUMNS
 
 
 class SayStatus(StrEnum):
@@ -62,7 +62,7 @@ class SayItem:
     # A streamed say's provider connection, kept across the stream's chunks (None: synthesize alone).
     text_stream: TextStream | None = field(default=None, repr=False)
 
-    STORED = SAY_FIELDS
+    STORED = SAY_COLUMNS
     # The say as the API shows it (also the fields the OpenAPI document's Say requires).
     SHOWN = (
         "say_id",

@@ -107,7 +107,7 @@ HEALTH_BUSY_TIMEOUT_MS = 500
 # ``created`` the unix time it was queued (what give-up is measured from).
 OUTBOX_FIELDS = ("event_id", "customer_id", "event_type", "body", "created", "attempts")
 
-SAY_FIELDS = (
+SAY_COLUMNS = (
     "say_id",
     "speaking_id",
     "text",
@@ -126,7 +126,7 @@ SAY_FIELDS = (
 # Written when the say is queued, never after.
 _SAY_SET_ONCE = ("say_id", "speaking_id", "text", "payload_type", "client_state", "command_id", "tm_queued")
 _SPEAKING_COLS = tuple(f for f in FIELDS if f != "id")  # what an update writes
-_SAY_COLS = tuple(f for f in SAY_FIELDS if f not in _SAY_SET_ONCE)
+_SAY_COLS = tuple(f for f in SAY_COLUMNS if f not in _SAY_SET_ONCE)
 
 
 def _insert_sql(table: str, fields: tuple[str, ...]) -> str:
@@ -138,7 +138,7 @@ def _update_sql(table: str, fields: tuple[str, ...], key: str) -> str:
 
 
 _INSERT_SPEAKING = _insert_sql("speakings", FIELDS)
-_INSERT_SAY = _insert_sql("says", SAY_FIELDS)
+_INSERT_SAY = _insert_sql("says", SAY_COLUMNS)
 _INSERT_OUTBOX = _insert_sql("webhook_outbox", OUTBOX_FIELDS)
 _UPDATE_SPEAKING = _update_sql("speakings", _SPEAKING_COLS, "id")
 _UPDATE_SAY = _update_sql("says", _SAY_COLS, "say_id")
@@ -257,7 +257,7 @@ class SqliteStore:
         await self._superseding(self._pending_speakings, record.id, _UPDATE_SPEAKING, _update_speaking_args(row))
 
     async def insert_say(self, row: dict[str, Any]) -> None:
-        await self._run(self.db.execute, _INSERT_SAY, tuple(row[f] for f in SAY_FIELDS))
+        await self._run(self.db.execute, _INSERT_SAY, tuple(row[f] for f in SAY_COLUMNS))
 
     async def update_say(self, row: dict[str, Any]) -> None:
         await self._superseding(self._pending_says, row["say_id"], _UPDATE_SAY, _update_say_args(row))
@@ -429,7 +429,7 @@ class SqliteStore:
         """A session's says, oldest first."""
 
         def run() -> list[dict[str, Any]]:
-            sql = f"SELECT {', '.join(SAY_FIELDS)} FROM says WHERE speaking_id = ? ORDER BY seq"
+            sql = f"SELECT {', '.join(SAY_COLUMNS)} FROM says WHERE speaking_id = ? ORDER BY seq"
             return [dict(r) for r in self.db.execute(sql, (speaking_id,)).fetchall()]
 
         return _overlay(self._pending_says, "say_id", await self._run(run))
