@@ -286,7 +286,12 @@ OPENAPI: dict[str, Any] = {
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
                     },
-                    {"name": "page_token", "in": "query", "schema": {"type": "string", "pattern": PAGE_TOKEN_PATTERN}},
+                    {
+                        "name": "page_token",
+                        "in": "query",
+                        "description": "The previous page's next_page_token; empty or absent: the first page",
+                        "schema": {"type": "string", "pattern": PAGE_TOKEN_PATTERN},
+                    },
                 ],
                 "responses": {
                     "200": {
@@ -297,7 +302,11 @@ OPENAPI: dict[str, Any] = {
                                     "type": "object",
                                     "properties": {
                                         "result": {"type": "array", "items": {"$ref": "#/components/schemas/Speaking"}},
-                                        "next_page_token": {"type": "string"},
+                                        "next_page_token": {
+                                            "type": "string",
+                                            "pattern": PAGE_TOKEN_PATTERN,
+                                            "description": "Pass as page_token for the next page; empty on the last",
+                                        },
                                     },
                                 }
                             }

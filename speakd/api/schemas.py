@@ -14,8 +14,9 @@ from speakd.sessions.requests import CREATE_FIELDS, SAY_FIELDS, CreateRequest, S
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 10
-# Also the pattern of the OpenAPI document's page_token.
-PAGE_TOKEN_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"
+# Also the pattern of the OpenAPI document's page_token. Empty is the first page: it is what a
+# client that starts from "no token" sends, and what the last page's next_page_token reads.
+PAGE_TOKEN_PATTERN = r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6})?$"
 # fullmatch and ASCII: "$" alone lets a trailing newline through, \d other scripts' digits.
 _PAGE_TOKEN = re.compile(PAGE_TOKEN_PATTERN, re.ASCII)
 

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from speakd.api.openapi import OPENAPI
 from speakd.api.schemas import parse_create, parse_page, parse_say
 from speakd.errors import InvalidRequest
 from speakd.languages import parse_language_tag
@@ -105,6 +106,27 @@ def test_orphan_detection_never_claims_another_apps_objects():
 def test_a_page_token_is_exactly_the_documented_form(query):
     with pytest.raises(InvalidRequest, match="page_token"):
         parse_page(query)
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "2026-01-01 00:00:00.000000", "yesterday", " ", "2026-01-01 00:00:00.000000\n", "2026-01-01"],
+)
+def test_the_served_page_token_pattern_accepts_exactly_what_the_server_accepts(token):
+    """Schemathesis found ``page_token=`` answered 200 while the document's pattern refused it
+    (the document was wrong: an empty token is the first page, and the last page's
+    ``next_page_token``). The document and the server must agree on every value."""
+    listing = OPENAPI["paths"]["/v1.0/speakings"]["get"]
+    (param,) = [p for p in listing["parameters"] if p["name"] == "page_token"]
+    # JSON Schema patterns are ECMA-262: "$" is the end of the string, not also before a final newline.
+    pattern = re.sub(r"\$$", r"\\Z", param["schema"]["pattern"])
+    documented = re.search(pattern, token, re.ASCII) is not None
+    try:
+        parse_page({"page_token": token})
+        served = True
+    except InvalidRequest:
+        served = False
+    assert documented == served
 
 
 @pytest.mark.parametrize("reference_id", ["abc\n", "abc\u00e9", "a\u212a"])
