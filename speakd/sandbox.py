@@ -1,6 +1,6 @@
 """A real Asterisk for development and tests: a Debian sid chroot beside the host.
 
-    python -m speakd.sandbox up|down|status|env|crash|call
+    python -m speakd.sandbox up|down|status|env|crash|call|hangup
 
 Debian bookworm ships no Asterisk and installing sid packages on it would replace libc,
 so `up` builds a minimal sid root with debootstrap (cached outside the repo, keyed by the
@@ -459,8 +459,43 @@ def _ari(settings: dict[str, str], method: str, path: str, body: dict | None = N
     return json.loads(raw) if raw else {}
 
 
+PHONES = ("alice", "bob")
+CALL_READY_S = 15.0
+RECORDING_FINAL_S = 15.0
+
+
+def _ari_or_none(settings: dict[str, str], path: str) -> dict | None:
+    """GET ``path``; None where ARI answers 404 (no such object)."""
+    try:
+        return _ari(settings, "GET", path)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def _wait(check: Callable[[], object], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise SandboxError(f"gave up after {within:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def wav_is_final(data: bytes) -> bool:
+    """True once the writer has closed the WAV file: its data chunk's size matches the bytes present."""
+    pos = 12
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if data[pos : pos + 4] == b"data":
+            return size == len(data) - pos - 8
+        pos += 8 + size + (size & 1)
+    return False
+
+
 def cmd_call(minutes: float) -> int:
-    """Place the test two-party call (alice <-> bob) and print the channel to speak into."""
+    """Place the test two-party call (alice <-> bob), wait until both phones have answered and
+    send audio, and print the channel to speak into."""
     settings = ari_settings()
     if not _ari_ok(settings):
         raise SandboxError("ARI does not answer: run `python -m speakd.sandbox up` first")
@@ -475,13 +510,53 @@ def cmd_call(minutes: float) -> int:
         f"/channels?{query}",
         {"variables": {"_SPEAKD_TEST_ID": test_id, "_SPEAKD_TEST_MAX_SECONDS": str(int(minutes * 60))}},
     )
+
+    def answered() -> bool:
+        # Each phone sets GLOBAL(SPEAKD_READY_<id>_<party>) once it records and sends (extensions.conf).
+        ready = [_ari_or_none(settings, f"/asterisk/variable?variable=SPEAKD_READY_{test_id}_{p}") for p in PHONES]
+        channel = _ari_or_none(settings, f"/channels/{a1}")
+        return all(r and r.get("value") == "1" for r in ready) and bool(channel) and channel["state"] == "Up"
+
+    _wait(answered, CALL_READY_S, f"the call {a1} to be answered by both phones")
     print(a1)
     print(
-        f"sandbox: call up for {minutes:g} min; alice hears whisper=out on {a1}. Recordings: "
-        f"/ari/recordings/stored/{test_id}-alice and {test_id}-bob (after hangup). "
-        f"Hang up early: curl -u {settings['user']}:*** -X DELETE {settings['url']}/ari/channels/{a1}",
+        f"sandbox: call up for {minutes:g} min; alice hears whisper=out on {a1}. "
+        f"Hang up and keep what alice heard: python -m speakd.sandbox hangup {a1} --save alice.wav",
         file=sys.stderr,
     )
+    return 0
+
+
+def cmd_hangup(channel_id: str, save: Path | None, party: str) -> int:
+    """Hang up a call placed by `call` and, with ``save``, write what ``party`` heard (the phone's
+    recording, complete once the call has ended) to that file."""
+    settings = ari_settings()
+    test_id = channel_id.removesuffix("-a1")
+    legs = (f"{test_id}-a1", f"{test_id}-a2")
+    for leg in legs:
+        with contextlib.suppress(urllib.error.HTTPError):  # already gone
+            _ari(settings, "DELETE", f"/channels/{leg}")
+    _wait(lambda: all(_ari_or_none(settings, f"/channels/{leg}") is None for leg in legs), 10.0, "the call to end")
+    if save is None:
+        return 0
+    url = f"{settings['url']}/ari/recordings/stored/{test_id}-{party}/file"
+    previous: list[bytes] = []
+
+    def final() -> bool:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=_ari_auth(settings)), timeout=10) as resp:
+                data = resp.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:  # not written yet
+                return False
+            raise
+        done = wav_is_final(data) and previous[-1:] == [data]
+        previous[:] = [data]
+        return done
+
+    _wait(final, RECORDING_FINAL_S, f"{party}'s recording of {test_id} to be complete")
+    save.write_bytes(previous[0])
+    print(f"sandbox: {save} holds what {party} heard ({len(previous[0]) / 16000:.1f} s)", file=sys.stderr)
     return 0
 
 
@@ -495,6 +570,10 @@ def main(argv: list[str]) -> int:
     sub.add_parser("crash", help="SIGKILL Asterisk as a crash would (tests); `up` starts it again")
     call = sub.add_parser("call", help="place a test two-party call; prints the channel id to speak into")
     call.add_argument("--minutes", type=float, default=10.0)
+    hangup = sub.add_parser("hangup", help="hang up a call placed by `call`; --save FILE keeps what a phone heard")
+    hangup.add_argument("channel", help="the channel id `call` printed")
+    hangup.add_argument("--save", type=Path, help="write the phone's recording (WAV, 8 kHz) to this file")
+    hangup.add_argument("--party", choices=PHONES, default="alice", help="whose recording (default: alice)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "up":
@@ -507,6 +586,8 @@ def main(argv: list[str]) -> int:
             return cmd_env()
         if args.cmd == "crash":
             return cmd_crash()
+        if args.cmd == "hangup":
+            return cmd_hangup(args.channel, args.save, args.party)
         return cmd_call(args.minutes)
     except (SandboxError, subprocess.CalledProcessError, urllib.error.URLError) as exc:
         print(f"sandbox: error: {exc}", file=sys.stderr)

@@ -8,6 +8,8 @@ import struct
 
 import numpy as np
 
+from speakd.sandbox import wav_is_final  # noqa: F401  (re-exported: the harness's one WAV reader module)
+
 RATE = 8000
 FRAME = 160  # 20 ms at 8 kHz
 FRAME_S = FRAME / RATE
@@ -34,20 +36,6 @@ def read_wav(data: bytes) -> np.ndarray:
             return np.frombuffer(data[body : body + n], dtype="<i2").astype(np.int16)
         pos = body + size + (size & 1)
     raise ValueError("WAV has no data chunk")
-
-
-def wav_is_final(data: bytes) -> bool:
-    """True once the writer has closed the file (the data chunk size matches the bytes present)."""
-    try:
-        pos = 12
-        while pos + 8 <= len(data):
-            cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-            if cid == b"data":
-                return size == len(data) - pos - 8
-            pos += 8 + size + (size & 1)
-    except struct.error:
-        return False
-    return False
 
 
 def duration(samples: np.ndarray) -> float:
