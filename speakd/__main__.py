@@ -1,4 +1,9 @@
-"""Command line: ``speakd run --config FILE`` and ``speakd sandbox up|down|status|...``."""
+"""Command line: ``speakd run [--config FILE]``, ``speakd check-config [--config FILE]`` and
+``speakd sandbox up|down|status|...``.
+
+Without ``--config`` both take ``$SPEAKD_CONFIG``, else /etc/speakd/speakd.toml; with none of
+them they refuse (running on built-in defaults alone would serve nothing anyone configured).
+"""
 
 from __future__ import annotations
 
@@ -15,34 +20,48 @@ def main(argv: list[str] | None = None) -> int:
         from speakd import sandbox
 
         return sandbox.main(argv[1:])
+    from speakd import config_check
+    from speakd.config import CONFIG_FILE_VARIABLE, DEFAULT_CONFIG_FILE, ConfigError, config_file, read_config
 
     parser = argparse.ArgumentParser(prog="speakd", description="Speak TTS into live Asterisk calls over ARI")
     parser.add_argument("--version", action="version", version=f"speakd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    config_help = (
+        f"TOML config file (default: ${CONFIG_FILE_VARIABLE}, else {DEFAULT_CONFIG_FILE}); "
+        "SPEAKD_<SECTION>_<KEY> variables override its keys"
+    )
     run_p = sub.add_parser("run", help="run the daemon")
-    run_p.add_argument("--config", "-c", help="TOML config file (SPEAKD_<SECTION>_<KEY> env vars override it)")
+    run_p.add_argument("--config", "-c", help=config_help)
     sub.add_parser("sandbox", help="manage the development Asterisk (speakd sandbox --help lists its commands)")
-    check_p = sub.add_parser("check-config", help="load the config and print the effective values")
-    check_p.add_argument("--config", "-c")
+    check_p = sub.add_parser("check-config", help="list every problem of the config and print the effective values")
+    check_p.add_argument("--config", "-c", help=config_help)
     args = parser.parse_args(argv)
 
-    from speakd.config import ConfigError, load_config
-    from speakd.logging import configure_logging
-
     try:
-        config = load_config(args.config)
+        path = config_file(args.config)
+        reading = read_config(path)
     except ConfigError as exc:
         print(f"speakd: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        from speakd import config_check
+        return config_check.run(reading)
+    if reading.problems:
+        return config_check.report_refusal(reading)
 
-        return config_check.run(config)
+    import structlog
 
+    from speakd.logging import configure_logging
+
+    config = reading.config
     configure_logging(config.log.level, config.log.format)
+    log = structlog.get_logger("speakd")
+    # Which file, and which keys the environment set over it (names, never values).
+    log.info("config_file", path=path, from_environment=sorted(reading.from_environment.values()))
+    for warning in config_check.warnings(reading):
+        log.warning("config_warning", problem=warning)
     from speakd.daemon import run
 
-    asyncio.run(run(config, config_path=args.config))
+    asyncio.run(run(config, config_path=path))
     return 0
 
 

@@ -5,15 +5,20 @@ Sections and their keys are the dataclasses below. Provider sections (``[piper]`
 own module, so adding a provider key never touches this file. Environment values are
 parsed to the type of the key they replace (``true``/``1`` for bools, ``k=v,k2=v2`` for
 tables).
+
+Reading collects every problem instead of stopping at the first (:func:`read_config`), so
+``speakd check-config`` can list them all; each rule is written once, and reports into the
+list it is given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tomllib
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -25,9 +30,28 @@ from speakd.logging import LOG_FORMATS, log_level_number
 from speakd.parsing import parse_bool, parse_table
 from speakd.provider_names import PROVIDER_NAMES
 
+# Where ``speakd run`` and ``check-config`` look without ``-c``: the variable, then the file.
+CONFIG_FILE_VARIABLE = "SPEAKD_CONFIG"
+DEFAULT_CONFIG_FILE = "/etc/speakd/speakd.toml"
+
 
 class ConfigError(Exception):
-    """The configuration file or environment is invalid; the message says which key."""
+    """The configuration file or environment is invalid: ``problems`` holds each thing to fix,
+    a sentence naming its key (the message joins them)."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+@contextlib.contextmanager
+def _collected(found: list[str]) -> Iterator[None]:
+    """Run a rule that raises ConfigError (it is shared with code that wants the error) and
+    add what it raised to ``found`` instead."""
+    try:
+        yield
+    except ConfigError as exc:
+        found.extend(exc.problems)
 
 
 @dataclass
@@ -161,35 +185,40 @@ class WebhooksConfig:
     give_up_after: float = 86400.0
 
     def targets(self) -> dict[str, WebhookTarget]:
-        """The validated endpoints (call after Config.validate)."""
+        """The endpoints (of a config load_config accepted)."""
         return {customer: WebhookTarget(str(t["url"]), str(t["secret"])) for customer, t in self.customers.items()}
 
-    def validate(self) -> None:
+    def problems(self) -> list[str]:
+        found: list[str] = []
         for customer, target in self.customers.items():
             where = f"webhooks.customers.{customer}"
             if not isinstance(target, dict):
-                raise ConfigError(
+                found.append(
                     f'{where} must be a table {{ url = "https://...", secret = "..." }} '
                     f"(set webhooks in the config file, not the environment)"
                 )
-            reject_unknown(target, ("secret", "url"), "key", where=where, error=ConfigError)
+                continue
+            with _collected(found):
+                reject_unknown(target, ("secret", "url"), "key", where=where, error=ConfigError)
             url = target.get("url")
             if not isinstance(url, str) or not url:
-                raise ConfigError(f"{where}.url must be set to the endpoint's http:// or https:// URL")
-            parsed = urllib.parse.urlsplit(url)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise ConfigError(f"{where}.url must be an http:// or https:// URL with a host, not {url!r}")
+                found.append(f"{where}.url must be set to the endpoint's http:// or https:// URL")
+            else:
+                parsed = urllib.parse.urlsplit(url)
+                if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                    found.append(f"{where}.url must be an http:// or https:// URL with a host, not {url!r}")
             secret = target.get("secret")
             if not isinstance(secret, str) or not secret:
-                raise ConfigError(f"{where}.secret must be a non-empty string (the key the POSTs are signed with)")
+                found.append(f"{where}.secret must be a non-empty string (the key the POSTs are signed with)")
         for key in ("request_timeout", "first_backoff", "max_backoff", "give_up_after"):
             if getattr(self, key) <= 0:
-                raise ConfigError(f"webhooks.{key} must be more than 0 seconds, not {getattr(self, key)}")
+                found.append(f"webhooks.{key} must be more than 0 seconds, not {getattr(self, key)}")
         if self.max_backoff < self.first_backoff:
-            raise ConfigError(
+            found.append(
                 f"webhooks.max_backoff ({self.max_backoff}) must be at least webhooks.first_backoff "
                 f"({self.first_backoff})"
             )
+        return found
 
 
 @dataclass
@@ -206,36 +235,37 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def validate(self) -> None:
+    def problems(self) -> list[str]:
+        """Every value out of its range or at odds with another, each a sentence naming its key."""
+        found: list[str] = []
         if not -20 <= self.server.nice <= 19:
-            raise ConfigError(f"server.nice must be -20..19, not {self.server.nice}")
+            found.append(f"server.nice must be -20..19, not {self.server.nice}")
         if self.media.codec not in CODECS:
-            raise ConfigError(
+            found.append(
                 f"media.codec must be {either(CODECS)}, not {self.media.codec!r} "
                 "(Asterisk drops slin RTP on ExternalMedia)"
             )
         if self.media.transport not in MEDIA_TRANSPORTS:
-            raise ConfigError(f"media.transport must be {either(MEDIA_TRANSPORTS)}, not {self.media.transport!r}")
+            found.append(f"media.transport must be {either(MEDIA_TRANSPORTS)}, not {self.media.transport!r}")
         if not 20 <= self.media.mark_every_ms <= 1000:
-            raise ConfigError(f"media.mark_every_ms must be 20..1000, not {self.media.mark_every_ms}")
+            found.append(f"media.mark_every_ms must be 20..1000, not {self.media.mark_every_ms}")
         if not 2 * self.media.mark_every_ms <= self.media.lead_ms <= 15_000:
-            raise ConfigError(
+            found.append(
                 f"media.lead_ms must be between twice media.mark_every_ms and 15000 (Asterisk queues at most "
                 f"20 s), not {self.media.lead_ms}"
             )
         if self.tts.default_provider not in PROVIDER_NAMES:
-            raise ConfigError(
-                f"tts.default_provider must be {either(PROVIDER_NAMES)}, not {self.tts.default_provider!r}"
-            )
+            found.append(f"tts.default_provider must be {either(PROVIDER_NAMES)}, not {self.tts.default_provider!r}")
         if self.agi.listen:
-            self.agi.address()
+            with _collected(found):
+                self.agi.address()
         try:
             log_level_number(self.log.level)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            found.append(str(exc))
         if self.log.format not in LOG_FORMATS:
-            raise ConfigError(f"log.format must be {either(LOG_FORMATS)}, not {self.log.format!r}")
-        self.webhooks.validate()
+            found.append(f"log.format must be {either(LOG_FORMATS)}, not {self.log.format!r}")
+        return found + self.webhooks.problems()
 
 
 _SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name != "providers"}
@@ -265,28 +295,69 @@ def _parse_env_value(raw: str, current: Any, where: str) -> Any:
     return raw
 
 
-def _build_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    known = sorted(f.name for f in dataclasses.fields(cls))
-    reject_unknown(values, known, "key", where=f"[{section}]", error=ConfigError)
-    obj = cls()
-    for key, value in values.items():
-        current = getattr(obj, key)
-        if isinstance(current, bool) and not isinstance(value, bool):
-            raise ConfigError(f"[{section}] {key} must be true or false")
-        if isinstance(current, int | float) and not isinstance(current, bool):
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise ConfigError(f"[{section}] {key} must be a number")
-            value = type(current)(value)
-        elif isinstance(current, str) and not isinstance(value, str):
-            raise ConfigError(f"[{section}] {key} must be a string")
-        elif isinstance(current, dict) and not isinstance(value, dict):
-            raise ConfigError(f"[{section}] {key} must be a table")
-        setattr(obj, key, value)
-    return obj
+def _file_value(current: Any, value: Any, where: str) -> Any:
+    """``value`` from the file as the type of the key's default ``current``; ConfigError if it is not one."""
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false")
+    elif isinstance(current, int | float):
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number")
+        return type(current)(value)
+    elif isinstance(current, str) and not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string")
+    elif isinstance(current, dict) and not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table")
+    return value
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read ``path`` (if given), then apply ``SPEAKD_<SECTION>_<KEY>`` overrides."""
+@dataclass
+class ConfigReading:
+    """A configuration as read, with every problem found in it: it runs only without any."""
+
+    config: Config
+    path: str | None
+    problems: list[str] = field(default_factory=list)
+    # "section.key" -> the SPEAKD_* variable that set it (over the file)
+    from_environment: dict[str, str] = field(default_factory=dict)
+    # "section.key" whose given value was refused: the key keeps its default, which checks
+    # that read it should not judge.
+    refused: set[str] = field(default_factory=set)
+
+    def origin(self, key: str) -> str:
+        """Where ``key`` ("section.key") was set, for a message: its variable, else the file."""
+        if key in self.from_environment:
+            return self.from_environment[key]
+        return f"{key} in {self.path}" if self.path else key
+
+    @contextlib.contextmanager
+    def _setting(self, key: str) -> Iterator[None]:
+        """Around setting ``key`` ("section.key"): what it raises is a problem, and the key keeps its default."""
+        try:
+            yield
+        except ConfigError as exc:
+            self.problems.extend(exc.problems)
+            self.refused.add(key)
+        else:
+            self.refused.discard(key)  # the environment's good value over the file's bad one
+
+
+def config_file(given: str | None, environ: Mapping[str, str] | None = None, default: str = DEFAULT_CONFIG_FILE) -> str:
+    """The file to run on: ``given`` (``-c``), else ``$SPEAKD_CONFIG``, else ``default`` if it
+    exists; ConfigError saying how to name one if none is."""
+    environ = os.environ if environ is None else environ
+    path = given or environ.get(CONFIG_FILE_VARIABLE) or (default if os.path.exists(default) else None)
+    if not path:
+        raise ConfigError(
+            f"no config file: pass -c FILE, set {CONFIG_FILE_VARIABLE}=FILE, or create {default} "
+            "(speakd.example.toml has every key)"
+        )
+    return path
+
+
+def read_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> ConfigReading:
+    """Read ``path`` (if given), then apply ``SPEAKD_<SECTION>_<KEY>`` overrides, collecting every
+    problem; a file that cannot be read or parsed raises ConfigError (nothing more to check)."""
     environ = os.environ if environ is None else environ
     data: dict[str, Any] = {}
     if path is not None:
@@ -294,22 +365,38 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
             data = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from None
 
-    reject_unknown(data, [*_SECTIONS, *PROVIDER_NAMES], "config section", error=ConfigError)
+    reading = ConfigReading(Config(), None if path is None else os.fspath(path))
+    config, found = reading.config, reading.problems
+    with _collected(found):
+        reject_unknown(data, [*_SECTIONS, *PROVIDER_NAMES], "config section", error=ConfigError)
 
-    config = Config()
-    for name, f in _SECTIONS.items():
-        section = data.get(name, {})
-        if not isinstance(section, dict):
-            raise ConfigError(f"[{name}] must be a table")
-        setattr(config, name, _build_section(f.default_factory, section, name))  # type: ignore[misc]
+    for name, section_field in _SECTIONS.items():
+        values = data.get(name, {})
+        section_obj = section_field.default_factory()  # type: ignore[misc]
+        setattr(config, name, section_obj)
+        if not isinstance(values, dict):
+            found.append(f"[{name}] must be a table")
+            continue
+        known = [key_field.name for key_field in dataclasses.fields(section_obj)]
+        with _collected(found):
+            reject_unknown(values, sorted(known), "key", where=f"[{name}]", error=ConfigError)
+        for key, value in values.items():
+            if key in known:
+                with reading._setting(f"{name}.{key}"):
+                    setattr(section_obj, key, _file_value(getattr(section_obj, key), value, f"[{name}] {key}"))
     for name in PROVIDER_NAMES:
         if name in data:
-            if not isinstance(data[name], dict):
-                raise ConfigError(f"[{name}] must be a table")
-            config.providers[name] = dict(data[name])
+            if isinstance(data[name], dict):
+                config.providers[name] = dict(data[name])
+            else:
+                found.append(f"[{name}] must be a table")
 
     for env_key, raw in environ.items():
         if not env_key.startswith("SPEAKD_"):
@@ -321,13 +408,25 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
                 section_obj = getattr(config, name)
                 if not hasattr(section_obj, key):
                     break  # SPEAKD_* variables of other tools (e.g. tests) are not ours to reject
-                setattr(section_obj, key, _parse_env_value(raw, getattr(section_obj, key), env_key))
+                reading.from_environment[f"{name}.{key}"] = env_key
+                with reading._setting(f"{name}.{key}"):
+                    setattr(section_obj, key, _parse_env_value(raw, getattr(section_obj, key), env_key))
                 break
         else:
             for name in PROVIDER_NAMES:
                 if rest.startswith(name + "_"):
-                    config.providers.setdefault(name, {})[rest[len(name) + 1 :]] = raw
+                    key = rest[len(name) + 1 :]
+                    config.providers.setdefault(name, {})[key] = raw
+                    reading.from_environment[f"{name}.{key}"] = env_key
                     break
 
-    config.validate()
-    return config
+    found.extend(config.problems())
+    return reading
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The configuration of ``path`` and the environment; ConfigError with every problem if it has any."""
+    reading = read_config(path, environ)
+    if reading.problems:
+        raise ConfigError(*reading.problems)
+    return reading.config

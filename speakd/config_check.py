@@ -1,16 +1,21 @@
-"""``speakd check-config``: the effective config on stdout, what is wrong with it on stderr.
+"""``speakd check-config``: the effective config on stdout, everything wrong with it on stderr.
 
-Problems come in two kinds. An **error** is a config the daemon would run with but not do its
-job: the default provider cannot be used (every session that names no provider is refused), or
-a provider section that is present cannot be used (a bad value; the daemon would run without
-that provider). A **warning** is a config that works but is probably not what was meant: no
-access keys and no JWT secret (the HTTP API refuses every request; the dialplan and ARI ways in
-still work), an empty ARI password. Exit status: 0 with warnings only, 1 with an error (2, from
-the caller, when the file cannot be loaded at all).
+Every problem found is listed, then counted. They come in three kinds:
 
-Building the providers here runs the same code as start-up (each provider module's ``create``),
-without loading models or connecting anywhere, so a value that start-up would refuse is refused
-here too, with the same message.
+- a **configuration error**: a section, key or value speakd refuses (unknown, of the wrong type,
+  out of range); ``speakd run`` does not start. Exit status 2.
+- an **error**: a config the daemon would run with but not do its job: the default provider
+  cannot be used (every session that names no provider is refused), or a provider section that
+  is present cannot be used (a bad value; the daemon would run without that provider). Exit 1.
+- a **warning**: a config that works but is probably not what was meant: no access keys and no
+  JWT secret (the HTTP API refuses every request; the dialplan and ARI ways in still work), an
+  empty ARI password, an access key published with speakd. ``speakd run`` logs these at start.
+  Exit 0.
+
+A file that cannot be read at all is the one configuration error reported (exit 2, from the
+caller). Building the providers here runs the same code as start-up (each provider module's
+``create``), without loading models or connecting anywhere, so a value that start-up would
+refuse is refused here too, with the same message.
 """
 
 from __future__ import annotations
@@ -21,19 +26,48 @@ import os
 import sys
 from typing import TextIO
 
-from speakd.config import Config
+from speakd.config import Config, ConfigReading
+
+# Access keys anyone can read in this repository: the sandbox's (scripts/dev-up writes it to
+# var/dev.toml; docker/compose.yaml defaults to it) and speakd.example.toml's placeholder.
+PUBLIC_ACCESS_KEYS = {
+    "dev-accesskey": "the development key of scripts/dev-up and docker/compose.yaml",
+    "replace-with-a-long-random-key": "the placeholder of speakd.example.toml",
+}
+NEW_KEY_COMMAND = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
-def problems(config: Config) -> tuple[list[str], list[str]]:
-    """(errors, warnings), each a sentence that says what to fix."""
+def warnings(reading: ConfigReading) -> list[str]:
+    """What works but is probably not meant, each a sentence that says what to fix (never a secret)."""
+    config, refused = reading.config, reading.refused
+    found: list[str] = []
+    for key, customer in config.auth.access_keys.items():
+        if key in PUBLIC_ACCESS_KEYS:
+            found.append(
+                f"{reading.origin('auth.access_keys')}: the access key of customer {customer} is "
+                f"{PUBLIC_ACCESS_KEYS[key]}, published with speakd: anyone can use it. "
+                f"Replace it with a long random key, e.g. from {NEW_KEY_COMMAND}"
+            )
+    if not (config.auth.access_keys or config.auth.jwt_secret or {"auth.access_keys", "auth.jwt_secret"} & refused):
+        found.append(
+            "no access keys and no jwt_secret in [auth]: the HTTP API will refuse every request "
+            f'(add access_keys = {{ "<key>" = "<customer id>" }}, a key e.g. from {NEW_KEY_COMMAND})'
+        )
+    if not config.ari.password and "ari.password" not in refused:
+        found.append("ari.password is empty: Asterisk refuses ARI users without a password (see ari.conf)")
+    return found
+
+
+def provider_errors(reading: ConfigReading) -> list[str]:
+    """Why the default provider, or a provider whose section is present, cannot be used."""
     from speakd.providers import ProviderRegistry
 
+    config = reading.config
     errors: list[str] = []
-    warnings: list[str] = []
     registry = ProviderRegistry.from_config(config.providers, log_unavailable=False)
     default = config.tts.default_provider
     for name, reason in registry.unavailable.items():
-        if name == default:
+        if name == default and "tts.default_provider" not in reading.refused:
             usable = ", ".join(registry.names())
             errors.append(
                 f"tts.default_provider is '{default}', which cannot be used: {reason}"
@@ -41,14 +75,7 @@ def problems(config: Config) -> tuple[list[str], list[str]]:
             )
         elif name in config.providers:
             errors.append(reason)
-    if not config.auth.access_keys and not config.auth.jwt_secret:
-        warnings.append(
-            "no access keys and no jwt_secret in [auth]: the HTTP API will refuse every request "
-            "(add [auth.access_keys] '<key>' = '<customer id>')"
-        )
-    if not config.ari.password:
-        warnings.append("ari.password is empty: Asterisk refuses ARI users without a password (see ari.conf)")
-    return errors, warnings
+    return errors
 
 
 def redacted(config: Config) -> dict:
@@ -61,17 +88,41 @@ def redacted(config: Config) -> dict:
     return data
 
 
-def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    errors, warnings = problems(config)
-    try:
-        out.write(json.dumps(redacted(config), indent=2) + "\n")
-        out.flush()
-    except BrokenPipeError:
-        # The reader stopped early (``| head``): not a fault of the config. Point stdout at
-        # /dev/null so the interpreter's own flush at exit does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
-    for warning in warnings:
-        err.write(f"speakd: warning: {warning}\n")
-    for error in errors:
-        err.write(f"speakd: error: {error}\n")
-    return 1 if errors else 0
+def _counted(number: int, what: str) -> str:
+    return f"{number} {what}{'' if number == 1 else 's'}"
+
+
+def _say(err: TextIO, kind: str, messages: list[str]) -> None:
+    for message in messages:
+        err.write(f"speakd: {kind}: {message}\n")
+
+
+def report_refusal(reading: ConfigReading, err: TextIO = sys.stderr) -> int:
+    """``speakd run`` on a config with configuration errors: each on stderr, then how many; 2."""
+    _say(err, "configuration error", reading.problems)
+    err.write(f"speakd: {_counted(len(reading.problems), 'configuration error')} in {reading.path}: not started\n")
+    return 2
+
+
+def run(reading: ConfigReading, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    errors, warned = provider_errors(reading), warnings(reading)
+    if not reading.problems:  # the config speakd would run on; none if it would not start
+        try:
+            out.write(json.dumps(redacted(reading.config), indent=2) + "\n")
+            out.flush()
+        except BrokenPipeError:
+            # The reader stopped early (``| head``): not a fault of the config. Point stdout at
+            # /dev/null so the interpreter's own flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    _say(err, "configuration error", reading.problems)
+    _say(err, "error", errors)
+    _say(err, "warning", warned)
+    if reading.problems or errors or warned:
+        counts = [
+            _counted(len(reading.problems), "configuration error"),
+            _counted(len(errors), "error"),
+            _counted(len(warned), "warning"),
+        ]
+        verdict = "speakd run refuses it" if reading.problems else "speakd runs with it"
+        err.write(f"speakd: {reading.path}: {', '.join(counts)}; {verdict}\n")
+    return 2 if reading.problems else 1 if errors else 0
