@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from speakd.config import (
@@ -10,6 +13,8 @@ from speakd.config import (
     load_config,
     read_config,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path, text: str):
@@ -168,3 +173,15 @@ def test_config_file_is_c_then_the_variable_then_the_default_if_it_exists(tmp_pa
         config_file(None, {CONFIG_FILE_VARIABLE: ""}, default=absent)
     assert str(caught.value).startswith(f"no config file: pass -c FILE, set SPEAKD_CONFIG=FILE, or create {absent}")
     assert DEFAULT_CONFIG_FILE == "/etc/speakd/speakd.toml"  # what systemd/speakd.service passes too
+
+
+def test_the_example_ships_no_access_key_and_is_otherwise_a_config_speakd_accepts():
+    example = REPO / "speakd.example.toml"
+    config = load_config(example, environ={})
+    assert config.auth.access_keys == {} and config.auth.jwt_secret == ""
+    text = example.read_text()
+    # The commented example, uncommented, is a table speakd reads (and check-config warns of).
+    line = next(line for line in text.splitlines() if line.startswith("# access_keys = "))
+    uncommented = tomllib.loads(line.removeprefix("# "))
+    assert uncommented == {"access_keys": {"replace-with-a-long-random-key": "<customer id>"}}
+    assert "secrets.token_urlsafe(32)" in text
