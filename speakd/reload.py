@@ -22,8 +22,9 @@ from typing import Any
 
 import structlog
 
+from speakd import config_check
 from speakd.api.auth import Authenticator
-from speakd.config import Config, ConfigError, load_config
+from speakd.config import Config, ConfigError, read_config
 from speakd.logging import set_log_level
 from speakd.providers import MODULES, RESTART_ONLY, ProviderRegistry
 from speakd.systemd_notify import ServiceNotifier
@@ -101,15 +102,19 @@ class ConfigReloader:
     async def _reload(self) -> bool:
         where = str(self.path) if self.path else "(no file: environment only)"
         try:
-            new = load_config(self.path)
+            reading = read_config(self.path)
+            error = str(ConfigError(*reading.problems)) if reading.problems else ""
         except (ConfigError, OSError) as exc:
+            error = str(exc)
+        if error:
             log.error(
                 "config_reload_failed",
                 config=where,
-                error=str(exc),
+                error=error,
                 kept="the running configuration; fix the file and reload again",
             )
             return False
+        new = reading.config
         changed = differences(self.running, new)
         reloadable = {key for key in changed if key in RELOADED_KEYS}
         try:
@@ -138,6 +143,8 @@ class ConfigReloader:
             fields["log_level"] = new.log.level
         needs_restart = [key for key in changed if key not in reloadable]
         log.info("config_reloaded", config=where, changed=sorted(reloadable), **fields)
+        for warning in config_check.warnings(reading):  # as at start: e.g. a published access key
+            log.warning("config_warning", problem=warning)
         if needs_restart:
             log.warning(
                 "config_reload_needs_restart",

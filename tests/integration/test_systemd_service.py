@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from harness.audio import render_piper
-from harness.daemon import KEY_A, Api, SpeakdProcess
+from harness.daemon import CUSTOMER_A, KEY_A, Api, SpeakdProcess
 from harness.hearing import LONG, assert_heard
 
 from speakd.systemd_notify import socket_address
@@ -176,7 +176,9 @@ async def test_sighup_rotates_the_access_key_and_log_level_while_a_say_plays_to_
         config = tmp_path / "speakd.toml"
         text = config.read_text()
         assert f'"{KEY_A}" =' in text and 'level = "info"' in text
-        text = text.replace(f'"{KEY_A}" =', f'"{ROTATED_KEY}" =').replace('level = "info"', 'level = "debug"')
+        # The new keys include the sandbox's published one, which a reload warns of as a start does.
+        new_keys = f'"dev-accesskey" = "{CUSTOMER_A}", "{ROTATED_KEY}" ='
+        text = text.replace(f'"{KEY_A}" =', new_keys).replace('level = "info"', 'level = "debug"')
         config.write_text(text)
         logged = len(log_events(daemon))
         assert not any(e.get("level") == "debug" for e in log_events(daemon))
@@ -184,6 +186,8 @@ async def test_sighup_rotates_the_access_key_and_log_level_while_a_say_plays_to_
         reloaded = await wait_for_log(daemon, "config_reloaded", after=logged)
         assert reloaded["changed"] == ["auth.access_keys", "log.level"]
         assert reloaded["log_level"] == "debug" and ROTATED_KEY not in json.dumps(reloaded)
+        warned = await wait_for_log(daemon, "config_warning", after=logged)
+        assert "published with speakd" in warned["problem"] and "dev-accesskey" not in warned["problem"]
 
         assert (await new_key.get(speaking_id)).status == 200
         refused = await old_key.get(speaking_id)
