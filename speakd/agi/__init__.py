@@ -1,4 +1,4 @@
-"""Driving speakd from the Asterisk dialplan over FastAGI (README "From the dialplan")."""
+"""Driving speakd from the Asterisk dialplan over FastAGI (docs/ways-in.md, "From the dialplan")."""
 
 from speakd.agi.scripts import AgiScripts
 from speakd.agi.server import AgiServer

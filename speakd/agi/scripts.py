@@ -1,6 +1,6 @@
 """The FastAGI scripts speakd serves: ``speak``, ``flush`` and ``stop`` on the calling channel.
 
-Each script reports back in channel variables (README "From the dialplan"); a refusal never
+Each script reports back in channel variables (docs/ways-in.md, "From the dialplan"); a refusal never
 breaks the dialplan: it is logged and set in ``SPEAKD_ERROR`` (and ``SPEAKD_SAY_STATUS=error``).
 """
 

@@ -200,7 +200,7 @@ _HEALTH = {
 _METRICS = {
     "summary": "Prometheus metrics (no credentials: restrict who reaches it by network)",
     "description": "Text exposition format 0.0.4, or OpenMetrics 1.0 when the Accept header asks for it. "
-    "The README's Metrics section lists every metric.",
+    "docs/metrics.md lists every metric.",
     "security": [],
     "responses": {
         "200": {

@@ -56,7 +56,7 @@ def skip_confbridge_audio_on_rtp(speakd, kind: str) -> None:
     # conference on rtp and both kinds on websocket (the default where Asterisk has it) are
     # tested. Seen with the old in-daemon pacer too (1 run in 3).
     if kind == "confbridge" and speakd.transport == "rtp":
-        pytest.skip("ConfBridge audio over the rtp transport is flaky in the sandbox (see README)")
+        pytest.skip("ConfBridge audio over the rtp transport is flaky in the sandbox (see docs/media.md)")
 
 
 async def start(api, reference_id: str, **fields) -> str:
