@@ -152,7 +152,7 @@ class StoreConfig:
 @dataclass
 class TtsConfig:
     # What an omitted ``provider`` means. The spec's default is elevenlabs; the sandbox
-    # and README set piper so that everything works offline.
+    # (scripts/dev-up, the tests) sets piper so that everything works offline.
     default_provider: str = "elevenlabs"
 
 

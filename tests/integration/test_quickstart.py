@@ -10,6 +10,7 @@ the repository's (the block calls ``.venv/bin/python -m speakd.sandbox``).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -27,17 +28,22 @@ from harness.hearing import (
 
 from speakd.sandbox import ari_settings as sandbox_ari_settings
 
-MARKER = "<!-- quickstart:"
 BLOCK_TIMEOUT_S = 120
 
 
+def _readme_hook():
+    """docs/hooks/readme_quickstart.py: the one reader of the README's quick-start block (the docs
+    site shows the same block)."""
+    path = REPO / "docs" / "hooks" / "readme_quickstart.py"
+    spec = importlib.util.spec_from_file_location("readme_quickstart", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def quickstart_block() -> str:
-    readme = (REPO / "README.md").read_text()
-    assert MARKER in readme, "README.md lost its quick-start marker"
-    after = readme[readme.index(MARKER) :]
-    match = re.search(r"^```sh\n(.*?)^```$", after, re.S | re.M)
-    assert match, "no ```sh block after the quick-start marker"
-    return match.group(1)
+    fenced = _readme_hook().quickstart_block((REPO / "README.md").read_text())
+    return fenced.split("\n", 1)[1].rsplit("```", 1)[0]  # without its fences
 
 
 def says_in(text: str) -> list[str]:
