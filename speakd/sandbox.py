@@ -1,11 +1,19 @@
 """A real Asterisk for development and tests: a Debian sid chroot beside the host.
 
-    python -m speakd.sandbox up|down|status|env|crash|call|hangup
+    python -m speakd.sandbox up|down|status|env|crash|call|hangup [--instance N]
 
 Debian bookworm ships no Asterisk and installing sid packages on it would replace libc,
 so `up` builds a minimal sid root with debootstrap (cached outside the repo, keyed by the
 package list), copies the repo's asterisk-config/ into it and runs Asterisk there. The
 chroot shares the host network: ARI on 127.0.0.1:18088, RTP on 31000-31999, no SIP.
+
+More Asterisks run from the same root as instances 2, 3, ... (`--instance N` or
+SPEAKD_SANDBOX_INSTANCE=N; instance 1 is the one above), each with asterisk-config/ rewritten
+for it: ARI port +N-1 (18089), RTP ports +1000*(N-1) (32000-32999), its own /etc/asterisk-N,
+/var/{lib,spool,log,cache}/asterisk-N and /run/asterisk-N, system name speakd-sandbox-N and
+its own entity id. Each instance starts, stops and crashes alone; the root's /proc and /dev
+mounts go once no instance runs. The tests drive them with start(), stop(), crash() and
+ari_settings().
 
 Standard library only: it must run before the daemon's dependencies are installed.
 """
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -27,8 +36,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path, PurePosixPath
 
 SUITE = "sid"
 VARIANT = "minbase"
@@ -37,8 +46,24 @@ MIRROR = os.environ.get("SPEAKD_SANDBOX_MIRROR", "http://deb.debian.org/debian")
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(os.environ.get("SPEAKD_SANDBOX_CONFIG", REPO / "asterisk-config"))
 START_TIMEOUT = 60.0
-ASTERISK_LOG = "var/log/asterisk/messages"
-STDOUT_LOG = "var/log/asterisk/sandbox-stdout.log"
+ASTERISK_LOG = "messages"  # in the instance's astlogdir
+STDOUT_LOG = "sandbox-stdout.log"
+
+# Instances: 1 runs asterisk-config/ as it is; N > 1 a copy with the settings below.
+INSTANCE_ENV = "SPEAKD_SANDBOX_INSTANCE"  # also in each Asterisk's environment: whose process it is
+MAX_INSTANCE = 9
+RTP_PORTS_PER_INSTANCE = 1000
+# asterisk.conf [directories] an Asterisk writes to; modules, sounds and binaries are shared
+OWN_DIRECTORIES = (
+    "astetcdir",
+    "astvarlibdir",
+    "astdbdir",
+    "astkeydir",
+    "astspooldir",
+    "astrundir",
+    "astlogdir",
+    "astcachedir",
+)
 
 
 class SandboxError(Exception):
@@ -59,8 +84,22 @@ def root_path() -> Path:
     return cache_dir() / f"root-{root_key()}"
 
 
-def state_path() -> Path:
-    return cache_dir() / "state.json"
+def state_path(instance: int = 1) -> Path:
+    return cache_dir() / ("state.json" if instance == 1 else f"state-{instance}.json")
+
+
+def check_instance(instance: int) -> int:
+    if not 1 <= instance <= MAX_INSTANCE:
+        raise SandboxError(f"instance {instance}: the sandbox runs instances 1 to {MAX_INSTANCE}")
+    return instance
+
+
+def default_instance() -> int:
+    value = os.environ.get(INSTANCE_ENV, "1")
+    try:
+        return check_instance(int(value))
+    except ValueError:
+        raise SandboxError(f"{INSTANCE_ENV}={value!r}: give an instance number, 1 to {MAX_INSTANCE}") from None
 
 
 # --------------------------------------------------------------------------- config
@@ -82,10 +121,21 @@ def _parse_conf(path: Path) -> dict[str, dict[str, str]]:
     return sections
 
 
-def ari_settings() -> dict[str, str]:
-    http = _parse_conf(CONFIG_DIR / "http.conf").get("general", {})
-    host = http.get("bindaddr", "127.0.0.1")
-    port = http.get("bindport", "8088")
+def _http_port(instance: int) -> int:
+    return int(_parse_conf(CONFIG_DIR / "http.conf").get("general", {}).get("bindport", "8088")) + instance - 1
+
+
+def rtp_port_range(instance: int = 1) -> range:
+    """The UDP ports instance ``instance`` gives RTP (ExternalMedia) channels."""
+    rtp = _parse_conf(CONFIG_DIR / "rtp.conf").get("general", {})
+    offset = RTP_PORTS_PER_INSTANCE * (check_instance(instance) - 1)
+    return range(int(rtp.get("rtpstart", "5000")) + offset, int(rtp.get("rtpend", "31000")) + offset + 1)
+
+
+def ari_settings(instance: int = 1) -> dict[str, str]:
+    """url, user and password of instance ``instance``'s ARI."""
+    host = _parse_conf(CONFIG_DIR / "http.conf").get("general", {}).get("bindaddr", "127.0.0.1")
+    port = _http_port(check_instance(instance))
     users = [(name, s) for name, s in _parse_conf(CONFIG_DIR / "ari.conf").items() if s.get("type") == "user"]
     if not users:
         raise SandboxError(f"no type=user section in {CONFIG_DIR / 'ari.conf'}")
@@ -100,25 +150,137 @@ def config_hash() -> str:
     return h.hexdigest()
 
 
-def install_config(root: Path) -> None:
-    """Replace the root's /etc/asterisk with exactly what we ship (stock config pulls in Lua/DUNDi)."""
-    etc = root / "etc/asterisk"
+def system_name(instance: int = 1) -> str:
+    """asterisk.conf's systemname (ARI: /asterisk/info config.name); instance 1 keeps the repo's (none)."""
+    if check_instance(instance) == 1:
+        return _parse_conf(CONFIG_DIR / "asterisk.conf").get("options", {}).get("systemname", "")
+    return f"speakd-sandbox-{instance}"
+
+
+def entity_id(instance: int) -> str:
+    """Instance N > 1's EID (instance 1 keeps Asterisk's default, the host's MAC address, which
+    every instance would share): a locally administered address, "spkd" and N."""
+    return f"02:73:70:6b:64:{check_instance(instance):02x}"
+
+
+def directories(instance: int = 1) -> dict[str, str]:
+    """asterisk.conf's [directories] for ``instance``: the repo's, each one it writes suffixed -N."""
+    dirs = _parse_conf(CONFIG_DIR / "asterisk.conf").get("directories", {})
+    if check_instance(instance) == 1:
+        return dirs
+    return {key: f"{path}-{instance}" if key in OWN_DIRECTORIES else path for key, path in dirs.items()}
+
+
+def _conf_set(text: str, section: str, values: dict[str, str]) -> str:
+    """``text`` (an Asterisk .conf) with ``values`` set in ``section``: replaced where the key is,
+    else added at the top of the section."""
+    lines = text.splitlines()
+    header = None
+    current = ""
+    found = set()
+    for i, raw in enumerate(lines):
+        line = raw.split(";", 1)[0].strip()
+        if line.startswith("["):
+            current = line[1 : line.index("]")]
+            if current == section and header is None:
+                header = i
+        elif current == section and "=" in line:
+            key, value = (part.strip() for part in line.split("=", 1))
+            if key in values:
+                lines[i] = f"{key} {'=>' if value.startswith('>') else '='} {values[key]}"
+                found.add(key)
+    if header is None:
+        raise SandboxError(f"no [{section}] section to set {', '.join(values)} in")
+    lines[header + 1 : header + 1] = [f"{key} = {value}" for key, value in values.items() if key not in found]
+    return "\n".join(lines) + "\n"
+
+
+def instance_config(instance: int) -> dict[str, str]:
+    """asterisk-config/'s *.conf as instance ``instance`` (> 1) runs them: {file name: text}."""
+    check_instance(instance)
+    files = {p.name: p.read_text() for p in sorted(CONFIG_DIR.glob("*.conf"))}
+    rtp = rtp_port_range(instance)
+    rec_dir = _parse_conf(CONFIG_DIR / "extensions.conf").get("globals", {}).get("SPEAKD_REC_DIR", "")
+    spool, own_spool = directories(1)["astspooldir"], directories(instance)["astspooldir"]
+    if not rec_dir.startswith(spool + "/"):
+        # ARI serves stored recordings from the spool: one outside it would be heard by no test
+        raise SandboxError(f"extensions.conf's SPEAKD_REC_DIR ({rec_dir!r}) is not under astspooldir ({spool})")
+    edits = {
+        "http.conf": {"general": {"bindport": str(_http_port(instance)), "servername": system_name(instance)}},
+        "rtp.conf": {"general": {"rtpstart": str(rtp.start), "rtpend": str(rtp.stop - 1)}},
+        "asterisk.conf": {
+            "directories": directories(instance),
+            "options": {"systemname": system_name(instance), "entityid": entity_id(instance)},
+        },
+        "extensions.conf": {"globals": {"SPEAKD_REC_DIR": own_spool + rec_dir.removeprefix(spool)}},
+    }
+    for name, sections in edits.items():
+        for section, values in sections.items():
+            files[name] = _conf_set(files[name], section, values)
+    # "(!)" makes the section a template, which Asterisk does not read: instance 1 runs on
+    # Asterisk's built-in paths (which the repo's file repeats), the others on these
+    files["asterisk.conf"] = files["asterisk.conf"].replace("[directories](!)", "[directories]", 1)
+    return files
+
+
+def instance_config_hash(instance: int) -> str:
+    """What `up` compares to restart an instance on a change: config_hash() for instance 1 (as
+    it always was), the rewritten files for the others."""
+    if instance == 1:
+        return config_hash()
+    h = hashlib.sha256(config_hash().encode())
+    for name, text in sorted(instance_config(instance).items()):
+        h.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return h.hexdigest()
+
+
+def in_root(root: Path, path: str) -> Path:
+    """An absolute path of the chroot seen from outside it (for paths without symlinks: /etc, /var/log)."""
+    return root / PurePosixPath(path).relative_to("/")
+
+
+def _mkdirs_in_root(root: Path, instance: int, paths: Iterable[str]) -> None:
+    # in the chroot: there Debian's /var/run -> /run is the root's own /run, not the host's
+    _run(["chroot", str(root), "mkdir", "-p", *paths], env=_chroot_env(instance))
+
+
+def install_config(root: Path, instance: int = 1) -> None:
+    """Replace the instance's /etc/asterisk with exactly what we ship (stock config pulls in
+    Lua/DUNDi), rewritten for instances above 1."""
+    dirs = directories(instance)
+    etc = in_root(root, dirs["astetcdir"])
     if etc.exists():
         shutil.rmtree(etc)
     etc.mkdir(parents=True)
-    for path in CONFIG_DIR.iterdir():
-        if path.is_file() and path.suffix == ".conf":
-            shutil.copy2(path, etc / path.name)
+    if instance == 1:
+        for path in CONFIG_DIR.iterdir():
+            if path.is_file() and path.suffix == ".conf":
+                shutil.copy2(path, etc / path.name)
+    else:
+        for name, text in instance_config(instance).items():
+            (etc / name).write_text(text)
     sounds = CONFIG_DIR / "sounds"
     if sounds.is_dir():
-        shutil.copytree(sounds, root / "usr/share/asterisk/sounds", dirs_exist_ok=True)
-    for d in ("var/spool/asterisk/recording", "var/run/asterisk", "var/log/asterisk"):
-        (root / d).mkdir(parents=True, exist_ok=True)
+        _copy_changed(sounds, root / "usr/share/asterisk/sounds")
+    recordings = f"{dirs['astspooldir']}/recording"
+    _mkdirs_in_root(root, instance, [recordings, *(dirs[key] for key in OWN_DIRECTORIES)])
     # test recordings pile up otherwise; a day is long enough to look at a failed run's files
-    for rec in (root / "var/spool/asterisk/recording").glob("*.wav"):
+    for rec in in_root(root, recordings).glob("*.wav"):
         with contextlib.suppress(OSError):
             if time.time() - rec.stat().st_mtime > 86400:
                 rec.unlink()
+
+
+def _copy_changed(src: Path, dst: Path) -> None:
+    """Copy the tree ``src`` onto ``dst``, writing only files that differ: another instance may
+    be playing them."""
+    for path in src.rglob("*"):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif not target.is_file() or target.read_bytes() != path.read_bytes():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
 
 
 # --------------------------------------------------------------------------- root build
@@ -199,7 +361,7 @@ def unmount_all(root: Path) -> None:
 
 
 def _root_pids(root: Path) -> list[int]:
-    """Every process whose filesystem root is our chroot (Asterisk and anything it spawned)."""
+    """Every process whose filesystem root is our chroot (every instance's Asterisk and anything it spawned)."""
     want = str(root.resolve())
     pids = []
     for entry in Path("/proc").iterdir():
@@ -209,6 +371,30 @@ def _root_pids(root: Path) -> list[int]:
             if os.readlink(entry / "root") == want:
                 pids.append(int(entry.name))
     return pids
+
+
+def _chroot_env(instance: int) -> dict[str, str]:
+    """The environment of whatever we run in the root; INSTANCE_ENV marks the instance it belongs to."""
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root", INSTANCE_ENV: str(instance)}
+
+
+def _pid_instance(pid: int) -> int | None:
+    """The instance process ``pid`` belongs to (by the environment it started with; an Asterisk
+    started before instances existed has none and is instance 1); None once it is gone."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for var in environ.split(b"\0"):
+        if var.startswith(INSTANCE_ENV.encode() + b"="):
+            with contextlib.suppress(ValueError):
+                return int(var.split(b"=", 1)[1])
+    return 1
+
+
+def instance_pids(root: Path, instance: int = 1) -> list[int]:
+    """The processes of instance ``instance`` in the root."""
+    return [pid for pid in _root_pids(root) if _pid_instance(pid) == instance]
 
 
 def _ari_auth(settings: dict[str, str]) -> dict[str, str]:
@@ -253,20 +439,28 @@ def _tail(path: Path, lines: int = 40) -> str:
 ASTERISK_NICE = -15
 
 
-def start_asterisk(root: Path, settings: dict[str, str]) -> int:
-    log = root / STDOUT_LOG
+def _asterisk_cmd(instance: int) -> list[str]:
+    """asterisk in the root, reading the instance's asterisk.conf (instance 1: the default one)."""
+    if instance == 1:
+        return ["/usr/sbin/asterisk"]
+    return ["/usr/sbin/asterisk", "-C", f"{directories(instance)['astetcdir']}/asterisk.conf"]
+
+
+def start_asterisk(root: Path, settings: dict[str, str], instance: int = 1) -> int:
+    logdir = in_root(root, directories(instance)["astlogdir"])
+    log = logdir / STDOUT_LOG
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             # Ahead of ordinary work (busy-host tests), as a PBX's Asterisk is; not real-time
             # priority: here Asterisk also runs every test phone, and real-time threads that
             # busy would starve the whole host.
-            ["nice", "-n", str(ASTERISK_NICE), "chroot", str(root), "/usr/sbin/asterisk", "-f", "-n"],
+            ["nice", "-n", str(ASTERISK_NICE), "chroot", str(root), *_asterisk_cmd(instance), "-f", "-n"],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # survives this command and the terminal it ran in
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"},
+            env=_chroot_env(instance),
         )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -276,10 +470,10 @@ def start_asterisk(root: Path, settings: dict[str, str]) -> int:
             return proc.pid
         time.sleep(0.3)
     reason = "exited" if proc.poll() is not None else f"did not answer ARI within {START_TIMEOUT:.0f} s"
-    stop_asterisk(root)
+    stop_asterisk(root, instance)
     raise SandboxError(
         f"Asterisk {reason} ({settings['url']}/ari/asterisk/info as {settings['user']}).\n"
-        f"--- {ASTERISK_LOG} ---\n{_tail(root / ASTERISK_LOG)}\n--- {STDOUT_LOG} ---\n{_tail(log)}"
+        f"--- {logdir / ASTERISK_LOG} ---\n{_tail(logdir / ASTERISK_LOG)}\n--- {log} ---\n{_tail(log)}"
     )
 
 
@@ -305,23 +499,25 @@ def _signal_until_gone(pids: Callable[[], Iterable[int]], sig: signal.Signals | 
     return not pids()
 
 
-def stop_asterisk(root: Path) -> None:
-    seen = set(_root_pids(root))
+def stop_asterisk(root: Path, instance: int = 1) -> None:
+    """Stop instance ``instance``'s Asterisk (and whatever else of it runs in the root)."""
+    seen = set(instance_pids(root, instance))
     if not seen:
         return
 
     def remaining() -> set[int]:
         # /proc/<pid>/root stops resolving once the main thread exits, while other threads
         # may still hold sockets: also wait for every pid we saw to be fully gone
-        seen.update(_root_pids(root))
+        seen.update(instance_pids(root, instance))
         return {pid for pid in seen if _alive(pid)}
 
     if (root / "proc/self").exists():  # `asterisk -rx` needs /proc in the chroot
         subprocess.run(
-            ["chroot", str(root), "/usr/sbin/asterisk", "-rx", "core stop now"],
+            ["chroot", str(root), *_asterisk_cmd(instance), "-rx", "core stop now"],
             check=False,
             capture_output=True,
             timeout=15,
+            env=_chroot_env(instance),
         )
     for sig in (None, signal.SIGTERM, signal.SIGKILL):
         if _signal_until_gone(remaining, sig, 5):
@@ -332,24 +528,33 @@ def stop_asterisk(root: Path) -> None:
 # --------------------------------------------------------------------------- state
 
 
-def read_state() -> dict | None:
+def read_state(instance: int = 1) -> dict | None:
     try:
-        return json.loads(state_path().read_text())
+        return json.loads(state_path(instance).read_text())
     except (OSError, ValueError):
         return None
 
 
-def write_state(state: dict) -> None:
-    tmp = state_path().with_suffix(".tmp")
+def write_state(state: dict, instance: int = 1) -> None:
+    tmp = state_path(instance).with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(state_path())
+    tmp.replace(state_path(instance))
 
 
-def is_running(state: dict | None) -> bool:
+def is_running(state: dict | None, instance: int = 1) -> bool:
     if not state:
         return False
     root = Path(state["root"])
-    return state.get("pid") in _root_pids(root)
+    return state.get("pid") in instance_pids(root, instance)
+
+
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    """One start/stop at a time: instances share the root's mounts."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 # --------------------------------------------------------------------------- commands
@@ -360,86 +565,134 @@ def _require_root() -> None:
         raise SandboxError("the sandbox needs root (debootstrap, chroot, mount)")
 
 
-def cmd_up() -> int:
+def _label(instance: int) -> str:
+    return "sandbox" if instance == 1 else f"sandbox instance {instance}"
+
+
+def start(instance: int = 1) -> dict[str, str]:
+    """Bring instance ``instance`` up (building the root once) and return its ARI settings. A
+    running instance is left alone unless asterisk-config changed since it started (then it
+    restarts). Raises SandboxError."""
+    check_instance(instance)
     _require_root()
-    settings = ari_settings()
-    wanted = config_hash()
-    state = read_state()
-    if is_running(state) and _ari_ok(settings):
-        if state.get("config_hash") == wanted:
-            print(f"sandbox: already up (pid {state['pid']}, {settings['url']})", file=sys.stderr)
-            return 0
-        print("sandbox: asterisk-config changed; restarting Asterisk", file=sys.stderr)
-    root = ensure_root()
-    if state and state.get("root") and Path(state["root"]) != root:
-        _down_root(Path(state["root"]))  # the package list changed: retire the old root
-    stop_asterisk(root)
-    _check_port_free(settings)
-    install_config(root)
-    mount_all(root)
-    t0 = time.monotonic()
-    pid = start_asterisk(root, settings)
-    write_state(
-        {"pid": pid, "root": str(root), "config_hash": wanted, "ari_url": settings["url"], "started_at": time.time()}
-    )
+    settings = ari_settings(instance)
+    wanted = instance_config_hash(instance)
+    with _lock():
+        state = read_state(instance)
+        if is_running(state, instance) and _ari_ok(settings):
+            if state.get("config_hash") == wanted:
+                print(f"{_label(instance)}: already up (pid {state['pid']}, {settings['url']})", file=sys.stderr)
+                return settings
+            print(f"{_label(instance)}: asterisk-config changed; restarting Asterisk", file=sys.stderr)
+        root = ensure_root()
+        if state and state.get("root") and Path(state["root"]) != root:
+            _down_root(Path(state["root"]), instance)  # the package list changed: retire the old root
+        stop_asterisk(root, instance)
+        _check_port_free(settings)
+        install_config(root, instance)
+        mount_all(root)
+        t0 = time.monotonic()
+        pid = start_asterisk(root, settings, instance)
+        write_state(
+            {
+                "pid": pid,
+                "root": str(root),
+                "config_hash": wanted,
+                "ari_url": settings["url"],
+                "started_at": time.time(),
+                "instance": instance,
+            },
+            instance,
+        )
     print(
-        f"sandbox: up in {time.monotonic() - t0:.1f} s (pid {pid}, ARI {settings['url']}, user {settings['user']})",
+        f"{_label(instance)}: up in {time.monotonic() - t0:.1f} s "
+        f"(pid {pid}, ARI {settings['url']}, user {settings['user']})",
         file=sys.stderr,
     )
-    return 0
+    return settings
 
 
-def _down_root(root: Path) -> None:
-    stop_asterisk(root)
+def _down_root(root: Path, instance: int) -> bool:
+    """Stop the instance in ``root`` and unmount the root unless another instance runs there;
+    True if it was unmounted."""
+    stop_asterisk(root, instance)
+    if _root_pids(root):
+        return False
     unmount_all(root)
     left = _mounts_under(root)
     if left:
         raise SandboxError(f"still mounted: {', '.join(map(str, left))}")
+    return True
 
 
-def cmd_down() -> int:
+def stop(instance: int = 1) -> None:
+    """Stop instance ``instance``; the root's mounts go with the last instance. Keeps the root."""
+    check_instance(instance)
     _require_root()
-    state = read_state()
-    roots = {root_path()}
-    if state and state.get("root"):
-        roots.add(Path(state["root"]))
-    for root in roots:
-        if root.exists():
-            _down_root(root)
-    with contextlib.suppress(FileNotFoundError):
-        state_path().unlink()
-    print("sandbox: down", file=sys.stderr)
+    with _lock():
+        state = read_state(instance)
+        roots = {root_path()}
+        if state and state.get("root"):
+            roots.add(Path(state["root"]))
+        kept = [root for root in roots if root.exists() and not _down_root(root, instance)]
+        with contextlib.suppress(FileNotFoundError):
+            state_path(instance).unlink()
+    print(f"{_label(instance)}: down{' (other instances still run: mounts kept)' if kept else ''}", file=sys.stderr)
+
+
+def crash(instance: int = 1) -> None:
+    """SIGKILL instance ``instance``'s Asterisk, as a crash would: no hangups, no events."""
+    check_instance(instance)
+    _require_root()
+    with _lock():
+        state = read_state(instance)
+        if not is_running(state, instance):
+            raise SandboxError(f"{_label(instance)} is not running")
+        root = Path(state["root"])
+        _signal_until_gone(lambda: instance_pids(root, instance), signal.SIGKILL, 10)
+    print(f"{_label(instance)}: Asterisk killed (SIGKILL)", file=sys.stderr)
+
+
+def is_up(instance: int = 1) -> bool:
+    """Instance ``instance`` runs and its ARI answers."""
+    return is_running(read_state(instance), instance) and _ari_ok(ari_settings(instance))
+
+
+def cmd_up(instance: int = 1) -> int:
+    start(instance)
     return 0
 
 
-def cmd_crash() -> int:
-    """SIGKILL Asterisk, as a crash would: no hangups, no events. `up` starts it again."""
-    _require_root()
-    state = read_state()
-    if not is_running(state):
-        raise SandboxError("the sandbox is not running")
-    root = Path(state["root"])
-    _signal_until_gone(lambda: _root_pids(root), signal.SIGKILL, 10)
-    print("sandbox: Asterisk killed (SIGKILL)", file=sys.stderr)
+def cmd_down(instance: int = 1) -> int:
+    stop(instance)
     return 0
 
 
-def cmd_status() -> int:
-    settings = ari_settings()
-    state = read_state()
-    running = is_running(state)
+def cmd_crash(instance: int = 1) -> int:
+    crash(instance)
+    return 0
+
+
+def cmd_status(instance: int = 1) -> int:
+    settings = ari_settings(instance)
+    state = read_state(instance)
+    running = is_running(state, instance)
     ari = _ari_ok(settings)
-    fresh = bool(state) and state.get("config_hash") == config_hash()
+    fresh = bool(state) and state.get("config_hash") == instance_config_hash(instance)
+    rtp = rtp_port_range(instance)
+    if instance != 1:
+        print(f"instance: {instance} (system name {system_name(instance)}, entity id {entity_id(instance)})")
     print(f"root:    {state['root'] if state else root_path()} ({'built' if root_path().is_dir() else 'not built'})")
     print(f"asterisk: {'running, pid ' + str(state['pid']) if running else 'not running'}")
     print(f"ari:     {settings['url']} {'answers' if ari else 'does not answer'}")
+    print(f"rtp:     {rtp.start}-{rtp.stop - 1}")
     if running:
         print(f"config:  {'current' if fresh else 'CHANGED since start (run up to apply)'}")
     return 0 if running and ari else 3
 
 
-def cmd_env() -> int:
-    s = ari_settings()
+def cmd_env(instance: int = 1) -> int:
+    s = ari_settings(instance)
     print(f"SPEAKD_TEST_ARI_URL={s['url']}")
     print(f"SPEAKD_TEST_ARI_USER={s['user']}")
     print(f"SPEAKD_TEST_ARI_PASSWORD={s['password']}")
@@ -493,12 +746,16 @@ def wav_is_final(data: bytes) -> bool:
     return False
 
 
-def cmd_call(minutes: float) -> int:
+def _instance_args(instance: int) -> str:
+    return "" if instance == 1 else f" --instance {instance}"
+
+
+def cmd_call(minutes: float, instance: int = 1) -> int:
     """Place the test two-party call (alice <-> bob), wait until both phones have answered and
     send audio, and print the channel to speak into."""
-    settings = ari_settings()
+    settings = ari_settings(instance)
     if not _ari_ok(settings):
-        raise SandboxError("ARI does not answer: run `python -m speakd.sandbox up` first")
+        raise SandboxError(f"ARI does not answer: run `python -m speakd.sandbox up{_instance_args(instance)}` first")
     test_id = "manual-" + uuid.uuid4().hex[:8]
     a1, a2 = f"{test_id}-a1", f"{test_id}-a2"
     query = (
@@ -521,16 +778,17 @@ def cmd_call(minutes: float) -> int:
     print(a1)
     print(
         f"sandbox: call up for {minutes:g} min; alice hears whisper=out on {a1}. "
-        f"Hang up and keep what alice heard: python -m speakd.sandbox hangup {a1} --save alice.wav",
+        f"Hang up and keep what alice heard: "
+        f"python -m speakd.sandbox hangup {a1} --save alice.wav{_instance_args(instance)}",
         file=sys.stderr,
     )
     return 0
 
 
-def cmd_hangup(channel_id: str, save: Path | None, party: str) -> int:
+def cmd_hangup(channel_id: str, save: Path | None, party: str, instance: int = 1) -> int:
     """Hang up a call placed by `call` and, with ``save``, write what ``party`` heard (the phone's
     recording, complete once the call has ended) to that file."""
-    settings = ari_settings()
+    settings = ari_settings(instance)
     test_id = channel_id.removesuffix("-a1")
     legs = (f"{test_id}-a1", f"{test_id}-a2")
     for leg in legs:
@@ -562,33 +820,43 @@ def cmd_hangup(channel_id: str, save: Path | None, party: str) -> int:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="speakd sandbox", description=__doc__.split("\n\n")[0])
+    instance_help = f"which Asterisk, 1 to {MAX_INSTANCE} (default: ${INSTANCE_ENV}, else 1)"
+    parser.add_argument("--instance", type=int, help=instance_help)
+    # also after the command (`up --instance 2`); there it wins
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--instance", type=int, default=argparse.SUPPRESS, help=instance_help)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="build (once) and start the sandbox Asterisk; apply config changes")
-    sub.add_parser("down", help="stop Asterisk and unmount; keep the cached root")
-    sub.add_parser("status", help="say whether it is up (exit 0) or not (exit 3)")
-    sub.add_parser("env", help="print SPEAKD_TEST_ARI_* settings for the tests")
-    sub.add_parser("crash", help="SIGKILL Asterisk as a crash would (tests); `up` starts it again")
-    call = sub.add_parser("call", help="place a test two-party call; prints the channel id to speak into")
+    sub.add_parser("up", parents=[common], help="build (once) and start the sandbox Asterisk; apply config changes")
+    sub.add_parser("down", parents=[common], help="stop Asterisk and unmount; keep the cached root")
+    sub.add_parser("status", parents=[common], help="say whether it is up (exit 0) or not (exit 3)")
+    sub.add_parser("env", parents=[common], help="print SPEAKD_TEST_ARI_* settings for the tests")
+    sub.add_parser("crash", parents=[common], help="SIGKILL Asterisk as a crash would (tests); `up` starts it again")
+    call = sub.add_parser(
+        "call", parents=[common], help="place a test two-party call; prints the channel id to speak into"
+    )
     call.add_argument("--minutes", type=float, default=10.0)
-    hangup = sub.add_parser("hangup", help="hang up a call placed by `call`; --save FILE keeps what a phone heard")
+    hangup = sub.add_parser(
+        "hangup", parents=[common], help="hang up a call placed by `call`; --save FILE keeps what a phone heard"
+    )
     hangup.add_argument("channel", help="the channel id `call` printed")
     hangup.add_argument("--save", type=Path, help="write the phone's recording (WAV, 8 kHz) to this file")
     hangup.add_argument("--party", choices=PHONES, default="alice", help="whose recording (default: alice)")
     args = parser.parse_args(argv)
     try:
+        instance = default_instance() if args.instance is None else check_instance(args.instance)
         if args.cmd == "up":
-            return cmd_up()
+            return cmd_up(instance)
         if args.cmd == "down":
-            return cmd_down()
+            return cmd_down(instance)
         if args.cmd == "status":
-            return cmd_status()
+            return cmd_status(instance)
         if args.cmd == "env":
-            return cmd_env()
+            return cmd_env(instance)
         if args.cmd == "crash":
-            return cmd_crash()
+            return cmd_crash(instance)
         if args.cmd == "hangup":
-            return cmd_hangup(args.channel, args.save, args.party)
-        return cmd_call(args.minutes)
+            return cmd_hangup(args.channel, args.save, args.party, instance)
+        return cmd_call(args.minutes, instance)
     except (SandboxError, subprocess.CalledProcessError, urllib.error.URLError) as exc:
         print(f"sandbox: error: {exc}", file=sys.stderr)
         return 1
