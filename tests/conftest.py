@@ -26,6 +26,7 @@ from harness.calls import (
     start_two_party_call,
 )
 from harness.host import CpuTimes, describe
+from harness.second_asterisk import SecondAsterisk, second_asterisk_for_session, second_asterisk_up
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,6 +96,26 @@ def ari_auth(ari_settings) -> tuple[str, str]:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def ari(ari_url, ari_auth):
     client = Ari(ari_url, *ari_auth)
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+def _second_asterisk_session(ari_settings):
+    with second_asterisk_for_session(ari_settings["url"]):
+        yield
+
+
+@pytest.fixture
+def second_asterisk(_second_asterisk_session) -> SecondAsterisk:
+    """A second Asterisk, up (the sandbox's instance 2: harness/second_asterisk.py); skips where
+    the sandbox cannot run it."""
+    return second_asterisk_up()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def second_ari(second_asterisk):
+    client = Ari(second_asterisk.url, second_asterisk.user, second_asterisk.password)
     yield client
     await client.close()
 
