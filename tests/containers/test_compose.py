@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import resource
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -29,61 +26,14 @@ from harness.audio import render_piper
 from harness.calls import start_two_party_call
 from harness.daemon import CUSTOMER_A, KEY_A, Api, free_port
 from harness.hearing import GREETING, assert_heard
+from podman import engine_env, missing_engine, prepare_base_images, run, tail
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKER = REPO / "docker"
 PROJECT = "speakdtest"
-BASE_IMAGES_TIMEOUT_S = 900
 BUILD_TIMEOUT_S = 1500
 UP_TIMEOUT_S = 180
 HEALTHY_WITHIN_S = 120
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.containers]
-
-
-def _missing_engine() -> str | None:
-    if os.environ.get("SPEAKD_TEST_CONTAINERS") == "0":
-        return "SPEAKD_TEST_CONTAINERS=0"
-    if os.geteuid() != 0:
-        return "needs root (rootful podman, debootstrap for the base images)"
-    missing = [tool for tool in ("podman", "podman-compose", "runc", "debootstrap") if not shutil.which(tool)]
-    if missing:
-        return f"{', '.join(missing)} not installed (apt-get install podman podman-compose runc debootstrap iptables)"
-    return None
-
-
-def _containers_conf(directory: Path) -> Path:
-    """This machine's podman settings, in a file of the test's own (CONTAINERS_CONF).
-
-    runc: crun 1.8 refuses a hybrid cgroup layout (v1 controllers beside a v2 hierarchy that
-    has one), which is what a container host like this one can have; runc runs on both.
-    Ulimits: rootful podman asks for the kernel's maximum open files and processes, which a
-    process without CAP_SYS_RESOURCE cannot raise its limits to: ask for what we have.
-    """
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 32768)  # podman's own limit here
-    path = directory / "containers.conf"
-    path.write_text(
-        "[containers]\n"
-        f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
-        '[engine]\nruntime = "runc"\n'
-    )
-    return path
-
-
-def _run(cmd: list[str], env: dict[str, str], timeout: float, log: Path) -> subprocess.CompletedProcess[str]:
-    with log.open("a") as out:
-        out.write(f"\n$ {' '.join(cmd)}\n")
-        out.flush()
-        proc = subprocess.run(
-            cmd, cwd=DOCKER, env=env, stdout=subprocess.PIPE, stderr=out, text=True, timeout=timeout, check=False
-        )
-        out.write(proc.stdout)
-    return proc
-
-
-def _tail(log: Path, lines: int = 60) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 # Laid over compose.yaml (`-f compose.yaml -f <this>`, as a user would add their own): Piper with
@@ -103,12 +53,12 @@ def _compose(env: dict[str, str], log: Path, *args: str, timeout: float, check: 
     override = log.parent / "compose.test.yaml"
     override.write_text(TEST_OVERRIDE)
     files = ["-f", "compose.yaml", "-f", str(override)]
-    proc = _run(["podman-compose", "-p", PROJECT, *files, *args], env, timeout, log)
+    proc = run(["podman-compose", "-p", PROJECT, *files, *args], env, timeout, log)
     if not check:
         return
     codes = [int(c) for c in re.findall(r"^exit code: (\d+)$", proc.stdout, re.MULTILINE)]
     if proc.returncode or any(codes):
-        pytest.fail(f"podman-compose {' '.join(args)} failed (exit codes {codes}):\n{_tail(log)}")
+        pytest.fail(f"podman-compose {' '.join(args)} failed (exit codes {codes}):\n{tail(log)}")
 
 
 def _container(env: dict[str, str], service: str) -> str:
@@ -147,28 +97,21 @@ def _container_log(env: dict[str, str], service: str) -> str:
 @pytest.fixture(scope="module")
 def compose_stack(tmp_path_factory):
     """The compose project up with the test's ports and access key; down (volumes too) after."""
-    reason = _missing_engine()
+    reason = missing_engine("podman-compose")
     if reason:
         pytest.skip(f"container test skipped: {reason}")
     work = tmp_path_factory.mktemp("compose")
     log = work / "compose.log"
     env = {
-        **os.environ,
-        "CONTAINERS_CONF": str(_containers_conf(work)),
+        **engine_env(work),
         "BUILDAH_FORMAT": "docker",  # the OCI format has no HEALTHCHECK: buildah would drop it
         "SPEAKD_ARI_HOST_PORT": str(free_port()),
         "SPEAKD_API_HOST_PORT": str(free_port()),
         "SPEAKD_AUTH_ACCESS_KEYS": f"{KEY_A}={CUSTOMER_A}",
     }
     started = time.monotonic()
-    base = _run([str(DOCKER / "local-base-images")], env, BASE_IMAGES_TIMEOUT_S, log)
-    if base.returncode:
-        pytest.fail(f"docker/local-base-images failed:\n{_tail(log)}")
-    env.update(line.split("=", 1) for line in base.stdout.splitlines() if "=" in line)
+    prepare_base_images(env, log)
     timings = {"base images": time.monotonic() - started}
-    probe = _run(["podman", "run", "--rm", "--network", "none", env["SPEAKD_BOOKWORM_IMAGE"], "true"], env, 120, log)
-    if probe.returncode:
-        pytest.fail(f"podman is installed but cannot run a container here:\n{_tail(log, 10)}")
 
     _compose(env, log, "down", "-v", timeout=UP_TIMEOUT_S, check=False)  # what a killed run left
     started = time.monotonic()
@@ -186,7 +129,7 @@ def compose_stack(tmp_path_factory):
     finally:
         _compose(env, log, "down", "-v", timeout=UP_TIMEOUT_S)
         # podman-compose 1.0.3's down leaves the network (docker compose's removes it)
-        _run(["podman", "network", "rm", f"{PROJECT}_default"], env, 60, log)
+        run(["podman", "network", "rm", f"{PROJECT}_default"], env, 60, log)
 
 
 def _health(api: str) -> tuple[int, dict]:
@@ -253,7 +196,7 @@ async def test_compose_runs_speakd_beside_asterisk_and_a_call_hears_it(compose_s
             await call.hangup()
     except BaseException:
         logs = await asyncio.to_thread(_container_log, env, "speakd")
-        print(f"--- speakd container log ---\n{logs}\n--- compose log ---\n{_tail(log)}")
+        print(f"--- speakd container log ---\n{logs}\n--- compose log ---\n{tail(log)}")
         raise
     finally:
         await api.close()
