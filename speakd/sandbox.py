@@ -145,7 +145,8 @@ def ari_settings(instance: int = 1) -> dict[str, str]:
 
 def config_hash() -> str:
     h = hashlib.sha256()
-    for path in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_file()):
+    # What Asterisk reads: a change restarts it at the next `up`; the README is not that.
+    for path in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_file() and p.suffix != ".md"):
         h.update(str(path.relative_to(CONFIG_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
