@@ -60,8 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     for warning in config_check.warnings(reading):
         log.warning("config_warning", problem=warning)
     from speakd.daemon import run
+    from speakd.store import StoreNotOpened
 
-    asyncio.run(run(config, config_path=path))
+    try:
+        asyncio.run(run(config, config_path=path))
+    except StoreNotOpened as exc:  # unreachable, or written by a newer speakd: a sentence, not a traceback
+        log.error("store_not_opened", error=exc.message)
+        return 1
     return 0
 
 

@@ -146,7 +146,35 @@ class AgiConfig:
 
 @dataclass
 class StoreConfig:
+    # SQLite, the embedded default: the database file.
     path: str = "/var/lib/speakd/speakd.sqlite3"
+    # PostgreSQL instead (several speakd on one store): postgresql://user:password@host:port/db.
+    url: str = ""
+
+    def shown_url(self) -> str:
+        """``url`` with its password masked (in the user part or the query), for output."""
+        parts = urllib.parse.urlsplit(self.url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, host = netloc.rpartition("@")
+            netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+        query = "&".join("password=***" if pair.startswith("password=") else pair for pair in parts.query.split("&"))
+        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+    def problems(self, given: set[str]) -> list[str]:
+        """``given``: the "store.<key>"s that the file or the environment set."""
+        if not self.url:
+            return []
+        if "store.path" in given:
+            return ["store.path and store.url are both set: set store.path for SQLite or store.url for PostgreSQL"]
+        parts = urllib.parse.urlsplit(self.url)
+        try:
+            parts.port  # noqa: B018 (read for its ValueError)
+        except ValueError:
+            return [f"store.url has an invalid port: {self.shown_url()}"]
+        if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname or "host=" in parts.query):
+            return [f"store.url must be postgresql://user:password@host:port/database, not {self.shown_url()!r}"]
+        return []
 
 
 @dataclass
@@ -323,6 +351,8 @@ class ConfigReading:
     # "section.key" whose given value was refused: the key keeps its default, which checks
     # that read it should not judge.
     refused: set[str] = field(default_factory=set)
+    # "section.key" that the file or the environment set (the rest keep their defaults)
+    given: set[str] = field(default_factory=set)
 
     def origin(self, key: str) -> str:
         """Where ``key`` ("section.key") was set, for a message: its variable, else the file."""
@@ -340,6 +370,7 @@ class ConfigReading:
             self.refused.add(key)
         else:
             self.refused.discard(key)  # the environment's good value over the file's bad one
+            self.given.add(key)
 
 
 def config_file(given: str | None, environ: Mapping[str, str] | None = None, default: str = DEFAULT_CONFIG_FILE) -> str:
@@ -421,6 +452,7 @@ def read_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
                     break
 
     found.extend(config.problems())
+    found.extend(config.store.problems(reading.given))
     return reading
 
 

@@ -85,6 +85,7 @@ def redacted(config: Config) -> dict:
     data["auth"]["access_keys"] = {k[:2] + "***": v for k, v in config.auth.access_keys.items()}
     for target in data["webhooks"]["customers"].values():
         target["secret"] = "***"
+    data["store"]["url"] = config.store.shown_url() if config.store.url else ""
     return data
 
 

@@ -42,7 +42,7 @@ from speakd.providers import ProviderRegistry
 from speakd.reload import ConfigReloader
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.service import SpeakingService
-from speakd.store.sqlite import SqliteStore
+from speakd.store import open_store
 from speakd.systemd_notify import ServiceNotifier
 from speakd.tasks import cancel_and_wait
 
@@ -125,7 +125,7 @@ async def run(
         stack.callback(loop.remove_signal_handler, signal.SIGHUP)
         notifier.start()
         stack.push_async_callback(notifier.aclose)  # last: the watchdog is fed until the very end
-        store = await stack.enter_async_context(SqliteStore(config.store.path))
+        store = await stack.enter_async_context(open_store(config.store))
         metrics = Metrics()
         providers = ProviderRegistry.from_config(config.providers)
         providers.wrap(metrics.measure_provider)

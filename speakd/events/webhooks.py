@@ -44,7 +44,7 @@ import structlog
 from speakd.config import WebhooksConfig, WebhookTarget
 from speakd.events.bus import drain_and_stop, next_batch
 from speakd.events.model import Event
-from speakd.store.sqlite import SqliteStore
+from speakd.store.interface import Store
 from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -99,7 +99,7 @@ class WebhookSink:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: Store,
         targets: dict[str, WebhookTarget],
         *,
         request_timeout: float = WebhooksConfig.request_timeout,
@@ -125,7 +125,7 @@ class WebhookSink:
         self._settling = asyncio.Event()  # set when a delivery task goes idle or starts failing
 
     @classmethod
-    def from_config(cls, store: SqliteStore, config: WebhooksConfig) -> WebhookSink:
+    def from_config(cls, store: Store, config: WebhooksConfig) -> WebhookSink:
         return cls(
             store,
             config.targets(),

@@ -17,8 +17,8 @@ from speakd.ari.errors import AriError
 from speakd.events import StopReason
 from speakd.sessions.live import LiveSessions, SessionState
 from speakd.sessions.targets import AttachContext, cleanup_call, hang_up_and_wait, is_own_object
+from speakd.store.interface import Store
 from speakd.store.records import Speaking, Status, now_stamp
-from speakd.store.sqlite import SqliteStore
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +58,7 @@ async def reconcile(ctx: AttachContext, sessions: LiveSessions, stop_soon: StopS
             log.info("orphan_removed", kind=kind, id=object_id)
 
 
-async def stop_stale_sessions(store: SqliteStore, publish: PublishStopped) -> None:
+async def stop_stale_sessions(store: Store, publish: PublishStopped) -> None:
     """Sessions a previous run left unfinished: stopped in the store, and a speaking_stopped each."""
     for record in await store.stop_unfinished(now_stamp()):
         log.info("stale_session_stopped", speaking_id=record.id, was=record.status)

@@ -20,8 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from speakd.providers.base import TextStream
-from speakd.store.records import NOT_YET, now_stamp
-from speakd.store.sqlite import SAY_COLUMNS
+from speakd.store.records import NOT_YET, SAY_COLUMNS, now_stamp
 
 
 class SayStatus(StrEnum):

@@ -40,8 +40,8 @@ from speakd.sessions.session import Session
 from speakd.sessions.stream import Send, SpeakingStream
 from speakd.sessions.targets import AttachContext, CallTarget, SetupFailed, Target, channel_owner, unreachable
 from speakd.store.health import StoreCheck
+from speakd.store.interface import Store
 from speakd.store.records import NOT_YET, Speaking, Status, now_stamp
-from speakd.store.sqlite import SqliteStore
 from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -63,7 +63,7 @@ class SpeakingService:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: Store,
         ari: AriClient,
         providers: ProviderRegistry,
         media: MediaPaths,

@@ -8,10 +8,9 @@ thread no other is queued behind it.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 
-from speakd.store.sqlite import SqliteStore
+from speakd.store.interface import Store, StoreRefused, StoreUnwritable
 
 STORE_CHECK_TIMEOUT_S = 1.0
 STORE_CHECK_EVERY_S = 1.0  # a check younger than this is answered again
@@ -20,7 +19,7 @@ STORE_CHECK_EVERY_S = 1.0  # a check younger than this is answered again
 class StoreCheck:
     """Whether the store takes a write: ``(writable, why not)``, fresh to within a second."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._result: tuple[bool, str] = (False, "")
         self._checked_at = -float("inf")
@@ -48,7 +47,9 @@ class StoreCheck:
         error = self._write.exception()
         if error is None:
             return True, ""
-        if isinstance(error, sqlite3.Error):
+        if isinstance(error, StoreUnwritable):
+            return False, error.message
+        if isinstance(error, StoreRefused):
             return False, f"the store refused a write: {error}"
         return False, f"the store failed a write: {type(error).__name__}: {error}"
 

@@ -89,3 +89,24 @@ class Speaking:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Speaking))
+
+# A say as stored (sessions.says.SayItem.row()): written when queued, updated as it plays.
+SAY_COLUMNS = (
+    "say_id",
+    "speaking_id",
+    "text",
+    "payload_type",
+    "client_state",
+    "command_id",
+    "status",
+    "error",
+    "heard_chars",
+    "played_ms",
+    "tm_queued",
+    "tm_play_start",
+    "tm_play_end",
+)
+
+# A webhook delivery waiting in the outbox: ``body`` is the exact JSON POSTed (signed as is),
+# ``created`` the unix time it was queued (what give-up is measured from).
+OUTBOX_FIELDS = ("event_id", "customer_id", "event_type", "body", "created", "attempts")

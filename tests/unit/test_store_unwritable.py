@@ -1,22 +1,19 @@
-"""A store that refuses writes: 503 for requests, live state kept and written once it can be.
-
-Read-only is made with SQLite's ``PRAGMA query_only`` on the store's own connection: it refuses
-every write with SQLITE_READONLY, as a read-only file would, and works for root (the CI user),
-for whom ``chmod`` does not make a file read-only. The full disk is tested for real, on a tiny
-tmpfs, in tests/integration/test_store_faults.py.
+"""A store that refuses writes: 503 for requests, live state kept and written once it can be,
+on both engines (tests/harness/stores.py makes each read-only). The full disk is tested for
+real, on a tiny tmpfs, in tests/integration/test_store_faults.py; a PostgreSQL server that
+goes away altogether in tests/unit/test_store_postgres.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import pytest
 import structlog
 
-from speakd.store import sqlite as store_module
+from speakd.store import sql as store_sql
+from speakd.store.interface import StoreUnwritable
 from speakd.store.records import NOT_YET, Speaking, Status
-from speakd.store.sqlite import SqliteStore, StoreUnwritable
 
 
 def _record(speaking_id: str = "s-1") -> Speaking:
@@ -55,47 +52,37 @@ def _say_row(say_id: str, status: str) -> dict:
     }
 
 
-async def _read_only(store: SqliteStore, on: bool) -> None:
-    await store._run(store.db.execute, f"PRAGMA query_only = {'ON' if on else 'OFF'}")
-
-
-def _rows(path: str, sql: str) -> list[tuple]:
-    with sqlite3.connect(path) as db:
-        return db.execute(sql).fetchall()
-
-
 @pytest.fixture
 def fast_retry(monkeypatch):
-    monkeypatch.setattr(store_module, "RETRY_EVERY_S", 0.05)
+    monkeypatch.setattr(store_sql, "RETRY_EVERY_S", 0.05)
 
 
-async def test_refused_writes_are_503_and_change_nothing(tmp_path):
-    path = str(tmp_path / "s.sqlite3")
-    async with SqliteStore(path) as store:
+async def test_refused_writes_are_503_and_change_nothing(engine):
+    async with engine.store() as store:
         await store.insert(_record("s-1"))
-        await _read_only(store, True)
+        await engine.refuse_writes(store)
         with pytest.raises(StoreUnwritable) as refused:
             await store.insert(_record("s-2"))
         assert refused.value.status == 503 and refused.value.reason == "unavailable"
-        assert "read-only" in refused.value.message and path in refused.value.message
+        assert engine.read_only_says in refused.value.message and engine.where in refused.value.message
         with pytest.raises(StoreUnwritable):
             await store.outbox_add([{"event_id": "e", "customer_id": "c", "event_type": "t", "body": "{}",
                                      "created": 1.0, "attempts": 0}])  # fmt: skip
         # Reads go on; what was stored before is all there.
         assert (await store.get("s-1")).status == Status.INITIATING
         assert await store.get("s-2") is None
-        await _read_only(store, False)
+        await engine.refuse_writes(store, False)
         await store.insert(_record("s-2"))  # writes resume at once
-    assert _rows(path, "SELECT id FROM speakings ORDER BY id") == [("s-1",), ("s-2",)]
+    assert await engine.rows("SELECT id FROM speakings ORDER BY id") == [("s-1",), ("s-2",)]
+    assert await engine.rows("SELECT event_id FROM webhook_outbox") == []
 
 
-async def test_live_state_is_kept_readable_and_written_when_the_store_takes_writes(tmp_path, fast_retry):
-    path = str(tmp_path / "s.sqlite3")
-    async with SqliteStore(path) as store:
+async def test_live_state_is_kept_readable_and_written_when_the_store_takes_writes(engine, fast_retry):
+    async with engine.store() as store:
         record = _record()
         await store.insert(record)
         await store.insert_say(_say_row("a", "queued"))
-        await _read_only(store, True)
+        await engine.refuse_writes(store)
 
         record.status = Status.ACTIVE
         await store.update_later(record)  # not refused
@@ -107,41 +94,40 @@ async def test_live_state_is_kept_readable_and_written_when_the_store_takes_writ
         assert [r.status for r in await store.list("c", 10, None)] == [Status.ACTIVE]
         await asyncio.sleep(0.2)  # a few retries, all refused
         assert store.pending_writes == 2
-        assert _rows(path, "SELECT status FROM says") == [("queued",)]
+        assert await engine.rows("SELECT status FROM says") == [("queued",)]
 
-        await _read_only(store, False)
+        await engine.refuse_writes(store, False)
         async with asyncio.timeout(5):
             while store.pending_writes:
                 await asyncio.sleep(0.02)
-    assert _rows(path, "SELECT status FROM speakings") == [("active",)]
-    assert _rows(path, "SELECT status FROM says") == [("played",)]
+    assert await engine.rows("SELECT status FROM speakings") == [("active",)]
+    assert await engine.rows("SELECT status FROM says") == [("played",)]
 
 
-async def test_a_direct_write_is_not_overwritten_by_an_older_kept_state(tmp_path, fast_retry):
-    path = str(tmp_path / "s.sqlite3")
-    async with SqliteStore(path) as store:
+async def test_a_direct_write_is_not_overwritten_by_an_older_kept_state(engine, fast_retry):
+    async with engine.store() as store:
         record = _record()
         await store.insert(record)
-        await _read_only(store, True)
+        await engine.refuse_writes(store)
         record.status = Status.STOPPED
         await store.update_later(record)
         record.tm_delete = "2026-01-02 00:00:00.000000"
         with pytest.raises(StoreUnwritable):
             await store.update(record)  # refused: the stopped state stays kept
         assert store.pending_writes == 1
-        await _read_only(store, False)
+        await engine.refuse_writes(store, False)
         await store.update(record)  # now the newest, deleted state; the kept one is dropped
         assert store.pending_writes == 0
         await asyncio.sleep(0.2)
-    assert _rows(path, "SELECT status, tm_delete FROM speakings") == [("stopped", "2026-01-02 00:00:00.000000")]
+    assert await engine.rows("SELECT status, tm_delete FROM speakings") == [("stopped", "2026-01-02 00:00:00.000000")]
 
 
-async def test_rows_still_refused_at_close_are_logged_as_lost(tmp_path, fast_retry):
+async def test_rows_still_refused_at_close_are_logged_as_lost(engine, fast_retry):
     with structlog.testing.capture_logs() as logs:
-        async with SqliteStore(str(tmp_path / "s.sqlite3")) as store:
+        async with engine.store() as store:
             record = _record()
             await store.insert(record)
-            await _read_only(store, True)
+            await engine.refuse_writes(store)
             await store.update_later(record)
     lost = [entry for entry in logs if entry["event"] == "store_writes_lost"]
     assert lost and lost[0]["rows"] == 1

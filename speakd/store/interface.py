@@ -1,0 +1,98 @@
+"""What the layers above use of a store, whichever engine keeps it (SQLite or PostgreSQL).
+
+Every write is committed before the call returns, so the API never answers about a record
+that a crash could lose. A store that cannot take a write now (a full disk, a read-only file
+system, a PostgreSQL server that is down or restarting) raises :class:`StoreUnwritable`, a 503
+at the API naming the cause: the request is refused and what was stored stays as it was. State
+that live sessions produce on their own (say states, a session going active or stopped) is not
+refused: ``update_later``/``update_say_later`` keep it in memory, newest per row, readable
+through the store, and write it once the store takes writes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol, Self
+
+from speakd.errors import ServiceUnavailable, SpeakdError
+from speakd.store.records import Speaking
+
+
+class StoreUnwritable(ServiceUnavailable):
+    """The store refuses writes (disk full, read-only, unreachable): HTTP 503, retry later."""
+
+    retry_after = 5
+
+
+class StoreRefused(Exception):
+    """The store's engine refused a statement; the message is the engine's (e.g. a lock held
+    by another process)."""
+
+
+class StoreNotOpened(SpeakdError):
+    """The store cannot be opened at start (unreachable, or written by a newer speakd): speakd does not start."""
+
+
+class Store(Protocol):
+    """A store, opened and closed with ``async with``; ``__aexit__`` writes what is still kept."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    # -- speakings ---------------------------------------------------------------------------
+
+    async def insert(self, record: Speaking) -> None: ...
+
+    async def update(self, record: Speaking) -> None:
+        """Write it now, or raise StoreUnwritable (an older state kept for later stays kept)."""
+
+    async def update_later(self, record: Speaking) -> None:
+        """``update``, kept in memory and retried while the store refuses writes (never raises StoreUnwritable)."""
+
+    async def get(self, speaking_id: str) -> Speaking | None: ...
+
+    async def list(self, customer_id: str, page_size: int, before: str | None) -> list[Speaking]:
+        """Newest first; ``before`` is the tm_create cursor of the previous page. Deleted ones left out."""
+
+    async def stop_unfinished(self, stamp: str) -> list[Speaking]:
+        """Mark every session a previous run left initiating/active as stopped (their unfinished
+        says interrupted), in one transaction; return them as they were."""
+
+    # -- says (rows of records.SAY_COLUMNS) ----------------------------------------------------
+
+    async def insert_say(self, row: dict[str, Any]) -> None: ...
+
+    async def update_say(self, row: dict[str, Any]) -> None: ...
+
+    async def update_say_later(self, row: dict[str, Any]) -> None:
+        """``update_say``, kept and retried while the store refuses writes."""
+
+    async def list_says(self, speaking_id: str) -> list[dict[str, Any]]:
+        """A session's says, oldest first."""
+
+    # -- webhook outbox (rows of records.OUTBOX_FIELDS, with their ``seq``) ---------------------
+
+    async def outbox_add(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Queue deliveries (one transaction, in order); return their ``seq``s."""
+
+    async def outbox_pending(self) -> list[dict[str, Any]]:
+        """Every delivery still waiting, oldest first."""
+
+    async def outbox_head(self, customer_id: str) -> dict[str, Any] | None:
+        """The customer's oldest waiting delivery."""
+
+    async def outbox_older(self, customer_id: str, created_before: float) -> list[dict[str, Any]]:
+        """The customer's waiting deliveries queued before ``created_before``, oldest first."""
+
+    async def outbox_attempted(self, seq: int, attempts: int) -> None: ...
+
+    async def outbox_delete(self, seqs: list[int]) -> None:
+        """Delivered or given up."""
+
+    # -- health --------------------------------------------------------------------------------
+
+    def write_health_row(self) -> asyncio.Future[None]:
+        """A real write, as small as one can be, committed. The future is the store's own: a
+        caller may stop waiting without cancelling it. It fails with StoreUnwritable or
+        StoreRefused when the store takes no write."""

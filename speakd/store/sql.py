@@ -1,0 +1,269 @@
+"""What the SQLite and PostgreSQL adapters share: the records' SQL, rows to records and back,
+and the writes kept in memory while the store refuses them, with the loop that retries them.
+
+An adapter supplies what differs: opening (with its migrations) and closing, three ways to run
+SQL (:meth:`SqlStore._execute`, :meth:`SqlStore._fetch`, :meth:`SqlStore._transaction`), the
+health write, and which of its engine's errors mean "cannot write now" (raised as
+StoreUnwritable). The SQL here is the same in both dialects, with ``?`` placeholders (the
+PostgreSQL adapter numbers them). Each adapter runs writes in the order they were called:
+SQLite's one thread and PostgreSQL's write lock both queue in call order, which
+:meth:`SqlStore._superseding` relies on.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+import structlog
+
+from speakd.store.interface import StoreUnwritable
+from speakd.store.records import FIELDS, NOT_YET, OUTBOX_FIELDS, SAY_COLUMNS, Speaking, Status
+from speakd.tasks import cancel_and_wait
+
+log = structlog.get_logger(__name__)
+
+# How often writes kept in memory are tried again while the store refuses them.
+RETRY_EVERY_S = 1.0
+
+Row = dict[str, Any]
+
+# Written when the say is queued, never after.
+_SAY_SET_ONCE = ("say_id", "speaking_id", "text", "payload_type", "client_state", "command_id", "tm_queued")
+_SPEAKING_COLS = tuple(f for f in FIELDS if f != "id")  # what an update writes
+_SAY_COLS = tuple(f for f in SAY_COLUMNS if f not in _SAY_SET_ONCE)
+
+
+def _insert_sql(table: str, fields: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})"
+
+
+def _update_sql(table: str, fields: tuple[str, ...], key: str) -> str:
+    return f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in fields)} WHERE {key} = ?"
+
+
+INSERT_SPEAKING = _insert_sql("speakings", FIELDS)
+INSERT_SAY = _insert_sql("says", SAY_COLUMNS)
+UPDATE_SPEAKING = _update_sql("speakings", _SPEAKING_COLS, "id")
+UPDATE_SAY = _update_sql("says", _SAY_COLS, "say_id")
+_INSERT_OUTBOX = _insert_sql("webhook_outbox", OUTBOX_FIELDS) + " RETURNING seq"
+_SELECT_OUTBOX = f"SELECT seq, {', '.join(OUTBOX_FIELDS)} FROM webhook_outbox"
+_SELECT_SPEAKING = f"SELECT {', '.join(FIELDS)} FROM speakings"
+# The one row of ``health``, written again: what a health check writes.
+WRITE_HEALTH = (
+    "INSERT INTO health (id, checked) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET checked = excluded.checked"
+)
+
+
+def _update_speaking_args(row: Row) -> tuple:
+    return (*(row[c] for c in _SPEAKING_COLS), row["id"])
+
+
+def _update_say_args(row: Row) -> tuple:
+    return (*(row[c] for c in _SAY_COLS), row["say_id"])
+
+
+def _overlay(pending: dict[str, Row], key: str, rows: list[Row]) -> list[Row]:
+    """Rows as read, each replaced by its newer state still kept in memory (see update_later)."""
+    return [pending.get(row[key], row) for row in rows]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One statement of a transaction, run once for each tuple of ``args``; ``rows``: what it
+    returns is wanted (a SELECT, a RETURNING)."""
+
+    sql: str
+    args: Sequence[tuple[Any, ...]]
+    rows: bool = False
+
+
+class SqlStore(abc.ABC):
+    """A :class:`speakd.store.interface.Store` over SQL; the subclass is the engine's adapter."""
+
+    def __init__(self) -> None:
+        # Rows written later (id -> row), the newest state of each; see update_later.
+        self._pending_speakings: dict[str, Row] = {}
+        self._pending_says: dict[str, Row] = {}
+        self._retry: asyncio.Task[None] | None = None
+
+    # -- what an adapter supplies ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _open(self) -> None:
+        """Connect, and bring the schema to the latest version (speakd.store.schema)."""
+
+    @abc.abstractmethod
+    async def _close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
+        """One statement, committed."""
+
+    @abc.abstractmethod
+    async def _fetch(self, sql: str, args: tuple[Any, ...] = ()) -> list[Row]: ...
+
+    @abc.abstractmethod
+    async def _transaction(self, steps: Sequence[Step]) -> list[list[Row]]:
+        """The steps in one transaction, all or nothing; the rows each returned (empty if not wanted)."""
+
+    @abc.abstractmethod
+    def write_health_row(self) -> asyncio.Future[None]: ...
+
+    # -- opening and closing ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await cancel_and_wait(self._retry)
+        if self.pending_writes:
+            try:
+                await self._write_pending()
+            except StoreUnwritable as error:
+                log.error("store_writes_lost", rows=self.pending_writes, error=error.message)
+        await self._close()
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def insert(self, record: Speaking) -> None:
+        row = record.to_dict()
+        await self._execute(INSERT_SPEAKING, tuple(row[f] for f in FIELDS))
+
+    async def update(self, record: Speaking) -> None:
+        args = _update_speaking_args(record.to_dict())
+        await self._superseding(self._pending_speakings, record.id, UPDATE_SPEAKING, args)
+
+    async def insert_say(self, row: Row) -> None:
+        await self._execute(INSERT_SAY, tuple(row[f] for f in SAY_COLUMNS))
+
+    async def update_say(self, row: Row) -> None:
+        await self._superseding(self._pending_says, row["say_id"], UPDATE_SAY, _update_say_args(row))
+
+    async def _superseding(self, pending: dict[str, Row], key: str, sql: str, args: tuple) -> None:
+        """A direct write of a row that may be kept for later: the kept (older) state must not
+        be written over it afterwards, and must stay kept if this write is refused. Taking the
+        kept row and queueing the write happen in one step, so the adapter sees every write in
+        the order it was made."""
+        kept = pending.pop(key, None)
+        try:
+            await self._execute(sql, args)
+        except StoreUnwritable:
+            if kept is not None:
+                pending.setdefault(key, kept)
+            raise
+
+    async def stop_unfinished(self, stamp: str) -> list[Speaking]:
+        unfinished = (Status.INITIATING, Status.ACTIVE)
+        stop = "UPDATE speakings SET status = ?, tm_update = ? WHERE status IN (?, ?)"
+        # Says a crash left unfinished were cut by it.
+        interrupt = "UPDATE says SET status = 'interrupted' WHERE status IN ('queued', 'playing')"
+        rows, _, _ = await self._transaction(
+            [
+                Step(f"{_SELECT_SPEAKING} WHERE status IN (?, ?)", [unfinished], rows=True),
+                Step(stop, [(Status.STOPPED, stamp, *unfinished)]),
+                Step(interrupt, [()]),
+            ]
+        )
+        return [Speaking(**row) for row in rows]
+
+    # -- writes that live sessions make on their own ---------------------------------------------
+
+    @property
+    def pending_writes(self) -> int:
+        """Rows kept in memory because the store refused them."""
+        return len(self._pending_speakings) + len(self._pending_says)
+
+    async def update_later(self, record: Speaking) -> None:
+        self._pending_speakings[record.id] = record.to_dict()
+        await self._write_pending_or_retry()
+
+    async def update_say_later(self, row: Row) -> None:
+        self._pending_says[row["say_id"]] = dict(row)
+        await self._write_pending_or_retry()
+
+    async def _write_pending_or_retry(self) -> None:
+        if self._retry is not None:
+            return  # the store is refusing writes: the retry loop writes this row with the others
+        try:
+            await self._write_pending()
+        except StoreUnwritable as error:
+            log.warning("store_unwritable", error=error.message, pending_rows=self.pending_writes)
+            self._retry = asyncio.create_task(self._retry_pending(), name="speakd-store-retry")
+
+    async def _retry_pending(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_EVERY_S)
+            try:
+                written = self.pending_writes
+                await self._write_pending()
+            except StoreUnwritable:
+                continue
+            if not self.pending_writes:
+                log.info("store_writable_again", rows_written=written)
+                self._retry = None
+                return
+
+    async def _write_pending(self) -> None:
+        """Write every kept row in one transaction; a row replaced meanwhile stays kept."""
+        speakings, says = dict(self._pending_speakings), dict(self._pending_says)
+        steps = [
+            Step(UPDATE_SPEAKING, [_update_speaking_args(row) for row in speakings.values()]),
+            Step(UPDATE_SAY, [_update_say_args(row) for row in says.values()]),
+        ]
+        await self._transaction([step for step in steps if step.args])
+        for pending, written in ((self._pending_speakings, speakings), (self._pending_says, says)):
+            for key, row in written.items():
+                if pending.get(key) is row:
+                    del pending[key]
+
+    # -- webhook outbox --------------------------------------------------------------------------
+
+    async def outbox_add(self, rows: list[Row]) -> list[int]:
+        args = [tuple(row[f] for f in OUTBOX_FIELDS) for row in rows]
+        (added,) = await self._transaction([Step(_INSERT_OUTBOX, args, rows=True)])
+        return [int(row["seq"]) for row in added]
+
+    async def outbox_pending(self) -> list[Row]:
+        return await self._fetch(f"{_SELECT_OUTBOX} ORDER BY seq")
+
+    async def outbox_head(self, customer_id: str) -> Row | None:
+        rows = await self._fetch(f"{_SELECT_OUTBOX} WHERE customer_id = ? ORDER BY seq LIMIT 1", (customer_id,))
+        return rows[0] if rows else None
+
+    async def outbox_older(self, customer_id: str, created_before: float) -> list[Row]:
+        sql = f"{_SELECT_OUTBOX} WHERE customer_id = ? AND created < ? ORDER BY seq"
+        return await self._fetch(sql, (customer_id, float(created_before)))
+
+    async def outbox_attempted(self, seq: int, attempts: int) -> None:
+        await self._execute("UPDATE webhook_outbox SET attempts = ? WHERE seq = ?", (attempts, seq))
+
+    async def outbox_delete(self, seqs: list[int]) -> None:
+        if seqs:
+            await self._transaction([Step("DELETE FROM webhook_outbox WHERE seq = ?", [(s,) for s in seqs])])
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def get(self, speaking_id: str) -> Speaking | None:
+        rows = await self._fetch(f"{_SELECT_SPEAKING} WHERE id = ?", (speaking_id,))
+        rows = _overlay(self._pending_speakings, "id", rows)
+        return Speaking(**rows[0]) if rows else None
+
+    async def list_says(self, speaking_id: str) -> list[Row]:
+        sql = f"SELECT {', '.join(SAY_COLUMNS)} FROM says WHERE speaking_id = ? ORDER BY seq"
+        return _overlay(self._pending_says, "say_id", await self._fetch(sql, (speaking_id,)))
+
+    async def list(self, customer_id: str, page_size: int, before: str | None) -> list[Speaking]:
+        sql = f"{_SELECT_SPEAKING} WHERE customer_id = ? AND tm_delete = ?"
+        args: list[Any] = [customer_id, NOT_YET]
+        if before:
+            sql += " AND tm_create < ?"
+            args.append(before)
+        sql += " ORDER BY tm_create DESC LIMIT ?"
+        args.append(page_size)
+        rows = _overlay(self._pending_speakings, "id", await self._fetch(sql, tuple(args)))
+        return [Speaking(**row) for row in rows]
