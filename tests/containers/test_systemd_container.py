@@ -15,7 +15,7 @@ against what speakd does with the sandbox Asterisk.
   TimeoutStopSec.
 
 Install steps run (in /src/speakd, a copy of this repository), as docs/operations.md gives them
-(steps 2 and 3, then "As a systemd service"): INSTALL_STEPS and START below.
+(steps 2 and 3, then "As a systemd service"), read from the page: documented_install_steps().
 
 The container: `--network host` (speakd reaches the proxy and the test reaches speakd's API on
 this host's loopback), `--cap-add SYS_ADMIN` (systemd builds the unit's namespaces:
@@ -63,18 +63,27 @@ BUILD_TIMEOUT_S = 1500
 WATCHDOG_S = 5
 # What `pip install /path/to/speakd` needs of the repository, and what the steps install from it.
 SOURCE = ["pyproject.toml", "README.md", "LICENSE", "speakd", "systemd", "speakd.example.toml"]
-INSTALL_STEPS = """
-cd /src/speakd
-python3 -m venv /opt/speakd/.venv && /opt/speakd/.venv/bin/pip install /src/speakd
-# The documented step has no -D, and fails on a fresh bookworm: it has no /etc/sysusers.d.
-install -D -m 0644 systemd/speakd.sysusers /etc/sysusers.d/speakd.conf
-systemd-sysusers
-install -d -m 0750 -o root -g speakd /etc/speakd
-install -m 0640 -o root -g speakd speakd.example.toml /etc/speakd/speakd.toml
-install -m 0600 -o root -g root /dev/null /etc/speakd/speakd.env
-install -m 0644 systemd/speakd.service /etc/systemd/system/speakd.service
-"""
+OPERATIONS = REPO / "docs" / "operations.md"
 START = "systemctl daemon-reload && systemctl enable --now speakd"
+
+
+def documented_install_steps() -> str:
+    """docs/operations.md's steps as an admin follows them, read from the page (not copied here, so
+    the page cannot drift from what is tested): step 2's venv and pip install (of /src/speakd, this
+    repository's copy), then "As a systemd service" up to the start, which the test runs itself
+    once it has edited the config as the page says to."""
+    page = OPERATIONS.read_text()
+    step2 = re.search(r"^2\. `(python3 -m venv .*)`$", page, re.M)
+    assert step2, "docs/operations.md's step 2 (venv and pip install) not found"
+    service = page[page.index("## As a systemd service") :]
+    block = re.search(r"^```sh\n(.*?)^```$", service, re.S | re.M)
+    assert block, "no sh block under docs/operations.md's 'As a systemd service'"
+    lines = block.group(1).splitlines()
+    assert START in lines, f"the documented steps no longer start the unit with `{START}`"
+    install = lines[: lines.index(START)]
+    return "\n".join(["cd /src/speakd", step2.group(1).replace("/path/to/speakd", "/src/speakd"), *install])
+
+
 CONFIG = "/etc/speakd/speakd.toml"
 
 
@@ -258,7 +267,7 @@ async def pbx(pbx_image, ari_gate, ari_settings):
         await host.sh("mkdir -p /src")
         copied = await asyncio.to_thread(run, ["podman", "cp", str(source), f"{CONTAINER}:/src/speakd"], env, 120, log)
         assert copied.returncode == 0, tail(log)
-        await host.sh(INSTALL_STEPS, timeout=600)
+        await host.sh(documented_install_steps(), timeout=600)
 
         # "then edit it": where speakd listens, its ARI (through the gate) and app, the offline
         # voice as the default, an access key; the ARI password as a secret in speakd.env
