@@ -113,8 +113,11 @@ class PostgresStore(SqlStore):
         try:
             self._pool = await asyncpg.create_pool(
                 self.url,
-                min_size=1,
+                # Connections are made when first needed and kept: no floor for the pool to
+                # restore in the background (it logs a traceback per try while the server is down).
+                min_size=0,
                 max_size=POOL_SIZE,
+                max_inactive_connection_lifetime=0,
                 timeout=CONNECT_TIMEOUT_S,
                 command_timeout=STATEMENT_TIMEOUT_S,
                 reset=_nothing_to_reset,

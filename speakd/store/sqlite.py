@@ -20,10 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from speakd.store import schema
 from speakd.store.interface import StoreNotOpened, StoreRefused, StoreUnwritable
 from speakd.store.records import now_stamp
 from speakd.store.sql import WRITE_HEALTH, Row, SqlStore, Step
+
+log = structlog.get_logger(__name__)
 
 # SQLite's primary result codes that mean "this store cannot be written now" (not a bug).
 _UNWRITABLE = {
@@ -86,6 +90,7 @@ class SqliteStore(SqlStore):
                 if migration.version == 1:
                     self._add_unversioned_columns()
                 self.db.execute(schema.RECORD_VERSION, (migration.version, migration.description, now_stamp()))
+                log.info("store_migrated", version=migration.version, path=self.path)
 
     def _add_unversioned_columns(self) -> None:
         for table, column, definition in UNVERSIONED_COLUMNS:

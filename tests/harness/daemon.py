@@ -54,6 +54,7 @@ class SpeakdProcess:
     transport: str = "auto"  # [media] transport
     codec: str = "ulaw"  # [media] codec
     env: dict[str, str] = field(default_factory=dict)
+    store_url: str = ""  # [store] url: PostgreSQL (tests/harness/postgres.py); empty: SQLite in workdir
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -91,7 +92,7 @@ access_keys = {{ "{KEY_A}" = "{CUSTOMER_A}", "{KEY_B}" = "{CUSTOMER_B}" }}
 jwt_secret = "{JWT_SECRET}"
 
 [store]
-path = "{self.workdir / "speakd.sqlite3"}"
+{f'url = "{self.store_url}"' if self.store_url else f'path = "{self.workdir / "speakd.sqlite3"}"'}
 
 [log]
 level = "info"
