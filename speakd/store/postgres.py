@@ -32,6 +32,7 @@ from speakd.store import schema
 from speakd.store.interface import StoreNotOpened, StoreRefused, StoreUnwritable
 from speakd.store.records import now_stamp
 from speakd.store.sql import WRITE_HEALTH, Row, SqlStore, Step
+from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +46,7 @@ HEALTH_LOCK_TIMEOUT_MS = 500
 LOCK_SPACE = 0x73706B64
 MIGRATION_LOCK = 1
 
-# Errors that mean "the server cannot take a write now", as the sentence a 503 says of them.
+# Errors that mean the server cannot be reached now (a 503 says "is unreachable").
 _UNREACHABLE = (
     OSError,  # refused, reset, no route, unknown host
     TimeoutError,  # no answer within CONNECT_TIMEOUT_S / STATEMENT_TIMEOUT_S
@@ -72,10 +73,7 @@ def server_of(url: str) -> str:
     """Where ``url``'s server is, for messages: ``host:port`` (never the password)."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or urllib.parse.parse_qs(parts.query).get("host", ["localhost"])[0]
-    try:
-        port = parts.port or 5432
-    except ValueError:
-        port = 5432
+    port = parts.port or 5432  # a port that is no number: refused by the config (StoreConfig.problems)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -84,6 +82,10 @@ def numbered(sql: str) -> str:
     """``?`` placeholders (speakd.store.sql's, never inside a literal) as PostgreSQL's ``$1, $2, ...``."""
     parts = sql.split("?")
     return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+
+
+def _detail(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__  # a timeout has no message
 
 
 async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
@@ -101,9 +103,8 @@ class PostgresStore(SqlStore):
         self._health: asyncio.Task[None] | None = None
 
     def _message(self, why: str, exc: BaseException) -> str:
-        detail = str(exc) or type(exc).__name__
         return (
-            f"PostgreSQL at {self.server} {why}: {detail}. speakd cannot write its store; "
+            f"PostgreSQL at {self.server} {why}: {_detail(exc)}. speakd cannot write its store; "
             "live sessions keep speaking: retry once it is back"
         )
 
@@ -128,7 +129,7 @@ class PostgresStore(SqlStore):
             await self._close()
             if isinstance(exc, asyncpg.PostgresError | OSError | TimeoutError):
                 why = unwritable_why(exc) or "refused speakd"
-                raise StoreNotOpened(f"PostgreSQL at {self.server} {why}: {exc or type(exc).__name__}") from None
+                raise StoreNotOpened(f"PostgreSQL at {self.server} {why}: {_detail(exc)}") from None
             raise
 
     async def _migrate(self, connection: asyncpg.Connection) -> None:
@@ -144,10 +145,8 @@ class PostgresStore(SqlStore):
             log.info("store_migrated", version=migration.version, server=self.server)
 
     async def _close(self) -> None:
-        if self._health is not None and not self._health.done():
-            self._health.cancel()
-            with contextlib.suppress(BaseException):
-                await self._health
+        if self._health is not None and not self._health.done():  # a finished one was its check's to read
+            await cancel_and_wait(self._health)
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), CONNECT_TIMEOUT_S)
