@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
+import socket
 import tomllib
 import urllib.parse
 from collections.abc import Iterator, Mapping
@@ -177,6 +179,41 @@ class StoreConfig:
         return []
 
 
+# A node's id: a short token (it goes into logs, metrics and other nodes' requests as it is).
+NODE_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+@dataclass
+class NodeConfig:
+    # This speakd's name among the nodes sharing one store; the sessions it makes are its own.
+    id: str = field(default_factory=socket.gethostname)
+    # Where the other nodes reach this node's API; empty: http://<server.host>:<server.port>
+    # (a wildcard host replaced by this host's name).
+    url: str = ""
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        if not re.fullmatch(NODE_ID_PATTERN, self.id):
+            found.append(f"node.id must be 1-64 letters, digits, '.', '_' or '-' (e.g. pbx-1), not {self.id!r}")
+        if self.url:
+            parts = urllib.parse.urlsplit(self.url)
+            try:
+                port = parts.port
+            except ValueError:
+                port = None
+            if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
+                found.append(f"node.url must be http(s)://host:port (this node's API), not {self.url!r}")
+        return found
+
+    def url_with(self, server: ServerConfig) -> str:
+        """``url``, else the one ``server`` listens on as the other nodes can reach it."""
+        if self.url:
+            return self.url
+        host = socket.gethostname() if server.host in _WILDCARD_HOSTS else server.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{server.port}"
+
+
 @dataclass
 class TtsConfig:
     # What an omitted ``provider`` means. The spec's default is elevenlabs; the sandbox
@@ -258,6 +295,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     agi: AgiConfig = field(default_factory=AgiConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
@@ -293,7 +331,7 @@ class Config:
             found.append(str(exc))
         if self.log.format not in LOG_FORMATS:
             found.append(f"log.format must be {either(LOG_FORMATS)}, not {self.log.format!r}")
-        return found + self.webhooks.problems()
+        return found + self.node.problems() + self.webhooks.problems()
 
 
 _SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name != "providers"}

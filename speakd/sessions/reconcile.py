@@ -3,8 +3,8 @@
 :func:`reconcile` runs on every ARI (re)connect, before speakd reports itself connected: events
 may have been missed meanwhile, so live sessions whose objects are gone are stopped, and objects
 speakd made that no live session owns (a crashed run's) are removed. :func:`stop_stale_sessions`
-runs once at start-up: sessions a previous run left unfinished are stopped in the store (their
-objects go at the first connect).
+runs once at start-up: sessions a previous run of this node left unfinished are stopped in the
+store (their objects go at the first connect).
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ async def reconcile(ctx: AttachContext, sessions: LiveSessions, stop_soon: StopS
             log.info("orphan_removed", kind=kind, id=object_id)
 
 
-async def stop_stale_sessions(store: Store, publish: PublishStopped) -> None:
-    """Sessions a previous run left unfinished: stopped in the store, and a speaking_stopped each."""
-    for record in await store.stop_unfinished(now_stamp()):
+async def stop_stale_sessions(store: Store, node_id: str, publish: PublishStopped) -> None:
+    """Sessions a previous run of this node left unfinished (and those from before nodes):
+    stopped in the store, and a speaking_stopped each. Other nodes' live sessions are theirs."""
+    for record in await store.stop_unfinished(node_id, now_stamp()):
         log.info("stale_session_stopped", speaking_id=record.id, was=record.status)
         record.status = Status.STOPPED
         source = f"channel:{record.reference_id}" if record.reference_type == "call" else ""

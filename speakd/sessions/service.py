@@ -40,8 +40,8 @@ from speakd.sessions.session import Session
 from speakd.sessions.stream import Send, SpeakingStream
 from speakd.sessions.targets import AttachContext, CallTarget, SetupFailed, Target, channel_owner, unreachable
 from speakd.store.health import StoreCheck
-from speakd.store.interface import Store
-from speakd.store.records import NOT_YET, Speaking, Status, now_stamp
+from speakd.store.interface import AlreadyLive, Store
+from speakd.store.records import NO_OWNER, NOT_YET, Owner, Speaking, Status, now_stamp
 from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -71,8 +71,10 @@ class SpeakingService:
         events: EventBus | None = None,
         lead_ms: int,
         mark_every_ms: int,
+        owner: Owner = NO_OWNER,
     ) -> None:
         self.store = store
+        self.owner = owner  # this node's run: its sessions' owner in the store
         self.ari = ari
         self.providers = providers
         self.media = media
@@ -114,12 +116,12 @@ class SpeakingService:
         await target.validate(self.ari, customer_id, self.owner_variable)
 
         key = (req.reference_type, target.conflict_key)
+        # Checked here first (fast, on this node); the store's index holds it across nodes (below).
         if (holder := self.sessions.holder(key)) is not None:  # checked and taken with no await in between
             other = self.sessions.get(holder)  # None while its record is being written
             # Name the other session only to its owner.
             mine = other is not None and other.record.customer_id == customer_id
-            which = f"speaking session {holder}" if mine else "another speaking session"
-            raise Conflict(f"{which} is already active on {req.reference_type} '{req.reference_id}'; stop it first")
+            raise _already_active(f"speaking session {holder}" if mine else "", req)
         self.sessions.reserve(key, speaking_id)
         stamp = now_stamp()
         record = Speaking(
@@ -137,7 +139,10 @@ class SpeakingService:
             tm_delete=NOT_YET,
         )
         try:
-            await self.store.insert(record)
+            await self.store.insert(record, self.owner, target.conflict_key)
+        except AlreadyLive:  # live on another node (or left live by a node that is gone)
+            self.sessions.unreserve(key)
+            raise _already_active("", req) from None
         except BaseException:
             self.sessions.unreserve(key)
             raise
@@ -528,7 +533,7 @@ class SpeakingService:
 
     async def recover(self) -> None:
         """Start-up: sessions a previous run left unfinished are stopped (their objects go on connect)."""
-        await stop_stale_sessions(self.store, self._publish_stopped)
+        await stop_stale_sessions(self.store, self.owner.node_id, self._publish_stopped)
 
     async def shutdown(self) -> None:
         """Stop every live session: say so for each, remove its Asterisk objects."""
@@ -539,6 +544,13 @@ class SpeakingService:
         await asyncio.gather(
             *(self._stop(live, StopReason.SHUTDOWN, "daemon shutdown") for live in lives), return_exceptions=True
         )
+
+
+def _already_active(which: str, req: CreateRequest) -> Conflict:
+    """The 409 of a create on a reference that has a live session (``which``: it, named to its
+    customer only; else "")."""
+    which = which or "another speaking session"
+    return Conflict(f"{which} is already active on {req.reference_type} '{req.reference_id}'; stop it first")
 
 
 def _log_stop_failure(task: asyncio.Task[Speaking]) -> None:

@@ -15,7 +15,7 @@ import asyncio
 from typing import Any, Protocol, Self
 
 from speakd.errors import ServiceUnavailable, SpeakdError
-from speakd.store.records import Speaking
+from speakd.store.records import NO_OWNER, Owner, Speaking
 
 
 class StoreUnwritable(ServiceUnavailable):
@@ -27,6 +27,11 @@ class StoreUnwritable(ServiceUnavailable):
 class StoreRefused(Exception):
     """The store's engine refused a statement; the message is the engine's (e.g. a lock held
     by another process)."""
+
+
+class AlreadyLive(Exception):
+    """An insert refused by the store's one-live-session-per-call index: another session (on
+    any node sharing the store) is initiating or active on the same call or conference."""
 
 
 class StoreNotOpened(SpeakdError):
@@ -42,7 +47,9 @@ class Store(Protocol):
 
     # -- speakings ---------------------------------------------------------------------------
 
-    async def insert(self, record: Speaking) -> None: ...
+    async def insert(self, record: Speaking, owner: Owner = NO_OWNER, conflict_key: str = "") -> None:
+        """A new session of ``owner``. With a ``conflict_key`` (its target's), AlreadyLive if a
+        live session on the same reference type and key is in the store."""
 
     async def update(self, record: Speaking) -> None:
         """Write it now, or raise StoreUnwritable (an older state kept for later stays kept)."""
@@ -55,9 +62,23 @@ class Store(Protocol):
     async def list(self, customer_id: str, page_size: int, before: str | None) -> list[Speaking]:
         """Newest first; ``before`` is the tm_create cursor of the previous page. Deleted ones left out."""
 
-    async def stop_unfinished(self, stamp: str) -> list[Speaking]:
-        """Mark every session a previous run left initiating/active as stopped (their unfinished
-        says interrupted), in one transaction; return them as they were."""
+    async def stop_unfinished(self, node_id: str, stamp: str) -> list[Speaking]:
+        """Mark the node's sessions that a previous run left initiating/active (and those from
+        before nodes, owned by none) as stopped, their unfinished says interrupted, in one
+        transaction; return them as they were. Other nodes' sessions are not touched."""
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    async def register_node(self, owner: Owner, url: str, stamp: str) -> None:
+        """This node's row, made or taken over by its new run (``stamp``: started and seen)."""
+
+    async def node_seen(self, owner: Owner, stamp: str) -> bool:
+        """The run's heartbeat; False if the node's row now belongs to another run (a second
+        process started with the same node id)."""
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        """Every node: ``id``, ``url``, ``last_seen`` and ``live_sessions`` (its sessions
+        initiating or active), by id."""
 
     # -- says (rows of records.SAY_COLUMNS) ----------------------------------------------------
 

@@ -29,7 +29,7 @@ import asyncpg
 import structlog
 
 from speakd.store import schema
-from speakd.store.interface import StoreNotOpened, StoreRefused, StoreUnwritable
+from speakd.store.interface import AlreadyLive, StoreNotOpened, StoreRefused, StoreUnwritable
 from speakd.store.records import now_stamp
 from speakd.store.sql import WRITE_HEALTH, Row, SqlStore, Step
 from speakd.tasks import cancel_and_wait
@@ -173,6 +173,10 @@ class PostgresStore(SqlStore):
                     # its work is done, so that failure is not this statement's.
                     with contextlib.suppress(Exception):
                         await self.pool.release(connection)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == schema.ONE_LIVE_PER_CALL:
+                raise AlreadyLive(str(exc)) from None
+            raise
         except Exception as exc:
             why = unwritable_why(exc)
             if why is None:

@@ -24,6 +24,10 @@ class Status(StrEnum):
     STOPPED = "stopped"
 
 
+# A session holds its call (and is counted live) in these.
+LIVE_STATUSES = (Status.INITIATING, Status.ACTIVE)
+
+
 class ReferenceType(StrEnum):
     CALL = "call"
     CONFBRIDGE = "confbridge"
@@ -89,6 +93,20 @@ class Speaking:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Speaking))
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The node process that owns a session's Asterisk objects, kept in the session's row beside
+    the spec's fields (the API never shows it). ``run_id`` is new at every start of the process,
+    so a restarted node is a new run: what an earlier run left is told apart from its own."""
+
+    node_id: str
+    run_id: str
+
+
+# The owner of rows written before nodes existed: whichever node opens such a store takes them.
+NO_OWNER = Owner("", "")
 
 # A say as stored (sessions.says.SayItem.row()): written when queued, updated as it plays.
 SAY_COLUMNS = (

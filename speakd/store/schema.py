@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from speakd.store.interface import StoreNotOpened
+from speakd.store.records import LIVE_STATUSES
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ POSTGRES = Dialect(
     real="DOUBLE PRECISION",
     stamp='TEXT COLLATE "C"',
 )
+
+
+# The unique index that refuses a second live session on one call (or conference): an insert
+# it refuses is a :class:`speakd.store.interface.AlreadyLive`.
+ONE_LIVE_PER_CALL = "speakings_one_live_per_call"
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,27 @@ MIGRATIONS: tuple[Migration, ...] = (
                 id {integer} PRIMARY KEY CHECK (id = 1),
                 checked {real} NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        2,
+        "nodes; each session's owning node and run, and one live session per call",
+        (
+            """CREATE TABLE nodes (
+                id TEXT PRIMARY KEY,
+                url TEXT NOT NULL,
+                run_id TEXT NOT NULL,
+                started_at {stamp} NOT NULL,
+                last_seen {stamp} NOT NULL
+            )""",
+            # '' in rows from before nodes: the node that opens such a store takes them as its own.
+            "ALTER TABLE speakings ADD COLUMN node_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE speakings ADD COLUMN run_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE speakings ADD COLUMN conflict_key TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX speakings_node_status ON speakings (node_id, status)",
+            # What holds "one live session per call" across nodes; rows from before have no key.
+            f"""CREATE UNIQUE INDEX {ONE_LIVE_PER_CALL} ON speakings (reference_type, conflict_key)
+                WHERE status IN {tuple(map(str, LIVE_STATUSES))} AND conflict_key <> ''""",
         ),
     ),
 )

@@ -21,7 +21,17 @@ from typing import Any, Self
 import structlog
 
 from speakd.store.interface import StoreUnwritable
-from speakd.store.records import FIELDS, NOT_YET, OUTBOX_FIELDS, SAY_COLUMNS, Speaking, Status
+from speakd.store.records import (
+    FIELDS,
+    LIVE_STATUSES,
+    NO_OWNER,
+    NOT_YET,
+    OUTBOX_FIELDS,
+    SAY_COLUMNS,
+    Owner,
+    Speaking,
+    Status,
+)
 from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -45,13 +55,26 @@ def _update_sql(table: str, fields: tuple[str, ...], key: str) -> str:
     return f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in fields)} WHERE {key} = ?"
 
 
-INSERT_SPEAKING = _insert_sql("speakings", FIELDS)
+# A new session's row: the spec's fields, then what is kept beside them (records.Owner, the key).
+INSERT_SPEAKING = _insert_sql("speakings", (*FIELDS, "node_id", "run_id", "conflict_key"))
 INSERT_SAY = _insert_sql("says", SAY_COLUMNS)
 UPDATE_SPEAKING = _update_sql("speakings", _SPEAKING_COLS, "id")
 UPDATE_SAY = _update_sql("says", _SAY_COLS, "say_id")
 _INSERT_OUTBOX = _insert_sql("webhook_outbox", OUTBOX_FIELDS) + " RETURNING seq"
 _SELECT_OUTBOX = f"SELECT seq, {', '.join(OUTBOX_FIELDS)} FROM webhook_outbox"
 _SELECT_SPEAKING = f"SELECT {', '.join(FIELDS)} FROM speakings"
+_REGISTER_NODE = (
+    "INSERT INTO nodes (id, url, run_id, started_at, last_seen) VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) "
+    "DO UPDATE SET url = excluded.url, run_id = excluded.run_id, started_at = excluded.started_at, "
+    "last_seen = excluded.last_seen"
+)
+_NODE_SEEN = "UPDATE nodes SET last_seen = ? WHERE id = ? AND run_id = ? RETURNING id"
+_LIST_NODES = (
+    "SELECT n.id, n.url, n.last_seen, (SELECT COUNT(*) FROM speakings s WHERE s.node_id = n.id "
+    "AND s.status IN (?, ?)) AS live_sessions FROM nodes n ORDER BY n.id"
+)
+# A node's sessions, with those from before nodes (owned by none): what a node cleans up at start.
+_MINE = "node_id IN (?, '')"
 # The one row of ``health``, written again: what a health check writes.
 WRITE_HEALTH = (
     "INSERT INTO health (id, checked) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET checked = excluded.checked"
@@ -130,9 +153,11 @@ class SqlStore(abc.ABC):
 
     # -- writes ----------------------------------------------------------------------------------
 
-    async def insert(self, record: Speaking) -> None:
+    async def insert(self, record: Speaking, owner: Owner = NO_OWNER, conflict_key: str = "") -> None:
+        if self._pending_speakings:  # a stop still kept must reach the store before its index judges this
+            await self._write_pending()
         row = record.to_dict()
-        await self._execute(INSERT_SPEAKING, tuple(row[f] for f in FIELDS))
+        await self._execute(INSERT_SPEAKING, (*(row[f] for f in FIELDS), owner.node_id, owner.run_id, conflict_key))
 
     async def update(self, record: Speaking) -> None:
         args = _update_speaking_args(record.to_dict())
@@ -157,19 +182,38 @@ class SqlStore(abc.ABC):
                 pending.setdefault(key, kept)
             raise
 
-    async def stop_unfinished(self, stamp: str) -> list[Speaking]:
-        unfinished = (Status.INITIATING, Status.ACTIVE)
-        stop = "UPDATE speakings SET status = ?, tm_update = ? WHERE status IN (?, ?)"
+    async def stop_unfinished(self, node_id: str, stamp: str) -> list[Speaking]:
+        live = f"status IN (?, ?) AND {_MINE}"
         # Says a crash left unfinished were cut by it.
-        interrupt = "UPDATE says SET status = 'interrupted' WHERE status IN ('queued', 'playing')"
+        interrupt = (
+            "UPDATE says SET status = 'interrupted' WHERE status IN ('queued', 'playing') "
+            f"AND speaking_id IN (SELECT id FROM speakings WHERE {_MINE})"
+        )
         rows, _, _ = await self._transaction(
             [
-                Step(f"{_SELECT_SPEAKING} WHERE status IN (?, ?)", [unfinished], rows=True),
-                Step(stop, [(Status.STOPPED, stamp, *unfinished)]),
-                Step(interrupt, [()]),
+                Step(f"{_SELECT_SPEAKING} WHERE {live}", [(*LIVE_STATUSES, node_id)], rows=True),
+                Step(
+                    f"UPDATE speakings SET status = ?, tm_update = ? WHERE {live}",
+                    [(Status.STOPPED, stamp, *LIVE_STATUSES, node_id)],
+                ),
+                Step(interrupt, [(node_id,)]),
             ]
         )
         return [Speaking(**row) for row in rows]
+
+    # -- nodes -----------------------------------------------------------------------------------
+
+    async def register_node(self, owner: Owner, url: str, stamp: str) -> None:
+        await self._execute(_REGISTER_NODE, (owner.node_id, url, owner.run_id, stamp, stamp))
+
+    async def node_seen(self, owner: Owner, stamp: str) -> bool:
+        (seen,) = await self._transaction([Step(_NODE_SEEN, [(stamp, owner.node_id, owner.run_id)], rows=True)])
+        return bool(seen)
+
+    async def list_nodes(self) -> list[Row]:
+        return [
+            {**row, "live_sessions": int(row["live_sessions"])} for row in await self._fetch(_LIST_NODES, LIVE_STATUSES)
+        ]
 
     # -- writes that live sessions make on their own ---------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from speakd.store import schema
-from speakd.store.interface import StoreNotOpened, StoreRefused, StoreUnwritable
+from speakd.store.interface import AlreadyLive, StoreNotOpened, StoreRefused, StoreUnwritable
 from speakd.store.records import now_stamp
 from speakd.store.sql import WRITE_HEALTH, Row, SqlStore, Step
 
@@ -137,6 +137,11 @@ class SqliteStore(SqlStore):
     async def _run(self, fn: Any, *args: Any) -> Any:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.IntegrityError as exc:
+            # SQLite names an index's columns, not the index: the key is only in that one.
+            if "speakings.conflict_key" in str(exc):
+                raise AlreadyLive(str(exc)) from None
+            raise
         except sqlite3.Error as exc:
             if (unwritable := self._unwritable(exc)) is None:
                 raise

@@ -33,7 +33,7 @@ async def test_stop_unfinished_is_all_or_nothing(engine):
         # The last statement (the says) fails: the sessions' update before it must not stay.
         await engine.execute(*engine.refuse_updates("says"))
         with pytest.raises(Exception, match="refused"):
-            await store.stop_unfinished("2026-01-02 00:00:00.000000")
+            await store.stop_unfinished("node-1", "2026-01-02 00:00:00.000000")
         record = await store.get("s-1")
         assert record is not None and record.status == Status.ACTIVE and record.tm_update == STAMP
         await store.insert_say(_say("y-2", "queued"))  # the store goes on: no transaction was left open

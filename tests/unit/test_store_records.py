@@ -90,9 +90,9 @@ async def test_stop_unfinished_returns_the_sessions_as_they_were(engine):
         await store.insert_say(_say("b", "s-1", "queued"))
         await store.insert_say(_say("c", "s-3", "played"))
         stamp = "2026-05-05 05:05:05.000005"
-        stopped = await store.stop_unfinished(stamp)
+        stopped = await store.stop_unfinished("node-1", stamp)
         assert sorted((r.id, r.status) for r in stopped) == [("s-1", "active"), ("s-2", "initiating")]
-        assert await store.stop_unfinished(stamp) == []
+        assert await store.stop_unfinished("node-1", stamp) == []
     assert await engine.rows("SELECT id, status, tm_update FROM speakings ORDER BY id") == [
         ("s-1", "stopped", stamp), ("s-2", "stopped", stamp), ("s-3", "stopped", _record(3).tm_update),
     ]  # fmt: skip

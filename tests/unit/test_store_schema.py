@@ -45,7 +45,7 @@ async def test_a_newer_migration_is_applied_once_at_start(engine, monkeypatch):
         await store.outbox_add([{"event_id": "e", "customer_id": "c", "event_type": "t", "body": "{}",
                                  "created": 1.0, "attempts": 0}])  # fmt: skip
     monkeypatch.setattr(schema, "MIGRATIONS", _extra_migration(
-        "CREATE TABLE nodes (id TEXT PRIMARY KEY, seen {real} NOT NULL)",
+        "CREATE TABLE peers (id TEXT PRIMARY KEY, seen {real} NOT NULL)",
         "ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT NOT NULL DEFAULT ''",
     ))  # fmt: skip
     monkeypatch.setattr(schema, "LATEST", schema.LATEST + 1)
@@ -56,14 +56,14 @@ async def test_a_newer_migration_is_applied_once_at_start(engine, monkeypatch):
         range(1, schema.LATEST + 1)
     )
     assert await engine.rows("SELECT event_id, claimed_by FROM webhook_outbox") == [("e", "")]
-    assert await engine.rows("SELECT id FROM nodes") == []
+    assert await engine.rows("SELECT id FROM peers") == []
 
 
 async def test_a_failing_migration_leaves_the_store_as_it_was(engine, monkeypatch):
     async with engine.store():
         pass
     monkeypatch.setattr(schema, "MIGRATIONS", _extra_migration(
-        "CREATE TABLE nodes (id TEXT PRIMARY KEY)",
+        "CREATE TABLE peers (id TEXT PRIMARY KEY)",
         "ALTER TABLE no_such_table ADD COLUMN x TEXT",
     ))  # fmt: skip
     monkeypatch.setattr(schema, "LATEST", schema.LATEST + 1)
@@ -73,7 +73,7 @@ async def test_a_failing_migration_leaves_the_store_as_it_was(engine, monkeypatc
     monkeypatch.undo()
     assert await engine.rows("SELECT MAX(version) FROM schema_version") == [(schema.LATEST,)]
     async with engine.store() as store:  # the table of the failed migration's first statement is not there
-        await engine.execute("CREATE TABLE nodes (id TEXT PRIMARY KEY)")
+        await engine.execute("CREATE TABLE peers (id TEXT PRIMARY KEY)")
         assert await store.get("x") is None
 
 
@@ -117,10 +117,15 @@ async def test_a_sqlite_file_written_before_versions_opens_with_all_its_data(tmp
             ("evt-1", 2, 1778000000.25), ("evt-2", 0, 1778000001.5),
         ]  # fmt: skip
         # It is written as before: the active session a crash left is stopped, its says cut.
-        assert [r.reference_id for r in await store.stop_unfinished("2026-06-01 00:00:00.000000")] == ["call-2"]
+        # ... by whichever node opens it: rows from before nodes are owned by none.
+        assert [r.reference_id for r in await store.stop_unfinished("pbx-1", "2026-06-01 00:00:00.000000")] == [
+            "call-2"
+        ]
     with sqlite3.connect(path) as db:
         after = {table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in before}
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
+        assert set(db.execute("SELECT node_id, run_id, conflict_key FROM speakings").fetchall()) == {("", "", "")}
+        after["speakings"] = [row[: len(before["speakings"][0])] for row in after["speakings"]]  # the columns before
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert after["webhook_outbox"] == before["webhook_outbox"] and after["health"] == before["health"]
     # Only the active session's row and its says changed.
