@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from speakd.logging import configure_logging
 
     config = reading.config
-    configure_logging(config.log.level, config.log.format)
+    configure_logging(config.log.level, config.log.format, config.node.id)
     log = structlog.get_logger("speakd")
     # Which file, and which keys the environment set over it (names, never values).
     log.info("config_file", path=path, from_environment=sorted(reading.from_environment.values()))

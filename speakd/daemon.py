@@ -1,8 +1,9 @@
 """The daemon: owns every long-lived resource and task, in the order they depend on each other.
 
-Start: store -> providers (Piper loads) -> ARI client -> media paths (the RTP pacer process, if rtp) ->
-event bus and its ways out (webhooks deliver what the last run left; ARI user events) -> ARI commands ->
-stale records stopped -> ARI events task -> HTTP -> FastAGI (if [agi] listen).
+Start: store -> this node registered (and its heartbeat) -> providers (Piper loads) -> ARI client ->
+media paths (the RTP pacer process, if rtp) -> event bus and its ways out (webhooks deliver what the
+last run left; ARI user events) -> ARI commands -> this node's stale records stopped -> ARI events
+task -> HTTP -> FastAGI (if [agi] listen).
 With systemd (``Type=notify``): READY=1 once the API listens and ARI is connected (the first
 connection may come after the API is up: until then the API answers and creates are 503);
 STATUS= with the live sessions and the ARI connection; WATCHDOG=1 from the event loop;
@@ -41,6 +42,7 @@ from speakd.metrics import Metrics
 from speakd.providers import ProviderRegistry
 from speakd.reload import ConfigReloader
 from speakd.sessions.media import MediaPaths
+from speakd.sessions.nodes import NodeRegistry
 from speakd.sessions.service import SpeakingService
 from speakd.store import open_store
 from speakd.systemd_notify import ServiceNotifier
@@ -126,7 +128,10 @@ async def run(
         notifier.start()
         stack.push_async_callback(notifier.aclose)  # last: the watchdog is fed until the very end
         store = await stack.enter_async_context(open_store(config.store))
-        metrics = Metrics()
+        node_url = config.node.url_with(config.server)
+        # Registered before the stale sessions are stopped; its heartbeat ends before the store closes.
+        nodes = await stack.enter_async_context(NodeRegistry(store, config.node.id, node_url))
+        metrics = Metrics(config.node.id, node_url)
         providers = ProviderRegistry.from_config(config.providers)
         providers.wrap(metrics.measure_provider)
         stack.push_async_callback(providers.aclose)
@@ -176,6 +181,7 @@ async def run(
             events=events,
             lead_ms=config.media.lead_ms,
             mark_every_ms=config.media.mark_every_ms,
+            owner=nodes.owner,
         )
         commands = AriCommands(
             service,
@@ -206,7 +212,7 @@ async def run(
         reloader.start()
         stack.push_async_callback(reloader.aclose)  # before the providers close (LIFO)
         runner = web.AppRunner(
-            create_app(service, authenticator, config.tts.default_provider, hub, metrics),
+            create_app(service, authenticator, config.tts.default_provider, hub, metrics, nodes),
             access_log=None,
             handle_signals=False,
         )

@@ -41,7 +41,14 @@ def set_log_level(level: str) -> None:
     logging.getLogger().setLevel(max(numeric, logging.WARNING))
 
 
-def configure_logging(level: str = "info", fmt: str = "console") -> None:
+def configure_logging(level: str = "info", fmt: str = "console", node_id: str = "") -> None:
+    """``node_id``: on every line (a processor, not a bound context variable: the sessions'
+    tasks run in contexts of their own)."""
+
+    def add_node_id(_logger: Any, _method_name: str, event_dict: Any) -> Any:
+        event_dict.setdefault("node_id", node_id)
+        return event_dict
+
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -50,6 +57,7 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         processors=[
             _below_threshold,
             structlog.contextvars.merge_contextvars,
+            *([add_node_id] if node_id else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

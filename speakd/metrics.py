@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
@@ -53,9 +53,13 @@ _CUT_FOR_NEW_SAY = {str(InterruptReason.STOP_ALL), str(InterruptReason.STOP_CURR
 class Metrics:
     """The daemon's metrics. An :class:`~speakd.events.bus.EventSink` (``offer``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, node_id: str = "", node_url: str = "") -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        # Which node these are (its [node] id and url): one series, joined to the others by instance.
+        Info("speakd_node", "This speakd among the nodes sharing its store", registry=registry).info(
+            {"node_id": node_id, "url": node_url}
+        )
         self.sessions_created = Counter(
             "speakd_sessions_created", "Speaking sessions created", registry=registry
         )  # fmt: skip

@@ -16,6 +16,7 @@ from speakd.api.ops import health_response, metrics_response
 from speakd.api.voices import voices_response
 from speakd.errors import INTERNAL_ERROR, SpeakdError
 from speakd.metrics import Metrics
+from speakd.sessions.nodes import NodeRegistry
 from speakd.sessions.service import SpeakingService
 from speakd.store.records import Speaking
 
@@ -26,6 +27,7 @@ EVENTS = web.AppKey("events", EventHub)
 AUTH = web.AppKey("auth", Authenticator)
 DEFAULT_PROVIDER = web.AppKey("default_provider", str)
 METRICS = web.AppKey("metrics", Metrics)
+NODES = web.AppKey("nodes", NodeRegistry)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # For monitoring (see speakd.api.ops for why they take no credentials), and the API's own document.
@@ -170,6 +172,11 @@ async def events(request: web.Request) -> web.WebSocketResponse:
     return await events_ws.serve(request, request.app[EVENTS], request[CUSTOMER_ID])
 
 
+async def list_nodes(request: web.Request) -> web.Response:
+    """The nodes sharing this speakd's store (any customer's credential: an operators' view)."""
+    return web.json_response({"result": await request.app[NODES].nodes()})
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
@@ -193,7 +200,9 @@ def create_app(
     default_provider: str,
     hub: EventHub | None = None,
     metrics: Metrics | None = None,
+    nodes: NodeRegistry | None = None,
 ) -> web.Application:
+    """``nodes``: the daemon's registry (GET /v1.0/nodes needs it; apps made for tests may go without)."""
     app = web.Application(
         middlewares=[request_id_middleware, errors_middleware, auth_middleware], client_max_size=256 * 1024
     )
@@ -203,6 +212,8 @@ def create_app(
     app[AUTH] = authenticator
     app[DEFAULT_PROVIDER] = default_provider
     app[METRICS] = metrics if metrics is not None else Metrics()
+    if nodes is not None:
+        app[NODES] = nodes
     app.router.add_post("/v1.0/speakings", create_speaking)
     app.router.add_get("/v1.0/speakings", list_speakings)
     app.router.add_get("/v1.0/speakings/{id}", get_speaking)
@@ -214,6 +225,7 @@ def create_app(
     app.router.add_get("/v1.0/ws", events)
     app.router.add_get("/v1.0/speakings/{id}/stream", stream)
     app.router.add_get("/v1.0/voices", list_voices)
+    app.router.add_get("/v1.0/nodes", list_nodes)
     app.router.add_get("/v1.0/openapi.json", openapi)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", serve_metrics)

@@ -10,6 +10,7 @@ from speakd.config import TransportKind
 from speakd.languages import TAG_PATTERN
 from speakd.provider_names import PROVIDER_NAMES
 from speakd.providers.base import TEXT_PAYLOAD_TYPES
+from speakd.sessions.nodes import HEARTBEAT_S
 from speakd.sessions.requests import (
     DEFAULT_DIRECTION,
     DEFAULT_LANGUAGE,
@@ -513,6 +514,50 @@ OPENAPI: dict[str, Any] = {
                     "400": _error_response(400, "Provider not configured, or not a language tag"),
                     "401": _error_response(401, "Missing, invalid or expired credentials"),
                     "502": _error_response(502, "The provider failed to list its voices"),
+                },
+            }
+        },
+        "/v1.0/nodes": {
+            "get": {
+                "summary": "The speakd nodes sharing this one's store, each with its live sessions (for operators)",
+                "description": "Any customer's credential. A node writes tm_last_seen every "
+                f"{HEARTBEAT_S:g} s while it runs; the sessions a node made are its own (their Asterisk objects "
+                "are on its Asterisk).",
+                "responses": {
+                    "200": {
+                        "description": "The nodes, by id",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "result": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "properties": {
+                                                    "id": {"type": "string", "description": "its [node] id"},
+                                                    "url": {
+                                                        "type": "string",
+                                                        "description": "where the other nodes reach its API",
+                                                    },
+                                                    "tm_last_seen": _TIMESTAMP,
+                                                    "live_sessions": {
+                                                        "type": "integer",
+                                                        "description": "its sessions initiating or active",
+                                                    },
+                                                },
+                                                "required": ["id", "url", "tm_last_seen", "live_sessions"],
+                                            },
+                                        }
+                                    },
+                                    "required": ["result"],
+                                }
+                            }
+                        },
+                    },
+                    "401": _error_response(401, "Missing, invalid or expired credentials"),
+                    "503": _error_response(503, "The store cannot be read now (PostgreSQL unreachable)"),
                 },
             }
         },
