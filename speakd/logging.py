@@ -66,4 +66,5 @@ def configure_logging(level: str = "info", fmt: str = "console", node_id: str = 
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    node = f"node_id={node_id} " if node_id else ""  # libraries' lines (the standard library's) too
+    logging.basicConfig(stream=sys.stderr, format=f"%(levelname)s %(name)s {node}%(message)s")

@@ -15,7 +15,7 @@ from typing import Any, Self
 
 import structlog
 
-from speakd.store.interface import Store, StoreRefused, StoreUnwritable
+from speakd.store.interface import Store
 from speakd.store.records import Owner, now_stamp
 from speakd.tasks import cancel_and_wait
 
@@ -50,9 +50,9 @@ class NodeRegistry:
             await asyncio.sleep(HEARTBEAT_S)
             try:
                 seen = await self.store.node_seen(self.owner, now_stamp())
-            except (StoreUnwritable, StoreRefused) as exc:
+            except Exception as exc:  # the store down, locked, or anything else: the next beat tries again
                 if not failing:
-                    log.warning("node_heartbeat_failed", error=getattr(exc, "message", str(exc)))
+                    log.warning("node_heartbeat_failed", error=getattr(exc, "message", None) or repr(exc))
                 failing = True
                 continue
             if failing:

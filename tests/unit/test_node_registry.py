@@ -65,6 +65,23 @@ async def test_a_restarted_node_is_a_new_run_and_the_old_one_says_its_id_is_take
         assert len(taken) == 1 and "its own [node] id" in taken[0]["error"]  # once, not at every beat
 
 
+async def test_the_heartbeat_outlives_a_store_that_refuses_writes(engine, monkeypatch):
+    monkeypatch.setattr(nodes, "HEARTBEAT_S", 0.05)
+    async with engine.store() as store:
+        with capture_logs() as logs:
+            async with NodeRegistry(store, "pbx-1", "http://pbx-1:8090") as registry:
+                await engine.refuse_writes(store)
+                await asyncio.sleep(0.3)
+                (refused,) = await registry.nodes()
+                await engine.refuse_writes(store, on=False)
+                await asyncio.sleep(0.3)
+                (written,) = await registry.nodes()
+                assert written["tm_last_seen"] > refused["tm_last_seen"]
+                assert not registry._heartbeat.done()  # type: ignore[union-attr]
+        events = [entry["event"] for entry in logs if entry["event"].startswith("node_heartbeat")]
+        assert events == ["node_heartbeat_failed", "node_heartbeat_written"]  # once each, not at every beat
+
+
 @pytest.fixture
 def restore_logging():
     saved, root = structlog.get_config(), logging.getLogger()
@@ -76,15 +93,18 @@ def restore_logging():
 
 
 async def test_every_log_line_names_the_node(capsys, restore_logging):
+    logging.getLogger().handlers.clear()  # as in speakd's process: the standard library's lines go to stderr
     configure_logging("info", "json", node_id="pbx-7")
     log = structlog.get_logger("speakd.test")
     log.info("from_the_daemon")
     # A session's tasks run in a context of their own (no bound variables): the node is still named.
     contextvars.Context().run(log.info, "from_a_session", speaking_id="s")
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert [(line["event"], line["node_id"]) for line in lines] == [
+    logging.getLogger("asyncpg.pool").warning("a library's line")
+    *lines, library = capsys.readouterr().err.splitlines()
+    assert [(json.loads(line)["event"], json.loads(line)["node_id"]) for line in lines] == [
         ("from_the_daemon", "pbx-7"), ("from_a_session", "pbx-7"),
     ]  # fmt: skip
+    assert library == "WARNING asyncpg.pool node_id=pbx-7 a library's line"
 
 
 def test_the_metrics_name_the_node():
