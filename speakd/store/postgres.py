@@ -193,8 +193,10 @@ class PostgresStore(SqlStore):
         async with self._connection(write=False) as connection:
             return [dict(row) for row in await connection.fetch(numbered(sql), *args)]
 
-    async def _transaction(self, steps: Sequence[Step]) -> list[list[Row]]:
+    async def _transaction(self, steps: Sequence[Step], lock_wait_ms: int | None = None) -> list[list[Row]]:
         async with self._connection(write=True) as connection, connection.transaction():
+            if lock_wait_ms is not None:
+                await connection.execute(f"SET LOCAL lock_timeout = {int(lock_wait_ms)}")
             results: list[list[Row]] = []
             for step in steps:
                 sql = numbered(step.sql)

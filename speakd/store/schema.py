@@ -10,7 +10,9 @@ than this code knows is refused (:class:`SchemaTooNew`): speakd does not downgra
 
 Version 1 is the schema as it was before versions existed, written with ``IF NOT EXISTS``, so
 a store from then is taken over as it is (SQLite's adapter also adds the columns that such a
-store may still miss: :data:`speakd.store.sqlite.UNVERSIONED_COLUMNS`).
+store may still miss: :data:`speakd.store.sqlite.UNVERSIONED_COLUMNS`). Version 2 adds nodes:
+their table, each session's owner beside the spec's fields, and the index that keeps one live
+session per call across every node sharing the store.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ log = structlog.get_logger(__name__)
 RETRY_EVERY_S = 1.0
 
 Row = dict[str, Any]
+# How long a node's heartbeat waits for another writer's lock before it gives up that beat.
+HEARTBEAT_LOCK_WAIT_MS = 100
 
 # Written when the say is queued, never after.
 _SAY_SET_ONCE = ("say_id", "speaking_id", "text", "payload_type", "client_state", "command_id", "tm_queued")
@@ -130,8 +132,9 @@ class SqlStore(abc.ABC):
     async def _fetch(self, sql: str, args: tuple[Any, ...] = ()) -> list[Row]: ...
 
     @abc.abstractmethod
-    async def _transaction(self, steps: Sequence[Step]) -> list[list[Row]]:
-        """The steps in one transaction, all or nothing; the rows each returned (empty if not wanted)."""
+    async def _transaction(self, steps: Sequence[Step], lock_wait_ms: int | None = None) -> list[list[Row]]:
+        """The steps in one transaction, all or nothing; the rows each returned (empty if not wanted).
+        ``lock_wait_ms``: wait at most this long for another writer's lock (else the engine's usual)."""
 
     @abc.abstractmethod
     def write_health_row(self) -> asyncio.Future[None]: ...
@@ -207,7 +210,9 @@ class SqlStore(abc.ABC):
         await self._execute(_REGISTER_NODE, (owner.node_id, url, owner.run_id, stamp, stamp))
 
     async def node_seen(self, owner: Owner, stamp: str) -> bool:
-        (seen,) = await self._transaction([Step(_NODE_SEEN, [(stamp, owner.node_id, owner.run_id)], rows=True)])
+        # Brief: a heartbeat held up by another writer's lock would hold up the writes queued behind it.
+        step = Step(_NODE_SEEN, [(stamp, owner.node_id, owner.run_id)], rows=True)
+        (seen,) = await self._transaction([step], lock_wait_ms=HEARTBEAT_LOCK_WAIT_MS)
         return bool(seen)
 
     async def list_nodes(self) -> list[Row]:

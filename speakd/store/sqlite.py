@@ -158,9 +158,9 @@ class SqliteStore(SqlStore):
 
         return await self._run(run)
 
-    async def _transaction(self, steps: Sequence[Step]) -> list[list[Row]]:
+    async def _transaction(self, steps: Sequence[Step], lock_wait_ms: int | None = None) -> list[list[Row]]:
         def run() -> list[list[Row]]:
-            with self._transaction_block():
+            with self._busy_timeout(lock_wait_ms), self._transaction_block():
                 return [
                     [dict(row) for args in step.args for row in self.db.execute(step.sql, args).fetchall()]
                     for step in steps
@@ -168,15 +168,25 @@ class SqliteStore(SqlStore):
 
         return await self._run(run)
 
+    @contextlib.contextmanager
+    def _busy_timeout(self, ms: int | None) -> Iterator[None]:
+        """Wait at most ``ms`` for another writer's lock meanwhile (None: as usual); on the store's thread."""
+        if ms is None:
+            yield
+            return
+        (previous,) = self.db.execute("PRAGMA busy_timeout").fetchone()
+        self.db.execute(f"PRAGMA busy_timeout = {ms}")
+        try:
+            yield
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {int(previous)}")
+
     def write_health_row(self) -> asyncio.Future[None]:
         def run() -> None:
-            (previous,) = self.db.execute("PRAGMA busy_timeout").fetchone()
-            self.db.execute(f"PRAGMA busy_timeout = {HEALTH_BUSY_TIMEOUT_MS}")
-            try:
-                self.db.execute(WRITE_HEALTH, (time.time(),))
-            except sqlite3.Error as exc:
-                raise self._unwritable(exc) or StoreRefused(str(exc)) from exc
-            finally:
-                self.db.execute(f"PRAGMA busy_timeout = {int(previous)}")
+            with self._busy_timeout(HEALTH_BUSY_TIMEOUT_MS):
+                try:
+                    self.db.execute(WRITE_HEALTH, (time.time(),))
+                except sqlite3.Error as exc:
+                    raise self._unwritable(exc) or StoreRefused(str(exc)) from exc
 
         return asyncio.get_running_loop().run_in_executor(self._executor, run)

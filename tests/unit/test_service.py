@@ -21,6 +21,7 @@ from speakd.providers import ProviderRegistry
 from speakd.providers.base import AudioChunk, Provider
 from speakd.sessions.requests import CreateRequest, SayRequest
 from speakd.sessions.service import SpeakingService
+from speakd.store.records import Owner, Speaking, now_stamp
 from speakd.store.sqlite import SqliteStore
 
 APP = "speakd-unit"
@@ -252,6 +253,20 @@ async def test_conflict_and_reuse_after_stop(env):
     await service.stop("c1", first.id)
     second = await service.create("c1", request())
     assert second.id != first.id
+
+
+async def test_a_call_live_on_another_node_is_a_conflict_found_by_the_store(env):
+    _ari, service = env
+    stamp = now_stamp()
+    theirs = Speaking("s-other", "c2", "call", "call-1", "en-US", "piper", "", "out", "active", stamp, stamp)
+    await service.store.insert(theirs, Owner("pbx-2", "run-2"), "call-1")  # this node's memory knows nothing of it
+    with pytest.raises(Conflict, match="another speaking session is already active on call 'call-1'"):
+        await service.create("c1", request())
+    assert service.sessions.holder(("call", "call-1")) is None and service.live_count == 0  # nothing kept
+    theirs.status = "stopped"
+    await service.store.update(theirs)
+    mine = await service.create("c1", request())
+    assert mine.status == "initiating"
 
 
 async def test_delete_stops_the_session_and_a_second_delete_keeps_its_tm_delete(env):

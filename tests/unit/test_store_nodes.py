@@ -5,6 +5,13 @@ store itself (the index that holds across nodes), while a stopped session does n
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
 import pytest
 
 from speakd.store.interface import AlreadyLive
@@ -64,6 +71,20 @@ async def test_a_second_live_session_on_one_call_is_refused_by_the_store(engine)
     assert sorted(rows) == [("s-4",), ("s-7",)]
 
 
+async def test_concurrent_inserts_from_two_stores_on_one_call_give_one_session(engine):
+    """Two nodes' stores (connections of their own) racing on one call: the store picks one."""
+    async with engine.store() as store_a, engine.store() as store_b:
+        results = await asyncio.gather(
+            *(
+                (store_a if n % 2 else store_b).insert(_record(n, Status.INITIATING), A if n % 2 else B, "chan-x")
+                for n in range(1, 21)
+            ),
+            return_exceptions=True,
+        )
+    assert [type(r) for r in results if r is not None] == [AlreadyLive] * 19
+    assert len(await engine.rows("SELECT id FROM speakings WHERE status = 'initiating'")) == 1
+
+
 async def test_a_stop_kept_in_memory_reaches_the_store_before_a_new_insert(engine):
     async with engine.store() as store:
         await store.insert(_record(1), A, "chan-x")
@@ -118,3 +139,36 @@ async def test_nodes_are_listed_with_their_live_sessions(engine):
     assert await engine.rows("SELECT id, run_id, started_at FROM nodes ORDER BY id") == [
         ("pbx-a", "run-a2", "2026-03-01 00:01:00.000000"), ("pbx-b", "run-b1", "2026-03-01 00:00:00.000001"),
     ]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def _nodes_locked(engine) -> AsyncIterator[None]:
+    """Another writer holding the lock a heartbeat needs (SQLite: the database's; PostgreSQL: the rows')."""
+    if engine.name == "sqlite":
+        holder = sqlite3.connect(engine.path, timeout=0, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        return
+    connection = await asyncpg.connect(engine.url)
+    try:
+        async with connection.transaction():
+            await connection.execute("SELECT id FROM nodes FOR UPDATE")
+            yield
+    finally:
+        await connection.close()
+
+
+async def test_a_heartbeat_waits_only_briefly_for_another_writers_lock(engine):
+    """It would hold up the writes queued behind it (the health check's among them)."""
+    async with engine.store() as store:
+        await store.register_node(A, "http://pbx-a:8090", STAMP)
+        async with _nodes_locked(engine):
+            started = time.monotonic()
+            with pytest.raises(Exception, match=r"(?i)lock"):
+                await store.node_seen(A, "2026-03-01 12:00:01.000000")
+            assert time.monotonic() - started < 1.0
+        assert await store.node_seen(A, "2026-03-01 12:00:02.000000")
