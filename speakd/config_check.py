@@ -86,6 +86,7 @@ def redacted(config: Config) -> dict:
     for target in data["webhooks"]["customers"].values():
         target["secret"] = "***"
     data["store"]["url"] = config.store.shown_url() if config.store.url else ""
+    data["node"]["url"] = config.node.url_with(config.server)  # the one it will use, given or not
     return data
 
 

@@ -56,3 +56,10 @@ def test_a_bad_id_or_url_is_named(env):
 def test_node_problems_are_collected_with_the_others():
     reading = read_config(None, environ={"SPEAKD_NODE_ID": "a b", "SPEAKD_NODE_URL": "x", "SPEAKD_SERVER_NICE": "99"})
     assert [p.split(" ")[0] for p in reading.problems] == ["server.nice", "node.id", "node.url"]
+
+
+def test_check_config_shows_the_url_the_node_will_use():
+    from speakd.config_check import redacted
+
+    config = load_config(None, environ={"SPEAKD_SERVER_HOST": "0.0.0.0", "SPEAKD_NODE_ID": "pbx-1"})
+    assert redacted(config)["node"] == {"id": "pbx-1", "url": f"http://{socket.gethostname()}:8090"}
