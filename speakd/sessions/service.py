@@ -121,7 +121,7 @@ class SpeakingService:
             other = self.sessions.get(holder)  # None while its record is being written
             # Name the other session only to its owner.
             mine = other is not None and other.record.customer_id == customer_id
-            raise _already_active(f"speaking session {holder}" if mine else "", req)
+            raise _already_active(req, holder if mine else None)
         self.sessions.reserve(key, speaking_id)
         stamp = now_stamp()
         record = Speaking(
@@ -142,7 +142,7 @@ class SpeakingService:
             await self.store.insert(record, self.owner, target.conflict_key)
         except AlreadyLive:  # live on another node (or left live by a node that is gone)
             self.sessions.unreserve(key)
-            raise _already_active("", req) from None
+            raise _already_active(req) from None
         except BaseException:
             self.sessions.unreserve(key)
             raise
@@ -546,10 +546,10 @@ class SpeakingService:
         )
 
 
-def _already_active(which: str, req: CreateRequest) -> Conflict:
-    """The 409 of a create on a reference that has a live session (``which``: it, named to its
-    customer only; else "")."""
-    which = which or "another speaking session"
+def _already_active(req: CreateRequest, holder: str | None = None) -> Conflict:
+    """The 409 of a create on a reference that has a live session (``holder``: its id, told to
+    its own customer only)."""
+    which = f"speaking session {holder}" if holder else "another speaking session"
     return Conflict(f"{which} is already active on {req.reference_type} '{req.reference_id}'; stop it first")
 
 
