@@ -286,3 +286,46 @@ def judge_intact(recording: np.ndarray, reference: np.ndarray, who: str) -> Inta
         gain_db=gain,
         dropouts=find_dropouts(recording, reference, lag),
     )
+
+
+# Clicks: a burst of a millisecond or two standing far out of quiet, e.g. the one the sandbox's
+# .wav carrier made at every loop (10-12 samples at -6 to -16 dBFS over a -60 dBFS carrier:
+# docs/troubleshooting.md). Measured on 34 recordings of the sandbox, 14 of them with speech:
+# every such burst found (36 in one), nothing else. The carrier's own 1 ms peaks reach about
+# 12 dB over its RMS floor; speech is longer than a click, or has no quiet around it.
+CLICK_WINDOW = 8  # 1 ms
+CLICK_ABOVE_FLOOR_DB = 30.0  # a click's peak stands this far over the recording's floor
+CLICK_MAX_S = 0.005
+CLICK_QUIET_S = 0.03  # ... with nothing over two thirds of that this long either side
+CLICK_GUARD_S = 0.002  # (the codecs' ringing either side belongs to the click)
+
+
+def clicks(samples: np.ndarray) -> list[tuple[float, float]]:
+    """(start s, peak dBFS) of every click in quiet stretches; a click inside speech is not found."""
+    n = len(samples) // CLICK_WINDOW
+    peaks = np.abs(samples[: n * CLICK_WINDOW].astype(np.int32)).reshape(n, CLICK_WINDOW).max(axis=1)
+    peak_db = 20 * np.log10(np.maximum(peaks, 1) / 32768.0)
+    floor = max(noise_floor_db(samples), -70.0)  # digital silence: still only bursts over -40 dBFS
+    not_quiet = peak_db > floor + CLICK_ABOVE_FLOOR_DB * 2 / 3
+    window_s = CLICK_WINDOW / RATE
+    guard, quiet, longest = (round(s / window_s) for s in (CLICK_GUARD_S, CLICK_QUIET_S, CLICK_MAX_S))
+    runs: list[list[int]] = []
+    for i in np.flatnonzero(peak_db > floor + CLICK_ABOVE_FLOOR_DB).tolist():
+        if runs and i - runs[-1][1] <= guard:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    found = []
+    for first, last in runs:
+        before, after = first - guard - quiet, last + 1 + guard
+        if last - first + 1 > longest or before < 0 or after + quiet > n:
+            continue
+        if not (not_quiet[before : first - guard].any() or not_quiet[after : after + quiet].any()):
+            found.append((first * window_s, float(peak_db[first : last + 1].max())))
+    return found
+
+
+def assert_no_clicks(recording: np.ndarray, who: str) -> None:
+    found = clicks(recording)
+    where = ", ".join(f"{t:.3f}s {db:.0f} dBFS" for t, db in found[:10])
+    assert not found, f"{who} hears {len(found)} clicks: {where}"
