@@ -290,9 +290,9 @@ def judge_intact(recording: np.ndarray, reference: np.ndarray, who: str) -> Inta
 
 # Clicks: a burst of a millisecond or two standing far out of quiet, e.g. the one the sandbox's
 # .wav carrier made at every loop (10-12 samples at -6 to -16 dBFS over a -60 dBFS carrier:
-# docs/troubleshooting.md). Measured on 34 recordings of the sandbox, 14 of them with speech:
-# every such burst found (36 in one), nothing else. The carrier's own 1 ms peaks reach about
-# 12 dB over its RMS floor; speech is longer than a click, or has no quiet around it.
+# docs/troubleshooting.md). On 42 sandbox recordings (15 min, 7 with speech) it found the 27
+# such bursts and nothing else. The carrier's own 1 ms peaks reach about 12 dB over its RMS
+# floor; speech is longer than a click, or has no quiet around it.
 CLICK_WINDOW = 8  # 1 ms
 CLICK_ABOVE_FLOOR_DB = 30.0  # a click's peak stands this far over the recording's floor
 CLICK_MAX_S = 0.005
