@@ -161,6 +161,14 @@ def _responses(ok: int, *errors: int) -> dict[str, Any]:
     return out
 
 
+def _result_list(description: str, item: dict[str, Any], *, required: bool = False) -> dict[str, Any]:
+    """A 200 whose JSON body is ``{"result": [item, ...]}``."""
+    body: dict[str, Any] = {"type": "object", "properties": {"result": {"type": "array", "items": item}}}
+    if required:
+        body["required"] = ["result"]
+    return {"description": description, "content": {"application/json": {"schema": body}}}
+
+
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _HEALTH_BODY = {
@@ -486,31 +494,19 @@ OPENAPI: dict[str, Any] = {
                     },
                 ],
                 "responses": {
-                    "200": {
-                        "description": "The voices",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "result": {
-                                            "type": "array",
-                                            "items": {
-                                                "type": "object",
-                                                "properties": {
-                                                    "provider": {"type": "string"},
-                                                    "voice_id": {"type": "string"},
-                                                    "name": {"type": "string"},
-                                                    "languages": {"type": "array", "items": {"type": "string"}},
-                                                    "gender": {"type": "string"},
-                                                },
-                                            },
-                                        }
-                                    },
-                                }
-                            }
+                    "200": _result_list(
+                        "The voices",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "provider": {"type": "string"},
+                                "voice_id": {"type": "string"},
+                                "name": {"type": "string"},
+                                "languages": {"type": "array", "items": {"type": "string"}},
+                                "gender": {"type": "string"},
+                            },
                         },
-                    },
+                    ),
                     "400": _error_response(400, "Provider not configured, or not a language tag"),
                     "401": _error_response(401, "Missing, invalid or expired credentials"),
                     "502": _error_response(502, "The provider failed to list its voices"),
@@ -524,38 +520,23 @@ OPENAPI: dict[str, Any] = {
                 f"{HEARTBEAT_S:g} s while it runs; the sessions a node made are its own (their Asterisk objects "
                 "are on its Asterisk).",
                 "responses": {
-                    "200": {
-                        "description": "The nodes, by id",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "result": {
-                                            "type": "array",
-                                            "items": {
-                                                "type": "object",
-                                                "properties": {
-                                                    "id": {"type": "string", "description": "its [node] id"},
-                                                    "url": {
-                                                        "type": "string",
-                                                        "description": "where the other nodes reach its API",
-                                                    },
-                                                    "tm_last_seen": _TIMESTAMP,
-                                                    "live_sessions": {
-                                                        "type": "integer",
-                                                        "description": "its sessions initiating or active",
-                                                    },
-                                                },
-                                                "required": ["id", "url", "tm_last_seen", "live_sessions"],
-                                            },
-                                        }
-                                    },
-                                    "required": ["result"],
-                                }
-                            }
+                    "200": _result_list(
+                        "The nodes, by id",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "string", "description": "its [node] id"},
+                                "url": {"type": "string", "description": "where the other nodes reach its API"},
+                                "tm_last_seen": _TIMESTAMP,
+                                "live_sessions": {
+                                    "type": "integer",
+                                    "description": "its sessions initiating or active",
+                                },
+                            },
+                            "required": ["id", "url", "tm_last_seen", "live_sessions"],
                         },
-                    },
+                        required=True,
+                    ),
                     "401": _error_response(401, "Missing, invalid or expired credentials"),
                     "503": _error_response(503, "The store cannot be read now (PostgreSQL unreachable)"),
                 },
