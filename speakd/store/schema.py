@@ -12,7 +12,9 @@ Version 1 is the schema as it was before versions existed, written with ``IF NOT
 a store from then is taken over as it is (SQLite's adapter also adds the columns that such a
 store may still miss: :data:`speakd.store.sqlite.UNVERSIONED_COLUMNS`). Version 2 adds nodes:
 their table, each session's owner beside the spec's fields, and the index that keeps one live
-session per call across every node sharing the store.
+session per call across every node sharing the store. Version 3 adds what a fleet of nodes
+shares: each node's Asterisk and run lock, the events table the other nodes' WebSockets read,
+and the webhook delivery claims.
 """
 
 from __future__ import annotations
@@ -136,6 +138,33 @@ MIGRATIONS: tuple[Migration, ...] = (
             # What holds "one live session per call" across nodes; rows from before have no key.
             f"""CREATE UNIQUE INDEX {ONE_LIVE_PER_CALL} ON speakings (reference_type, conflict_key)
                 WHERE status IN {tuple(map(str, LIVE_STATUSES))} AND conflict_key <> ''""",
+        ),
+    ),
+    Migration(
+        3,
+        "fleet: each node's Asterisk and run lock, events shared between nodes, webhook delivery claims",
+        (
+            # The system name of the node's Asterisk (the prefix of its channel ids; '' if it has none).
+            "ALTER TABLE nodes ADD COLUMN asterisk TEXT NOT NULL DEFAULT ''",
+            # The advisory lock the run holds while it lives (PostgreSQL; 0 where there is none).
+            "ALTER TABLE nodes ADD COLUMN lock_key {integer} NOT NULL DEFAULT 0",
+            # Events of every node's sessions, for the API's WebSockets on the other nodes.
+            """CREATE TABLE fleet_events (
+                seq {serial},
+                node_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                speaking_id TEXT NOT NULL,
+                body TEXT NOT NULL,
+                created {real} NOT NULL
+            )""",
+            "CREATE INDEX fleet_events_node_seq ON fleet_events (node_id, seq)",
+            # Which run delivers a customer's webhooks, until when (unix seconds).
+            """CREATE TABLE webhook_claims (
+                customer_id TEXT PRIMARY KEY,
+                node_id TEXT NOT NULL,
+                run_id TEXT NOT NULL,
+                until {real} NOT NULL
+            )""",
         ),
     ),
 )
