@@ -145,3 +145,20 @@ def test_it_stops_waiting_quietly_when_speakd_ends(tmp_path):
     ended.wait()
     result = _bash(f'announce_when_up "{config}" {ended.pid}')
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+FLEET_UP = REPO / "scripts" / "fleet-up"
+
+
+def test_fleet_up_writes_a_config_per_node_on_the_shared_postgresql(tmp_path):
+    """scripts/fleet-up's node configs: dev-up's, each with its node id, API port, Asterisk and the fleet's store."""
+    assert subprocess.run(["bash", "-n", str(FLEET_UP)], check=False).returncode == 0
+    script = f'source "{FLEET_UP}"\nwrite_node_config "{tmp_path}/b.toml" node-b 8091 2\necho "$STORE_URL"'
+    result = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    reading = read_config(tmp_path / "b.toml", environ={})
+    assert reading.problems == []
+    config = reading.config
+    assert (config.node.id, config.server.port, config.ari.url) == ("node-b", 8091, "http://127.0.0.1:18089")
+    assert config.store.url == result.stdout.strip() and config.store.url.startswith("postgresql://speakd:")
+    assert config.store.path == "" and list(tmp_path.iterdir()) == [tmp_path / "b.toml"]
