@@ -757,7 +757,10 @@ def cmd_call(minutes: float, instance: int = 1) -> int:
     settings = ari_settings(instance)
     if not _ari_ok(settings):
         raise SandboxError(f"ARI does not answer: run `python -m speakd.sandbox up{_instance_args(instance)}` first")
-    test_id = "manual-" + uuid.uuid4().hex[:8]
+    # Led by the system name, as Asterisk names the channels it makes itself once it has one: a
+    # fleet's nodes route a create for this call to its Asterisk's node by it (docs/fleet.md).
+    name = system_name(instance)
+    test_id = f"{name}-" * bool(name) + "manual-" + uuid.uuid4().hex[:8]
     a1, a2 = f"{test_id}-a1", f"{test_id}-a2"
     query = (
         f"endpoint=Local/alice@speakd-test/n&context=speakd-test&extension=dialbob&channelId={a1}&otherChannelId={a2}"
