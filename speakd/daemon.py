@@ -37,6 +37,7 @@ from speakd.ari_commands import AriCommands
 from speakd.config import Config
 from speakd.events import EventBus
 from speakd.events.ari_user_events import AriUserEventSink
+from speakd.events.fleet import FleetEventSink
 from speakd.events.webhooks import WebhookSink
 from speakd.metrics import Metrics
 from speakd.providers import ProviderRegistry
@@ -162,10 +163,16 @@ async def run(
         hub = EventHub()
         events.add_sink(hub)
         events.add_sink(metrics)
+        # The other nodes' sessions' events for this node's WebSocket clients, and this node's for
+        # theirs (a store no other node shares: nothing); also whose webhooks this node delivers.
+        fleet = store.fleet(nodes.owner)
+        fleet_events = FleetEventSink(fleet, hub)
+        await stack.enter_async_context(fleet)
+        events.add_sink(await stack.enter_async_context(fleet_events))
         # On the bus before recover() (its speaking_stopped events are delivered too); closed
         # after everything in this block, so the events of service.shutdown() reach the
         # outbox, and before the store closes.
-        webhooks = await stack.enter_async_context(WebhookSink.from_config(store, config.webhooks))
+        webhooks = await stack.enter_async_context(WebhookSink.from_config(store, config.webhooks, fleet))
         events.add_sink(webhooks)
         user_events = AriUserEventSink(ari, config.ari.app)
         if config.ari.user_events:

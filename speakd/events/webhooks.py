@@ -13,6 +13,14 @@ one at a time, and deletes a row once its endpoint answered 2xx. So:
   timeout or a restart means the event is POSTed again (same ``X-Speakd-Event-Id``);
 - a restart loses nothing: rows left in the outbox are delivered by the next run, first.
 
+Nodes sharing a store (a fleet) share its outbox: a customer's rows are delivered by the one
+node whose run holds that customer's claim (the store's fleet link, speakd.store.fleet), a
+lease of :data:`CLAIM_LEASE_S` renewed every :data:`CLAIM_RENEW_S`, so each event is POSTed
+once (at least once, as above: a node that dies mid-POST leaves its row to the next holder).
+A node that writes rows for a customer another node holds wakes the holder; the claim of a
+node that died expires and is taken by the next renewal round of a live node; a node that
+stops gives its claims up. On a store of its own (SQLite), every claim is the node's.
+
 A failed POST (no connection, no answer within ``request_timeout``, any status but 2xx;
 redirects are not followed) is retried after ``first_backoff`` seconds, doubling up to
 ``max_backoff``, each wait jittered to 50-100 % of that. An event still undelivered when an
@@ -44,6 +52,7 @@ import structlog
 from speakd.config import WebhooksConfig, WebhookTarget
 from speakd.events.bus import drain_and_stop, next_batch
 from speakd.events.model import Event
+from speakd.store.fleet import FleetLink, SoloLink
 from speakd.store.interface import Store
 from speakd.tasks import cancel_and_wait
 
@@ -65,6 +74,11 @@ WRITE_BATCH = 500
 SHUTDOWN_GRACE_S = 2.0
 # On shutdown, how long the outbox writes may take before what is left is counted as lost.
 DRAIN_TIMEOUT_S = 10.0
+# A customer's delivery claim lasts this long, and is renewed (and expired ones taken) this often.
+CLAIM_LEASE_S = 12.0
+CLAIM_RENEW_S = 4.0
+# A claim counts as held until this long before its lease ends (a POST started must fit).
+CLAIM_MARGIN_S = 2.0
 
 
 def sign(secret: str, timestamp: str | int, body: bytes) -> str:
@@ -91,6 +105,7 @@ class _Customer:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     idle: bool = False  # waiting for rows: nothing in the outbox
     failures: int = 0  # consecutive failed POSTs: the endpoint is failing while > 0
+    held_until: float = 0.0  # this run delivers the customer's rows until then (time.monotonic)
     task: asyncio.Task[None] | None = None
 
 
@@ -108,8 +123,10 @@ class WebhookSink:
         give_up_after: float = WebhooksConfig.give_up_after,
         queue_events: int = QUEUE_EVENTS,
         clock: Callable[[], float] = time.time,
+        fleet: FleetLink | None = None,
     ) -> None:
         self.store = store
+        self.fleet: FleetLink = fleet or SoloLink()
         self.request_timeout = request_timeout
         self.first_backoff = first_backoff
         self.max_backoff = max_backoff
@@ -119,13 +136,15 @@ class WebhookSink:
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_events)
         self._http: aiohttp.ClientSession | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._claims: asyncio.Task[None] | None = None
+        self._claim_now = asyncio.Event()  # a claim may have come free: try now, not at the next round
         self._closing = False
         self._dropped = 0
         self._outbox_rows = 0  # rows in the outbox: this sink is its only writer, so counted, not queried
         self._settling = asyncio.Event()  # set when a delivery task goes idle or starts failing
 
     @classmethod
-    def from_config(cls, store: Store, config: WebhooksConfig) -> WebhookSink:
+    def from_config(cls, store: Store, config: WebhooksConfig, fleet: FleetLink | None = None) -> WebhookSink:
         return cls(
             store,
             config.targets(),
@@ -133,6 +152,7 @@ class WebhookSink:
             first_backoff=config.first_backoff,
             max_backoff=config.max_backoff,
             give_up_after=config.give_up_after,
+            fleet=fleet,
         )
 
     # -- the bus's side: never blocks, never raises ----------------------------------------
@@ -193,7 +213,10 @@ class WebhookSink:
     async def start(self) -> None:
         """Deliver what a previous run left in the outbox, then what is offered from now on."""
         pending = await self.store.outbox_pending()
-        orphaned = [r for r in pending if r["customer_id"] not in self._customers]
+        # Rows of customers no node delivers (none holds their claim; taken for an instant here).
+        unconfigured = {r["customer_id"] for r in pending if r["customer_id"] not in self._customers}
+        unclaimed = await self.fleet.claim_webhooks(unconfigured, 0.0) if unconfigured else set()
+        orphaned = [r for r in pending if r["customer_id"] in unclaimed]
         if orphaned:
             # The config no longer gives these customers a webhook: nowhere to deliver them.
             await self.store.outbox_delete([r["seq"] for r in orphaned])
@@ -204,7 +227,9 @@ class WebhookSink:
                     dropped=sum(r["customer_id"] == customer for r in orphaned),
                     reason="no webhook configured for this customer any more",
                 )
-        self._outbox_rows = len(pending) - len(orphaned)
+        self._outbox_rows = sum(r["customer_id"] in self._customers for r in pending)
+        self.fleet.on_webhook_wake(self._woken)
+        await self._claim_round()
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.request_timeout),
             connector=aiohttp.TCPConnector(limit=0),  # one request at a time per customer already
@@ -214,7 +239,8 @@ class WebhookSink:
             customer.task = asyncio.create_task(self._deliver(customer), name=f"speakd-webhook-{customer.customer_id}")
         self._writer = asyncio.create_task(self._write(), name="speakd-webhook-outbox")
         if self._customers:
-            log.info("webhooks_started", customers=len(self._customers), pending=len(pending) - len(orphaned))
+            self._claims = asyncio.create_task(self._claim(), name="speakd-webhook-claims")
+            log.info("webhooks_started", customers=len(self._customers), pending=self._outbox_rows)
 
     async def aclose(self) -> None:
         """Write every queued event to the outbox; give answering endpoints a moment; stop."""
@@ -229,7 +255,12 @@ class WebhookSink:
                     self._settling.clear()
                     await self._settling.wait()
         tasks = [c.task for c in self._customers.values() if c.task is not None]
-        await cancel_and_wait(*tasks)
+        await cancel_and_wait(self._claims, *tasks)
+        self._claims = None
+        try:  # now, so another node takes them at once rather than when the leases end
+            await self.fleet.release_webhooks()
+        except Exception as exc:
+            log.warning("webhook_claims_not_released", error=getattr(exc, "message", repr(exc)))
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -246,10 +277,69 @@ class WebhookSink:
                     log.exception("webhook_outbox_write_failed", events=len(batch))
                     for row in batch:
                         self._lost(row, "the outbox could not be written")
+            elsewhere = []
             for customer_id in {row["customer_id"] for row in batch}:
                 customer = self._customers[customer_id]
+                if not self._holds(customer):
+                    elsewhere.append(customer_id)
+                    continue
                 customer.idle = False  # now, not when its task next runs: aclose's grace counts on it
                 customer.wake.set()
+            if elsewhere:
+                await self._wake_elsewhere(elsewhere)
+
+    async def _wake_elsewhere(self, customer_ids: list[str]) -> None:
+        """Rows written for customers another node holds: that node is told (else it finds them
+        at its next claim round)."""
+        try:
+            await self.fleet.wake_webhooks(customer_ids)
+        except Exception as exc:
+            log.warning("webhook_wake_failed", customers=len(customer_ids), error=getattr(exc, "message", repr(exc)))
+
+    # -- claims: which customers this run delivers -------------------------------------------
+
+    def _holds(self, customer: _Customer) -> bool:
+        return customer.held_until > time.monotonic()
+
+    def _woken(self, customer_id: str | None) -> None:
+        """Another node wrote rows for ``customer_id`` (None: for anyone), or gave claims up."""
+        customers = self._customers.values() if customer_id is None else [self._customers.get(customer_id)]
+        for customer in customers:
+            if customer is None:
+                continue
+            if self._holds(customer):
+                customer.wake.set()
+            else:
+                self._claim_now.set()
+
+    async def _claim_round(self) -> None:
+        started = time.monotonic()
+        held = await self.fleet.claim_webhooks(list(self._customers), CLAIM_LEASE_S)
+        for customer in self._customers.values():
+            had = self._holds(customer)
+            customer.held_until = started + CLAIM_LEASE_S - CLAIM_MARGIN_S if customer.customer_id in held else 0.0
+            if customer.customer_id in held and (not had or (self.fleet.shared and customer.idle)):
+                # Newly ours; or, with other writers, a look for rows whose wake-up was missed.
+                customer.wake.set()
+
+    async def _claim(self) -> None:
+        failing = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._claim_now.wait(), CLAIM_RENEW_S)
+            self._claim_now.clear()
+            try:
+                await self._claim_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store down: claims lapse as their leases end
+                if not failing:
+                    log.warning("webhook_claims_failed", error=getattr(exc, "message", repr(exc)))
+                failing = True
+                continue
+            if failing:
+                log.info("webhook_claims_renewed")
+            failing = False
 
     # -- delivery, one task per customer ---------------------------------------------------
 
@@ -258,7 +348,7 @@ class WebhookSink:
         while True:
             try:
                 customer.wake.clear()  # before looking: a row written after the look sets it again
-                row = await self.store.outbox_head(customer.customer_id)
+                row = await self.store.outbox_head(customer.customer_id) if self._holds(customer) else None
                 if row is None:
                     customer.idle = True
                     self._settling.set()

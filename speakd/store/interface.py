@@ -15,6 +15,7 @@ import asyncio
 from typing import Any, Protocol, Self
 
 from speakd.errors import ServiceUnavailable, SpeakdError
+from speakd.store.fleet import FleetLink
 from speakd.store.records import NO_OWNER, Owner, Speaking
 
 
@@ -110,6 +111,12 @@ class Store(Protocol):
 
     async def outbox_delete(self, seqs: list[int]) -> None:
         """Delivered or given up."""
+
+    # -- fleet -----------------------------------------------------------------------------------
+
+    def fleet(self, owner: Owner) -> FleetLink:
+        """What ``owner`` shares with the other nodes of this store: events and webhook claims
+        (speakd.store.fleet; a SoloLink where no other node can share the store)."""
 
     # -- health --------------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ import structlog
 
 from speakd.store import schema
 from speakd.store.interface import AlreadyLive, StoreNotOpened, StoreRefused, StoreUnwritable
-from speakd.store.records import now_stamp
+from speakd.store.postgres_events import PostgresLink
+from speakd.store.records import Owner, now_stamp
 from speakd.store.sql import WRITE_HEALTH, Row, SqlStore, Step
 from speakd.tasks import cancel_and_wait
 
@@ -206,6 +207,9 @@ class PostgresStore(SqlStore):
                     await connection.executemany(sql, step.args)
                     results.append([])
             return results
+
+    def fleet(self, owner: Owner) -> PostgresLink:
+        return PostgresLink(self, owner)
 
     def write_health_row(self) -> asyncio.Future[None]:
         """The store's own task (one at a time: a check that stopped waiting gets it again)."""

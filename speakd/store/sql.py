@@ -65,6 +65,13 @@ UPDATE_SAY = _update_sql("says", _SAY_COLS, "say_id")
 _INSERT_OUTBOX = _insert_sql("webhook_outbox", OUTBOX_FIELDS) + " RETURNING seq"
 _SELECT_OUTBOX = f"SELECT seq, {', '.join(OUTBOX_FIELDS)} FROM webhook_outbox"
 _SELECT_SPEAKING = f"SELECT {', '.join(FIELDS)} FROM speakings"
+_INSERT_FLEET_EVENT = _insert_sql("fleet_events", ("node_id", "customer_id", "speaking_id", "body", "created"))
+_SELECT_FLEET_EVENTS = "SELECT seq, node_id, customer_id, speaking_id, body, created FROM fleet_events"
+_CLAIM_WEBHOOKS = (
+    "INSERT INTO webhook_claims (customer_id, node_id, run_id, until) VALUES (?, ?, ?, ?) ON CONFLICT (customer_id) "
+    "DO UPDATE SET node_id = excluded.node_id, run_id = excluded.run_id, until = excluded.until "
+    "WHERE webhook_claims.until < ? OR webhook_claims.node_id = ? RETURNING customer_id"
+)
 _REGISTER_NODE = (
     "INSERT INTO nodes (id, url, run_id, started_at, last_seen) VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) "
     "DO UPDATE SET url = excluded.url, run_id = excluded.run_id, started_at = excluded.started_at, "
@@ -316,3 +323,49 @@ class SqlStore(abc.ABC):
         args.append(page_size)
         rows = _overlay(self._pending_speakings, "id", await self._fetch(sql, tuple(args)))
         return [Speaking(**row) for row in rows]
+
+    # -- fleet: events shared between nodes, webhook delivery claims ------------------------------
+
+    async def fleet_events_add(self, node_id: str, rows: list[Row], *also: Step) -> None:
+        """This node's events (``customer_id``, ``speaking_id``, ``body``, ``created``), in order,
+        with ``also`` (e.g. a notification, a prune) in the same transaction."""
+        args = [(node_id, row["customer_id"], row["speaking_id"], row["body"], row["created"]) for row in rows]
+        await self._transaction([Step(_INSERT_FLEET_EVENT, args), *also])
+
+    async def fleet_events_cursors(self) -> dict[str, int]:
+        """Each writing node's newest event (its ``seq``): where a reader starts."""
+        rows = await self._fetch("SELECT node_id, MAX(seq) AS seq FROM fleet_events GROUP BY node_id")
+        return {row["node_id"]: int(row["seq"]) for row in rows}
+
+    async def fleet_events_after(self, node_id: str, cursors: dict[str, int], limit: int = 1000) -> list[Row]:
+        """Other nodes' events after each one's cursor (a node without one: all of its), by seq.
+        Each node's events commit in seq order (one writer each), so a per-node cursor skips
+        none; across nodes they may commit out of order, which one global cursor would skip."""
+        after = "0"
+        args: list[Any] = [node_id]
+        if cursors:
+            after = f"CASE node_id {' '.join('WHEN ? THEN ?' for _ in cursors)} ELSE 0 END"
+            args += [value for item in cursors.items() for value in item]
+        sql = f"{_SELECT_FLEET_EVENTS} WHERE node_id <> ? AND seq > {after} ORDER BY seq LIMIT ?"
+        return await self._fetch(sql, (*args, limit))
+
+    @staticmethod
+    def fleet_events_prune_step(node_id: str, created_before: float) -> Step:
+        """A node's own events older than ``created_before``, deleted (by that node's writer)."""
+        return Step("DELETE FROM fleet_events WHERE node_id = ? AND created < ?", [(node_id, float(created_before))])
+
+    async def webhook_claim(self, owner: Owner, customer_ids: list[str], until: float, now: float) -> set[str]:
+        """Claim (or renew) delivery of these customers' webhooks for ``owner`` until ``until``; a
+        claim is taken only if it is free, expired at ``now``, or the node's own (this run or a
+        previous, dead run of it). The customers now held (one atomic upsert each)."""
+        if not customer_ids:
+            return set()
+        args = [(c, owner.node_id, owner.run_id, float(until), float(now), owner.node_id) for c in customer_ids]
+        (held,) = await self._transaction([Step(_CLAIM_WEBHOOKS, args, rows=True)])
+        return {row["customer_id"] for row in held}
+
+    async def webhook_release(self, owner: Owner) -> list[str]:
+        """The run's claims given up (at its end); the customers they were for."""
+        step = Step("DELETE FROM webhook_claims WHERE run_id = ? RETURNING customer_id", [(owner.run_id,)], rows=True)
+        (released,) = await self._transaction([step])
+        return sorted(row["customer_id"] for row in released)

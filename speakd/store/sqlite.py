@@ -23,8 +23,9 @@ from typing import Any
 import structlog
 
 from speakd.store import schema
+from speakd.store.fleet import SoloLink
 from speakd.store.interface import AlreadyLive, StoreNotOpened, StoreRefused, StoreUnwritable
-from speakd.store.records import now_stamp
+from speakd.store.records import Owner, now_stamp
 from speakd.store.sql import WRITE_HEALTH, Row, SqlStore, Step
 
 log = structlog.get_logger(__name__)
@@ -180,6 +181,10 @@ class SqliteStore(SqlStore):
             yield
         finally:
             self.db.execute(f"PRAGMA busy_timeout = {int(previous)}")
+
+    def fleet(self, owner: Owner) -> SoloLink:
+        """A file on one host: no other node shares it."""
+        return SoloLink()
 
     def write_health_row(self) -> asyncio.Future[None]:
         def run() -> None:
