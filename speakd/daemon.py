@@ -42,6 +42,7 @@ from speakd.events.webhooks import WebhookSink
 from speakd.metrics import Metrics
 from speakd.providers import ProviderRegistry
 from speakd.reload import ConfigReloader
+from speakd.sessions.liveness import LivenessWatch
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.nodes import NodeRegistry
 from speakd.sessions.service import SpeakingService
@@ -129,9 +130,11 @@ async def run(
         notifier.start()
         stack.push_async_callback(notifier.aclose)  # last: the watchdog is fed until the very end
         store = await stack.enter_async_context(open_store(config.store))
+        # Held until the store closes (after every session is stopped): other nodes see this run live.
+        run_lock = await stack.enter_async_context(store.run_lock())
         node_url = config.node.url_with(config.server)
         # Registered before the stale sessions are stopped; its heartbeat ends before the store closes.
-        nodes = await stack.enter_async_context(NodeRegistry(store, config.node.id, node_url))
+        nodes = await stack.enter_async_context(NodeRegistry(store, config.node.id, node_url, run_lock.key))
         metrics = Metrics(config.node.id, node_url)
         providers = ProviderRegistry.from_config(config.providers)
         providers.wrap(metrics.measure_provider)
@@ -202,7 +205,19 @@ async def run(
         metrics.watch(service, webhooks)
         commands.start()
         stack.push_async_callback(commands.aclose)
+        # This run writes only the sessions it still owns (another node may end them if it finds it lost).
+        store.fence(nodes.owner.run_id, service.stop_fenced)
         await service.recover()
+        await stack.enter_async_context(
+            LivenessWatch(
+                store,
+                run_lock,
+                nodes.owner,
+                live_ids=lambda: [live.id for live in service.sessions],
+                stop_fenced=service.stop_fenced,
+                publish_lost=service.publish_lost,
+            )
+        )
 
         status.service, status.ari = service, ari
         tasks = [

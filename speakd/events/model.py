@@ -33,6 +33,7 @@ class StopReason(StrEnum):
     ERROR = "error"  # setup failed, the media path broke, or speakd died with it live
     SHUTDOWN = "shutdown"
     ASTERISK_GONE = "asterisk_gone"
+    NODE_LOST = "node_lost"  # its node died or vanished: another node ended it (fleet)
 
 
 class InterruptReason(StrEnum):

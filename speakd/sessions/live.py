@@ -59,6 +59,8 @@ class LiveSession:
     commands: dict[str, tuple[float, asyncio.Future[SayItem]]] = field(default_factory=dict)
     # say id -> its final state, for waiters (resolved as the say's final event is published).
     say_done: dict[str, asyncio.Future[SayItem]] = field(default_factory=dict)
+    # Another node ended it (this run was found lost): stopped here without writes or events.
+    fenced: bool = False
 
     @property
     def id(self) -> str:

@@ -29,15 +29,16 @@ class NodeRegistry:
     """This node's registration and heartbeat (``async with``: registered on entry, the
     heartbeat cancelled and awaited on exit), and the list of every node."""
 
-    def __init__(self, store: Store, node_id: str, url: str) -> None:
+    def __init__(self, store: Store, node_id: str, url: str, lock_key: int = 0) -> None:
         self.store = store
         self.owner = Owner(node_id, str(uuid.uuid4()))
         self.url = url
+        self.lock_key = lock_key  # the run lock's (speakd.store.liveness), taken before registering
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        await self.store.register_node(self.owner, self.url, now_stamp())
-        log.info("node_registered", url=self.url, run_id=self.owner.run_id)
+        await self.store.register_node(self.owner, self.url, now_stamp(), self.lock_key)
+        log.info("node_registered", url=self.url, run_id=self.owner.run_id, lock_key=self.lock_key)
         self._heartbeat = asyncio.create_task(self._beat(), name="speakd-node-heartbeat")
         return self
 

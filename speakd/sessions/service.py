@@ -487,10 +487,12 @@ class SpeakingService:
         await live.target.detach(self.ctx)
         try:
             live.move_to(SessionState.STOPPED)
-            await self._store_status(record)
+            if not live.fenced:  # another node wrote its end, and published it
+                await self._store_status(record)
         finally:
             self.sessions.remove(live)
-            self._publish_stopped(record, live.target.event_source, reason, detail)
+            if not live.fenced:
+                self._publish_stopped(record, live.target.event_source, reason, detail)
         session.log.info("session_stopped", reason=str(reason), detail=detail, dropped_says=dropped)
         return record
 
@@ -515,10 +517,36 @@ class SpeakingService:
 
     def _publish_say(self, kind: EventType, live: LiveSession, item: SayItem, at: str, extra: dict[str, str]) -> None:
         record = live.record
-        data = {"speaking_id": record.id, **item.to_dict(), **extra}
-        self.events.publish(Event(kind, at, record.customer_id, record.id, data, live.target.event_source))
+        if not live.fenced:
+            self._publish_say_event(kind, record, item.to_dict(), at, extra, live.target.event_source)
         if item.final and (done := live.say_done.pop(item.say_id, None)) is not None and not done.done():
             done.set_result(item)
+
+    def _publish_say_event(
+        self, kind: EventType, record: Speaking, say: dict[str, Any], at: str, extra: dict[str, str], source: str
+    ) -> None:
+        data = {"speaking_id": record.id, **say, **extra}
+        self.events.publish(Event(kind, at, record.customer_id, record.id, data, source))
+
+    # -- nodes that die (speakd.sessions.liveness) ------------------------------------------
+
+    def publish_lost(self, record: Speaking, says: list[dict[str, Any]], detail: str) -> None:
+        """Events of another node's session that this node ended (its run was lost): its
+        interrupted says, then its stop. No source: its Asterisk is the lost node's."""
+        reason = StopReason.NODE_LOST
+        for row in says:
+            say = SayItem.from_row(row).to_dict()
+            self._publish_say_event(EventType.SAY_INTERRUPTED, record, say, now_stamp(), {"reason": str(reason)}, "")
+        self._publish_stopped(record, "", reason, detail)
+
+    def stop_fenced(self, speaking_ids: set[str]) -> None:
+        """Sessions another node ended, having found this run lost: stopped here (their Asterisk
+        objects removed) without writing their rows or publishing their events, which it did."""
+        for speaking_id in speaking_ids:
+            if (live := self.sessions.get(speaking_id)) is not None and not live.fenced:
+                live.fenced = True
+                log.warning("session_fenced", speaking_id=speaking_id)
+                self.stop_soon(speaking_id, StopReason.NODE_LOST, "another node ended it: this node was found lost")
 
     # -- Asterisk ---------------------------------------------------------------------------
 

@@ -12,10 +12,12 @@ through the store, and write it once the store takes writes again.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, Self
 
 from speakd.errors import ServiceUnavailable, SpeakdError
 from speakd.store.fleet import FleetLink
+from speakd.store.liveness import LiveRun, RunLock
 from speakd.store.records import NO_OWNER, Owner, Speaking
 
 
@@ -70,8 +72,9 @@ class Store(Protocol):
 
     # -- nodes ---------------------------------------------------------------------------------
 
-    async def register_node(self, owner: Owner, url: str, stamp: str) -> None:
-        """This node's row, made or taken over by its new run (``stamp``: started and seen)."""
+    async def register_node(self, owner: Owner, url: str, stamp: str, lock_key: int = 0) -> None:
+        """This node's row, made or taken over by its new run (``stamp``: started and seen;
+        ``lock_key``: its run lock's, see run_lock)."""
 
     async def node_seen(self, owner: Owner, stamp: str) -> bool:
         """The run's heartbeat; False if the node's row now belongs to another run (a second
@@ -80,6 +83,28 @@ class Store(Protocol):
     async def list_nodes(self) -> list[dict[str, Any]]:
         """Every node: ``id``, ``url``, ``last_seen`` and ``live_sessions`` (its sessions
         initiating or active), by id."""
+
+    # -- liveness: runs that hold a lock while they live, and fencing --------------------------
+
+    def run_lock(self) -> RunLock:
+        """The lock this node's run holds while it lives (speakd.store.liveness; a SoloRunLock
+        where no other node can share the store)."""
+
+    async def live_runs(self, own_run_id: str) -> list[LiveRun]:
+        """The other runs that own live sessions and hold a run lock, with its key."""
+
+    async def end_lost_run(self, run_id: str, stamp: str) -> list[tuple[Speaking, list[dict[str, Any]]]]:
+        """A lost run's live sessions stopped, their unfinished says interrupted, in one
+        transaction; the rows then name no run. Each session this call ended, with the says
+        it interrupted (nothing if another node ended them first)."""
+
+    def fence(self, run_id: str, on_fenced: Callable[[set[str]], None]) -> None:
+        """The sessions' own writes (update_later, update_say, update_say_later) change a row
+        only while its session names ``run_id``; ``on_fenced`` is told the sessions whose
+        writes matched nothing (another node ended them). ``update`` is not fenced."""
+
+    async def fenced_off(self, speaking_ids: Iterable[str]) -> set[str]:
+        """Those of these sessions whose rows no longer name the fenced run."""
 
     # -- says (rows of records.SAY_COLUMNS) ----------------------------------------------------
 

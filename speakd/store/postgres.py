@@ -30,6 +30,7 @@ import structlog
 
 from speakd.store import schema
 from speakd.store.interface import AlreadyLive, StoreNotOpened, StoreRefused, StoreUnwritable
+from speakd.store.liveness import RunLock
 from speakd.store.postgres_events import PostgresLink
 from speakd.store.records import Owner, now_stamp
 from speakd.store.sql import WRITE_HEALTH, Row, SqlStore, Step
@@ -46,6 +47,16 @@ HEALTH_LOCK_TIMEOUT_MS = 500
 # speakd's advisory locks are (LOCK_SPACE, n): 'spkd' in ASCII; n = 1 serializes migrations.
 LOCK_SPACE = 0x73706B64
 MIGRATION_LOCK = 1
+# Set by every connection speakd makes: the server ends a session whose client went silent
+# without a word (a host gone, a network dropped) in about 12 s (keepalive probes from 5 s idle,
+# every 2 s; abort once 10 s pass unanswered), not the kernel's default two hours. That frees
+# a lost run's lock (speakd.store.postgres_liveness) and the row locks of a write it left open.
+DEAD_CLIENT_SETTINGS = {
+    "tcp_keepalives_idle": "5",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
 
 # Errors that mean the server cannot be reached now (a 503 says "is unreachable").
 _UNREACHABLE = (
@@ -123,6 +134,7 @@ class PostgresStore(SqlStore):
                 timeout=CONNECT_TIMEOUT_S,
                 command_timeout=STATEMENT_TIMEOUT_S,
                 reset=_nothing_to_reset,
+                server_settings=DEAD_CLIENT_SETTINGS,
             )
             async with self._pool.acquire() as connection, connection.transaction():
                 await self._migrate(connection)
@@ -210,6 +222,11 @@ class PostgresStore(SqlStore):
 
     def fleet(self, owner: Owner) -> PostgresLink:
         return PostgresLink(self, owner)
+
+    def run_lock(self) -> RunLock:
+        from speakd.store.postgres_liveness import PostgresRunLock  # it imports this module's settings
+
+        return PostgresRunLock(self)
 
     def write_health_row(self) -> asyncio.Future[None]:
         """The store's own task (one at a time: a check that stopped waiting gets it again)."""

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
 import structlog
 
 from speakd.store.interface import StoreUnwritable
+from speakd.store.liveness import LiveRun, RunLock, SoloRunLock
 from speakd.store.records import (
     FIELDS,
     LIVE_STATUSES,
@@ -73,10 +74,34 @@ _CLAIM_WEBHOOKS = (
     "WHERE webhook_claims.until < ? OR webhook_claims.node_id = ? RETURNING customer_id"
 )
 _REGISTER_NODE = (
-    "INSERT INTO nodes (id, url, run_id, started_at, last_seen) VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) "
-    "DO UPDATE SET url = excluded.url, run_id = excluded.run_id, started_at = excluded.started_at, "
-    "last_seen = excluded.last_seen"
+    "INSERT INTO nodes (id, url, run_id, started_at, last_seen, lock_key) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET url = excluded.url, run_id = excluded.run_id, "
+    "started_at = excluded.started_at, last_seen = excluded.last_seen, lock_key = excluded.lock_key"
 )
+# Fenced writes (see SqlStore.fence): a session's state, or a say's, written only while the
+# session's row still names the writing run; each returns what it matched.
+_FENCED_UPDATE_SPEAKING = f"{UPDATE_SPEAKING} AND run_id = ? RETURNING id AS written"
+_FENCED_UPDATE_SAY = (
+    f"{UPDATE_SAY} AND EXISTS (SELECT 1 FROM speakings WHERE speakings.id = says.speaking_id "
+    "AND speakings.run_id = ?) RETURNING say_id AS written"
+)
+# Other nodes' runs owning live sessions, with their lock keys (0: a run that holds none).
+_LIVE_RUNS = (
+    "SELECT DISTINCT s.node_id, s.run_id, n.lock_key FROM speakings s JOIN nodes n "
+    "ON n.id = s.node_id AND n.run_id = s.run_id WHERE s.status IN (?, ?) AND s.run_id <> ? AND n.lock_key > 0"
+)
+# A lost run's sessions ended (what the update matched is what this node won: another node
+# ending them at the same time matches nothing), their rows naming no run from then on.
+_INTERRUPT_LOST_SAYS = (
+    f"UPDATE says SET status = 'interrupted' WHERE status IN ('queued', 'playing') AND speaking_id IN "
+    f"(SELECT id FROM speakings WHERE run_id = ? AND status IN (?, ?)) RETURNING {', '.join(SAY_COLUMNS)}"
+)
+_STOP_LOST_SESSIONS = (
+    "UPDATE speakings SET status = ?, tm_update = ?, run_id = '' WHERE run_id = ? AND status IN (?, ?) "
+    f"RETURNING {', '.join(FIELDS)}"
+)
+# How long ending a lost run's sessions waits for a row lock (a write the lost run left open).
+LOST_RUN_LOCK_WAIT_MS = 1000
 _NODE_SEEN = "UPDATE nodes SET last_seen = ? WHERE id = ? AND run_id = ? RETURNING id"
 _LIST_NODES = (
     "SELECT n.id, n.url, n.last_seen, (SELECT COUNT(*) FROM speakings s WHERE s.node_id = n.id "
@@ -96,6 +121,14 @@ def _update_speaking_args(row: Row) -> tuple:
 
 def _update_say_args(row: Row) -> tuple:
     return (*(row[c] for c in _SAY_COLS), row["say_id"])
+
+
+# Told the sessions whose rows another node took from this store's run (see SqlStore.fence).
+FencedHandler = Callable[[set[str]], None]
+
+
+def _ignore_fenced(speaking_ids: set[str]) -> None:
+    return None
 
 
 def _overlay(pending: dict[str, Row], key: str, rows: list[Row]) -> list[Row]:
@@ -121,6 +154,10 @@ class SqlStore(abc.ABC):
         self._pending_speakings: dict[str, Row] = {}
         self._pending_says: dict[str, Row] = {}
         self._retry: asyncio.Task[None] | None = None
+        # The run whose sessions this store writes, once fenced (see fence), and who hears of
+        # the sessions another node took from it.
+        self._fence: str | None = None
+        self._on_fenced: FencedHandler = _ignore_fenced
 
     # -- what an adapter supplies ----------------------------------------------------------------
 
@@ -170,27 +207,103 @@ class SqlStore(abc.ABC):
         await self._execute(INSERT_SPEAKING, (*(row[f] for f in FIELDS), owner.node_id, owner.run_id, conflict_key))
 
     async def update(self, record: Speaking) -> None:
-        args = _update_speaking_args(record.to_dict())
-        await self._superseding(self._pending_speakings, record.id, UPDATE_SPEAKING, args)
+        step = Step(UPDATE_SPEAKING, [_update_speaking_args(record.to_dict())])  # not fenced: see fence
+        await self._superseding(self._pending_speakings, record.id, step, {})
 
     async def insert_say(self, row: Row) -> None:
         await self._execute(INSERT_SAY, tuple(row[f] for f in SAY_COLUMNS))
 
     async def update_say(self, row: Row) -> None:
-        await self._superseding(self._pending_says, row["say_id"], UPDATE_SAY, _update_say_args(row))
+        await self._superseding(self._pending_says, row["say_id"], *self._says_step([row]))
 
-    async def _superseding(self, pending: dict[str, Row], key: str, sql: str, args: tuple) -> None:
+    async def _superseding(self, pending: dict[str, Row], key: str, step: Step, sessions: dict[str, str]) -> None:
         """A direct write of a row that may be kept for later: the kept (older) state must not
         be written over it afterwards, and must stay kept if this write is refused. Taking the
         kept row and queueing the write happen in one step, so the adapter sees every write in
-        the order it was made."""
+        the order it was made. ``sessions``: those the step's rows are for (see _fenced)."""
         kept = pending.pop(key, None)
         try:
-            await self._execute(sql, args)
+            written = await self._transaction([step])
         except StoreUnwritable:
             if kept is not None:
                 pending.setdefault(key, kept)
             raise
+        self._fenced([sessions], written)
+
+    # -- fencing: a run writes only the sessions it still owns -----------------------------------
+
+    def fence(self, run_id: str, on_fenced: FencedHandler) -> None:
+        """From now on, the sessions' own writes through this store (update_later, update_say,
+        update_say_later) change a session's row, or its says', only while the row names
+        ``run_id``: once another node ended the sessions of a run it found lost, that run's late
+        writes match nothing, and ``on_fenced`` is told the sessions they were for. ``update``
+        (a record the API changed: a delete) is written whoever owns the row."""
+        self._fence = run_id
+        self._on_fenced = on_fenced
+
+    def _speakings_step(self, rows: Iterable[Row]) -> tuple[Step, dict[str, str]]:
+        """Sessions' rows as written by their run; the sessions they are for, by key written."""
+        args = [_update_speaking_args(row) for row in rows]
+        sessions = {row[-1]: row[-1] for row in args}
+        if self._fence is None:
+            return Step(UPDATE_SPEAKING, args), sessions
+        return Step(_FENCED_UPDATE_SPEAKING, [(*a, self._fence) for a in args], rows=True), sessions
+
+    def _says_step(self, rows: Iterable[Row]) -> tuple[Step, dict[str, str]]:
+        rows = list(rows)
+        args = [_update_say_args(row) for row in rows]
+        sessions = {row["say_id"]: row["speaking_id"] for row in rows}
+        if self._fence is None:
+            return Step(UPDATE_SAY, args), sessions
+        return Step(_FENCED_UPDATE_SAY, [(*a, self._fence) for a in args], rows=True), sessions
+
+    def _fenced(self, sessions: Sequence[dict[str, str]], results: Sequence[list[Row]]) -> None:
+        """Tell on_fenced the sessions whose fenced writes matched nothing."""
+        if self._fence is None:
+            return
+        lost = set()
+        for of_key, written in zip(sessions, results, strict=True):
+            matched = {row["written"] for row in written}
+            lost |= {session for key, session in of_key.items() if key not in matched}
+        if lost:
+            log.warning("store_writes_fenced", speaking_ids=sorted(lost), run_id=self._fence)
+            self._on_fenced(lost)
+
+    async def fenced_off(self, speaking_ids: Iterable[str]) -> set[str]:
+        """Those of these sessions whose rows no longer name this store's fenced run (another
+        node ended them); none before the store is fenced."""
+        ids = list(speaking_ids)
+        if self._fence is None or not ids:
+            return set()
+        step = Step("SELECT id FROM speakings WHERE id = ? AND run_id = ?", [(i, self._fence) for i in ids], rows=True)
+        (owned,) = await self._transaction([step])
+        return set(ids) - {row["id"] for row in owned}
+
+    # -- runs of other nodes -----------------------------------------------------------------------
+
+    def run_lock(self) -> RunLock:
+        """The lock this node's run holds while it lives (speakd.store.liveness): an engine
+        that other nodes can share gives its own; this one is the node's alone."""
+        return SoloRunLock()
+
+    async def live_runs(self, own_run_id: str) -> list[LiveRun]:
+        """Other runs that own live sessions and hold a run lock (its key in their node's row)."""
+        rows = await self._fetch(_LIVE_RUNS, (*LIVE_STATUSES, own_run_id))
+        return [LiveRun(row["node_id"], row["run_id"], int(row["lock_key"])) for row in rows]
+
+    async def end_lost_run(self, run_id: str, stamp: str) -> list[tuple[Speaking, list[Row]]]:
+        """The lost run's live sessions stopped and their unfinished says interrupted, in one
+        transaction; the rows no longer name the run, so its late writes match nothing (fence).
+        Each session this call ended (none if another node ended them first), with its says
+        that it interrupted."""
+        says, stopped = await self._transaction(
+            [
+                Step(_INTERRUPT_LOST_SAYS, [(run_id, *LIVE_STATUSES)], rows=True),
+                Step(_STOP_LOST_SESSIONS, [(Status.STOPPED, stamp, run_id, *LIVE_STATUSES)], rows=True),
+            ],
+            lock_wait_ms=LOST_RUN_LOCK_WAIT_MS,
+        )
+        return [(Speaking(**row), [say for say in says if say["speaking_id"] == row["id"]]) for row in stopped]
 
     async def stop_unfinished(self, node_id: str, stamp: str) -> list[Speaking]:
         live = f"status IN (?, ?) AND {_MINE}"
@@ -213,8 +326,8 @@ class SqlStore(abc.ABC):
 
     # -- nodes -----------------------------------------------------------------------------------
 
-    async def register_node(self, owner: Owner, url: str, stamp: str) -> None:
-        await self._execute(_REGISTER_NODE, (owner.node_id, url, owner.run_id, stamp, stamp))
+    async def register_node(self, owner: Owner, url: str, stamp: str, lock_key: int = 0) -> None:
+        await self._execute(_REGISTER_NODE, (owner.node_id, url, owner.run_id, stamp, stamp, lock_key))
 
     async def node_seen(self, owner: Owner, stamp: str) -> bool:
         # Brief: a heartbeat held up by another writer's lock would hold up the writes queued behind it.
@@ -267,11 +380,10 @@ class SqlStore(abc.ABC):
     async def _write_pending(self) -> None:
         """Write every kept row in one transaction; a row replaced meanwhile stays kept."""
         speakings, says = dict(self._pending_speakings), dict(self._pending_says)
-        steps = [
-            Step(UPDATE_SPEAKING, [_update_speaking_args(row) for row in speakings.values()]),
-            Step(UPDATE_SAY, [_update_say_args(row) for row in says.values()]),
-        ]
-        await self._transaction([step for step in steps if step.args])
+        steps = [self._speakings_step(speakings.values()), self._says_step(says.values())]
+        steps = [(step, sessions) for step, sessions in steps if step.args]
+        matched = await self._transaction([step for step, _ in steps])
+        self._fenced([sessions for _, sessions in steps], matched)  # a fenced row is done with too
         for pending, written in ((self._pending_speakings, speakings), (self._pending_says, says)):
             for key, row in written.items():
                 if pending.get(key) is row:
