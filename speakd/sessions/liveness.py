@@ -10,10 +10,10 @@ transaction matched the rows publishes, for each session, its interrupted says a
 ``speaking_stopped`` with reason ``node_lost``: once, through its bus (its WebSocket clients, the
 other nodes', the webhook outbox).
 
-No false positives: a server restart frees every lock at once, so nothing is judged until this
-node's own lock has been held again for :data:`SETTLE_S` (the others retake theirs by then);
-and a stalled process keeps its lock (its connection lives in the kernel), so a busy host is
-never lost for being slow.
+No false positives: a server restart frees every lock at once, so nothing is judged until the
+server has been up for :data:`SETTLE_S` (the others take theirs again by then); a blip of one
+connection is retaken in milliseconds, well inside :data:`LOST_AFTER_S`; and a stalled process
+keeps its lock (its connection lives in the kernel), so a busy host is never lost for being slow.
 
 This run's side: when its lock is taken again after a break, the sessions it still has live
 are checked against the store; those another node ended meanwhile are stopped here without
@@ -38,9 +38,9 @@ log = structlog.get_logger(__name__)
 CHECK_EVERY_S = 2.0
 # A run's lock free at every check over this long is lost (a retake after a blip takes ms).
 LOST_AFTER_S = 3.0
-# Nothing is judged until this node has held its own lock again this long: after a server
-# restart the others notice at once (the server closes their sessions), or within their
-# lock's ping interval and timeout (7 s) when it vanished silently, and retake theirs.
+# Nothing is judged until the server has been up this long: after a restart the others
+# notice at once (the server closed their sessions), or within their lock's ping interval and
+# timeout (7 s) when it vanished silently, and take their locks again (retried every second).
 SETTLE_S = 10.0
 
 # (record, interrupted says' rows, detail): publish the events of a session this node ended.
@@ -109,11 +109,12 @@ class LivenessWatch:
             if fenced := await self.store.fenced_off(self.live_ids()):
                 self.stop_fenced(fenced)
             self._fence_check_due = False
-        if now - held_since < SETTLE_S:
-            return
         runs = await self.store.live_runs(self.owner.run_id)
-        held = await self.run_lock.held({run.lock_key for run in runs})
-        self._free_since = {run: self._free_since.get(run, now) for run in runs if run.lock_key not in held}
+        seen = await self.run_lock.look({run.lock_key for run in runs})
+        if seen.server_up_s < SETTLE_S:  # just (re)started: every lock was free, the runs are taking theirs
+            self._free_since.clear()
+            return
+        self._free_since = {run: self._free_since.get(run, now) for run in runs if run.lock_key not in seen.held}
         for run, since in list(self._free_since.items()):
             if now - since >= LOST_AFTER_S:
                 await self._end(run)

@@ -11,6 +11,7 @@ node that watches the others can ask whether each run owning live sessions still
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol, Self
@@ -23,6 +24,16 @@ class LiveRun:
     node_id: str
     run_id: str
     lock_key: int
+
+
+@dataclass(frozen=True)
+class LocksSeen:
+    """The run locks held, as the server sees them now."""
+
+    held: set[int]
+    # How long the server has been up: every lock was free when it started, and runs alive
+    # then take theirs again within seconds.
+    server_up_s: float
 
 
 class RunLock(Protocol):
@@ -42,8 +53,9 @@ class RunLock(Protocol):
     def held_since(self) -> float | None:
         """The event loop's time this run last took its lock; None while it does not hold it."""
 
-    async def held(self, keys: Collection[int]) -> set[int]:
-        """Those of ``keys`` some run holds now; StoreUnwritable if that cannot be told now."""
+    async def look(self, keys: Collection[int]) -> LocksSeen:
+        """Which of ``keys`` some run holds now, and since when the server has been up;
+        StoreUnwritable if that cannot be told now (this run's own lock is not held)."""
 
 
 class SoloRunLock:
@@ -66,5 +78,5 @@ class SoloRunLock:
     def held_since(self) -> float | None:
         return self._since
 
-    async def held(self, keys: Collection[int]) -> set[int]:
-        return set(keys)
+    async def look(self, keys: Collection[int]) -> LocksSeen:
+        return LocksSeen(set(keys), math.inf)

@@ -25,6 +25,7 @@ import asyncpg
 import structlog
 
 from speakd.store.interface import StoreNotOpened, StoreUnwritable
+from speakd.store.liveness import LocksSeen
 from speakd.store.postgres import (
     CONNECT_TIMEOUT_S,
     DEAD_CLIENT_SETTINGS,
@@ -45,10 +46,11 @@ _FIRST_FREE_KEY = f"SELECT GREATEST(COALESCE(MAX(lock_key), 0), {MIGRATION_LOCK}
 _TRY_LOCK = "SELECT pg_try_advisory_lock($1, $2::int)"
 # Advisory locks of two int4 keys show classid = key 1, objid = key 2, objsubid = 2 in pg_locks,
 # which lists every database's: only this one's count.
-_HELD = (
-    "SELECT objid::bigint AS key FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+_LOOK = (
+    "SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())::float8 AS up_s, ARRAY("
+    "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
     "AND classid = $1::bigint::oid AND objid::bigint = ANY($2::bigint[]) "
-    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS held"
 )
 
 
@@ -90,18 +92,18 @@ class PostgresRunLock:
         self._task = None
         await self._drop()  # the lock is released with the session
 
-    async def held(self, keys: Collection[int]) -> set[int]:
+    async def look(self, keys: Collection[int]) -> LocksSeen:
         connection = self._connection
         if connection is None or self._since is None:
             raise StoreUnwritable(f"PostgreSQL at {self.store.server}: this node does not hold its run lock now")
         try:
             async with self._using:
-                rows = await connection.fetch(_HELD, LOCK_SPACE, list(keys), timeout=PING_TIMEOUT_S)
+                row = await connection.fetchrow(_LOOK, LOCK_SPACE, list(keys), timeout=PING_TIMEOUT_S)
         except Exception as exc:
             if (why := unwritable_why(exc)) is None and not isinstance(exc, asyncpg.InterfaceError):
                 raise
             raise StoreUnwritable(f"PostgreSQL at {self.store.server} {why or 'dropped the run lock'}") from None
-        return {int(row["key"]) for row in rows}
+        return LocksSeen({int(key) for key in row["held"]}, float(row["up_s"]))
 
     # -- taking and holding ------------------------------------------------------------------------
 

@@ -4,16 +4,17 @@ node; the lost run's late writes match nothing and say which sessions they were 
 runs owning live sessions are listed with their lock keys. On PostgreSQL, the run lock itself:
 a key of its own per run, seen held while its connection lives, free once it is gone, taken
 again by itself after the server restarts; and the watcher (speakd.sessions.liveness) ending a
-run whose lock went, but not while its own lock is newly back."""
+run whose lock went, once, but not while the server is newly up (every lock was free then)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
 from speakd.sessions import liveness
-from speakd.store.liveness import LiveRun, SoloRunLock
+from speakd.store.liveness import LiveRun, LocksSeen, SoloRunLock
 from speakd.store.records import NOT_YET, Owner, Speaking, Status
 
 A = Owner("pbx-a", "run-a1")
@@ -142,7 +143,7 @@ async def test_a_store_of_one_node_has_a_lock_of_its_own_that_no_one_watches(tmp
 
     async with SqliteStore(str(tmp_path / "s.sqlite3")) as store, store.run_lock() as lock:
         assert isinstance(lock, SoloRunLock) and (lock.key, lock.shared) == (0, False)
-        assert lock.held_since is not None and await lock.held({3, 4}) == {3, 4}
+        assert lock.held_since is not None and await lock.look({3, 4}) == LocksSeen({3, 4}, math.inf)
 
 
 # -- PostgreSQL's run lock ---------------------------------------------------------------------------
@@ -161,7 +162,8 @@ async def test_each_run_holds_a_key_of_its_own_until_its_connection_goes(pg):
         await store.register_node(A, "http://pbx-a:8090", STAMP, 5)  # a key taken before
         async with store.run_lock() as first, store.run_lock() as second:
             assert first.shared and first.key == 6 and second.key == 7
-            assert await first.held({5, 6, 7}) == {6, 7}
+            seen = await first.look({5, 6, 7})
+            assert seen.held == {6, 7} and 0 < seen.server_up_s < 24 * 3600
             connection = second._connection
         assert await _held_elsewhere(pg, {6, 7}) == set()
         assert connection.is_closed()
@@ -199,8 +201,7 @@ async def _held_elsewhere(pg, keys: set[int]) -> set[int]:
 
 
 @pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
-async def test_the_watcher_ends_a_run_whose_lock_went_and_only_once_settled(pg, monkeypatch):
-    monkeypatch.setattr(liveness, "SETTLE_S", 0.5)
+async def test_the_watcher_ends_a_run_whose_lock_went_but_not_while_the_server_is_new(pg, monkeypatch):
     monkeypatch.setattr(liveness, "LOST_AFTER_S", 0.3)
     published: list[tuple[str, list[str], str]] = []
     async with pg.store() as store_b, store_b.run_lock() as lock_b:
@@ -208,18 +209,26 @@ async def test_the_watcher_ends_a_run_whose_lock_went_and_only_once_settled(pg, 
             await store_a.register_node(A, "http://pbx-a:8090", STAMP, lock_a.key)
             await store_a.insert(_record(1), A, "chan-1")
             await store_a.insert_say(_say("a1", "s-1", "playing"))
-        # Run A is gone (its lock with its connection); B's lock is newly taken.
+        # Run A is gone (its lock with its connection).
         watch = liveness.LivenessWatch(
             store_b, lock_b, B, live_ids=list, stop_fenced=lambda ids: None,
             publish_lost=lambda record, says, detail: published.append(
                 (record.id, [say["say_id"] for say in says], detail)
             ),
         )  # fmt: skip
-        await watch.check()  # too soon after B took its lock: nothing judged
-        await asyncio.sleep(0.5)
+        # A server up for less than SETTLE_S: every lock was free lately, nothing is judged.
+        monkeypatch.setattr(liveness, "SETTLE_S", 1e9)
+        for _ in range(3):
+            await watch.check()
+            await asyncio.sleep(0.2)
+        assert published == []
+        monkeypatch.setattr(liveness, "SETTLE_S", 0.0)
         await watch.check()  # free, once
         assert published == []
         await asyncio.sleep(0.3)
         await watch.check()  # free over LOST_AFTER_S: lost
         assert published == [("s-1", ["a1"], "node 'pbx-a' was lost (its run run-a1 no longer holds its lock)")]
+        await asyncio.sleep(0.3)
+        await watch.check()  # ended once
+        assert len(published) == 1
     assert await pg.rows("SELECT status, run_id FROM speakings") == [("stopped", "")]
