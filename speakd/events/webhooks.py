@@ -140,7 +140,9 @@ class WebhookSink:
         self._claim_now = asyncio.Event()  # a claim may have come free: try now, not at the next round
         self._closing = False
         self._dropped = 0
-        self._outbox_rows = 0  # rows in the outbox: this sink is its only writer, so counted, not queried
+        # Rows in the outbox: counted as this sink writes and deletes them, not queried; where
+        # other nodes share the outbox, also counted in the store at each claim round.
+        self._outbox_rows = 0
         self._settling = asyncio.Event()  # set when a delivery task goes idle or starts failing
 
     @classmethod
@@ -180,7 +182,7 @@ class WebhookSink:
 
     @property
     def backlog(self) -> int:
-        """Events not delivered yet: in the outbox, and waiting to be written to it."""
+        """Events not delivered yet: in the outbox (in a fleet: every node's), and waiting to be written to it."""
         return self._outbox_rows + self._queue.qsize()
 
     @property
@@ -315,6 +317,8 @@ class WebhookSink:
     async def _claim_round(self) -> None:
         started = time.monotonic()
         held = await self.fleet.claim_webhooks(list(self._customers), CLAIM_LEASE_S)
+        if self.fleet.shared:
+            self._outbox_rows = await self.store.outbox_count()
         for customer in self._customers.values():
             had = self._holds(customer)
             customer.held_until = started + CLAIM_LEASE_S - CLAIM_MARGIN_S if customer.customer_id in held else 0.0

@@ -132,6 +132,9 @@ class Store(Protocol):
     async def outbox_older(self, customer_id: str, created_before: float) -> list[dict[str, Any]]:
         """The customer's waiting deliveries queued before ``created_before``, oldest first."""
 
+    async def outbox_count(self) -> int:
+        """Deliveries waiting, of every customer (written by any node sharing the store)."""
+
     async def outbox_attempted(self, seq: int, attempts: int) -> None: ...
 
     async def outbox_delete(self, seqs: list[int]) -> None:

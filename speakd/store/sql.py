@@ -407,6 +407,10 @@ class SqlStore(abc.ABC):
         sql = f"{_SELECT_OUTBOX} WHERE customer_id = ? AND created < ? ORDER BY seq"
         return await self._fetch(sql, (customer_id, float(created_before)))
 
+    async def outbox_count(self) -> int:
+        (row,) = await self._fetch("SELECT COUNT(*) AS n FROM webhook_outbox")
+        return int(row["n"])
+
     async def outbox_attempted(self, seq: int, attempts: int) -> None:
         await self._execute("UPDATE webhook_outbox SET attempts = ? WHERE seq = ?", (attempts, seq))
 

@@ -152,6 +152,8 @@ async def test_two_nodes_post_each_webhook_event_once_and_the_claim_moves(postgr
             for n in range(30):  # both nodes' sessions: a delivers b's rows too, woken by b
                 (sink_a if n % 2 else sink_b).offer(event(n))
             await receiver.wait_for(lambda evs: len(evs) == 30, 10, "30 events")
+            # Each node's backlog is the shared outbox's (b wrote rows that a delivered).
+            await _until(lambda: sink_a.backlog == sink_b.backlog == 0, timeout=3, what="no backlog")
             # a stops: its claim is given up and b takes it at once, delivering what b writes.
             await sink_a.aclose()
             await _until(lambda: sink_b._holds(sink_b._customers["c1"]), timeout=3, what="b taking the claim")

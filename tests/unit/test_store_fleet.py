@@ -113,6 +113,20 @@ async def test_racing_claims_from_two_stores_give_each_customer_one_holder(engin
     assert a | b == set(customers) and not a & b
 
 
+async def test_the_outbox_count_is_every_writers_rows(engine):
+    def row(n: int, customer: str) -> dict:
+        return {"event_id": f"e{n}", "customer_id": customer, "event_type": "speaking_created", "body": "{}",
+                "created": 1000.0 + n, "attempts": 0}  # fmt: skip
+
+    async with engine.store() as store_a, engine.store() as store_b:
+        assert await store_a.outbox_count() == 0
+        seqs = await store_a.outbox_add([row(1, "c1"), row(2, "c2")])
+        await store_b.outbox_add([row(3, "c1")])
+        assert await store_a.outbox_count() == await store_b.outbox_count() == 3
+        await store_b.outbox_delete(seqs)
+        assert await store_a.outbox_count() == 1
+
+
 async def test_the_solo_link_shares_nothing_and_every_claim_is_its_own(tmp_path):
     from speakd.store.sqlite import SqliteStore
 
