@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import random
 import time
 import uuid
@@ -74,7 +75,8 @@ WRITE_BATCH = 500
 SHUTDOWN_GRACE_S = 2.0
 # On shutdown, how long the outbox writes may take before what is left is counted as lost.
 DRAIN_TIMEOUT_S = 10.0
-# A customer's delivery claim lasts this long, and is renewed (and expired ones taken) this often.
+# Where nodes share the outbox: a customer's delivery claim lasts this long, and is renewed (and
+# expired ones taken) this often.
 CLAIM_LEASE_S = 12.0
 CLAIM_RENEW_S = 4.0
 # A claim counts as held until this long before its lease ends (a POST started must fit).
@@ -241,7 +243,8 @@ class WebhookSink:
             customer.task = asyncio.create_task(self._deliver(customer), name=f"speakd-webhook-{customer.customer_id}")
         self._writer = asyncio.create_task(self._write(), name="speakd-webhook-outbox")
         if self._customers:
-            self._claims = asyncio.create_task(self._claim(), name="speakd-webhook-claims")
+            if self.fleet.shared:
+                self._claims = asyncio.create_task(self._claim(), name="speakd-webhook-claims")
             log.info("webhooks_started", customers=len(self._customers), pending=self._outbox_rows)
 
     async def aclose(self) -> None:
@@ -304,24 +307,27 @@ class WebhookSink:
         return customer.held_until > time.monotonic()
 
     def _woken(self, customer_id: str | None) -> None:
-        """Another node wrote rows for ``customer_id`` (None: for anyone), or gave claims up."""
-        customers = self._customers.values() if customer_id is None else [self._customers.get(customer_id)]
+        """Another node wrote rows for ``customer_id``; None: claims may have come free, or
+        wake-ups been missed."""
+        if customer_id is None:
+            self._claim_now.set()
+            customers = list(self._customers.values())
+        else:
+            customers = [c for c in (self._customers.get(customer_id),) if c is not None]
         for customer in customers:
-            if customer is None:
-                continue
             if self._holds(customer):
                 customer.wake.set()
-            else:
-                self._claim_now.set()
 
     async def _claim_round(self) -> None:
         started = time.monotonic()
         held = await self.fleet.claim_webhooks(list(self._customers), CLAIM_LEASE_S)
+        # A store no other node shares: the claims are this run's for good (no renewal).
+        lease_end = started + CLAIM_LEASE_S - CLAIM_MARGIN_S if self.fleet.shared else math.inf
         if self.fleet.shared:
             self._outbox_rows = await self.store.outbox_count()
         for customer in self._customers.values():
             had = self._holds(customer)
-            customer.held_until = started + CLAIM_LEASE_S - CLAIM_MARGIN_S if customer.customer_id in held else 0.0
+            customer.held_until = lease_end if customer.customer_id in held else 0.0
             if customer.customer_id in held and (not had or (self.fleet.shared and customer.idle)):
                 # Newly ours; or, with other writers, a look for rows whose wake-up was missed.
                 customer.wake.set()

@@ -15,7 +15,8 @@ from typing import Any, Protocol, Self
 Row = dict[str, Any]
 # Called with other nodes' events (rows of fleet_events), each once, in order per writing node.
 EventsHandler = Callable[[list[Row]], None]
-# Called when another node wrote webhook rows for a customer (None: maybe for any customer).
+# Called when another node wrote webhook rows for a customer; None: claims may have come free
+# (a node gave its up), or wake-ups been missed (the link was away).
 WakeHandler = Callable[[str | None], None]
 
 

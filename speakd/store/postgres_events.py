@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 EVENTS_CHANNEL = "speakd_fleet_events"  # payload: the writing node's id
-WEBHOOKS_CHANNEL = "speakd_fleet_webhooks"  # payload: a customer id with webhook rows waiting
+WEBHOOKS_CHANNEL = "speakd_fleet_webhooks"  # payload: a customer id with rows waiting; '': claims freed
 # A node's events are kept this long: a node that cannot read for longer misses the older ones.
 KEEP_EVENTS_S = 60.0
 PRUNE_EVERY_S = 10.0
@@ -115,13 +115,15 @@ class PostgresLink:
         return await self.store.webhook_claim(self.owner, list(customer_ids), now + lease_s, now)
 
     async def release_webhooks(self) -> None:
-        released = await self.store.webhook_release(self.owner)
-        await self.wake_webhooks(released)
+        if await self.store.webhook_release(self.owner):
+            await self._notify_webhooks([""])
 
     async def wake_webhooks(self, customer_ids: Iterable[str]) -> None:
-        args = [(WEBHOOKS_CHANNEL, customer_id) for customer_id in customer_ids]
-        if args:
-            await self.store._transaction([Step(_NOTIFY, args, rows=True)])
+        await self._notify_webhooks(list(customer_ids))
+
+    async def _notify_webhooks(self, payloads: list[str]) -> None:
+        if payloads:
+            await self.store._transaction([Step(_NOTIFY, [(WEBHOOKS_CHANNEL, p) for p in payloads], rows=True)])
 
     # -- hearing ---------------------------------------------------------------------------------
 
@@ -130,7 +132,7 @@ class PostgresLink:
             self._read_wanted.set()
 
     def _notified_wake(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        self._wake_handler(payload)
+        self._wake_handler(payload or None)
 
     async def _listen(self) -> None:
         while True:
