@@ -5,6 +5,7 @@ sandbox's Asterisk 1, each with its own ARI application.
   ``speaking_stopped`` with reason ``node_lost`` (and its say interrupted), B answers it stopped
   with the say interrupted, and lists A with no live session; A started again removes the snoop
   and media channels its dead run left in Asterisk.
+- A node's process stalled for 8 s (SIGSTOP, its connections up) is not lost.
 - A host vanishing without a word (no FIN): node A frozen (SIGSTOP) and its PostgreSQL packets
   dropped (iptables on lo; root only): node_lost within 30 s; A thawed finds it was declared
   lost, stops the session without writing its rows (the store keeps B's ending) and its
@@ -220,6 +221,22 @@ async def test_a_node_whose_host_vanishes_is_lost_within_30_s_and_fenced_when_ba
         assert await fleet.stored("SELECT status FROM says") == [("interrupted",)]
         assert len([e for e in ws.of(speaking_id) if e["event_type"] == "speaking_stopped"]) == 1
     assert "Traceback" not in fleet.a.log_text()
+
+
+async def test_a_node_stalled_for_seconds_is_not_lost(fleet, make_two_party_call, ari):
+    """A busy host's stall (here: the process frozen 8 s, its connections up): its kernel keeps
+    its connections, so its lock stays held and no other node ends its sessions."""
+    speaking_id, _ = await _speaking_on_a(fleet, make_two_party_call, ari)
+    os.kill(fleet.a.proc.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(8.0)
+    finally:
+        os.kill(fleet.a.proc.pid, signal.SIGCONT)
+    await asyncio.sleep(2 * liveness.CHECK_EVERY_S + liveness.LOST_AFTER_S)
+    assert (await fleet.api_b.get(speaking_id)).body["status"] == "active"
+    assert (await fleet.api_a.say(speaking_id, "Still here.")).status == 200
+    assert "node_lost" not in fleet.b.log_text() and "session_fenced" not in fleet.a.log_text()
+    assert (await fleet.api_a.stop(speaking_id)).status == 200
 
 
 # -- PostgreSQL restarted under two nodes ------------------------------------------------------------
