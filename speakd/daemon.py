@@ -1,10 +1,11 @@
 """The daemon: owns every long-lived resource and task, in the order they depend on each other.
 
-Start: store -> this node registered (and its heartbeat) -> providers (Piper loads) -> ARI client ->
+Start: store -> this run's lock (held to the end: other nodes watch it) -> this node registered (and
+its heartbeat) -> providers (Piper loads) -> ARI client ->
 media paths (the RTP pacer process, if rtp) -> event bus and its ways out (the fleet link: events to
 and from the other nodes sharing the store; webhooks deliver what the last run left; ARI user events)
--> ARI commands -> this node's stale records stopped -> ARI events task -> HTTP -> FastAGI (if
-[agi] listen).
+-> ARI commands -> this run's writes fenced, this node's stale records stopped -> the other runs
+watched (speakd.sessions.liveness) -> ARI events task -> HTTP -> FastAGI (if [agi] listen).
 With systemd (``Type=notify``): READY=1 once the API listens and ARI is connected (the first
 connection may come after the API is up: until then the API answers and creates are 503);
 STATUS= with the live sessions and the ARI connection; WATCHDOG=1 from the event loop;
