@@ -2,7 +2,8 @@
 sandbox's Asterisk 1. A customer's /v1.0/ws client on either node receives every event of its
 sessions on both nodes, each once, in the order a client on the owning node sees them; another
 customer's client receives none of them. A customer's webhook endpoint receives each event once
-(by X-Speakd-Event-Id) while both nodes run, and across a restart of the node delivering it.
+(by X-Speakd-Event-Id) while both nodes run, across a restart of the node delivering it, and
+after that node is killed.
 PostgreSQL restarted while a session's events flow: the other node's client still gets them
 all, once, in order."""
 
@@ -127,8 +128,11 @@ async def test_events_of_either_nodes_sessions_reach_both_nodes_clients_once_in_
     assert receiver.duplicates == 0 and len(receiver.ids) == 14
 
 
-async def test_each_webhook_event_once_across_a_restart_of_the_delivering_node(fleet, receiver, make_two_party_call):
-    """Node a (started first) holds the customer's claim; it restarts while node b's sessions run."""
+async def test_each_webhook_event_once_across_a_restart_and_a_death_of_the_delivering_node(
+    fleet, receiver, make_two_party_call
+):
+    """Node a (started first) holds the customer's claim; it restarts while node b's sessions run;
+    then b, which took the claim, is killed."""
     async with _client(fleet.b.base, KEY_A, ALL_OF_A) as on_b:
         call = await make_two_party_call()
         first = await _session(fleet.api_b, call.channel_id, "Before the restart.")
@@ -148,6 +152,16 @@ async def test_each_webhook_event_once_across_a_restart_of_the_delivering_node(f
         for sid in (first, second, third):
             assert receiver.of(sid) == on_b.of(sid) and len(on_b.of(sid)) == 5
     assert receiver.duplicates == 0 and len(receiver.ids) == 15
+
+    # b, holding the claim, dies (kill -9: nothing given up): its lease lapses and a takes it.
+    fleet.b.kill9()
+    async with _client(fleet.a.base, KEY_A, ALL_OF_A) as on_a:
+        fourth = await _session(fleet.api_a, call.channel_id, "Node b is gone.")
+        await on_a.wait_stopped(fourth)
+        await receiver.wait_stopped(fourth, timeout=30)  # the lease (12 s) and a claim round (4 s)
+        await asyncio.sleep(1.0)
+        assert receiver.of(fourth) == on_a.of(fourth) and len(on_a.of(fourth)) == 5
+    assert receiver.duplicates == 0 and len(receiver.ids) == 20
     assert "fleet_events_write_failed" not in fleet.a.log_text() + fleet.b.log_text()
 
 
