@@ -85,6 +85,10 @@ _FENCED_UPDATE_SAY = (
     f"{UPDATE_SAY} AND EXISTS (SELECT 1 FROM speakings WHERE speakings.id = says.speaking_id "
     "AND speakings.run_id = ?) RETURNING say_id AS written"
 )
+_UNDO_FENCED_SAY = (
+    "DELETE FROM says WHERE say_id = ? AND NOT EXISTS (SELECT 1 FROM speakings WHERE speakings.id = ? "
+    "AND speakings.run_id = ?) RETURNING say_id"
+)
 # Other nodes' runs owning live sessions, with their lock keys (0: a run that holds none).
 _LIVE_RUNS = (
     "SELECT DISTINCT s.node_id, s.run_id, n.lock_key FROM speakings s JOIN nodes n "
@@ -211,7 +215,15 @@ class SqlStore(abc.ABC):
         await self._superseding(self._pending_speakings, record.id, step, {})
 
     async def insert_say(self, row: Row) -> None:
-        await self._execute(INSERT_SAY, tuple(row[f] for f in SAY_COLUMNS))
+        insert = Step(INSERT_SAY, [tuple(row[f] for f in SAY_COLUMNS)])
+        if self._fence is None:
+            await self._transaction([insert])
+            return
+        # Fenced too: taken back in the same transaction if the session is no longer the run's.
+        undo = Step(_UNDO_FENCED_SAY, [(row["say_id"], row["speaking_id"], self._fence)], rows=True)
+        _, undone = await self._transaction([insert, undo])
+        if undone:
+            self._tell_fenced({row["speaking_id"]})
 
     async def update_say(self, row: Row) -> None:
         await self._superseding(self._pending_says, row["say_id"], *self._says_step([row]))
@@ -266,8 +278,11 @@ class SqlStore(abc.ABC):
             matched = {row["written"] for row in written}
             lost |= {session for key, session in of_key.items() if key not in matched}
         if lost:
-            log.warning("store_writes_fenced", speaking_ids=sorted(lost), run_id=self._fence)
-            self._on_fenced(lost)
+            self._tell_fenced(lost)
+
+    def _tell_fenced(self, lost: set[str]) -> None:
+        log.warning("store_writes_fenced", speaking_ids=sorted(lost), run_id=self._fence)
+        self._on_fenced(lost)
 
     async def fenced_off(self, speaking_ids: Iterable[str]) -> set[str]:
         """Those of these sessions whose rows no longer name this store's fenced run (another

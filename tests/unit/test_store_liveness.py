@@ -71,8 +71,8 @@ async def test_the_runs_owning_live_sessions_are_listed_with_their_lock_keys(eng
 async def test_a_lost_runs_sessions_are_ended_once_and_its_late_writes_match_nothing(engine):
     fenced: list[set[str]] = []
     async with engine.store() as a, engine.store() as b:
-        a.fence(A.run_id, fenced.append)
         await _two_runs(a)
+        a.fence(A.run_id, fenced.append)
 
         ended = sorted(await b.end_lost_run(A.run_id, ENDED), key=lambda each: each[0].id)
         assert [(record.id, record.status, record.tm_update) for record, _ in ended] == [
@@ -89,6 +89,9 @@ async def test_a_lost_runs_sessions_are_ended_once_and_its_late_writes_match_not
         await a.update_say(_say("a2", "s-1", "played"))
         await a.update_say_later(_say("a3", "s-1", "playing"))
         assert fenced == [{"s-1"}, {"s-1"}, {"s-1"}] and a.pending_writes == 0
+        await a.insert_say(_say("a4", "s-2", "queued"))  # taken back: s-2 is no longer run A's
+        assert fenced[-1] == {"s-2"}
+        fenced.pop()
         # Its own stopped session's rows are still its own to write.
         await a.update_say_later(_say("c1", "s-3", "interrupted"))
         assert len(fenced) == 3
