@@ -33,6 +33,7 @@ from aiohttp import web
 from speakd.agi import AgiScripts, AgiServer
 from speakd.api import create_app
 from speakd.api.auth import Authenticator
+from speakd.api.carry import Carrier
 from speakd.api.events_ws import EventHub
 from speakd.ari.client import AriClient
 from speakd.ari_commands import AriCommands
@@ -47,6 +48,7 @@ from speakd.reload import ConfigReloader
 from speakd.sessions.liveness import LivenessWatch
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.nodes import NodeRegistry
+from speakd.sessions.peers import Peers
 from speakd.sessions.service import SpeakingService
 from speakd.store import open_store
 from speakd.systemd_notify import ServiceNotifier
@@ -194,6 +196,7 @@ async def run(
             lead_ms=config.media.lead_ms,
             mark_every_ms=config.media.mark_every_ms,
             owner=nodes.owner,
+            peers=Peers(store, nodes.owner),
         )
         commands = AriCommands(
             service,
@@ -232,11 +235,13 @@ async def run(
             )
             agi = AgiServer(*config.agi.address(), scripts.run)
         authenticator = Authenticator(config.auth.access_keys, config.auth.jwt_secret)
+        # Requests for other nodes' sessions go to them on its connections; closed after HTTP stops.
+        carrier = await stack.enter_async_context(Carrier(config.node.id))
         reloader = ConfigReloader(config_path, config, authenticator, providers, notifier, reload_wanted)
         reloader.start()
         stack.push_async_callback(reloader.aclose)  # before the providers close (LIFO)
         runner = web.AppRunner(
-            create_app(service, authenticator, config.tts.default_provider, hub, metrics, nodes),
+            create_app(service, authenticator, config.tts.default_provider, hub, metrics, nodes, carrier),
             access_log=None,
             handle_signals=False,
         )

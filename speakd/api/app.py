@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -10,13 +11,15 @@ from aiohttp import web
 
 from speakd.api import events_ws, schemas, stream_ws
 from speakd.api.auth import Authenticator
+from speakd.api.carry import NO_SUCH_REFERENCE, STREAM_ERROR, Carrier, is_carried
 from speakd.api.events_ws import EventHub
 from speakd.api.openapi import OPENAPI
 from speakd.api.ops import health_response, metrics_response
 from speakd.api.voices import voices_response
-from speakd.errors import INTERNAL_ERROR, SpeakdError
+from speakd.errors import INTERNAL_ERROR, NotFound, SpeakdError
 from speakd.metrics import Metrics
 from speakd.sessions.nodes import NodeRegistry
+from speakd.sessions.peers import NoSuchReference, OwnedElsewhere
 from speakd.sessions.service import SpeakingService
 from speakd.store.records import Speaking
 
@@ -28,6 +31,7 @@ AUTH = web.AppKey("auth", Authenticator)
 DEFAULT_PROVIDER = web.AppKey("default_provider", str)
 METRICS = web.AppKey("metrics", Metrics)
 NODES = web.AppKey("nodes", NodeRegistry)
+CARRIER = web.AppKey("carrier", Carrier)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # For monitoring (see speakd.api.ops for why they take no credentials), and the API's own document.
@@ -52,7 +56,9 @@ def _error(
 ) -> web.Response:
     """The error envelope: ``{"error": {"status", "message", "reason", "request_id"}}``."""
     body = {"status": status, "message": message, "reason": reason, "request_id": request.get(REQUEST_ID, "")}
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    if is_carried(request) and request.headers.get("Upgrade", "").lower() == "websocket":
+        headers[STREAM_ERROR] = json.dumps(body)  # see speakd.api.carry: the carrier's client drops the body
     return web.json_response({"error": body}, status=status, headers=headers)
 
 
@@ -61,11 +67,17 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     """Give every request an id: in error bodies, in the X-Request-Id header of every response
     (set in `_send_request_id`), and in every log line written while the request runs."""
     request_id = str(uuid.uuid4())
+    if is_carried(request):  # the carrying node's id: one request, one id on both nodes
+        request_id = _carried_request_id(request.headers.get(REQUEST_ID_HEADER, "")) or request_id
     request[REQUEST_ID] = request_id
     # Tasks the request starts (a session's setup and playout) copy this context, so their
     # log lines carry the id of the request that started them.
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         return await handler(request)
+
+
+def _carried_request_id(value: str) -> str:
+    return value if 0 < len(value) <= 64 and value.isascii() and value.isprintable() else ""
 
 
 async def _send_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -115,13 +127,35 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+@web.middleware
+async def carry_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request about a session (or call) of another node, carried there and answered with its
+    answer (speakd.api.carry); one already carried here is answered here."""
+    try:
+        return await handler(request)
+    except OwnedElsewhere as where:
+        if is_carried(request) or CARRIER not in request.app:
+            raise  # a 503 naming the node
+        carrier = request.app[CARRIER]
+        log.info("request_carried", node=where.node.id, method=request.method, path=request.path)
+        if request.path.endswith("/stream"):
+            return await carrier.stream(request, where, request[REQUEST_ID])
+        return await carrier.forward(request, where, request[REQUEST_ID])
+    except NoSuchReference as missing:
+        if is_carried(request):  # between nodes: "not here", not the client's 400
+            raise NotFound(missing.message, reason=NO_SUCH_REFERENCE) from None
+        if not missing.rounds or CARRIER not in request.app:
+            raise
+        return await request.app[CARRIER].search(request, missing, request[REQUEST_ID])
+
+
 def _record(record: Speaking, status: int = 200) -> web.Response:
     return web.json_response(record.to_dict(), status=status)
 
 
 async def create_speaking(request: web.Request) -> web.Response:
     req = schemas.parse_create(await request.read(), request.app[DEFAULT_PROVIDER])
-    record = await request.app[SERVICE].create(request[CUSTOMER_ID], req)
+    record = await request.app[SERVICE].create(request[CUSTOMER_ID], req, route=not is_carried(request))
     return _record(record, 201)
 
 
@@ -138,7 +172,7 @@ async def get_speaking(request: web.Request) -> web.Response:
 async def say(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     # Existence and ownership first: a 404 is more useful than a complaint about the body.
-    await service.get(request[CUSTOMER_ID], request.match_info["id"])
+    await service.here(request[CUSTOMER_ID], request.match_info["id"])  # carried before the body is read
     say_request = schemas.parse_say(await request.read())
     record, item = await service.say(request[CUSTOMER_ID], request.match_info["id"], say_request)
     return web.json_response({**record.to_dict(), "say_id": item.say_id})
@@ -201,10 +235,13 @@ def create_app(
     hub: EventHub | None = None,
     metrics: Metrics | None = None,
     nodes: NodeRegistry | None = None,
+    carrier: Carrier | None = None,
 ) -> web.Application:
-    """``nodes``: the daemon's registry (GET /v1.0/nodes needs it; apps made for tests may go without)."""
+    """``nodes``: the daemon's registry (GET /v1.0/nodes needs it; apps made for tests may go without);
+    ``carrier``: the daemon's, for requests about other nodes' sessions (without: a 503 naming the node)."""
     app = web.Application(
-        middlewares=[request_id_middleware, errors_middleware, auth_middleware], client_max_size=256 * 1024
+        middlewares=[request_id_middleware, errors_middleware, auth_middleware, carry_middleware],
+        client_max_size=256 * 1024,
     )
     app.on_response_prepare.append(_send_request_id)
     app[SERVICE] = service
@@ -214,6 +251,8 @@ def create_app(
     app[METRICS] = metrics if metrics is not None else Metrics()
     if nodes is not None:
         app[NODES] = nodes
+    if carrier is not None:
+        app[CARRIER] = carrier
     app.router.add_post("/v1.0/speakings", create_speaking)
     app.router.add_get("/v1.0/speakings", list_speakings)
     app.router.add_get("/v1.0/speakings/{id}", get_speaking)

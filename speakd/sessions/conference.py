@@ -36,6 +36,7 @@ from speakd.ari.errors import AriError, AriNotFound, AriUnavailable
 from speakd.errors import Conflict, InvalidRequest
 from speakd.events.model import StopReason
 from speakd.media.transport import MediaTransport
+from speakd.sessions.peers import NoSuchReference
 from speakd.sessions.targets import (
     STASIS_TIMEOUT,
     AttachContext,
@@ -272,7 +273,7 @@ class ConferenceTarget(Target):
             if bridge is None:
                 bridge = await find_confbridge_room(ari, self.reference_id)
                 if bridge is None:
-                    raise InvalidRequest(
+                    raise NoSuchReference(
                         f"no conference '{self.reference_id}': no ConfBridge room of that name is live"
                     )
                 target: BridgeConferenceTarget | ConfBridgeTarget = ConfBridgeTarget(*args, room=self.reference_id)
@@ -290,7 +291,7 @@ class ConferenceTarget(Target):
         except AriUnavailable as exc:
             raise unreachable(exc) from None
         except AriNotFound:
-            raise InvalidRequest(f"no conference '{self.reference_id}'") from None
+            raise NoSuchReference(f"no conference '{self.reference_id}'") from None
         self.resolved = target
 
     @property

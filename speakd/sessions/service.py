@@ -33,6 +33,7 @@ from speakd.sessions.chunker import TextChunker
 from speakd.sessions.conference import ConferenceTarget
 from speakd.sessions.live import LiveSession, LiveSessions, SessionState
 from speakd.sessions.media import MediaPaths
+from speakd.sessions.peers import NoSuchReference, OwnedElsewhere, SoloPeers
 from speakd.sessions.reconcile import reconcile, stop_stale_sessions
 from speakd.sessions.requests import CreateRequest, SayRequest, SayStop
 from speakd.sessions.says import SayItem, SayStatus
@@ -41,7 +42,7 @@ from speakd.sessions.stream import Send, SpeakingStream
 from speakd.sessions.targets import AttachContext, CallTarget, SetupFailed, Target, channel_owner, unreachable
 from speakd.store.health import StoreCheck
 from speakd.store.interface import AlreadyLive, Store
-from speakd.store.records import NO_OWNER, NOT_YET, Owner, Speaking, Status, now_stamp
+from speakd.store.records import LIVE_STATUSES, NO_OWNER, NOT_YET, Owner, Speaking, Status, now_stamp
 from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -72,9 +73,11 @@ class SpeakingService:
         lead_ms: int,
         mark_every_ms: int,
         owner: Owner = NO_OWNER,
+        peers: SoloPeers | None = None,
     ) -> None:
         self.store = store
         self.owner = owner  # this node's run: its sessions' owner in the store
+        self.peers = peers or SoloPeers()  # the other nodes sharing the store (requests routed to them)
         self.ari = ari
         self.providers = providers
         self.media = media
@@ -104,16 +107,25 @@ class SpeakingService:
 
     # -- API verbs --------------------------------------------------------------------------
 
-    async def create(self, customer_id: str, req: CreateRequest) -> Speaking:
+    async def create(self, customer_id: str, req: CreateRequest, *, route: bool = False) -> Speaking:
+        """``route``: a call another node's Asterisk has is OwnedElsewhere, and a reference this
+        node's has not is NoSuchReference with the nodes to ask (speakd.sessions.peers)."""
         if self._closing:
             raise ServiceUnavailable(SHUTTING_DOWN)
+        if route and req.reference_type == "call" and (node := await self.peers.node_for_channel(req.reference_id)):
+            raise OwnedElsewhere(f"call '{req.reference_id}'", node)
         if not self.ari.connected.is_set():
             raise ServiceUnavailable("speakd is not connected to Asterisk (ARI); retry shortly")
         provider = self.providers.get(req.provider)
         provider.check(req.language, req.voice_id)
         speaking_id = str(uuid.uuid4())
         target = self._target(req, speaking_id)
-        await target.validate(self.ari, customer_id, self.owner_variable)
+        try:
+            await target.validate(self.ari, customer_id, self.owner_variable)
+        except NoSuchReference as missing:
+            if route:
+                missing.rounds = await self.peers.search_rounds(req.reference_type, req.reference_id)
+            raise
 
         key = (req.reference_type, target.conflict_key)
         # Checked here first (fast, on this node); the store's index holds it across nodes (below).
@@ -336,8 +348,7 @@ class SpeakingService:
 
     async def says(self, customer_id: str, speaking_id: str) -> list[dict[str, Any]]:
         """The session's say items, oldest first (newest last)."""
-        await self.get(customer_id, speaking_id)
-        live = self.sessions.get(speaking_id)
+        _, live = await self.here(customer_id, speaking_id)
         if live is not None:
             return [item.to_dict() for item in live.session.says]
         return [SayItem.from_row(row).to_dict() for row in await self.store.list_says(speaking_id)]
@@ -351,14 +362,14 @@ class SpeakingService:
         return record
 
     async def stop(self, customer_id: str, speaking_id: str) -> Speaking:
-        record = await self.get(customer_id, speaking_id)
-        if (live := self.sessions.get(speaking_id)) is None:
+        record, live = await self.here(customer_id, speaking_id)
+        if live is None:
             return record  # already stopped: stop is idempotent
         return await self._stop(live, StopReason.STOP, "stopped by request")
 
     async def delete(self, customer_id: str, speaking_id: str) -> Speaking:
-        record = await self.get(customer_id, speaking_id)
-        if (live := self.sessions.get(speaking_id)) is not None:
+        record, live = await self.here(customer_id, speaking_id)
+        if live is not None:
             record = await self._stop(live, StopReason.STOP, "deleted")
         if not record.deleted:
             stamp = now_stamp()
@@ -367,11 +378,22 @@ class SpeakingService:
             await self.store.update(record)
         return record
 
+    async def here(self, customer_id: str, speaking_id: str) -> tuple[Speaking, LiveSession | None]:
+        """The customer's session and its live entry (None: not live on this node), or
+        OwnedElsewhere if it is live on another node. A session live here costs no store read."""
+        if (live := self.sessions.get(speaking_id)) is not None:
+            if live.record.customer_id != customer_id:
+                raise NotFound(f"speaking '{speaking_id}' not found")
+            return live.record, live
+        record = await self.get(customer_id, speaking_id)
+        if record.status in LIVE_STATUSES and (node := await self.peers.owner_of(speaking_id)) is not None:
+            raise OwnedElsewhere(f"speaking '{speaking_id}'", node)
+        return record, None
+
     async def _speakable(self, customer_id: str, speaking_id: str, what_now: str) -> tuple[Speaking, LiveSession]:
         """The customer's session and its live entry, unless it is gone or torn down (``what_now``:
         what the client can do then)."""
-        record = await self.get(customer_id, speaking_id)
-        live = self.sessions.get(speaking_id)
+        record, live = await self.here(customer_id, speaking_id)
         if live is None or not live.speakable:
             shown = SessionState.STOPPING if live is not None and live.state is SessionState.STOPPING else record.status
             raise InvalidRequest(f"speaking '{speaking_id}' is {shown}; {what_now}")
@@ -557,6 +579,7 @@ class SpeakingService:
     async def on_ari_connected(self) -> None:
         """On every (re)connect: choose the media transport, then catch up with Asterisk."""
         await self.media.choose()
+        await self.peers.announce_asterisk(self.ari)
         await reconcile(self.ctx, self.sessions, self.stop_soon)
 
     async def recover(self) -> None:

@@ -23,10 +23,11 @@ import structlog
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError, AriNotFound, AriUnavailable
 from speakd.ari.events import EventWaiters
-from speakd.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable, SpeakdError
+from speakd.errors import Conflict, NotFound, ServiceUnavailable, SpeakdError
 from speakd.events.model import StopReason
 from speakd.media.transport import MediaTransport
 from speakd.sessions.media import MediaPaths
+from speakd.sessions.peers import NoSuchReference
 
 log = structlog.get_logger(__name__)
 
@@ -277,7 +278,7 @@ class CallTarget(Target):
         try:
             channel, owner = await asyncio.gather(ari.get(path), channel_owner(ari, self.reference_id, owner_variable))
         except AriNotFound:
-            raise InvalidRequest(
+            raise NoSuchReference(
                 f"reference_id '{self.reference_id}' is not a live call: Asterisk has no channel with that id"
             ) from None
         except AriUnavailable as exc:

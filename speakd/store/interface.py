@@ -18,7 +18,7 @@ from typing import Any, Protocol, Self
 from speakd.errors import ServiceUnavailable, SpeakdError
 from speakd.store.fleet import FleetLink
 from speakd.store.liveness import LiveRun, RunLock
-from speakd.store.records import NO_OWNER, Owner, Speaking
+from speakd.store.records import NO_OWNER, NodeAddress, Owner, Speaking
 
 
 class StoreUnwritable(ServiceUnavailable):
@@ -83,6 +83,20 @@ class Store(Protocol):
     async def list_nodes(self) -> list[dict[str, Any]]:
         """Every node: ``id``, ``url``, ``last_seen`` and ``live_sessions`` (its sessions
         initiating or active), by id."""
+
+    # -- carrying requests to the node that owns a session (speakd.sessions.peers) ------------
+
+    async def set_node_asterisk(self, owner: Owner, name: str) -> None:
+        """The system name of the run's Asterisk (the prefix of its channel ids; '' if none)."""
+
+    async def nodes_seen_since(self, stamp: str) -> list[NodeAddress]:
+        """The nodes whose heartbeat is newer than ``stamp``, with their url and Asterisk, by id."""
+
+    async def live_owner(self, speaking_id: str) -> NodeAddress | None:
+        """The node whose current run owns the session, while it is initiating or active."""
+
+    async def last_node_of(self, reference_type: str, reference_id: str) -> str:
+        """The node of the newest session on this reference ('' if none)."""
 
     # -- liveness: runs that hold a lock while they live, and fencing --------------------------
 

@@ -105,6 +105,16 @@ class Owner:
     run_id: str
 
 
+@dataclass(frozen=True)
+class NodeAddress:
+    """Where another node is reached (``url``: its API) and the system name of its Asterisk
+    (``asterisk``: the prefix of the channel ids it names; '' if it has none)."""
+
+    id: str
+    url: str
+    asterisk: str = ""
+
+
 # The owner of rows written before nodes existed: whichever node opens such a store takes them.
 NO_OWNER = Owner("", "")
 

@@ -158,6 +158,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 created {real} NOT NULL
             )""",
             "CREATE INDEX fleet_events_node_seq ON fleet_events (node_id, seq)",
+            # A create asks the node of the reference's last session first (speakd.sessions.peers).
+            "CREATE INDEX speakings_reference ON speakings (reference_type, reference_id, tm_create)",
             # Which run delivers a customer's webhooks, until when (unix seconds).
             """CREATE TABLE webhook_claims (
                 customer_id TEXT PRIMARY KEY,

@@ -29,6 +29,7 @@ from speakd.store.records import (
     NOT_YET,
     OUTBOX_FIELDS,
     SAY_COLUMNS,
+    NodeAddress,
     Owner,
     Speaking,
     Status,
@@ -111,6 +112,18 @@ _LIST_NODES = (
     "SELECT n.id, n.url, n.last_seen, (SELECT COUNT(*) FROM speakings s WHERE s.node_id = n.id "
     "AND s.status IN (?, ?)) AS live_sessions FROM nodes n ORDER BY n.id"
 )
+# Where requests for other nodes' sessions are carried (speakd.api.carry): a live session's
+# owner while that run is still its node's, the nodes seen lately, and a reference's last node.
+_LIVE_OWNER = (
+    "SELECT n.id, n.url, n.asterisk FROM speakings s JOIN nodes n ON n.id = s.node_id AND n.run_id = s.run_id "
+    "WHERE s.id = ? AND s.status IN (?, ?)"
+)
+_NODES_SEEN_SINCE = "SELECT id, url, asterisk FROM nodes WHERE last_seen > ? ORDER BY id"
+_LAST_NODE_OF = (
+    "SELECT node_id FROM speakings WHERE reference_type = ? AND reference_id = ? AND node_id <> '' "
+    "ORDER BY tm_create DESC LIMIT 1"
+)
+_SET_ASTERISK = "UPDATE nodes SET asterisk = ? WHERE id = ? AND run_id = ?"
 # A node's sessions, with those from before nodes (owned by none): what a node cleans up at start.
 _MINE = "node_id IN (?, '')"
 # The one row of ``health``, written again: what a health check writes.
@@ -354,6 +367,20 @@ class SqlStore(abc.ABC):
         return [
             {**row, "live_sessions": int(row["live_sessions"])} for row in await self._fetch(_LIST_NODES, LIVE_STATUSES)
         ]
+
+    async def set_node_asterisk(self, owner: Owner, name: str) -> None:
+        await self._execute(_SET_ASTERISK, (name, owner.node_id, owner.run_id))
+
+    async def nodes_seen_since(self, stamp: str) -> list[NodeAddress]:
+        return [NodeAddress(**row) for row in await self._fetch(_NODES_SEEN_SINCE, (stamp,))]
+
+    async def live_owner(self, speaking_id: str) -> NodeAddress | None:
+        rows = await self._fetch(_LIVE_OWNER, (speaking_id, *LIVE_STATUSES))
+        return NodeAddress(**rows[0]) if rows else None
+
+    async def last_node_of(self, reference_type: str, reference_id: str) -> str:
+        rows = await self._fetch(_LAST_NODE_OF, (reference_type, reference_id))
+        return rows[0]["node_id"] if rows else ""
 
     # -- writes that live sessions make on their own ---------------------------------------------
 

@@ -50,6 +50,9 @@ class FakeService:
         self._maybe_raise()
         return SimpleNamespace(to_dict=lambda: {"id": speaking_id, "customer_id": customer_id})
 
+    async def here(self, customer_id: str, speaking_id: str):
+        return await self.get(customer_id, speaking_id), None
+
     async def list(self, customer_id: str, page_size: int, page_token: str | None):
         self._maybe_raise()
         return [], ""
