@@ -123,7 +123,9 @@ async def test_a_sqlite_file_written_before_versions_opens_with_all_its_data(tmp
         ]
     with sqlite3.connect(path) as db:
         after = {table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in before}
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(v,) for v in range(1, schema.LATEST + 1)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [
+            (v,) for v in range(1, schema.LATEST + 1)
+        ]
         assert set(db.execute("SELECT node_id, run_id, conflict_key FROM speakings").fetchall()) == {("", "", "")}
         after["speakings"] = [row[: len(before["speakings"][0])] for row in after["speakings"]]  # the columns before
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
