@@ -207,7 +207,7 @@ async def run(
         service.user_event_handler = commands.offer
         service.on_flush_confirmed = metrics.flush_to_silence.observe
         service.on_underrun = metrics.say_underruns.inc
-        metrics.watch(service, webhooks)
+        metrics.watch(service, webhooks, fleet_events)
         commands.start()
         stack.push_async_callback(commands.aclose)
         # This run writes only the sessions it still owns (another node may end them if it finds it lost).

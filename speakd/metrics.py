@@ -31,6 +31,7 @@ from speakd.providers.base import AudioChunk, DelegatingProvider, Provider, Synt
 from speakd.store.records import Status, seconds_of
 
 if TYPE_CHECKING:
+    from speakd.events.fleet import FleetEventSink
     from speakd.events.webhooks import WebhookSink
     from speakd.sessions.service import SpeakingService
 
@@ -114,9 +115,15 @@ class Metrics:
 
     # -- what is live, read at scrape time --------------------------------------------------------
 
-    def watch(self, service: SpeakingService, webhooks: WebhookSink | None = None) -> None:
-        """Report the live state of ``service`` (its ARI client and media paths too) and ``webhooks``."""
-        self.registry.register(_LiveCollector(service, webhooks))
+    def watch(
+        self,
+        service: SpeakingService,
+        webhooks: WebhookSink | None = None,
+        fleet_events: FleetEventSink | None = None,
+    ) -> None:
+        """Report the live state of ``service`` (its ARI client and media paths too), ``webhooks``
+        and ``fleet_events`` (the events shared with the other nodes)."""
+        self.registry.register(_LiveCollector(service, webhooks, fleet_events))
 
     def exposition(self, accept: str) -> tuple[bytes, str]:
         """The scrape body and its content type: OpenMetrics if the scraper asks for it, else text 0.0.4."""
@@ -181,9 +188,12 @@ class _MeasuredProvider(DelegatingProvider):
 class _LiveCollector:
     """Reads the live state when Prometheus scrapes (on the event loop: no locks needed)."""
 
-    def __init__(self, service: SpeakingService, webhooks: WebhookSink | None) -> None:
+    def __init__(
+        self, service: SpeakingService, webhooks: WebhookSink | None, fleet_events: FleetEventSink | None
+    ) -> None:
         self.service = service
         self.webhooks = webhooks
+        self.fleet_events = fleet_events
 
     def collect(self) -> Iterable[Metric]:
         service = self.service
@@ -255,4 +265,10 @@ class _LiveCollector:
                 "speakd_webhook_events_dropped",
                 "Webhook events dropped before reaching the outbox (a store that stopped answering)",
                 self.webhooks.dropped,
+            )
+        if self.fleet_events is not None:
+            yield CounterMetricFamily(
+                "speakd_fleet_events_dropped",
+                "Events dropped before reaching the store the other nodes read them from (a store not answering)",
+                self.fleet_events.dropped,
             )

@@ -239,13 +239,15 @@ async def test_live_state_is_read_at_scrape_time():
     assert get(metrics, "speakd_ari_reconnects_total") == 2
     assert ("speakd_rtp_pacer_stalls_total", frozenset()) not in samples(metrics)  # no pacer: no pacer metrics
     assert ("speakd_webhook_backlog", frozenset()) not in samples(metrics)
+    assert ("speakd_fleet_events_dropped_total", frozenset()) not in samples(metrics)
 
     # The state changes; the next scrape reads it anew.
     sessions.clear()
     pacer = SimpleNamespace(realtime=True, max_late_ms=3.5, stalls=4, send_errors=1, starts=2)
     metrics = Metrics()
     webhooks = SimpleNamespace(backlog=12, endpoints_failing=1, dropped=3)
-    metrics.watch(fake_service(sessions, connected=False, connects=0, pacer=pacer), webhooks)  # type: ignore[arg-type]
+    fleet_events = SimpleNamespace(dropped=2)
+    metrics.watch(fake_service(sessions, connected=False, connects=0, pacer=pacer), webhooks, fleet_events)  # type: ignore[arg-type]
     assert get(metrics, "speakd_sessions", status="active") == 0
     assert get(metrics, "speakd_says_queued_max_per_session") == 0
     assert get(metrics, "speakd_media_lead_seconds_gcount") == 0
@@ -259,6 +261,7 @@ async def test_live_state_is_read_at_scrape_time():
     assert get(metrics, "speakd_webhook_backlog") == 12
     assert get(metrics, "speakd_webhook_endpoints_failing") == 1
     assert get(metrics, "speakd_webhook_events_dropped_total") == 3
+    assert get(metrics, "speakd_fleet_events_dropped_total") == 2
 
 
 def test_openmetrics_is_served_when_asked_for():
