@@ -268,8 +268,9 @@ class SqlStore(abc.ABC):
 
     def _speakings_step(self, rows: Iterable[Row]) -> tuple[Step, dict[str, str]]:
         """Sessions' rows as written by their run; the sessions they are for, by key written."""
+        rows = list(rows)
         args = [_update_speaking_args(row) for row in rows]
-        sessions = {row[-1]: row[-1] for row in args}
+        sessions = {row["id"]: row["id"] for row in rows}
         if self._fence is None:
             return Step(UPDATE_SPEAKING, args), sessions
         return Step(_FENCED_UPDATE_SPEAKING, [(*a, self._fence) for a in args], rows=True), sessions

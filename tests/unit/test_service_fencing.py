@@ -62,7 +62,8 @@ async def test_a_session_another_node_ended_stops_here_without_writes_or_events(
     ari, service, published = fenced_env
     record = await service.create("c1", request())
     await until(lambda: record.status == "active")
-    await service.say("c1", record.id, SayRequest(" ".join(["word"] * 2000)))  # long enough to still be playing
+    _, item = await service.say("c1", record.id, SayRequest(" ".join(["word"] * 2000)))  # still playing below
+    await until(lambda: item.status == "playing")
     store = service.store
     (ended,) = await store.end_lost_run(OWNER.run_id, ENDED)  # as another node does
     assert [say["status"] for say in ended[1]] == ["interrupted"]
@@ -98,7 +99,8 @@ async def test_a_lost_runs_session_is_published_once_with_node_lost(fenced_env):
     _ari, service, published = fenced_env
     record = await service.create("c1", request())
     await until(lambda: record.status == "active")
-    await service.say("c1", record.id, SayRequest(" ".join(["word"] * 2000)))
+    _, item = await service.say("c1", record.id, SayRequest(" ".join(["word"] * 2000)))
+    await until(lambda: item.status == "playing")  # no event of its own comes after the clear below
     ((stopped, says),) = await service.store.end_lost_run(OWNER.run_id, ENDED)
     published.events.clear()
 
