@@ -76,9 +76,7 @@ class PostgresRunLock:
 
     async def __aenter__(self) -> Self:
         try:
-            await self._take()
-        except _NotFree:
-            raise StoreNotOpened(f"PostgreSQL at {self.store.server}: no run lock could be taken") from None
+            await self._take()  # a first take chooses a key that is free: never _NotFree
         except Exception as exc:
             why = unwritable_why(exc)
             if why is None:
