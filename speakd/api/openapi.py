@@ -147,8 +147,9 @@ def _responses(ok: int, *errors: int) -> dict[str, Any]:
         404: "No such speaking session for this customer",
         409: "Another session is active on the reference, or the call is not answered",
         429: "Too many says are waiting in this session; wait or flush",
-        503: "speakd cannot serve this now: not connected to Asterisk, shutting down, or its store cannot be "
-        "written (disk full, read-only); nothing was changed, retry later",
+        503: "speakd cannot serve this now: not connected to Asterisk, shutting down, its store cannot be "
+        "written (disk full, read-only), or the node that owns the session does not answer (reason "
+        "node_unreachable); nothing was changed, retry later",
     }
     out: dict[str, Any] = {
         str(ok): {
@@ -426,7 +427,7 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    **{k: v for k, v in _responses(200, 401, 404).items() if k != "200"},
+                    **{k: v for k, v in _responses(200, 401, 404, 503).items() if k != "200"},
                 },
             },
         },
@@ -435,7 +436,7 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Barge-in: drop queued text and stop the audio now; the session stays active",
                 "operationId": "flushSpeaking",
-                "responses": _responses(200, 400, 401, 404),
+                "responses": _responses(200, 400, 401, 404, 503),
             },
         },
         "/v1.0/speakings/{id}/stream": {
@@ -460,7 +461,7 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "responses": {
                     "101": {"description": "Switching to the WebSocket protocol"},
-                    **{k: v for k, v in _responses(200, 400, 401, 404, 409).items() if k != "200"},
+                    **{k: v for k, v in _responses(200, 400, 401, 404, 409, 503).items() if k != "200"},
                 },
             },
         },
@@ -547,7 +548,7 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Stop the session and release the call",
                 "operationId": "stopSpeaking",
-                "responses": _responses(200, 401, 404),
+                "responses": _responses(200, 401, 404, 503),
             },
         },
         "/health": {"get": _HEALTH},
