@@ -38,6 +38,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = {"/health", "/metrics", "/v1.0/openapi.json"}
 
 
+# The text stream's route: a request for it is carried as a WebSocket.
+STREAM = "/v1.0/speakings/{id}/stream"
+
 REQUEST_ID = web.RequestKey("request_id", str)
 CUSTOMER_ID = web.RequestKey("customer_id", str)
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -138,7 +141,7 @@ async def carry_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise  # a 503 naming the node
         carrier = request.app[CARRIER]
         log.info("request_carried", node=where.node.id, method=request.method, path=request.path)
-        if request.path.endswith("/stream"):
+        if request.match_info.route.resource is not None and request.match_info.route.resource.canonical == STREAM:
             return await carrier.stream(request, where, request[REQUEST_ID])
         return await carrier.forward(request, where, request[REQUEST_ID])
     except NoSuchReference as missing:
@@ -262,7 +265,7 @@ def create_app(
     app.router.add_post("/v1.0/speakings/{id}/flush", flush)
     app.router.add_post("/v1.0/speakings/{id}/stop", stop)
     app.router.add_get("/v1.0/ws", events)
-    app.router.add_get("/v1.0/speakings/{id}/stream", stream)
+    app.router.add_get(STREAM, stream)
     app.router.add_get("/v1.0/voices", list_voices)
     app.router.add_get("/v1.0/nodes", list_nodes)
     app.router.add_get("/v1.0/openapi.json", openapi)

@@ -116,7 +116,6 @@ class Carrier:
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
             timeout=aiohttp.ClientTimeout(total=ANSWER_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S),
-            auto_decompress=False,
             skip_auto_headers=("User-Agent",),
         )
         return self

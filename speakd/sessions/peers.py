@@ -24,7 +24,6 @@ from collections.abc import Sequence
 import structlog
 
 from speakd.ari.client import AriClient
-from speakd.ari.errors import AriError
 from speakd.errors import InvalidRequest, ServiceUnavailable
 from speakd.sessions.nodes import HEARTBEAT_S
 from speakd.store.interface import Store, StoreUnwritable
@@ -141,7 +140,8 @@ class Peers(SoloPeers):
             info = await ari.get("asterisk/info")
             name = str(((info or {}).get("config") or {}).get("name") or "")
             await self.store.set_node_asterisk(self.owner, name)
-        except (AriError, StoreUnwritable) as exc:  # the next connect writes it; creates are searched meanwhile
-            log.warning("node_asterisk_unwritten", error=str(exc))
+        except Exception as exc:
+            # Never in the way of the connect: the next one writes it; creates are searched meanwhile.
+            log.warning("node_asterisk_unwritten", error=getattr(exc, "message", None) or repr(exc))
             return
         log.info("node_asterisk", asterisk=name)
