@@ -9,15 +9,16 @@ answers 503 naming it. The two daemons serve every test of the module."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 import pytest_asyncio
+from conftest import leftovers
+from conftest_helpers import wait_for
 from harness.ari import Ari
 from harness.audio import render_piper
-from harness.calls import TwoPartyCall, new_test_id, start_two_party_call
+from harness.calls import TwoPartyCall, new_test_id, start_confbridge_room, start_two_party_call
 from harness.daemon import KEY_B, Api, SpeakdProcess
 from harness.hearing import assert_heard, assert_not_heard
 from harness.postgres import PostgresServer, postgres_server  # noqa: F401 (fixture)
@@ -134,6 +135,22 @@ async def test_a_create_for_an_unnamed_channel_or_none_is_looked_for_on_the_othe
         assert missing.status == 400 and "Asterisk has no channel" in missing.message, missing
     named_missing = await fleet.api_a.create(f"{fleet.second.system_name}-no-such-channel")
     assert named_missing.status == 400 and "Asterisk has no channel" in named_missing.message, named_missing
+
+
+async def test_a_conference_on_the_other_nodes_asterisk_is_found_there(fleet, postgres_server):  # noqa: F811
+    ari = Ari(fleet.second.url, fleet.second.user, fleet.second.password)
+    room = await start_confbridge_room(ari, n=1)
+    try:
+        created = await fleet.api_a.create(room.room, reference_type="confbridge", direction="both")
+        assert created.status == 201, created
+        assert fleet.node_of(postgres_server, created.body["id"]) == "node-b"
+        await fleet.api_a.wait_status(created.body["id"], "active")
+        assert (await fleet.api_a.stop(created.body["id"])).body["status"] == "stopped"
+    finally:
+        await room.hangup()
+        await ari.close()
+    missing = await fleet.api_a.create("no-such-room-4711", reference_type="confbridge", direction="both")
+    assert missing.status == 400 and "no conference 'no-such-room-4711'" in missing.message, missing
 
 
 async def test_every_verb_gets_the_owners_answer_from_either_node(fleet, second_call):
@@ -257,5 +274,13 @@ async def test_the_owner_unreachable_is_a_503_naming_it(fleet, second_call):
             assert plain.status == 503 and "node-b" in (await plain.json())["error"]["message"]
         assert (await a.get(sid)).status == 200  # reads come from the store
     finally:
-        with contextlib.suppress(Exception):
-            await fleet.b.start()  # removes what its killed run left in Asterisk 2
+        await fleet.b.start()  # removes what its killed run left in Asterisk 2
+    ari = Ari(fleet.second.url, fleet.second.user, fleet.second.password)
+    try:
+        await wait_for(lambda: _none_left(ari, fleet.b.app), timeout=10, what="node-b's leftovers removed")
+    finally:
+        await ari.close()
+
+
+async def _none_left(ari: Ari, app: str) -> bool:
+    return not await leftovers(ari, app)
