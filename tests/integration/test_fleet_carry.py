@@ -221,6 +221,23 @@ async def test_every_verb_gets_the_owners_answer_from_either_node(fleet, second_
         assert "JSON" in error["message"] or "json" in error["message"], error
         await asyncio.wait_for(_closed(stream), 5)
 
+    # The client closing first: node-b is told (its stream ends, and the next one is welcome there).
+    stream_url = f"{path}/stream?accesskey={a.accesskey}"
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{fleet.a.base}/v1.0{stream_url}")
+        assert (await ws.receive_json())["type"] == "ready"
+        await ws.close(code=4001)
+
+        async def opens_on_b() -> bool:
+            try:
+                direct = await http.ws_connect(f"{fleet.b.base}/v1.0{stream_url}")
+            except aiohttp.WSServerHandshakeError:
+                return False
+            await direct.close()
+            return True
+
+        await wait_for(opens_on_b, timeout=3, what="node-b's stream closed by the client's close")
+
     stopped, again = await both("POST", "/stop")
     assert stopped.body["status"] == again.body["status"] == "stopped"
     # Stopped: any node answers from the store.
