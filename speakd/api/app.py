@@ -140,7 +140,7 @@ async def carry_middleware(request: web.Request, handler: Handler) -> web.Stream
         if is_carried(request) or CARRIER not in request.app:
             raise  # a 503 naming the node
         carrier = request.app[CARRIER]
-        log.info("request_carried", node=where.node.id, method=request.method, path=request.path)
+        log.debug("request_carried", node=where.node.id, method=request.method, path=request.path)
         if request.match_info.route.resource is not None and request.match_info.route.resource.canonical == STREAM:
             return await carrier.stream(request, where, request[REQUEST_ID])
         return await carrier.forward(request, where, request[REQUEST_ID])
