@@ -1,7 +1,7 @@
-"""Command line: ``speakd run [--config FILE]``, ``speakd check-config [--config FILE]`` and
-``speakd sandbox up|down|status|...``.
+"""Command line: ``speakd run [--config FILE]``, ``speakd check-config [--config FILE]``,
+``speakd cache clear [--config FILE]`` and ``speakd sandbox up|down|status|...``.
 
-Without ``--config`` both take ``$SPEAKD_CONFIG``, else /etc/speakd/speakd.toml; with none of
+Without ``--config`` they take ``$SPEAKD_CONFIG``, else /etc/speakd/speakd.toml; with none of
 them they refuse (running on built-in defaults alone would serve nothing anyone configured).
 """
 
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sandbox", help="manage the development Asterisk (speakd sandbox --help lists its commands)")
     check_p = sub.add_parser("check-config", help="list every problem of the config and print the effective values")
     check_p.add_argument("--config", "-c", help=config_help)
+    cache_p = sub.add_parser("cache", help="the audio cache ([cache] dir)")
+    cache_p.add_argument("action", choices=["clear"], help="clear: remove every entry (the daemon may be running)")
+    cache_p.add_argument("--config", "-c", help=config_help)
     args = parser.parse_args(argv)
 
     try:
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "check-config":
         return config_check.run(reading)
+    if args.command == "cache":
+        return _clear_cache(reading.config.cache.dir)
     if reading.problems:
         return config_check.report_refusal(reading)
 
@@ -67,6 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     except StoreNotOpened as exc:  # unreachable, or written by a newer speakd: a sentence, not a traceback
         log.error("store_not_opened", error=exc.message)
         return 1
+    return 0
+
+
+def _clear_cache(directory: str) -> int:
+    from speakd.providers.cache import clear_directory
+
+    try:
+        files, size = clear_directory(directory)
+    except OSError as exc:
+        print(f"speakd: cannot clear the audio cache in {directory}: {exc}", file=sys.stderr)
+        return 1
+    print(f"removed {files} entr{'y' if files == 1 else 'ies'} ({size / 1024 / 1024:.1f} MiB) from {directory}")
     return 0
 
 

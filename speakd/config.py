@@ -222,6 +222,21 @@ class TtsConfig:
 
 
 @dataclass
+class CacheConfig:
+    # The audio cache: providers' audio kept on disk and played again for the same text, voice
+    # and settings (speakd.providers.cache). Shared by every session; a say with "cache": false
+    # is never kept.
+    enabled: bool = True
+    # Where the entries are (created if missing); the systemd unit's CacheDirectory.
+    dir: str = "/var/cache/speakd/audio"
+    # The most the entries take on disk, in MiB: the least recently used go first.
+    max_mb: int = 1024
+    # Seconds after it was written that an entry is no longer played (the provider renders it
+    # anew): 30 days.
+    max_age: float = 2_592_000.0
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     format: str = "console"  # one of LOG_FORMATS
@@ -297,6 +312,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -325,6 +341,12 @@ class Config:
         if self.agi.listen:
             with _collected(found):
                 self.agi.address()
+        if self.cache.max_mb < 1:
+            found.append(f"cache.max_mb must be at least 1 (MiB), not {self.cache.max_mb}")
+        if self.cache.max_age <= 0:
+            found.append(f"cache.max_age must be more than 0 seconds, not {self.cache.max_age}")
+        if self.cache.enabled and not self.cache.dir:
+            found.append("cache.dir must name a directory (or set cache.enabled = false)")
         try:
             log_level_number(self.log.level)
         except ValueError as exc:

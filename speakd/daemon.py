@@ -44,11 +44,13 @@ from speakd.events.fleet import FleetEventSink
 from speakd.events.webhooks import WebhookSink
 from speakd.metrics import Metrics
 from speakd.providers import ProviderRegistry
+from speakd.providers.cache import open_cache
 from speakd.reload import ConfigReloader
 from speakd.sessions.liveness import LivenessWatch
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.nodes import NodeRegistry
 from speakd.sessions.peers import Peers
+from speakd.sessions.prompts import PromptRenderer
 from speakd.sessions.service import SpeakingService
 from speakd.store import open_store
 from speakd.systemd_notify import ServiceNotifier
@@ -142,6 +144,11 @@ async def run(
         metrics = Metrics(config.node.id, node_url)
         providers = ProviderRegistry.from_config(config.providers)
         providers.wrap(metrics.measure_provider)
+        # Outermost: a hit asks no provider and counts in no provider's metrics.
+        cache = await open_cache(config.cache)
+        if cache is not None:
+            providers.wrap(cache.wrap)
+            metrics.watch_cache(cache)
         stack.push_async_callback(providers.aclose)
         await providers.start()
 
@@ -241,7 +248,16 @@ async def run(
         reloader.start()
         stack.push_async_callback(reloader.aclose)  # before the providers close (LIFO)
         runner = web.AppRunner(
-            create_app(service, authenticator, config.tts.default_provider, hub, metrics, nodes, carrier),
+            create_app(
+                service,
+                authenticator,
+                config.tts.default_provider,
+                hub,
+                metrics,
+                nodes,
+                carrier,
+                PromptRenderer(providers, cache, config.media.codec),  # type: ignore[arg-type]
+            ),
             access_log=None,
             handle_signals=False,
         )

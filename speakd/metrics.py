@@ -33,6 +33,7 @@ from speakd.store.records import Status, seconds_of
 if TYPE_CHECKING:
     from speakd.events.fleet import FleetEventSink
     from speakd.events.webhooks import WebhookSink
+    from speakd.providers.cache import AudioCache
     from speakd.sessions.service import SpeakingService
 
 # Seconds, for what a caller waits on: from one 20 ms frame to the 10 s a busy host may take.
@@ -159,6 +160,10 @@ class Metrics:
     def measure_provider(self, provider: Provider) -> Provider:
         return _MeasuredProvider(provider, self)
 
+    def watch_cache(self, cache: AudioCache) -> None:
+        """Report the audio cache's hits, misses and size at scrape time."""
+        self.registry.register(_CacheCollector(cache))
+
 
 class _MeasuredProvider(DelegatingProvider):
     """A provider as sessions see it, timing its first audio and counting its failures."""
@@ -183,6 +188,29 @@ class _MeasuredProvider(DelegatingProvider):
         except Exception:  # a cancel (flush, stop) or the consumer closing is not a failure
             self._errors.labels(provider=self.name, stage="mid_stream" if audio else "before_audio").inc()
             raise
+
+
+class _CacheCollector:
+    """The audio cache, read at scrape time (its counters are its own: plain integers)."""
+
+    def __init__(self, cache: AudioCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterable[Metric]:
+        cache = self.cache
+        yield CounterMetricFamily(
+            "speakd_cache_hits", "Syntheses served from the audio cache (no provider asked)", cache.hits
+        )
+        yield CounterMetricFamily(
+            "speakd_cache_misses",
+            "Syntheses the audio cache did not have (the provider asked; says with cache false not counted)",
+            cache.misses,
+        )
+        yield CounterMetricFamily(
+            "speakd_cache_evictions", "Audio cache entries removed to stay within [cache] max_mb", cache.evictions
+        )
+        yield GaugeMetricFamily("speakd_cache_bytes", "Bytes the audio cache's entries take on disk", cache.bytes)
+        yield GaugeMetricFamily("speakd_cache_entries", "Entries in the audio cache", cache.entries)
 
 
 class _LiveCollector:

@@ -15,11 +15,13 @@ from speakd.api.carry import NO_SUCH_REFERENCE, STREAM_ERROR, Carrier, is_carrie
 from speakd.api.events_ws import EventHub
 from speakd.api.openapi import OPENAPI
 from speakd.api.ops import health_response, metrics_response
+from speakd.api.prompts import prompt_response
 from speakd.api.voices import voices_response
 from speakd.errors import INTERNAL_ERROR, NotFound, SpeakdError
 from speakd.metrics import Metrics
 from speakd.sessions.nodes import NodeRegistry
 from speakd.sessions.peers import NoSuchReference, OwnedElsewhere
+from speakd.sessions.prompts import PromptRenderer
 from speakd.sessions.service import SpeakingService
 from speakd.store.records import Speaking
 
@@ -32,6 +34,7 @@ DEFAULT_PROVIDER = web.AppKey("default_provider", str)
 METRICS = web.AppKey("metrics", Metrics)
 NODES = web.AppKey("nodes", NodeRegistry)
 CARRIER = web.AppKey("carrier", Carrier)
+PROMPTS = web.AppKey("prompts", PromptRenderer)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # For monitoring (see speakd.api.ops for why they take no credentials), and the API's own document.
@@ -214,6 +217,12 @@ async def list_nodes(request: web.Request) -> web.Response:
     return web.json_response({"result": await request.app[NODES].nodes()})
 
 
+async def render_prompt(request: web.Request) -> web.Response:
+    if PROMPTS not in request.app:
+        raise NotFound("this speakd renders no prompts")
+    return await prompt_response(request.app[PROMPTS], await request.read(), request.app[DEFAULT_PROVIDER])
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
@@ -239,9 +248,11 @@ def create_app(
     metrics: Metrics | None = None,
     nodes: NodeRegistry | None = None,
     carrier: Carrier | None = None,
+    prompts: PromptRenderer | None = None,
 ) -> web.Application:
     """``nodes``: the daemon's registry (GET /v1.0/nodes needs it; apps made for tests may go without);
-    ``carrier``: the daemon's, for requests about other nodes' sessions (without: a 503 naming the node)."""
+    ``carrier``: the daemon's, for requests about other nodes' sessions (without: a 503 naming the node);
+    ``prompts``: what POST /v1.0/prompts renders with (without: 404)."""
     app = web.Application(
         middlewares=[request_id_middleware, errors_middleware, auth_middleware, carry_middleware],
         client_max_size=256 * 1024,
@@ -256,6 +267,8 @@ def create_app(
         app[NODES] = nodes
     if carrier is not None:
         app[CARRIER] = carrier
+    if prompts is not None:
+        app[PROMPTS] = prompts
     app.router.add_post("/v1.0/speakings", create_speaking)
     app.router.add_get("/v1.0/speakings", list_speakings)
     app.router.add_get("/v1.0/speakings/{id}", get_speaking)
@@ -267,6 +280,7 @@ def create_app(
     app.router.add_get("/v1.0/ws", events)
     app.router.add_get(STREAM, stream)
     app.router.add_get("/v1.0/voices", list_voices)
+    app.router.add_post("/v1.0/prompts", render_prompt)
     app.router.add_get("/v1.0/nodes", list_nodes)
     app.router.add_get("/v1.0/openapi.json", openapi)
     app.router.add_get("/health", health)

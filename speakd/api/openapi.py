@@ -102,6 +102,7 @@ _ERROR = {
                         "method_not_allowed",
                         "body_too_large",
                         "conflict",
+                        "cache_disabled",
                         "queue_full",
                         "provider_failed",
                         "unavailable",
@@ -117,6 +118,20 @@ _ERROR = {
         }
     },
     "required": ["error"],
+}
+
+_PROMPT_ENTRY = {
+    "type": "object",
+    "properties": {
+        "key": {"type": "string", "description": "the cache entry (a file of [cache] dir)"},
+        "provider": _enum(PROVIDER_NAMES),
+        "voice_id": {"type": "string", "description": "as asked (empty: the provider's default)"},
+        "language": {"type": "string"},
+        "payload_type": _enum(TEXT_PAYLOAD_TYPES),
+        "bytes": {"type": "integer", "description": "the entry's size on disk"},
+        "duration_ms": {"type": "integer", "description": "its audio's duration"},
+    },
+    "required": ["key", "provider", "voice_id", "language", "payload_type", "bytes", "duration_ms"],
 }
 
 _REQUEST_ID_HEADER = {
@@ -380,6 +395,12 @@ OPENAPI: dict[str, Any] = {
                                         "description": "before this say plays, interrupt the say playing now "
                                         "(current) or everything queued (all)",
                                     },
+                                    "cache": {
+                                        "type": "boolean",
+                                        "default": True,
+                                        "description": "false: the text may be personal, its audio is neither "
+                                        "kept in the audio cache nor played from it",
+                                    },
                                 },
                             }
                         }
@@ -511,6 +532,65 @@ OPENAPI: dict[str, Any] = {
                     "400": _error_response(400, "Provider not configured, or not a language tag"),
                     "401": _error_response(401, "Missing, invalid or expired credentials"),
                     "502": _error_response(502, "The provider failed to list its voices"),
+                },
+            }
+        },
+        "/v1.0/prompts": {
+            "post": {
+                "summary": "Render a text into the audio cache ahead of the says that will speak it",
+                "description": "For an IVR's fixed prompts: rendered as a session's say would ask for it "
+                "(this speakd's [media] codec, the voice and model named), so a say of the same text, provider, "
+                "voice and language later plays from the cache at once and asks no provider. Answers once the "
+                "audio is stored. The cache is shared by every customer. docs/providers.md: The audio cache.",
+                "operationId": "renderPrompt",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["text"],
+                                "properties": {
+                                    "text": {
+                                        "type": "string",
+                                        "minLength": 1,
+                                        "maxLength": MAX_TEXT_CHARS,
+                                        "pattern": r"\S",
+                                        "description": "not only spaces",
+                                    },
+                                    "provider": _enum(PROVIDER_NAMES),
+                                    "voice_id": {"type": "string", "maxLength": MAX_VOICE_ID_CHARS},
+                                    "language": {
+                                        "type": "string",
+                                        "default": DEFAULT_LANGUAGE,
+                                        "pattern": TAG_PATTERN,
+                                        "description": "as a session's",
+                                    },
+                                    "payload_type": {**_enum(TEXT_PAYLOAD_TYPES), "default": DEFAULT_PAYLOAD_TYPE},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "Rendered now and stored",
+                        "content": {"application/json": {"schema": _PROMPT_ENTRY}},
+                    },
+                    "200": {
+                        "description": "Already in the cache (nothing rendered)",
+                        "content": {"application/json": {"schema": _PROMPT_ENTRY}},
+                    },
+                    "400": _error_response(
+                        400,
+                        "Invalid request: a field (the message says which), a provider not configured, a language "
+                        "or voice it does not speak, or a text it makes no audio of",
+                    ),
+                    "401": _error_response(401, "Missing, invalid or expired credentials"),
+                    "409": _error_response(409, "The audio cache is off on this speakd (reason cache_disabled)"),
+                    "502": _error_response(502, "The provider failed to render it"),
+                    "503": _error_response(503, "The audio could not be stored (the daemon log says why)"),
                 },
             }
         },

@@ -10,7 +10,17 @@ from aiohttp import web
 
 from speakd.errors import INVALID_JSON, InvalidRequest, invalid_field, reject_unknown
 from speakd.parsing import load_json_object, parse_bool
-from speakd.sessions.requests import CREATE_FIELDS, SAY_FIELDS, CreateRequest, SayRequest, create_request, say_request
+from speakd.sessions.requests import (
+    CREATE_FIELDS,
+    PROMPT_FIELDS,
+    SAY_FIELDS,
+    CreateRequest,
+    PromptRequest,
+    SayRequest,
+    create_request,
+    prompt_request,
+    say_request,
+)
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 10
@@ -43,7 +53,14 @@ def parse_create(body: bytes, default_provider: str) -> CreateRequest:
 
 
 def parse_say(body: bytes) -> SayRequest:
-    return say_request(parse_json_object(body, SAY_FIELDS))
+    data = parse_json_object(body, SAY_FIELDS)
+    if not isinstance(data.get("cache", True), bool):  # JSON has booleans (the dialplan writes "false")
+        raise invalid_field("'cache' must be true or false (false: this say's audio is never kept)")
+    return say_request(data)
+
+
+def parse_prompt(body: bytes, default_provider: str) -> PromptRequest:
+    return prompt_request(parse_json_object(body, PROMPT_FIELDS), default_provider)
 
 
 def parse_stream_query(query: Any) -> bool:

@@ -140,7 +140,8 @@ class ProviderRegistry:
         # Every slot ever filled (sessions may hold one whose provider was since removed);
         # _providers: those new sessions may use.
         self._slots = {name: ProviderSlot(p, self._close_later) for name, p in providers.items()}
-        self._providers = dict(self._slots)
+        self._providers: dict[str, Provider] = dict(self._slots)
+        self._wrappers: list[Callable[[Provider], Provider]] = []  # wrap()'s, oldest (innermost) first
         self._unavailable = dict(unavailable)
         self._sections = {name: dict(section) for name, section in (sections or {}).items()}
         self._closing: set[asyncio.Task[None]] = set()
@@ -200,8 +201,16 @@ class ProviderRegistry:
         return dict(self._unavailable)
 
     def wrap(self, wrapper: Callable[[Provider], Provider]) -> None:
-        """Give sessions ``wrapper(provider)`` instead of each provider (e.g. to measure it)."""
+        """Give sessions ``wrapper(provider)`` instead of each provider (e.g. to measure it), also
+        for a provider a reload adds back."""
+        self._wrappers.append(wrapper)
         self._providers = {name: wrapper(provider) for name, provider in self._providers.items()}
+
+    def _wrapped(self, slot: ProviderSlot) -> Provider:
+        provider: Provider = slot
+        for wrapper in self._wrappers:
+            provider = wrapper(provider)
+        return provider
 
     def names(self) -> list[str]:
         return sorted(self._providers)
@@ -246,10 +255,11 @@ class ProviderRegistry:
             raise ConfigError("; ".join(errors))
         for name, provider in built.items():
             if name in self._slots:
-                self._slots[name].replace(provider)
+                self._slots[name].replace(provider)  # its wrappers stay: they hold the slot
             else:
                 self._slots[name] = ProviderSlot(provider, self._close_later)
-            self._providers[name] = self._slots[name]
+            if name not in self._providers:
+                self._providers[name] = self._wrapped(self._slots[name])
             self._unavailable.pop(name, None)
         for name, reason in removed.items():
             self._providers.pop(name, None)

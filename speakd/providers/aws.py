@@ -252,14 +252,29 @@ class PollyProvider(CloudProvider):
                 engine = self.engine if not engines or self.engine in engines else engines[-1]
         return locale, voice, engine or self.engine
 
+    def _output(self, codec: Codec) -> tuple[AudioFormat, str, int]:
+        """(the format of Polly's audio, its OutputFormat, its SampleRate) for a session codec."""
+        if self.output_format == "g711":
+            fmt = telephony_format(codec)
+            return fmt, _G711[codec], fmt.sample_rate
+        return AudioFormat("pcm_s16le", self.sample_rate), "pcm", self.sample_rate
+
+    def rendering(self, request: SynthesisRequest) -> dict[str, str]:
+        locale, voice, engine = self._resolve(request.language, request.voice_id, request.model)
+        _fmt, output, rate = self._output(request.codec)
+        return {
+            "endpoint": self.endpoint or self.region,
+            "voice": voice,
+            "engine": engine,
+            "language": locale,
+            "output_format": output,
+            "sample_rate": str(rate),
+            "payload_type": request.payload_type,
+        }
+
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         locale, voice, engine = self._checked(request.language, request.voice_id, request.payload_type, request.model)
-        if self.output_format == "g711":
-            fmt = telephony_format(request.codec)
-            output, rate = _G711[request.codec], fmt.sample_rate
-        else:
-            fmt = AudioFormat("pcm_s16le", self.sample_rate)
-            output, rate = "pcm", self.sample_rate
+        fmt, output, rate = self._output(request.codec)
         params = {
             "Engine": engine,
             "LanguageCode": locale,

@@ -54,6 +54,8 @@ class SynthesisRequest:
     deadline: Callable[[], float] | None = None
     """When (``time.monotonic()``) the next audio is needed to play without a gap; providers
     that share the host's CPU among sessions (Piper) serve the earliest first."""
+    cache: bool = True
+    """False: the text may be personal; its audio is neither kept nor served by the audio cache."""
 
 
 class TextStream(abc.ABC):
@@ -117,6 +119,19 @@ class Provider(abc.ABC):
         chunk of the stream is synthesized on its own)."""
         return None
 
+    def rendering(self, request: SynthesisRequest) -> dict[str, str]:
+        """What the sound of ``request`` depends on besides its text and this provider's name: the
+        voice, model and language as resolved (a default voice named), the audio asked for, and
+        every setting of this provider that changes the sound. The audio cache keys on it, so a
+        provider that leaves a setting out plays a wrong rendering. The request's own fields here."""
+        return {
+            "language": request.language,
+            "voice": request.voice_id,
+            "model": request.model,
+            "codec": request.codec,
+            "payload_type": request.payload_type,
+        }
+
     async def list_voices(self, language: str | None = None) -> list[Voice]:
         return []
 
@@ -153,6 +168,9 @@ class DelegatingProvider(Provider):
 
     def open_text_stream(self, language: str, voice_id: str, codec: Codec, model: str = "") -> TextStream | None:
         return self.inner.open_text_stream(language, voice_id, codec, model)
+
+    def rendering(self, request: SynthesisRequest) -> dict[str, str]:
+        return self.inner.rendering(request)
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
         return await self.inner.list_voices(language)

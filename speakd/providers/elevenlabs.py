@@ -237,6 +237,19 @@ class ElevenLabsProvider(CloudProvider):
         model, voice, iso = self._resolve(language, voice_id, model)
         return ElevenLabsTextStream(self, voice=voice, model=model, iso=iso, codec=codec)
 
+    def rendering(self, request: SynthesisRequest) -> dict[str, str]:
+        model, voice, iso = self._resolve(request.language, request.voice_id, request.model)
+        latency = self.optimize_streaming_latency
+        return {
+            "endpoint": self.endpoint,
+            "model": model,
+            "voice": voice,
+            "language": iso,
+            "output_format": OUTPUT_FORMATS[request.codec],
+            "optimize_streaming_latency": "" if latency is None else str(latency),
+            "payload_type": request.payload_type,
+        }
+
     async def list_voices(self, language: str | None = None) -> list[Voice]:
         client = self._sdk()
         with listing_voices(NAME, _classify):

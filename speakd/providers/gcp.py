@@ -300,6 +300,17 @@ class GoogleProvider(CloudProvider):
         for start in range(0, len(audio), CHUNK_BYTES):
             yield audio[start : start + CHUNK_BYTES]
 
+    def rendering(self, request: SynthesisRequest) -> dict[str, str]:
+        locale, voice = self._resolve(request.language, request.voice_id)
+        return {
+            "endpoint": self.endpoint,
+            "voice": voice,
+            "language": locale,
+            "encoding": _ENCODINGS[request.codec],
+            "sample_rate": str(TELEPHONY_RATE),
+            "payload_type": request.payload_type,
+        }
+
     def open_text_stream(self, language: str, voice_id: str, codec: Codec, model: str = "") -> TextStream | None:
         locale, voice = self._resolve(language, voice_id)
         if not (self.streaming and is_streaming_voice(voice)):

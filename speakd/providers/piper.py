@@ -56,6 +56,8 @@ class PiperProvider(Provider):
         self, model_path: str, config_path: str, threads: int = 2, settings: dict[str, float] | None = None
     ) -> None:
         self.model_path = model_path
+        stat = os.stat(model_path)  # a file replaced at the same path is another voice
+        self.model_identity = f"{model_path}:{stat.st_size}:{stat.st_mtime_ns}"
         self.settings = dict(settings or {})
         self.config_path = config_path
         meta = json.loads(Path(config_path).read_text())
@@ -170,6 +172,17 @@ class PiperProvider(Provider):
                 words.marks(chunk.phoneme_alignments or ()),
                 next_in_ms=int(self._pool.expected_return_s(following) * 1000) if following else 0,
             )
+
+    def rendering(self, request: SynthesisRequest) -> dict[str, str]:
+        # Piper's output does not depend on the session codec (the session encodes it).
+        return {
+            "model": self.model_identity,
+            "voice": self.default_voice,
+            "language": str(self.language),
+            "sample_rate": str(self.sample_rate),
+            "settings": ",".join(f"{k}={v:g}" for k, v in sorted(self.settings.items())),
+            "payload_type": request.payload_type,
+        }
 
     async def list_voices(self, language: str | None = None) -> list[Voice]:
         if language and not self._speaks(language):

@@ -16,6 +16,7 @@ from typing import Any
 
 from speakd.errors import INVALID_FIELD, InvalidRequest, either, invalid_field
 from speakd.languages import parse_language_tag
+from speakd.parsing import parse_bool
 from speakd.providers.base import TEXT_PAYLOAD_TYPES
 from speakd.providers.peer_voices import resolve_voice
 from speakd.store.records import Direction, ProviderName, ReferenceType
@@ -35,6 +36,7 @@ class SayRequest:
     client_state: str = ""
     command_id: str = ""
     stop: SayStop | None = None
+    cache: bool = True  # False: personal data, its audio never kept (speakd.providers.cache)
 
 
 @dataclass
@@ -45,6 +47,18 @@ class CreateRequest:
     provider: str
     voice_id: str
     direction: str
+    model: str = ""
+
+
+@dataclass
+class PromptRequest:
+    """A text rendered into the audio cache ahead of the says that will speak it."""
+
+    text: str
+    provider: str
+    voice_id: str
+    language: str
+    payload_type: str
     model: str = ""
 
 
@@ -65,6 +79,7 @@ CREATE_FIELDS = tuple(f.name for f in dataclasses.fields(CreateRequest) if f.nam
 # the reference is its channel.
 SESSION_OPTIONS = tuple(f for f in CREATE_FIELDS if f not in ("reference_type", "reference_id"))
 SAY_FIELDS = tuple(f.name for f in dataclasses.fields(SayRequest))
+PROMPT_FIELDS = tuple(f.name for f in dataclasses.fields(PromptRequest) if f.name != "model")
 MAX_CLIENT_STATE_CHARS = 4096
 MAX_COMMAND_ID_CHARS = 256
 MAX_VOICE_ID_CHARS = 200
@@ -98,6 +113,13 @@ def create_request(data: dict[str, Any], default_provider: str) -> CreateRequest
         raise invalid_field(
             "'reference_id' must be a call (channel) or conference id: letters, digits and ._:@+=- only"
         )
+    language, provider, voice_id, model = _speaker(data, default_provider)
+    direction = _enum(data, "direction", Direction, default=DEFAULT_DIRECTION)
+    return CreateRequest(reference_type, reference_id, language, provider, voice_id, direction, model=model)
+
+
+def _speaker(data: dict[str, Any], default_provider: str) -> tuple[str, str, str, str]:
+    """(language, provider, voice id, model) of a session's or a prompt's fields."""
     language = parse_language_tag(_string(data, "language", default=DEFAULT_LANGUAGE) or DEFAULT_LANGUAGE)
     provider = _enum(data, "provider", ProviderName) if data.get("provider") is not None else None
     voice_id = _string(data, "voice_id").strip()
@@ -110,16 +132,14 @@ def create_request(data: dict[str, Any], default_provider: str) -> CreateRequest
         if type(exc) is InvalidRequest:  # not a finer reason (provider_not_configured, ...)
             exc.reason = INVALID_FIELD
         raise
-    direction = _enum(data, "direction", Direction, default=DEFAULT_DIRECTION)
-    return CreateRequest(
-        reference_type,
-        reference_id,
-        language,
-        voice.provider or default_provider,
-        voice_id,
-        direction,
-        model=voice.model,
-    )
+    return language, voice.provider or default_provider, voice_id, voice.model
+
+
+def prompt_request(data: dict[str, Any], default_provider: str) -> PromptRequest:
+    """A prompt's fields: its text as a say's, its speaker as a session's."""
+    say = say_request({k: v for k, v in data.items() if k in ("text", "payload_type")})
+    language, provider, voice_id, model = _speaker(data, default_provider)
+    return PromptRequest(say.text, provider, voice_id, language, say.payload_type, model)
 
 
 def call_create_request(channel_id: str, options: dict[str, Any], default_provider: str) -> CreateRequest:
@@ -149,4 +169,12 @@ def say_request(data: dict[str, Any]) -> SayRequest:
     stop = _string(data, "stop", default="")
     if stop and stop not in set(SayStop):
         raise invalid_field(f"'stop' must be {either(SayStop)} (or left out); got '{stop}'")
-    return SayRequest(text, payload_type, client_state, command_id, SayStop(stop) if stop else None)
+    cache = data.get("cache", True)
+    if isinstance(cache, str):  # the dialplan's and ARI variables' way of writing it
+        try:
+            cache = parse_bool(cache)
+        except ValueError:
+            cache = None
+    if not isinstance(cache, bool):
+        raise invalid_field("'cache' must be true or false (false: this say's audio is never kept)")
+    return SayRequest(text, payload_type, client_state, command_id, SayStop(stop) if stop else None, cache)

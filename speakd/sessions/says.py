@@ -60,6 +60,8 @@ class SayItem:
     ready: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     # A streamed say's provider connection, kept across the stream's chunks (None: synthesize alone).
     text_stream: TextStream | None = field(default=None, repr=False)
+    # False: the say's text may be personal; its audio is never kept in the audio cache.
+    cache: bool = field(default=True, repr=False)
 
     STORED = SAY_COLUMNS
     # The say as the API shows it (also the fields the OpenAPI document's Say requires).

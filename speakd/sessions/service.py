@@ -232,6 +232,7 @@ class SpeakingService:
             )
         item = session.new_say(req.text, req.payload_type, req.client_state, req.command_id)
         item.text_stream = text_stream
+        item.cache = req.cache
         await self.store.insert_say(item.row())
         if not live.speakable:  # a stop began while the record was written
             item.status = SayStatus.INTERRUPTED

@@ -286,6 +286,7 @@ class Session:
             payload_type=item.payload_type,  # type: ignore[arg-type]
             model=self.model,
             deadline=deadline,
+            cache=item.cache,
         )
         source = item.text_stream.synthesize if item.text_stream is not None else self.provider.synthesize
         try:

@@ -55,6 +55,9 @@ class SpeakdProcess:
     codec: str = "ulaw"  # [media] codec
     env: dict[str, str] = field(default_factory=dict)
     store_url: str = ""  # [store] url: PostgreSQL (tests/harness/postgres.py); empty: SQLite in workdir
+    # [cache] enabled: the audio cache, in workdir (so one test's renderings never reach another's); off
+    # for a test that needs every say to ask its provider.
+    cache: bool = True
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,6 +96,10 @@ jwt_secret = "{JWT_SECRET}"
 
 [store]
 {f'url = "{self.store_url}"' if self.store_url else f'path = "{self.workdir / "speakd.sqlite3"}"'}
+
+[cache]
+enabled = {str(self.cache).lower()}
+dir = "{self.workdir / "cache"}"
 
 [log]
 level = "info"

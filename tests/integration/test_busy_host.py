@@ -100,8 +100,9 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
     ari_settings, make_two_party_call, tmp_path, transport
 ):
     reference = render_piper(TEXT)  # before the load: the test's own Piper is not under test
+    # No audio cache: the load under test is every call's own synthesis.
     daemon = SpeakdProcess(
-        tmp_path, ari_settings["url"], ari_settings["user"], ari_settings["password"], transport=transport
+        tmp_path, ari_settings["url"], ari_settings["user"], ari_settings["password"], transport=transport, cache=False
     )
     await daemon.start()
     api = Api(daemon.base)

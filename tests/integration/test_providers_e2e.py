@@ -164,6 +164,7 @@ async def cloud_speakd(standins, ari_settings, tmp_path_factory, receiver):
         ari_settings["user"],
         ari_settings["password"],
         extra_config=extra,
+        cache=False,  # the tests count each say's requests to the stand-ins: no say may come from the cache
     )
     await daemon.start()
     yield daemon

@@ -1,0 +1,64 @@
+"""Prompts rendered ahead (``POST /v1.0/prompts``): a text put into the audio cache before any
+call says it, so an IVR's fixed prompts never wait for a provider.
+
+A prompt is rendered as a say of a session would ask for it (the daemon's ``[media] codec``, the
+voice and model its fields name), so the say that later speaks it finds the same entry. Its
+synthesis yields to every live call's (a deadline a minute off: speakd.providers.deadline_pool).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from speakd.audio import Codec
+from speakd.errors import Conflict
+from speakd.providers import ProviderRegistry
+from speakd.providers.base import SynthesisRequest
+from speakd.providers.cache import AudioCache
+from speakd.sessions.requests import PromptRequest
+
+CACHE_OFF = "cache_disabled"
+# How far off a prompt's audio is needed, as Piper's pool schedules: after any call's.
+BACKGROUND_S = 60.0
+
+
+def _background() -> float:
+    return time.monotonic() + BACKGROUND_S
+
+
+class PromptRenderer:
+    def __init__(self, providers: ProviderRegistry, cache: AudioCache | None, codec: Codec) -> None:
+        self.providers = providers
+        self.cache = cache
+        self.codec: Codec = codec
+
+    async def render(self, req: PromptRequest) -> tuple[dict[str, Any], bool]:
+        """The prompt's cache entry, rendered now unless it was there: (its description, made now)."""
+        if self.cache is None:
+            raise Conflict(
+                "the audio cache is off on this speakd ([cache] enabled = false, or its directory "
+                "cannot be used: the daemon log says why): prompts cannot be rendered ahead",
+                reason=CACHE_OFF,
+            )
+        provider = self.providers.get(req.provider)  # ProviderNotConfigured: 400
+        provider.check(req.language, req.voice_id, req.payload_type)
+        request = SynthesisRequest(
+            text=req.text,
+            language=req.language,
+            voice_id=req.voice_id,
+            codec=self.codec,
+            payload_type=req.payload_type,  # type: ignore[arg-type]
+            model=req.model,
+            deadline=_background,
+        )
+        entry, made = await self.cache.render(provider, request)
+        return {
+            "key": entry.key,
+            "provider": req.provider,
+            "voice_id": req.voice_id,
+            "language": req.language,
+            "payload_type": req.payload_type,
+            "bytes": entry.bytes,
+            "duration_ms": entry.duration_ms,
+        }, made
