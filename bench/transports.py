@@ -198,10 +198,12 @@ class Bench:
 
 
 @contextlib.asynccontextmanager
-async def speakd_daemon(bench: Bench, transport: str) -> AsyncIterator[tuple[SpeakdProcess, Api]]:
-    workdir = bench.workdir / transport
+async def speakd_daemon(bench: Bench, transport: str, cache: bool = False) -> AsyncIterator[tuple[SpeakdProcess, Api]]:
+    """``cache``: the audio cache on (off here: every say of the same text is a synthesis to time;
+    bench/cache.py times the cache)."""
+    workdir = bench.workdir / f"{transport}{'-cache' if cache else ''}"
     workdir.mkdir(exist_ok=True)
-    daemon = SpeakdProcess(workdir, bench.ari.url, bench.ari.user, bench.ari.password, transport=transport)
+    daemon = SpeakdProcess(workdir, bench.ari.url, bench.ari.user, bench.ari.password, transport=transport, cache=cache)
     api: Api | None = None
     try:
         await daemon.start()
