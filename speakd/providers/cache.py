@@ -120,8 +120,8 @@ class AudioCache:
             self._index[key] = _Indexed(size, written)
             self.bytes += size
         now = self._clock()
-        stale = [key for key, entry in self._index.items() if now - entry.written > self.max_age]
-        await self._remove(stale + self._make_room(0, exclude=set(stale)))
+        await self._remove([key for key, entry in self._index.items() if now - entry.written > self.max_age])
+        await self._remove(self._make_room(0))
         log.info("audio_cache_opened", directory=str(self.directory), entries=len(self._index), bytes=self.bytes)
 
     def _scan(self) -> list[tuple[str, int, float, float]]:
@@ -152,12 +152,15 @@ class AudioCache:
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / key
 
-    async def info(self, key: str) -> EntryInfo | None:
-        """The entry ``key`` if it is there and valid (not counted as a hit or miss)."""
-        opened = await self._open(key, touch=False)
+    async def info(self, key: str, *, used: bool = False) -> EntryInfo | None:
+        """The entry ``key`` if it is there and valid (not counted as a hit or miss); ``used``: it
+        counts as used now (least recently used last)."""
+        opened = await self._open(key, touch=used)
         if opened is None:
             return None
         opened.file.close()
+        if used and key in self._index:
+            self._index.move_to_end(key)
         return EntryInfo(key, opened.size, _duration_ms(opened.audio_bytes, opened.format))
 
     async def read(self, key: str) -> AsyncIterator[AudioChunk] | None:
@@ -209,14 +212,12 @@ class AudioCache:
             return False
         return True
 
-    def _make_room(self, size: int, exclude: set[str] | None = None) -> list[str]:
+    def _make_room(self, size: int) -> list[str]:
         """Take least recently used entries out of the index until ``size`` more bytes fit."""
         victims = []
         for key in list(self._index):
             if self.bytes + size <= self.max_bytes:
                 break
-            if exclude and key in exclude:
-                continue
             self.bytes -= self._index.pop(key).size
             self.evictions += 1
             victims.append(key)
@@ -230,21 +231,14 @@ class AudioCache:
         if keys:
             await asyncio.to_thread(_unlink_all, [self._path(k) for k in keys])
 
-    async def clear(self) -> int:
-        """Remove every entry; how many there were."""
-        keys = list(self._index)
-        await self._remove(keys)
-        return len(keys)
-
     # -- rendering ahead (POST /v1.0/prompts) -------------------------------------------------
 
     async def render(self, provider: Provider, request: SynthesisRequest) -> tuple[EntryInfo, bool]:
         """``request`` rendered into the cache through ``provider`` (a :class:`CachingProvider`)
         unless it is there: (the entry, whether it was made now)."""
         key = cache_key(provider.name, provider.rendering(request), request.text)
-        info = await self.info(key)
+        info = await self.info(key, used=True)  # asked for again: kept as if said
         if info is not None:
-            self._index.move_to_end(key)
             return info, False
         audio = False
         async with contextlib.aclosing(provider.synthesize(request)) as chunks:  # type: ignore[type-var]
@@ -354,12 +348,13 @@ class EntryWriter:
 
 
 def _create(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)  # (the directory may have been wiped under us)
     return open(path, "xb")
 
 
 def _replace(victims: list[Path], temp: Path, final: Path) -> None:
     _unlink_all(victims)
-    final.parent.mkdir(exist_ok=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(temp, final)
 
 

@@ -25,6 +25,7 @@ class Recorder(Provider):
     """Audio that depends on the whole request (so a wrong hit shows), with marks; counts its syntheses."""
 
     name = "recorder"
+    format = PCM
 
     def __init__(self, chunks: int = 3, chunk_bytes: int = 40_000, fail_after: int | None = None) -> None:
         self.asked: list[SynthesisRequest] = []
@@ -45,8 +46,8 @@ class Recorder(Provider):
             self.started.set()
             await asyncio.sleep(0)
             data = bytes([(seed + index) & 0xFF]) * self.chunk_bytes
-            samples = self.chunk_bytes // 2
-            yield AudioChunk(data, PCM, ((index * 10 + 5, samples // 3), (index * 10 + 9, samples)))
+            samples = self.chunk_bytes // (2 if self.format is PCM else 1)
+            yield AudioChunk(data, self.format, ((index * 10 + 5, samples // 3), (index * 10 + 9, samples)))
 
 
 def request(text: str = "Thank you for calling.", **fields) -> SynthesisRequest:
@@ -449,3 +450,47 @@ def test_the_metrics_read_the_cache():
         "speakd_cache_entries 0.0",
     ):
         assert line in text, text
+
+
+async def test_a_sessions_says_go_through_the_cache_and_cache_false_reaches_the_provider(tmp_path):
+    """The service as the daemon builds it (the registry wrapped): a say repeated in a session is a
+    hit, a say with cache false is asked of the provider as such."""
+    from test_service import FakeAri, FakeMedia, request, until
+
+    from speakd.sessions.requests import SayRequest
+    from speakd.sessions.service import SpeakingService
+    from speakd.store.sqlite import SqliteStore
+
+    class Piper(Recorder):
+        name = "piper"
+        format = AudioFormat("ulaw", 8000)  # as the session sends it: no resampling to blur the marks
+
+    provider = Piper(chunks=2, chunk_bytes=1600)
+    cache = AudioCache(tmp_path / "cache", 10 * MB, 3600)
+    await cache.open()
+    registry = ProviderRegistry({"piper": provider}, {})
+    registry.wrap(cache.wrap)
+    ari = FakeAri()
+    async with SqliteStore(":memory:") as store:
+        service = SpeakingService(
+            store=store,
+            ari=ari,  # type: ignore[arg-type]
+            providers=registry,
+            media=FakeMedia(),  # type: ignore[arg-type]
+            owner_variable="SPEAKD_CUSTOMER_ID",
+            lead_ms=300,
+            mark_every_ms=100,
+        )
+        ari.service = service
+        try:
+            record = await service.create("c1", request())
+            items = [
+                (await service.say("c1", record.id, SayRequest(text, cache=cache_it)))[1]
+                for text, cache_it in (("Hello.", True), ("Hello.", True), ("Private.", False))
+            ]
+            await until(lambda: all(item.status == "played" for item in items), timeout=5)
+        finally:
+            await asyncio.wait_for(service.shutdown(), 10)
+    assert [(r.text, r.cache) for r in provider.asked] == [("Hello.", True), ("Private.", False)]
+    assert (cache.hits, cache.misses, cache.entries) == (1, 1, 1)
+    assert items[0].word_marks == items[1].word_marks and items[1].word_marks, "the hit's marks are the miss's"
