@@ -17,6 +17,7 @@ from speakd.sessions.requests import (
     DEFAULT_PAYLOAD_TYPE,
     MAX_CLIENT_STATE_CHARS,
     MAX_COMMAND_ID_CHARS,
+    MAX_PROMPT_CHARS,
     MAX_TEXT_CHARS,
     MAX_VOICE_ID_CHARS,
     REFERENCE_ID_PATTERN,
@@ -555,7 +556,7 @@ OPENAPI: dict[str, Any] = {
                                     "text": {
                                         "type": "string",
                                         "minLength": 1,
-                                        "maxLength": MAX_TEXT_CHARS,
+                                        "maxLength": MAX_PROMPT_CHARS,
                                         "pattern": r"\S",
                                         "description": "not only spaces",
                                     },

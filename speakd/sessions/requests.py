@@ -63,6 +63,8 @@ class PromptRequest:
 
 
 MAX_TEXT_CHARS = 5000
+# A prompt is rendered while its request waits: an IVR prompt's length (a minute of speech or so).
+MAX_PROMPT_CHARS = 1000
 # What an omitted field means; also the OpenAPI document's defaults.
 DEFAULT_LANGUAGE = "en-US"
 DEFAULT_DIRECTION = Direction.BOTH.value
@@ -138,6 +140,11 @@ def _speaker(data: dict[str, Any], default_provider: str) -> tuple[str, str, str
 def prompt_request(data: dict[str, Any], default_provider: str) -> PromptRequest:
     """A prompt's fields: its text as a say's, its speaker as a session's."""
     say = say_request({k: v for k, v in data.items() if k in ("text", "payload_type")})
+    if len(say.text) > MAX_PROMPT_CHARS:
+        raise invalid_field(
+            f"'text' is {len(say.text)} characters; a prompt has at most {MAX_PROMPT_CHARS} (longer text: say it, "
+            "and its audio is cached as it plays)"
+        )
     language, provider, voice_id, model = _speaker(data, default_provider)
     return PromptRequest(say.text, provider, voice_id, language, say.payload_type, model)
 

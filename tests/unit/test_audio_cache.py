@@ -494,3 +494,14 @@ async def test_a_sessions_says_go_through_the_cache_and_cache_false_reaches_the_
     assert [(r.text, r.cache) for r in provider.asked] == [("Hello.", True), ("Private.", False)]
     assert (cache.hits, cache.misses, cache.entries) == (1, 1, 1)
     assert items[0].word_marks == items[1].word_marks and items[1].word_marks, "the hit's marks are the miss's"
+
+
+def test_a_prompt_is_at_most_an_ivr_prompt_long():
+    from speakd.api.openapi import OPENAPI
+    from speakd.sessions.requests import MAX_PROMPT_CHARS, prompt_request
+
+    assert prompt_request({"text": "x" * MAX_PROMPT_CHARS}, "piper").text
+    with pytest.raises(InvalidRequest, match=f"at most {MAX_PROMPT_CHARS}"):
+        prompt_request({"text": "x" * (MAX_PROMPT_CHARS + 1)}, "piper")
+    body = OPENAPI["paths"]["/v1.0/prompts"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["text"]["maxLength"] == MAX_PROMPT_CHARS
