@@ -11,6 +11,7 @@ from aiohttp import web
 from speakd.errors import INVALID_JSON, InvalidRequest, invalid_field, reject_unknown
 from speakd.parsing import load_json_object, parse_bool
 from speakd.sessions.requests import (
+    CACHE_FIELD_RULE,
     CREATE_FIELDS,
     PROMPT_FIELDS,
     SAY_FIELDS,
@@ -55,7 +56,7 @@ def parse_create(body: bytes, default_provider: str) -> CreateRequest:
 def parse_say(body: bytes) -> SayRequest:
     data = parse_json_object(body, SAY_FIELDS)
     if not isinstance(data.get("cache", True), bool):  # JSON has booleans (the dialplan writes "false")
-        raise invalid_field("'cache' must be true or false (false: this say's audio is never kept)")
+        raise invalid_field(CACHE_FIELD_RULE)
     return say_request(data)
 
 

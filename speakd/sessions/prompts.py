@@ -11,12 +11,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
+
 from speakd.audio import Codec
-from speakd.errors import Conflict
+from speakd.errors import Conflict, ProviderError, SpeakdError
 from speakd.providers import ProviderRegistry
 from speakd.providers.base import SynthesisRequest
 from speakd.providers.cache import AudioCache
 from speakd.sessions.requests import PromptRequest
+
+log = structlog.get_logger(__name__)
 
 CACHE_OFF = "cache_disabled"
 # How far off a prompt's audio is needed, as Piper's pool schedules: after any call's.
@@ -52,7 +56,13 @@ class PromptRenderer:
             model=req.model,
             deadline=_background,
         )
-        entry, made = await self.cache.render(provider, request)
+        try:
+            entry, made = await self.cache.render(provider, request)
+        except SpeakdError:
+            raise
+        except Exception as exc:  # a provider's own crash: a say would fail with it, a prompt answers it
+            log.exception("prompt_render_crashed", provider=req.provider)
+            raise ProviderError(f"{req.provider}: rendering failed: {type(exc).__name__}: {exc}") from exc
         return {
             "key": entry.key,
             "provider": req.provider,

@@ -85,6 +85,7 @@ PROMPT_FIELDS = tuple(f.name for f in dataclasses.fields(PromptRequest) if f.nam
 MAX_CLIENT_STATE_CHARS = 4096
 MAX_COMMAND_ID_CHARS = 256
 MAX_VOICE_ID_CHARS = 200
+CACHE_FIELD_RULE = "'cache' must be true or false (false: this say's audio is never kept)"
 
 
 def _string(data: dict[str, Any], name: str, *, required: bool = False, default: str = "") -> str:
@@ -183,5 +184,5 @@ def say_request(data: dict[str, Any]) -> SayRequest:
         except ValueError:
             cache = None
     if not isinstance(cache, bool):
-        raise invalid_field("'cache' must be true or false (false: this say's audio is never kept)")
+        raise invalid_field(CACHE_FIELD_RULE)
     return SayRequest(text, payload_type, client_state, command_id, SayStop(stop) if stop else None, cache)

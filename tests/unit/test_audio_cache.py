@@ -505,3 +505,21 @@ def test_a_prompt_is_at_most_an_ivr_prompt_long():
         prompt_request({"text": "x" * (MAX_PROMPT_CHARS + 1)}, "piper")
     body = OPENAPI["paths"]["/v1.0/prompts"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["text"]["maxLength"] == MAX_PROMPT_CHARS
+
+
+async def test_a_provider_that_crashes_on_a_prompt_is_a_json_502(tmp_path):
+    from speakd.sessions.prompts import PromptRenderer
+    from speakd.sessions.requests import prompt_request
+
+    class Crashes(Recorder):
+        async def synthesize(self, request):
+            raise KeyError("a phoneme it has no sound for")
+            yield
+
+    cache = AudioCache(tmp_path / "cache", MB, 60)
+    await cache.open()
+    registry = ProviderRegistry({"piper": Crashes()}, {})
+    registry.wrap(cache.wrap)
+    with pytest.raises(ProviderError, match="piper: rendering failed: KeyError"):
+        await PromptRenderer(registry, cache, "ulaw").render(prompt_request({"text": "Hi"}, "piper"))
+    assert cache.entries == 0
