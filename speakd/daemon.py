@@ -217,8 +217,10 @@ async def run(
         metrics.watch(service, webhooks, fleet_events)
         commands.start()
         stack.push_async_callback(commands.aclose)
-        # This run writes only the sessions it still owns (another node may end them if it finds it lost).
-        store.fence(nodes.owner.run_id, service.stop_fenced)
+        # Where other nodes share the store, one may end this run's sessions if it finds it lost:
+        # this run then writes only the sessions it still owns. Alone, every write is plain.
+        if run_lock.shared:
+            store.fence(nodes.owner.run_id, service.stop_fenced)
         await service.recover()
         await stack.enter_async_context(
             LivenessWatch(
