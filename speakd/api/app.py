@@ -202,9 +202,9 @@ async def delete_speaking(request: web.Request) -> web.Response:
 
 
 async def stream(request: web.Request) -> web.WebSocketResponse:
-    timestamps = schemas.parse_stream_query(request.query)
+    timestamps, cache = schemas.parse_stream_query(request.query)
     return await stream_ws.serve(
-        request, request.app[SERVICE], request[CUSTOMER_ID], request.match_info["id"], timestamps
+        request, request.app[SERVICE], request[CUSTOMER_ID], request.match_info["id"], timestamps, cache
     )
 
 

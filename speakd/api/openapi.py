@@ -479,7 +479,15 @@ OPENAPI: dict[str, Any] = {
                         "required": False,
                         "schema": {"type": "boolean", "default": False},
                         "description": "report each played sentence's words with their times",
-                    }
+                    },
+                    {
+                        "name": "cache",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "boolean", "default": True},
+                        "description": "false: the text may be personal; no sentence's audio is kept in the audio "
+                        "cache nor played from it (as a say's cache)",
+                    },
                 ],
                 "responses": {
                     "101": {"description": "Switching to the WebSocket protocol"},

@@ -64,13 +64,17 @@ def parse_prompt(body: bytes, default_provider: str) -> PromptRequest:
     return prompt_request(parse_json_object(body, PROMPT_FIELDS), default_provider)
 
 
-def parse_stream_query(query: Any) -> bool:
-    """``?timestamps=true``: the stream reports its words' timings. Unknown parameters are refused."""
-    reject_unknown(set(query) - {"accesskey", "token"}, ("timestamps",), "query parameter")  # less credentials
-    try:
-        return parse_bool(query.get("timestamps", "false"))
-    except ValueError as exc:
-        raise invalid_field(f"'timestamps': {exc}") from None
+def parse_stream_query(query: Any) -> tuple[bool, bool]:
+    """(``?timestamps=true``: the stream reports its words' timings, ``?cache=false``: its audio is
+    never kept). Unknown parameters are refused."""
+    reject_unknown(set(query) - {"accesskey", "token"}, ("cache", "timestamps"), "query parameter")  # less credentials
+    flags = []
+    for name, default in (("timestamps", "false"), ("cache", "true")):
+        try:
+            flags.append(parse_bool(query.get(name, default)))
+        except ValueError as exc:
+            raise invalid_field(f"'{name}': {exc}") from None
+    return flags[0], flags[1]
 
 
 def parse_page(query: Any) -> tuple[int, str | None]:

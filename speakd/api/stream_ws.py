@@ -24,7 +24,12 @@ OUTBOX_MESSAGES = 1000
 
 
 async def serve(
-    request: web.Request, service: SpeakingService, customer_id: str, speaking_id: str, timestamps: bool
+    request: web.Request,
+    service: SpeakingService,
+    customer_id: str,
+    speaking_id: str,
+    timestamps: bool,
+    cache: bool = True,
 ) -> web.WebSocketResponse:
     outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_MESSAGES)
 
@@ -35,7 +40,7 @@ async def serve(
         await outbox.put(None)
 
     # Refusals (unknown session, one already open, stopped) are JSON errors before the upgrade.
-    stream = await service.open_stream(customer_id, speaking_id, send, close, TextChunker(), timestamps)
+    stream = await service.open_stream(customer_id, speaking_id, send, close, TextChunker(), timestamps, cache)
     # timeout: how long a close waits for the client's close frame (a stopped session, shutdown).
     ws = websocket_response(timeout=2.0)
     try:

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from speakd.audio import Codec
-from speakd.errors import Conflict, ProviderError, SpeakdError
+from speakd.errors import Conflict, InvalidRequest, SpeakdError
 from speakd.providers import ProviderRegistry
 from speakd.providers.base import SynthesisRequest
 from speakd.providers.cache import AudioCache
@@ -60,9 +60,11 @@ class PromptRenderer:
             entry, made = await self.cache.render(provider, request)
         except SpeakdError:
             raise
-        except Exception as exc:  # a provider's own crash: a say would fail with it, a prompt answers it
+        except Exception as exc:  # the provider's own crash on this text (a say of it would fail with it)
             log.exception("prompt_render_crashed", provider=req.provider)
-            raise ProviderError(f"{req.provider}: rendering failed: {type(exc).__name__}: {exc}") from exc
+            raise InvalidRequest(
+                f"provider '{req.provider}' cannot render this text: {type(exc).__name__}: {exc}"
+            ) from exc
         return {
             "key": entry.key,
             "provider": req.provider,

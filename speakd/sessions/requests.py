@@ -138,6 +138,14 @@ def _speaker(data: dict[str, Any], default_provider: str) -> tuple[str, str, str
     return language, voice.provider or default_provider, voice_id, voice.model
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON)
+        return False
+    return True
+
+
 def prompt_request(data: dict[str, Any], default_provider: str) -> PromptRequest:
     """A prompt's fields: its text as a say's, its speaker as a session's."""
     say = say_request({k: v for k, v in data.items() if k in ("text", "payload_type")})
@@ -146,6 +154,9 @@ def prompt_request(data: dict[str, Any], default_provider: str) -> PromptRequest
             f"'text' is {len(say.text)} characters; a prompt has at most {MAX_PROMPT_CHARS} (longer text: say it, "
             "and its audio is cached as it plays)"
         )
+    # Rendered while the request waits: what no provider can take is refused here, not failed there.
+    if "\x00" in say.text or not _encodable(say.text):
+        raise invalid_field("'text' must be text a provider can read: no NUL characters, no lone surrogates")
     language, provider, voice_id, model = _speaker(data, default_provider)
     return PromptRequest(say.text, provider, voice_id, language, say.payload_type, model)
 

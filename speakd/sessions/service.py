@@ -320,15 +320,19 @@ class SpeakingService:
         close: Callable[[], Awaitable[None]],
         chunker: TextChunker,
         timestamps: bool,
+        cache: bool = True,
     ) -> SpeakingStream:
-        """A client's text stream into the session: one at a time per session."""
+        """A client's text stream into the session: one at a time per session; ``cache``: its
+        sentences' audio may be kept in the audio cache (a say's ``cache``)."""
         record, live = await self._speakable(customer_id, speaking_id, "create a new session to stream into")
         if live.stream is not None:
             raise Conflict(f"a text stream is already open on speaking '{speaking_id}'; one at a time")
         session = live.session
         stream = SpeakingStream(
             speaking_id=speaking_id,
-            queue_chunk=lambda text, text_stream: self._queue_say(live, record, SayRequest(text), text_stream),
+            queue_chunk=lambda text, text_stream: self._queue_say(
+                live, record, SayRequest(text, cache=cache), text_stream
+            ),
             cut=lambda: session.flush(InterruptReason.RESET),
             wait_final=lambda item: self.wait_say(speaking_id, item.say_id),
             send=send,

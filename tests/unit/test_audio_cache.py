@@ -507,7 +507,7 @@ def test_a_prompt_is_at_most_an_ivr_prompt_long():
     assert body["properties"]["text"]["maxLength"] == MAX_PROMPT_CHARS
 
 
-async def test_a_provider_that_crashes_on_a_prompt_is_a_json_502(tmp_path):
+async def test_a_provider_that_crashes_on_a_prompts_text_is_a_json_400(tmp_path):
     from speakd.sessions.prompts import PromptRenderer
     from speakd.sessions.requests import prompt_request
 
@@ -520,6 +520,21 @@ async def test_a_provider_that_crashes_on_a_prompt_is_a_json_502(tmp_path):
     await cache.open()
     registry = ProviderRegistry({"piper": Crashes()}, {})
     registry.wrap(cache.wrap)
-    with pytest.raises(ProviderError, match="piper: rendering failed: KeyError"):
+    with pytest.raises(InvalidRequest, match="'piper' cannot render this text: KeyError"):
         await PromptRenderer(registry, cache, "ulaw").render(prompt_request({"text": "Hi"}, "piper"))
     assert cache.entries == 0
+    for text in ("Hi\x00", "Hi \ud800"):  # what schemathesis sent: refused before any provider
+        with pytest.raises(InvalidRequest, match="NUL characters, no lone surrogates"):
+            prompt_request({"text": text}, "piper")
+
+
+def test_a_stream_takes_cache_false_in_its_query():
+    from speakd.api.openapi import OPENAPI
+    from speakd.api.schemas import parse_stream_query
+
+    assert parse_stream_query({}) == (False, True)
+    assert parse_stream_query({"cache": "false", "timestamps": "true", "accesskey": "k"}) == (True, False)
+    with pytest.raises(InvalidRequest, match="'cache'"):
+        parse_stream_query({"cache": "sometimes"})
+    parameters = OPENAPI["paths"]["/v1.0/speakings/{id}/stream"]["get"]["parameters"]
+    assert [p["name"] for p in parameters] == ["timestamps", "cache"]
