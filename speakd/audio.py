@@ -26,6 +26,10 @@ class AudioFormat:
     encoding: Encoding
     sample_rate: int
 
+    @property
+    def bytes_per_sample(self) -> int:
+        return 2 if self.encoding == "pcm_s16le" else 1  # G.711: a byte a sample
+
 
 def telephony_format(codec: Codec) -> AudioFormat:
     """A session's codec at the telephony rate."""

@@ -219,6 +219,31 @@ class TtsConfig:
     # What an omitted ``provider`` means. The spec's default is elevenlabs; the sandbox
     # (scripts/dev-up, the tests) sets piper so that everything works offline.
     default_provider: str = "elevenlabs"
+    # When a say's provider fails (speakd.providers.fallback; docs/providers.md "When a provider
+    # fails"): the providers it goes on with, in order ([]: none, the say fails as before), ...
+    fallback: list[str] = field(default_factory=list)
+    # ... seconds to a provider's first audio and between two chunks of it before it counts as failed,
+    first_audio_timeout: float = 3.0
+    stall_timeout: float = 2.0
+    # ... and its circuit breaker: skipped after this many failures in a row, for this many seconds.
+    breaker_failures: int = 5
+    breaker_cool_off: float = 30.0
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        if self.default_provider not in PROVIDER_NAMES:
+            found.append(f"tts.default_provider must be {either(PROVIDER_NAMES)}, not {self.default_provider!r}")
+        for name in self.fallback:
+            if name not in PROVIDER_NAMES:
+                found.append(f"tts.fallback names {name!r}: each must be {either(PROVIDER_NAMES)}")
+        if len(set(self.fallback)) < len(self.fallback):
+            found.append(f"tts.fallback names a provider twice: {self.fallback}")
+        for key in ("first_audio_timeout", "stall_timeout", "breaker_cool_off"):
+            if getattr(self, key) <= 0:
+                found.append(f"tts.{key} must be more than 0 seconds, not {getattr(self, key)}")
+        if self.breaker_failures < 1:
+            found.append(f"tts.breaker_failures must be at least 1, not {self.breaker_failures}")
+        return found
 
 
 @dataclass
@@ -336,8 +361,7 @@ class Config:
                 f"media.lead_ms must be between twice media.mark_every_ms and 15000 (Asterisk queues at most "
                 f"20 s), not {self.media.lead_ms}"
             )
-        if self.tts.default_provider not in PROVIDER_NAMES:
-            found.append(f"tts.default_provider must be {either(PROVIDER_NAMES)}, not {self.tts.default_provider!r}")
+        found.extend(self.tts.problems())
         if self.agi.listen:
             with _collected(found):
                 self.agi.address()
@@ -380,6 +404,8 @@ def _parse_env_value(raw: str, current: Any, where: str) -> Any:
             return parse_table(raw)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+    if isinstance(current, list):  # "gcp,piper"
+        return [item.strip() for item in raw.split(",") if item.strip()]
     return raw
 
 
@@ -396,6 +422,8 @@ def _file_value(current: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where} must be a string")
     elif isinstance(current, dict) and not isinstance(value, dict):
         raise ConfigError(f"{where} must be a table")
+    elif isinstance(current, list) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ConfigError(f'{where} must be a list of strings, e.g. ["gcp", "piper"]')
     return value
 
 

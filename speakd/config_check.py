@@ -5,8 +5,9 @@ Every problem found is listed, then counted. They come in three kinds:
 - a **configuration error**: a section, key or value speakd refuses (unknown, of the wrong type,
   out of range); ``speakd run`` does not start. Exit status 2.
 - an **error**: a config the daemon would run with but not do its job: the default provider
-  cannot be used (every session that names no provider is refused), or a provider section that
-  is present cannot be used (a bad value; the daemon would run without that provider). Exit 1.
+  cannot be used (every session that names no provider is refused), a provider section that
+  is present cannot be used (a bad value; the daemon would run without that provider), or
+  ``[tts] fallback`` names a provider that cannot be used (says would never go on with it). Exit 1.
 - a **warning**: a config that works but is probably not what was meant: no access keys and no
   JWT secret (the HTTP API refuses every request; the dialplan and ARI ways in still work), an
   empty ARI password, an access key published with speakd. ``speakd run`` logs these at start.
@@ -75,6 +76,8 @@ def provider_errors(reading: ConfigReading) -> list[str]:
             )
         elif name in config.providers:
             errors.append(reason)
+        if name in config.tts.fallback and name != default and "tts.fallback" not in reading.refused:
+            errors.append(f"tts.fallback names '{name}', which cannot be used: {reason}")
     return errors
 
 

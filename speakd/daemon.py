@@ -45,6 +45,7 @@ from speakd.events.webhooks import WebhookSink
 from speakd.metrics import Metrics
 from speakd.providers import ProviderRegistry
 from speakd.providers.cache import open_cache
+from speakd.providers.fallback import Failover, FailoverSettings
 from speakd.reload import ConfigReloader
 from speakd.sessions.liveness import LivenessWatch
 from speakd.sessions.media import MediaPaths
@@ -204,6 +205,9 @@ async def run(
             mark_every_ms=config.media.mark_every_ms,
             owner=nodes.owner,
             peers=Peers(store, nodes.owner),
+            failover=metrics.watch_failover(Failover(FailoverSettings.of(config.tts), providers.get))
+            if config.tts.fallback
+            else None,
         )
         commands = AriCommands(
             service,

@@ -28,6 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from speakd.events.model import Event, EventType, InterruptReason, StopReason
 from speakd.media import pacer_protocol
 from speakd.providers.base import AudioChunk, DelegatingProvider, Provider, SynthesisRequest
+from speakd.providers.fallback import BreakerState, Failover
 from speakd.store.records import Status, seconds_of
 
 if TYPE_CHECKING:
@@ -160,6 +161,19 @@ class Metrics:
     def measure_provider(self, provider: Provider) -> Provider:
         return _MeasuredProvider(provider, self)
 
+    def watch_failover(self, failover: Failover) -> Failover:
+        """Count the says ``failover`` moves on from a provider, and report its breakers at scrape time."""
+        failovers = Counter(
+            "speakd_provider_failovers",
+            "Says that went on with the next provider of [tts] fallback, by the provider that failed and "
+            "whether it had given audio (before_audio, mid_say)",
+            ["provider", "stage"],
+            registry=self.registry,
+        )
+        failover.on_failover = lambda provider, stage: failovers.labels(provider=provider, stage=stage).inc()
+        self.registry.register(_BreakerCollector(failover))
+        return failover
+
     def watch_cache(self, cache: AudioCache) -> None:
         """Report the audio cache's hits, misses and size at scrape time."""
         self.registry.register(_CacheCollector(cache))
@@ -211,6 +225,25 @@ class _CacheCollector:
         )
         yield GaugeMetricFamily("speakd_cache_bytes", "Bytes the audio cache's entries take on disk", cache.bytes)
         yield GaugeMetricFamily("speakd_cache_entries", "Entries in the audio cache", cache.entries)
+
+
+class _BreakerCollector:
+    """Each provider's circuit breaker, one series per state (1: the state it is in)."""
+
+    def __init__(self, failover: Failover) -> None:
+        self.failover = failover
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "speakd_provider_breaker_state",
+            "Each provider's circuit breaker: 1 for the state it is in (closed: used; open: skipped after "
+            "[tts] breaker_failures failures in a row; half_open: the next say tries it)",
+            labels=["provider", "state"],
+        )
+        for provider, current in self.failover.states().items():
+            for state in BreakerState:
+                family.add_metric([provider, str(state)], int(state is current))
+        yield family
 
 
 class _LiveCollector:

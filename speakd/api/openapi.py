@@ -76,6 +76,16 @@ _SAY = {
         "tm_queued": _TIMESTAMP,
         "tm_play_start": _TIMESTAMP,
         "tm_play_end": _TIMESTAMP,
+        "spoken_by": {
+            "type": "array",
+            "description": "who spoke it, in order: more than one when its provider failed and a provider of "
+            "[tts] fallback went on with it (docs/providers.md: When a provider fails); empty until audio came",
+            "items": {
+                "type": "object",
+                "properties": {"provider": {"type": "string"}, "voice_id": {"type": "string"}},
+                "required": ["provider", "voice_id"],
+            },
+        },
     },
     "required": list(SayItem.SHOWN),
 }
@@ -191,11 +201,17 @@ _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"
 _HEALTH_BODY = {
     "type": "object",
     "properties": {
-        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
         "failed": {
             "type": "array",
             "items": {"type": "string", "enum": ["ari", "store"]},
-            "description": "what keeps speakd from serving; empty when status is ok",
+            "description": "what keeps speakd from serving; empty when status is ok or degraded",
+        },
+        "degraded_providers": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "providers skipped by their circuit breaker ([tts] fallback): speech goes on with "
+            "the others (status degraded, still 200)",
         },
         "ari_connected": {"type": "boolean", "description": "the ARI events WebSocket is connected"},
         "store_writable": {
@@ -210,7 +226,15 @@ _HEALTH_BODY = {
         "pacer_max_late_ms": {"type": "number", "description": "rtp only: the pacer's worst lateness"},
         "pacer_stalls": {"type": "integer", "description": "rtp only: frame periods the pacer skipped"},
     },
-    "required": ["status", "failed", "ari_connected", "store_writable", "store_error", "live_sessions"],
+    "required": [
+        "status",
+        "failed",
+        "degraded_providers",
+        "ari_connected",
+        "store_writable",
+        "store_error",
+        "live_sessions",
+    ],
 }
 _HEALTH = {
     "summary": "Whether speakd can serve: ARI connected and the store writable (no credentials)",

@@ -114,6 +114,11 @@ class Provider(abc.ABC):
     def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         """Stream audio for ``request``: an async generator, first chunk as early as possible."""
 
+    def voice_for(self, language: str, voice_id: str, model: str = "") -> str:
+        """The voice a request for ``language`` with ``voice_id`` is spoken with (``voice_id`` ""
+        means the provider's default for the language): what a say item names as its speaker."""
+        return voice_id
+
     def open_text_stream(self, language: str, voice_id: str, codec: Codec, model: str = "") -> TextStream | None:
         """A streaming text input for one speaking stream where the provider has one (None: each
         chunk of the stream is synthesized on its own)."""
@@ -168,6 +173,9 @@ class DelegatingProvider(Provider):
 
     def open_text_stream(self, language: str, voice_id: str, codec: Codec, model: str = "") -> TextStream | None:
         return self.inner.open_text_stream(language, voice_id, codec, model)
+
+    def voice_for(self, language: str, voice_id: str, model: str = "") -> str:
+        return self.inner.voice_for(language, voice_id, model)
 
     def rendering(self, request: SynthesisRequest) -> dict[str, str]:
         return self.inner.rendering(request)

@@ -28,3 +28,6 @@ class CloudProvider(Provider):
 
     def check(self, language: str, voice_id: str, payload_type: str = "text") -> None:
         self._checked(language, voice_id, payload_type)
+
+    def voice_for(self, language: str, voice_id: str, model: str = "") -> str:
+        return self._resolve(language, voice_id, model)[1]  # every provider's second: the voice

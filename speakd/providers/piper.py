@@ -140,6 +140,9 @@ class PiperProvider(Provider):
             )
         self.check_payload_type(payload_type)
 
+    def voice_for(self, language: str, voice_id: str, model: str = "") -> str:
+        return voice_id or self.default_voice
+
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         voice = await self._ensure_loaded()
         sentences: Iterator[Any] = iter(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ class SayItem:
     tm_queued: str = field(default_factory=now_stamp)
     tm_play_start: str = NOT_YET
     tm_play_end: str = NOT_YET
+    # Who spoke it, in order: {"provider", "voice_id"} of each provider that gave it audio (more
+    # than one when it went on with a fallback provider: speakd.providers.fallback).
+    spoken_by: list[dict[str, str]] = field(default_factory=list)
     # Run-time only (not stored): where the say sits on the playout timeline, and its marks.
     start_ms: int | None = field(default=None, repr=False)
     synthesized_ms: int = field(default=0, repr=False)
@@ -79,6 +83,7 @@ class SayItem:
         "tm_queued",
         "tm_play_start",
         "tm_play_end",
+        "spoken_by",
     )
 
     @property
@@ -90,7 +95,7 @@ class SayItem:
         return self.status in FINAL
 
     def row(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.STORED}
+        return {name: getattr(self, name) for name in self.STORED} | {"spoken_by": json.dumps(self.spoken_by)}
 
     def to_dict(self) -> dict[str, Any]:
         """The say item as the API shows it."""
@@ -100,6 +105,7 @@ class SayItem:
     def from_row(cls, row: dict[str, Any]) -> SayItem:
         values = {k: row[k] for k in cls.STORED}
         values["status"] = SayStatus(values["status"])
+        values["spoken_by"] = json.loads(values["spoken_by"] or "[]")
         return cls(**values)
 
     def reset_synthesis(self) -> None:
@@ -109,7 +115,12 @@ class SayItem:
         self.synthesized = False
         self.error = ""
         self.word_marks = []
+        self.spoken_by = []
         self.ready.clear()
+
+    def spoken(self, provider: str, voice_id: str) -> None:
+        """``provider`` with ``voice_id`` gave this say audio (after any that did before)."""
+        self.spoken_by.append({"provider": provider, "voice_id": voice_id})
 
     def word_times(self) -> list[tuple[str, int, int]]:
         """(word, start ms, end ms) into the say's audio for each word its marks reach. A word

@@ -28,6 +28,7 @@ from speakd.media.playout import Playout
 from speakd.media.transport import TransportError
 from speakd.providers import ProviderRegistry
 from speakd.providers.base import TextStream, Voice
+from speakd.providers.fallback import Failover
 from speakd.sessions.ari_events import AriEventHandlers
 from speakd.sessions.chunker import TextChunker
 from speakd.sessions.conference import ConferenceTarget
@@ -74,8 +75,10 @@ class SpeakingService:
         mark_every_ms: int,
         owner: Owner = NO_OWNER,
         peers: SoloPeers | None = None,
+        failover: Failover | None = None,
     ) -> None:
         self.store = store
+        self.failover = failover  # [tts] fallback: where a say goes on when its provider fails
         self.owner = owner  # this node's run: its sessions' owner in the store
         self.peers = peers or SoloPeers()  # the other nodes sharing the store (requests routed to them)
         self.ari = ari
@@ -169,6 +172,7 @@ class SpeakingService:
             model=req.model,
             say_event=lambda kind, item, at, extra: self._publish_say(kind, live, item, at, extra),
             on_underrun=self.on_underrun,
+            failover=self.failover,
         )
         live = LiveSession(session, target)
         self.sessions.add(live)
@@ -411,9 +415,12 @@ class SpeakingService:
         ari_connected = self.ari.connected.is_set()
         store_writable, store_error = await self.store_check.writable()
         failed = [name for name, ok in (("ari", ari_connected), ("store", store_writable)) if not ok]
+        # Providers skipped by their circuit breaker: speech goes on with the others.
+        degraded = self.failover.degraded() if self.failover is not None else []
         return {
-            "status": "unavailable" if failed else "ok",
+            "status": "unavailable" if failed else "degraded" if degraded else "ok",
             "failed": failed,
+            "degraded_providers": degraded,
             "ari_connected": ari_connected,
             "store_writable": store_writable,
             "store_error": store_error,

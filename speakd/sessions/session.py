@@ -26,13 +26,14 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from speakd.audio import Codec
-from speakd.errors import ProviderError
+from speakd.errors import InvalidRequest, ProviderError
 from speakd.events.model import EventType, InterruptReason, StopReason
 from speakd.media.codec import FrameEncoder
 from speakd.media.playout import Playout
 from speakd.media.rtp import FRAME_MS
 from speakd.media.transport import MediaTransport
 from speakd.providers.base import Provider, SynthesisRequest
+from speakd.providers.fallback import Failover
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.store.records import Speaking, stamp_of
 from speakd.tasks import cancel_and_wait
@@ -85,9 +86,12 @@ class Session:
         model: str = "",
         say_event: SayEvent | None = None,
         on_underrun: Callable[[], None] | None = None,
+        failover: Failover | None = None,
     ) -> None:
         self.record = record
         self.provider = provider
+        # Where a say goes on when its provider fails ([tts] fallback); None: the provider alone.
+        self.failover = failover
         self.codec: Codec = codec
         self.model = model
         self.playout = playout
@@ -288,9 +292,14 @@ class Session:
             deadline=deadline,
             cache=item.cache,
         )
-        source = item.text_stream.synthesize if item.text_stream is not None else self.provider.synthesize
+        if self.failover is not None:
+            chunks = self.failover.synthesize(self.provider, request, item.text_stream, item.spoken)
+        elif item.text_stream is not None:
+            chunks = item.text_stream.synthesize(request)
+        else:
+            chunks = self.provider.synthesize(request)
         try:
-            async with contextlib.aclosing(source(request)) as chunks:
+            async with contextlib.aclosing(chunks):  # type: ignore[type-var]
                 async for chunk in chunks:
                     now = time.monotonic()
                     # How long the next chunk may take: like this one, or what the provider says.
@@ -301,6 +310,8 @@ class Session:
                             say_id=item.say_id,
                             latency_ms=round((time.monotonic() - started) * 1000, 1),
                         )
+                        if self.failover is None:  # (failover names each provider as it speaks)
+                            item.spoken(self.provider.name, self._voice())
                     chunk_start_ms = item.synthesized_ms + encoder.pending_ms
                     for chars, sample in chunk.marks:
                         item.add_word_mark(chunk_start_ms + sample * 1000 // chunk.format.sample_rate, chars)
@@ -329,6 +340,13 @@ class Session:
             self.playout.boundary(generation, lambda at: self._say_ended(item, at))
         else:  # no audio at all
             self._ran_its_course(item, stamp_of(time.time()))
+
+    def _voice(self) -> str:
+        """The voice this session's says are spoken with (its default for the language if it named none)."""
+        try:
+            return self.provider.voice_for(self.record.language, self.record.voice_id, self.model)
+        except InvalidRequest:
+            return self.record.voice_id
 
     # -- played positions (called when playout reaches a say's boundaries) -------------------
 

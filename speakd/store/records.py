@@ -133,6 +133,7 @@ SAY_COLUMNS = (
     "tm_queued",
     "tm_play_start",
     "tm_play_end",
+    "spoken_by",  # JSON: [{"provider", "voice_id"}, ...]
 )
 
 # A webhook delivery waiting in the outbox: ``body`` is the exact JSON POSTed (signed as is),

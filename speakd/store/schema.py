@@ -169,6 +169,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        "says: who spoke each say",
+        # JSON [{"provider", "voice_id"}, ...] in order: more than one when a fallback went on with it.
+        ("ALTER TABLE says ADD COLUMN spoken_by TEXT NOT NULL DEFAULT '[]'",),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

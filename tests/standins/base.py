@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-FailMode = Literal["unauthorized", "forbidden", "server_error", "hang", "cut"]
-FAIL_MODES = ("unauthorized", "forbidden", "server_error", "hang", "cut")
+# "empty": a success with no audio (the ElevenLabs stand-in's HTTP stream).
+FailMode = Literal["unauthorized", "forbidden", "server_error", "hang", "cut", "empty"]
+FAIL_MODES = ("unauthorized", "forbidden", "server_error", "hang", "cut", "empty")
 HANG_LIMIT = 30.0  # seconds a "hang" waits for the client to give up before ending anyway
 
 

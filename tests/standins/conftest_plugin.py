@@ -2,7 +2,7 @@
 
 Each fixture yields a started stand-in with ``.url`` / ``.address``, ``.requests`` (what it
 received), ``.fail_next(mode, count=1)`` (``unauthorized``, ``forbidden``, ``server_error``,
-``hang``, ``cut``), ``.hold_after_first_chunk()`` / ``.release()``, the ``first_chunk_sent`` /
+``hang``, ``cut``, ``empty``), ``.hold_after_first_chunk()`` / ``.release()``, the ``first_chunk_sent`` /
 ``finished`` / ``client_closed`` events, and ``.provider_section(**extra)``: the speakd config
 section (``[elevenlabs]``, ``[gcp]``, ``[aws]``) that points speakd at it, e.g.
 ``{"aws": aws_standin.provider_section()}`` for ``ProviderRegistry.from_config``.

@@ -129,6 +129,10 @@ class ElevenLabsStandin(HttpStandin):
             return error
         if mode == "server_error":
             return web.json_response({"detail": {"status": "internal_error", "message": "boom"}}, status=500)
+        if mode == "empty":  # 200, the audio's content type, and not one byte
+            return web.Response(
+                status=200, body=b"", headers={"Content-Type": CONTENT_TYPES.get(encoding, "audio/basic")}
+            )
         if not encoding:
             return web.json_response(
                 {"detail": [{"loc": ["query", "output_format"], "msg": f"unsupported {output_format}"}]},

@@ -49,6 +49,7 @@ def _say_row(say_id: str, status: str) -> dict:
         "tm_queued": "2026-01-01 00:00:00.000000",
         "tm_play_start": "",
         "tm_play_end": "",
+        "spoken_by": "[]",
     }
 
 
