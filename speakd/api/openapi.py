@@ -86,6 +86,21 @@ _SAY = {
                 "required": ["provider", "voice_id"],
             },
         },
+        "provider_failures": {
+            "type": "array",
+            "description": "each provider that failed on it, in order (with [tts] fallback, the next one went on "
+            "with the say): stage before_audio or mid_say, and the provider's error",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "provider": {"type": "string"},
+                    "voice_id": {"type": "string"},
+                    "stage": {"type": "string", "enum": ["before_audio", "mid_say"]},
+                    "error": {"type": "string"},
+                },
+                "required": ["provider", "voice_id", "stage", "error"],
+            },
+        },
     },
     "required": list(SayItem.SHOWN),
 }

@@ -228,9 +228,11 @@ class Failover:
         request: SynthesisRequest,
         text_stream: TextStream | None = None,
         spoke: Callable[[str, str], None] = lambda provider, voice: None,
+        failed: Callable[[str, str, str, str], None] = lambda provider, voice, stage, error: None,
     ) -> AsyncIterator[AudioChunk]:
         """The say's audio (see the module docstring); ``spoke(provider, voice)`` is told each
-        time a provider starts speaking it. ProviderError when no provider is left."""
+        time a provider starts speaking it, ``failed(provider, voice, stage, error)`` each time
+        one fails on it. ProviderError when no provider is left."""
         candidates = self._candidates(own, text_stream, request)
         failures: list[str] = []
         offset = 0  # characters of request.text whose audio has come
@@ -264,6 +266,7 @@ class Failover:
                 message = exc.message if exc.message.startswith(f"{name}:") else f"{name}: {exc.message}"
                 failures.append(message)
                 stage = "mid_say" if part.passed_s else "before_audio"
+                failed(name, candidate.voice(request), stage, message)
                 if part.passed_s and request.payload_type == "ssml":
                     # SSML cannot be cut at a character: the rest is not spoken again.
                     raise ProviderError(message) from exc

@@ -55,6 +55,9 @@ class SayItem:
     # Who spoke it, in order: {"provider", "voice_id"} of each provider that gave it audio (more
     # than one when it went on with a fallback provider: speakd.providers.fallback).
     spoken_by: list[dict[str, str]] = field(default_factory=list)
+    # Each provider that failed on it, in order: {"provider", "voice_id", "stage" (before_audio or
+    # mid_say), "error"}; the last one's error is also the say's if none was left to go on.
+    provider_failures: list[dict[str, str]] = field(default_factory=list)
     # Run-time only (not stored): where the say sits on the playout timeline, and its marks.
     start_ms: int | None = field(default=None, repr=False)
     synthesized_ms: int = field(default=0, repr=False)
@@ -84,7 +87,10 @@ class SayItem:
         "tm_play_start",
         "tm_play_end",
         "spoken_by",
+        "provider_failures",
     )
+    # Stored as JSON text.
+    JSON_COLUMNS = ("spoken_by", "provider_failures")
 
     @property
     def heard_text(self) -> str:
@@ -95,7 +101,9 @@ class SayItem:
         return self.status in FINAL
 
     def row(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.STORED} | {"spoken_by": json.dumps(self.spoken_by)}
+        return {name: getattr(self, name) for name in self.STORED} | {
+            name: json.dumps(getattr(self, name)) for name in self.JSON_COLUMNS
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The say item as the API shows it."""
@@ -105,7 +113,8 @@ class SayItem:
     def from_row(cls, row: dict[str, Any]) -> SayItem:
         values = {k: row[k] for k in cls.STORED}
         values["status"] = SayStatus(values["status"])
-        values["spoken_by"] = json.loads(values["spoken_by"] or "[]")
+        for name in cls.JSON_COLUMNS:
+            values[name] = json.loads(values[name] or "[]")
         return cls(**values)
 
     def reset_synthesis(self) -> None:
@@ -116,11 +125,16 @@ class SayItem:
         self.error = ""
         self.word_marks = []
         self.spoken_by = []
+        self.provider_failures = []
         self.ready.clear()
 
     def spoken(self, provider: str, voice_id: str) -> None:
         """``provider`` with ``voice_id`` gave this say audio (after any that did before)."""
         self.spoken_by.append({"provider": provider, "voice_id": voice_id})
+
+    def provider_failed(self, provider: str, voice_id: str, stage: str, error: str) -> None:
+        """``provider`` with ``voice_id`` failed on this say (``stage``: before_audio or mid_say)."""
+        self.provider_failures.append({"provider": provider, "voice_id": voice_id, "stage": stage, "error": error})
 
     def word_times(self) -> list[tuple[str, int, int]]:
         """(word, start ms, end ms) into the say's audio for each word its marks reach. A word

@@ -293,7 +293,9 @@ class Session:
             cache=item.cache,
         )
         if self.failover is not None:
-            chunks = self.failover.synthesize(self.provider, request, item.text_stream, item.spoken)
+            chunks = self.failover.synthesize(
+                self.provider, request, item.text_stream, item.spoken, item.provider_failed
+            )
         elif item.text_stream is not None:
             chunks = item.text_stream.synthesize(request)
         else:

@@ -134,6 +134,7 @@ SAY_COLUMNS = (
     "tm_play_start",
     "tm_play_end",
     "spoken_by",  # JSON: [{"provider", "voice_id"}, ...]
+    "provider_failures",  # JSON: [{"provider", "voice_id", "stage", "error"}, ...]
 )
 
 # A webhook delivery waiting in the outbox: ``body`` is the exact JSON POSTed (signed as is),

@@ -171,9 +171,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
-        "says: who spoke each say",
-        # JSON [{"provider", "voice_id"}, ...] in order: more than one when a fallback went on with it.
-        ("ALTER TABLE says ADD COLUMN spoken_by TEXT NOT NULL DEFAULT '[]'",),
+        "says: who spoke each say, and the providers that failed on it",
+        (
+            # JSON [{"provider", "voice_id"}, ...] in order: more than one when a fallback went on with it.
+            "ALTER TABLE says ADD COLUMN spoken_by TEXT NOT NULL DEFAULT '[]'",
+            # JSON [{"provider", "voice_id", "stage", "error"}, ...]: each provider that failed on it, in order.
+            "ALTER TABLE says ADD COLUMN provider_failures TEXT NOT NULL DEFAULT '[]'",
+        ),
     ),
 )
 LATEST = MIGRATIONS[-1].version

@@ -173,8 +173,10 @@ async def test_the_whole_text_is_heard_once_when_elevenlabs_fails(
 
     item = await say_and_wait(fapi, speaking_id, text)
     assert (item["status"], item["error"], item["heard_text"]) == ("played", "", text), item
-    # Who spoke it, in order: ElevenLabs only where it gave audio.
+    # Who spoke it, in order: ElevenLabs only where it gave audio; and who failed on it, when.
     assert speakers(item) == (["elevenlabs", "gcp"] if fragment_s else ["gcp"]), item
+    stage = "mid_say" if fragment_s else "before_audio"
+    assert [(f["provider"], f["stage"]) for f in item["provider_failures"]] == [("elevenlabs", stage)], item
     assert item["spoken_by"][-1]["voice_id"] == "en-US-Chirp3-HD-Charon"  # gcp's default for en-US
     # Less than a word had arrived: gcp says the text from its start (nothing skipped).
     assert [r.text for r in gcp.synth_requests()] == [text]

@@ -49,6 +49,7 @@ class Heard:
 
     def __init__(self) -> None:
         self.spoke: list[tuple[str, str]] = []
+        self.failed: list[tuple[str, str]] = []  # (provider, stage) of each failure on the say
         self.seconds: list[float] = []
         self.began: list[float] = []  # time.monotonic() of each part's first chunk
         self.last_chunk_at = 0.0
@@ -70,8 +71,12 @@ async def say(own, failover: Failover, text: str = TEXT, text_stream=None) -> He
             heard.gaps.append(now - heard.last_chunk_at)
         heard.began.append(now)
 
+    def failed(provider: str, voice: str, stage: str, error: str) -> None:
+        assert error.startswith(f"{provider}:"), error
+        heard.failed.append((provider, stage))
+
     request = SynthesisRequest(text, "en-US", "")
-    async for chunk in failover.synthesize(own, request, text_stream, spoke):
+    async for chunk in failover.synthesize(own, request, text_stream, spoke, failed):
         assert chunk.format.encoding == "ulaw" or chunk.format.encoding == "pcm_s16le"
         width = 1 if chunk.format.encoding == "ulaw" else 2
         heard.seconds[-1] += len(chunk.data) / width / chunk.format.sample_rate
@@ -97,6 +102,7 @@ async def test_elevenlabs_answering_500_goes_on_with_gcp_at_once(chain, elevenla
     started = time.monotonic()
     heard = await say(own, failover)
     assert [p for p, _ in heard.spoke] == ["gcp"]
+    assert heard.failed == [("elevenlabs", "before_audio")]
     assert heard.spoke[0][1] == own_default_voice(failover, "gcp")
     assert heard.began[0] - started < failover.settings.first_audio_timeout
     assert [r.text for r in gcp_standin.synth_requests()] == [TEXT]
@@ -108,6 +114,7 @@ async def test_an_empty_200_is_a_failure_and_gcp_says_it_all(chain, elevenlabs_s
     elevenlabs_standin.fail_next("empty")
     heard = await say(own, failover)
     assert [p for p, _ in heard.spoke] == ["gcp"]
+    assert heard.failed == [("elevenlabs", "before_audio")]
     assert len(elevenlabs_standin.synth_requests()) == 1, "an empty answer is not retried: the next one is asked"
     assert [r.text for r in gcp_standin.synth_requests()] == [TEXT]
     assert_once(heard, one_rendering)
@@ -121,6 +128,7 @@ async def test_a_stream_cut_after_300_ms_is_continued_not_restarted(
     elevenlabs_standin.fail_next("cut")
     heard = await say(own, failover)
     assert [p for p, _ in heard.spoke] == ["elevenlabs", "gcp"]
+    assert heard.failed == [("elevenlabs", "mid_say")]
     assert heard.seconds[0] == pytest.approx(0.3)
     # Not one word had all arrived ("Hello," takes longer): gcp says it from the start.
     assert [r.text for r in gcp_standin.synth_requests()] == [TEXT]

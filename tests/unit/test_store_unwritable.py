@@ -50,6 +50,7 @@ def _say_row(say_id: str, status: str) -> dict:
         "tm_play_start": "",
         "tm_play_end": "",
         "spoken_by": "[]",
+        "provider_failures": "[]",
     }
 
 
