@@ -33,16 +33,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 import structlog
 
 from speakd.audio import AudioFormat
+from speakd.config import TtsConfig
 from speakd.errors import InvalidRequest, ProviderError
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream
-
-if TYPE_CHECKING:
-    from speakd.config import TtsConfig
 
 log = structlog.get_logger(__name__)
 
@@ -137,10 +134,10 @@ class FailoverSettings:
     """``[tts]``'s keys for it (speakd.config.TtsConfig has their defaults and checks)."""
 
     fallback: tuple[str, ...]
-    first_audio_timeout: float = 3.0
-    stall_timeout: float = 2.0
-    breaker_failures: int = 5
-    breaker_cool_off: float = 30.0
+    first_audio_timeout: float = TtsConfig.first_audio_timeout
+    stall_timeout: float = TtsConfig.stall_timeout
+    breaker_failures: int = TtsConfig.breaker_failures
+    breaker_cool_off: float = TtsConfig.breaker_cool_off
 
     @classmethod
     def of(cls, tts: TtsConfig) -> FailoverSettings:
