@@ -58,6 +58,10 @@ class SayItem:
     # Each provider that failed on it, in order: {"provider", "voice_id", "stage" (before_audio or
     # mid_say), "error"}; the last one's error is also the say's if none was left to go on.
     provider_failures: list[dict[str, str]] = field(default_factory=list)
+    # False: must be heard whole: a flush or a stop of says does not cut it, only the session's end.
+    interruptible: bool = True
+    volume: float = 0.0  # dB on top of the one loudness every say is brought to
+    lexicon: str = ""  # the lexicon its text goes through before synthesis ('' for none)
     # Run-time only (not stored): where the say sits on the playout timeline, and its marks.
     start_ms: int | None = field(default=None, repr=False)
     synthesized_ms: int = field(default=0, repr=False)
@@ -113,6 +117,7 @@ class SayItem:
     def from_row(cls, row: dict[str, Any]) -> SayItem:
         values = {k: row[k] for k in cls.STORED}
         values["status"] = SayStatus(values["status"])
+        values["interruptible"] = bool(values["interruptible"])  # SQLite keeps 1 or 0
         for name in cls.JSON_COLUMNS:
             values[name] = json.loads(values[name] or "[]")
         return cls(**values)

@@ -135,6 +135,9 @@ SAY_COLUMNS = (
     "tm_play_end",
     "spoken_by",  # JSON: [{"provider", "voice_id"}, ...]
     "provider_failures",  # JSON: [{"provider", "voice_id", "stage", "error"}, ...]
+    "interruptible",  # False: must be heard whole (a flush or stop does not cut it)
+    "volume",  # dB on top of the one loudness
+    "lexicon",  # the lexicon's name ('' for none)
 )
 
 # A webhook delivery waiting in the outbox: ``body`` is the exact JSON POSTed (signed as is),

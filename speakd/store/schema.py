@@ -14,7 +14,9 @@ store may still miss: :data:`speakd.store.sqlite.UNVERSIONED_COLUMNS`). Version 
 their table, each session's owner beside the spec's fields, and the index that keeps one live
 session per call across every node sharing the store. Version 3 adds what a fleet of nodes
 shares: each node's Asterisk and run lock, the events table the other nodes' WebSockets read,
-and the webhook delivery claims.
+and the webhook delivery claims. Version 4 names who spoke each say and the providers that
+failed on it. Version 5 adds what a say asks of its playing (must-play, volume, lexicon) and
+each customer's lexicons.
 """
 
 from __future__ import annotations
@@ -33,12 +35,17 @@ class Dialect:
     integer: str  # a 64-bit integer
     real: str  # a double-precision number
     stamp: str  # a time in the spec's text format (records.TIME_FORMAT): compared byte by byte
+    boolean: str  # true or false (SQLite keeps 1 or 0: read back through bool())
 
     def fill(self, statement: str) -> str:
-        return statement.format(serial=self.serial, integer=self.integer, real=self.real, stamp=self.stamp)
+        return statement.format(
+            serial=self.serial, integer=self.integer, real=self.real, stamp=self.stamp, boolean=self.boolean
+        )
 
 
-SQLITE = Dialect(serial="INTEGER PRIMARY KEY AUTOINCREMENT", integer="INTEGER", real="REAL", stamp="TEXT")
+SQLITE = Dialect(
+    serial="INTEGER PRIMARY KEY AUTOINCREMENT", integer="INTEGER", real="REAL", stamp="TEXT", boolean="INTEGER"
+)
 # PostgreSQL's REAL is 4 bytes and INTEGER 4; its text order follows the database's collation,
 # which may ignore punctuation: the stamps are compared as bytes, as SQLite does, so that the
 # fixed-width format sorts in time order whatever the database was created with.
@@ -47,6 +54,7 @@ POSTGRES = Dialect(
     integer="BIGINT",
     real="DOUBLE PRECISION",
     stamp='TEXT COLLATE "C"',
+    boolean="BOOLEAN",
 )
 
 
@@ -177,6 +185,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE says ADD COLUMN spoken_by TEXT NOT NULL DEFAULT '[]'",
             # JSON [{"provider", "voice_id", "stage", "error"}, ...]: each provider that failed on it, in order.
             "ALTER TABLE says ADD COLUMN provider_failures TEXT NOT NULL DEFAULT '[]'",
+        ),
+    ),
+    Migration(
+        5,
+        "says: must-play, volume and lexicon; each customer's lexicons",
+        (
+            # False: a flush or stop does not cut it (only the session's end does).
+            "ALTER TABLE says ADD COLUMN interruptible {boolean} NOT NULL DEFAULT TRUE",
+            # dB on top of the one loudness every say is brought to.
+            "ALTER TABLE says ADD COLUMN volume {real} NOT NULL DEFAULT 0",
+            # The lexicon its text went through before synthesis ('' for none).
+            "ALTER TABLE says ADD COLUMN lexicon TEXT NOT NULL DEFAULT ''",
+            # entries: JSON [{"from", "to"}, ...] in the order given.
+            """CREATE TABLE lexicons (
+                customer_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                entries TEXT NOT NULL,
+                tm_create {stamp} NOT NULL,
+                tm_update {stamp} NOT NULL,
+                PRIMARY KEY (customer_id, name)
+            )""",
         ),
     ),
 )

@@ -46,7 +46,18 @@ Row = dict[str, Any]
 HEARTBEAT_LOCK_WAIT_MS = 100
 
 # Written when the say is queued, never after.
-_SAY_SET_ONCE = ("say_id", "speaking_id", "text", "payload_type", "client_state", "command_id", "tm_queued")
+_SAY_SET_ONCE = (
+    "say_id",
+    "speaking_id",
+    "text",
+    "payload_type",
+    "client_state",
+    "command_id",
+    "tm_queued",
+    "interruptible",
+    "volume",
+    "lexicon",
+)
 _SPEAKING_COLS = tuple(f for f in FIELDS if f != "id")  # what an update writes
 _SAY_COLS = tuple(f for f in SAY_COLUMNS if f not in _SAY_SET_ONCE)
 

@@ -14,7 +14,8 @@ def _say(say_id: str, status: str) -> dict:
     return {"say_id": say_id, "speaking_id": "s-1", "text": "hi", "payload_type": "text", "client_state": "",
             "command_id": "", "status": status, "error": "", "heard_chars": 0, "played_ms": 0,
             "tm_queued": STAMP, "tm_play_start": "", "tm_play_end": "",
-            "spoken_by": "[]", "provider_failures": "[]"}  # fmt: skip
+            "spoken_by": "[]", "provider_failures": "[]",
+            "interruptible": True, "volume": 0.0, "lexicon": ""}  # fmt: skip
 
 
 def _outbox(event_id: str) -> dict:

@@ -36,7 +36,8 @@ def _say(say_id: str, speaking_id: str, status: str) -> dict:
     return {"say_id": say_id, "speaking_id": speaking_id, "text": "hi", "payload_type": "text", "client_state": "",
             "command_id": "", "status": status, "error": "", "heard_chars": 0, "played_ms": 0,
             "tm_queued": STAMP, "tm_play_start": NOT_YET, "tm_play_end": NOT_YET,
-            "spoken_by": "[]", "provider_failures": "[]"}  # fmt: skip
+            "spoken_by": "[]", "provider_failures": "[]",
+            "interruptible": True, "volume": 0.0, "lexicon": ""}  # fmt: skip
 
 
 async def _two_runs(store) -> None:

@@ -35,7 +35,8 @@ def _say(say_id: str, speaking_id: str, status: str) -> dict:
     return {"say_id": say_id, "speaking_id": speaking_id, "text": "hi", "payload_type": "text", "client_state": "",
             "command_id": "", "status": status, "error": "", "heard_chars": 0, "played_ms": 0,
             "tm_queued": STAMP, "tm_play_start": "", "tm_play_end": "",
-            "spoken_by": "[]", "provider_failures": "[]"}  # fmt: skip
+            "spoken_by": "[]", "provider_failures": "[]",
+            "interruptible": True, "volume": 0.0, "lexicon": ""}  # fmt: skip
 
 
 async def test_a_session_row_keeps_its_owner_beside_the_spec_fields(engine):

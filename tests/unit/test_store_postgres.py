@@ -30,7 +30,8 @@ def _say(status: str) -> dict:
     return {"say_id": "y", "speaking_id": "s-1", "text": "hello", "payload_type": "text", "client_state": "",
             "command_id": "", "status": status, "error": "", "heard_chars": 0, "played_ms": 0,
             "tm_queued": "2026-01-01 00:00:00.000000", "tm_play_start": "", "tm_play_end": "",
-            "spoken_by": "[]", "provider_failures": "[]"}  # fmt: skip
+            "spoken_by": "[]", "provider_failures": "[]",
+            "interruptible": True, "volume": 0.0, "lexicon": ""}  # fmt: skip
 
 
 @pytest.fixture

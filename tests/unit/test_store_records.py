@@ -24,7 +24,8 @@ def _say(say_id: str, speaking_id: str, status: str = "queued", **fields) -> dic
     return {"say_id": say_id, "speaking_id": speaking_id, "text": "Grüße, 世界", "payload_type": "ssml",
             "client_state": "cs", "command_id": "", "status": status, "error": "", "heard_chars": 0, "played_ms": 0,
             "tm_queued": "2026-03-01 00:00:00.000001", "tm_play_start": "", "tm_play_end": "",
-            "spoken_by": "[]", "provider_failures": "[]"} | fields  # fmt: skip
+            "spoken_by": "[]", "provider_failures": "[]",
+            "interruptible": True, "volume": 0.0, "lexicon": ""} | fields  # fmt: skip
 
 
 def _outbox(event_id: str, customer: str, created: float) -> dict:

@@ -128,7 +128,10 @@ async def test_a_sqlite_file_written_before_versions_opens_with_all_its_data(tmp
         ]
         assert set(db.execute("SELECT node_id, run_id, conflict_key FROM speakings").fetchall()) == {("", "", "")}
         after["speakings"] = [row[: len(before["speakings"][0])] for row in after["speakings"]]  # the columns before
-        assert {row[-1] for row in after["says"]} == {"[]"}  # spoken_by (v4): no one named
+        columns = [c[1] for c in db.execute("PRAGMA table_info(says)")]
+        added = {tuple(row[columns.index(c)] for c in ("spoken_by", "interruptible", "volume", "lexicon"))
+                 for row in after["says"]}  # fmt: skip
+        assert added == {("[]", 1, 0.0, "")}  # v4: no one named; v5: interruptible, no volume change, no lexicon
         after["says"] = [row[: len(before["says"][0])] for row in after["says"]]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert after["webhook_outbox"] == before["webhook_outbox"] and after["health"] == before["health"]

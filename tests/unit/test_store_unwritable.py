@@ -51,6 +51,9 @@ def _say_row(say_id: str, status: str) -> dict:
         "tm_play_end": "",
         "spoken_by": "[]",
         "provider_failures": "[]",
+        "interruptible": True,
+        "volume": 0.0,
+        "lexicon": "",
     }
 
 
