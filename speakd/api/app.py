@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from speakd.api import events_ws, schemas, stream_ws
+from speakd.api import events_ws, lexicons, schemas, stream_ws
 from speakd.api.auth import Authenticator
 from speakd.api.carry import NO_SUCH_REFERENCE, STREAM_ERROR, Carrier, is_carried
 from speakd.api.events_ws import EventHub
@@ -190,7 +190,8 @@ async def list_says(request: web.Request) -> web.Response:
 
 
 async def flush(request: web.Request) -> web.Response:
-    return _record(await request.app[SERVICE].flush(request[CUSTOMER_ID], request.match_info["id"]))
+    record, protected = await request.app[SERVICE].flush(request[CUSTOMER_ID], request.match_info["id"])
+    return web.json_response({**record.to_dict(), "protected_says": protected})
 
 
 async def stop(request: web.Request) -> web.Response:
@@ -221,6 +222,25 @@ async def render_prompt(request: web.Request) -> web.Response:
     if PROMPTS not in request.app:
         raise NotFound("this speakd renders no prompts")
     return await prompt_response(request.app[PROMPTS], await request.read(), request.app[DEFAULT_PROVIDER])
+
+
+async def put_lexicon(request: web.Request) -> web.Response:
+    book, name = request.app[SERVICE].lexicons, request.match_info["name"]
+    return await lexicons.put_response(book, request[CUSTOMER_ID], name, await request.read())
+
+
+async def get_lexicon(request: web.Request) -> web.Response:
+    book, name = request.app[SERVICE].lexicons, request.match_info["name"]
+    return await lexicons.get_response(book, request[CUSTOMER_ID], name)
+
+
+async def delete_lexicon(request: web.Request) -> web.Response:
+    book, name = request.app[SERVICE].lexicons, request.match_info["name"]
+    return await lexicons.delete_response(book, request[CUSTOMER_ID], name)
+
+
+async def list_lexicons(request: web.Request) -> web.Response:
+    return await lexicons.list_response(request.app[SERVICE].lexicons, request[CUSTOMER_ID])
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -282,6 +302,10 @@ def create_app(
     app.router.add_get("/v1.0/voices", list_voices)
     app.router.add_post("/v1.0/prompts", render_prompt)
     app.router.add_get("/v1.0/nodes", list_nodes)
+    app.router.add_get("/v1.0/lexicons", list_lexicons)
+    app.router.add_put("/v1.0/lexicons/{name}", put_lexicon)
+    app.router.add_get("/v1.0/lexicons/{name}", get_lexicon)
+    app.router.add_delete("/v1.0/lexicons/{name}", delete_lexicon)
     app.router.add_get("/v1.0/openapi.json", openapi)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", serve_metrics)

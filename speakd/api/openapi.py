@@ -10,6 +10,7 @@ from speakd.config import TransportKind
 from speakd.languages import TAG_PATTERN
 from speakd.provider_names import PROVIDER_NAMES
 from speakd.providers.base import TEXT_PAYLOAD_TYPES
+from speakd.sessions.lexicons import MAX_ENTRIES, MAX_FROM_CHARS, MAX_LEXICONS, MAX_TO_CHARS, NAME_PATTERN
 from speakd.sessions.nodes import HEARTBEAT_S
 from speakd.sessions.requests import (
     DEFAULT_DIRECTION,
@@ -101,8 +102,63 @@ _SAY = {
                 "required": ["provider", "voice_id", "stage", "error"],
             },
         },
+        "interruptible": {
+            "type": "boolean",
+            "description": "false: a must-play say; a flush, a stop (current or all) or a stream's reset did not "
+            "cut it, only the session's end (stop, hangup, delete) can",
+        },
+        "lexicon": {
+            "type": "string",
+            "description": "the lexicon its text went through before synthesis ('' for none); text, heard_text and "
+            "word timestamps still name the words sent",
+        },
     },
     "required": list(SayItem.SHOWN),
+}
+
+_LEXICON_NAME = {"type": "string", "pattern": NAME_PATTERN}
+_LEXICON_ENTRIES = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": MAX_ENTRIES,
+    "description": "replacements, matched as whole words, case-insensitively (read as 'to' is written); where "
+    "entries overlap the longer 'from' wins; one pass (a replacement is not replaced again); in SSML only "
+    "between tags. Two entries' 'from' may not differ only in case or spacing",
+    "items": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "from": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_FROM_CHARS,
+                "pattern": r"\w",
+                "description": "a word or words as the application writes them (spaces match any whitespace)",
+            },
+            "to": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_TO_CHARS,
+                "pattern": r"\S",
+                "description": "what the provider reads instead",
+            },
+        },
+        "required": ["from", "to"],
+    },
+}
+_LEXICON = {
+    "type": "object",
+    "properties": {
+        "name": _LEXICON_NAME,
+        "entries": _LEXICON_ENTRIES,
+        "tm_create": _TIMESTAMP,
+        "tm_update": _TIMESTAMP,
+    },
+    "required": ["name", "entries", "tm_create", "tm_update"],
+}
+_LEXICON_FIELD = {
+    **_LEXICON_NAME,
+    "pattern": f"^$|{NAME_PATTERN}",
 }
 
 _ERROR = {
@@ -129,6 +185,7 @@ _ERROR = {
                         "body_too_large",
                         "conflict",
                         "cache_disabled",
+                        "too_many_lexicons",
                         "queue_full",
                         "provider_failed",
                         "unavailable",
@@ -291,7 +348,7 @@ OPENAPI: dict[str, Any] = {
             "token": {"type": "apiKey", "in": "query", "name": "token"},
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
         },
-        "schemas": {"Speaking": _SPEAKING, "Say": _SAY, "Error": _ERROR},
+        "schemas": {"Speaking": _SPEAKING, "Say": _SAY, "Error": _ERROR, "Lexicon": _LEXICON},
         "headers": {"RequestId": _REQUEST_ID_HEADER, "RetryAfter": _RETRY_AFTER_HEADER},
     },
     "paths": {
@@ -319,6 +376,11 @@ OPENAPI: dict[str, Any] = {
                                     "provider": _enum(PROVIDER_NAMES),
                                     "voice_id": {"type": "string", "maxLength": MAX_VOICE_ID_CHARS},
                                     "direction": {**_enum(Direction), "default": DEFAULT_DIRECTION},
+                                    "lexicon": {
+                                        **_LEXICON_FIELD,
+                                        "description": "one of your lexicons (PUT /v1.0/lexicons/{name}): every say "
+                                        "goes through it unless the say names another; an unknown name is a 400",
+                                    },
                                 },
                             }
                         }
@@ -441,6 +503,19 @@ OPENAPI: dict[str, Any] = {
                                         "description": "false: the text may be personal, its audio is neither "
                                         "kept in the audio cache nor played from it",
                                     },
+                                    "interruptible": {
+                                        "type": "boolean",
+                                        "default": True,
+                                        "description": "false: must be heard whole (a legal notice). A flush, a "
+                                        "stop (current or all) or a stream's reset does not cut it, nor drop it "
+                                        "while it waits; the says around it are dropped as usual. The session's end "
+                                        "(stop, hangup, delete) still ends it",
+                                    },
+                                    "lexicon": {
+                                        **_LEXICON_FIELD,
+                                        "description": "the lexicon this say's text goes through instead of the "
+                                        "session's ('' for none); an unknown name is a 400",
+                                    },
                                 },
                             }
                         }
@@ -496,8 +571,36 @@ OPENAPI: dict[str, Any] = {
             "parameters": [_ID],
             "post": {
                 "summary": "Barge-in: drop queued text and stop the audio now; the session stays active",
+                "description": "Must-play says (interruptible false) are not cut: one playing plays on whole, ones "
+                "waiting stay queued; protected_says names them. It answers at once either way.",
                 "operationId": "flushSpeaking",
-                "responses": _responses(200, 400, 401, 404, 503),
+                "responses": {
+                    **_responses(200, 400, 401, 404, 503),
+                    "200": {
+                        "description": "The speaking session, and the must-play says the flush left",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "allOf": [
+                                        {"$ref": "#/components/schemas/Speaking"},
+                                        {
+                                            "type": "object",
+                                            "properties": {
+                                                "protected_says": {
+                                                    "type": "array",
+                                                    "items": {"type": "string", "format": "uuid"},
+                                                    "description": "the say_ids of the must-play says that go "
+                                                    "on, in play order (the first may be playing now)",
+                                                }
+                                            },
+                                            "required": ["protected_says"],
+                                        },
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                },
             },
         },
         "/v1.0/speakings/{id}/stream": {
@@ -508,7 +611,8 @@ OPENAPI: dict[str, Any] = {
                     'Client messages (JSON): {"type": "text", "text"}, {"type": "flush", '
                     '"nonce"}, {"type": "reset", "nonce"}, {"type": "finish"}. Server '
                     "messages: ready, flush_complete and reset_complete (with the nonce; reset's with "
-                    "heard_text), timestamps (with ?timestamps=true), played, error (then close). Text is "
+                    "heard_text and protected_says: must-play says it did not cut), timestamps (with "
+                    "?timestamps=true), played, error (then close). Text is "
                     "spoken sentence by sentence as it completes; each sentence is a say of the session."
                 ),
                 "parameters": [
@@ -670,6 +774,82 @@ OPENAPI: dict[str, Any] = {
                     "503": _error_response(503, "The store cannot be read now (PostgreSQL unreachable)"),
                 },
             }
+        },
+        "/v1.0/lexicons": {
+            "get": {
+                "summary": "Your pronunciation lexicons, by name",
+                "operationId": "listLexicons",
+                "responses": {
+                    "200": _result_list("The lexicons", {"$ref": "#/components/schemas/Lexicon"}, required=True),
+                    "401": _error_response(401, "Missing, invalid or expired credentials"),
+                    "503": _error_response(503, "The store cannot be read now"),
+                },
+            }
+        },
+        "/v1.0/lexicons/{name}": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": _LEXICON_NAME}],
+            "put": {
+                "summary": "Make a pronunciation lexicon, or replace its entries",
+                "description": f"At most {MAX_LEXICONS} lexicons per customer. A session (lexicon at create) or a "
+                "say names one; says already queued keep the entries they were queued with.",
+                "operationId": "putLexicon",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["entries"],
+                                "properties": {"entries": _LEXICON_ENTRIES},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "Made",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Lexicon"}}},
+                    },
+                    "200": {
+                        "description": "Its entries replaced",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Lexicon"}}},
+                    },
+                    "400": _error_response(
+                        400, "Invalid name or entries (the message says which), or too many lexicons"
+                    ),
+                    "401": _error_response(401, "Missing, invalid or expired credentials"),
+                    "503": _error_response(503, "The store cannot be written now; nothing was changed"),
+                },
+            },
+            "get": {
+                "summary": "One of your lexicons",
+                "operationId": "getLexicon",
+                "responses": {
+                    "200": {
+                        "description": "The lexicon",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Lexicon"}}},
+                    },
+                    "400": _error_response(400, "Not a lexicon name"),
+                    "401": _error_response(401, "Missing, invalid or expired credentials"),
+                    "404": _error_response(404, "You have no lexicon of that name"),
+                    "503": _error_response(503, "The store cannot be read now"),
+                },
+            },
+            "delete": {
+                "summary": "Delete one of your lexicons (says already queued keep its entries)",
+                "operationId": "deleteLexicon",
+                "responses": {
+                    "200": {
+                        "description": "Deleted: the lexicon as it was",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Lexicon"}}},
+                    },
+                    "400": _error_response(400, "Not a lexicon name"),
+                    "401": _error_response(401, "Missing, invalid or expired credentials"),
+                    "404": _error_response(404, "You have no lexicon of that name"),
+                    "503": _error_response(503, "The store cannot be written now; nothing was changed"),
+                },
+            },
         },
         "/v1.0/speakings/{id}/stop": {
             "parameters": [_ID],

@@ -13,6 +13,7 @@ from speakd.parsing import load_json_object, parse_bool
 from speakd.sessions.requests import (
     CACHE_FIELD_RULE,
     CREATE_FIELDS,
+    INTERRUPTIBLE_FIELD_RULE,
     PROMPT_FIELDS,
     SAY_FIELDS,
     CreateRequest,
@@ -57,6 +58,8 @@ def parse_say(body: bytes) -> SayRequest:
     data = parse_json_object(body, SAY_FIELDS)
     if not isinstance(data.get("cache", True), bool):  # JSON has booleans (the dialplan writes "false")
         raise invalid_field(CACHE_FIELD_RULE)
+    if not isinstance(data.get("interruptible", True), bool):
+        raise invalid_field(INTERRUPTIBLE_FIELD_RULE)
     return say_request(data)
 
 

@@ -16,6 +16,10 @@ marks: a mark still pending at the flush counts as not played. With ``on_flush_c
 a flush of audio in flight is followed by a mark of its own: the far end reports it once it
 has applied the flush (chan_websocket and the pacer report a mark on an empty queue at once),
 so from then on nothing sent before the flush can play (bar the one frame being played).
+
+A *holding* boundary (the end of a must-play say) lets nothing after it leave until the far
+end has played up to it: audio after it is then always here, never at the far end, and
+``flush_after`` can drop it without touching what plays before it.
 """
 
 from __future__ import annotations
@@ -45,9 +49,10 @@ class _Audio:
     on_sent: Callable[[int], None] | None  # gets the timeline position of the audio's start
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Boundary:
     callback: BoundaryCallback
+    hold: bool = False  # nothing after it is sent until the far end has played up to it
 
 
 class Playout:
@@ -72,6 +77,8 @@ class Playout:
         # Marks sent and not yet played: (mark id, timeline position, boundary callback).
         self._marks: deque[tuple[str, int, BoundaryCallback | None]] = deque()
         self._mark_ids = itertools.count()
+        # The mark of a holding boundary sent and not yet played: no audio leaves meanwhile.
+        self._hold_mark: str | None = None
         # The last confirmed position and when (monotonic) it was confirmed.
         self._anchor_ms = 0
         self._anchor_at = time.monotonic()
@@ -106,11 +113,28 @@ class Playout:
         self._wake.set()
         return True
 
-    def boundary(self, generation: int, callback: BoundaryCallback) -> None:
-        """Call ``callback`` when playout reaches this point (never, if flushed first)."""
-        if generation == self.generation:
-            self._pending.append(_Boundary(callback))
-            self._wake.set()
+    def boundary(self, generation: int, callback: BoundaryCallback, hold: bool = False) -> object | None:
+        """Call ``callback`` when playout reaches this point (never, if flushed first). ``hold``:
+        send nothing after it until the far end has played up to it. Returns the boundary (for
+        ``flush_after``), or None if ``generation`` is stale."""
+        if generation != self.generation:
+            return None
+        boundary = _Boundary(callback, hold)
+        self._pending.append(boundary)
+        self._wake.set()
+        return boundary
+
+    def flush_after(self, boundary: object) -> int:
+        """Drop everything after a holding ``boundary`` (what is before it plays on, and it is
+        still reached); the generation moves on. Returns the timeline position reached (ms)."""
+        reached = self.position()
+        self.generation += 1
+        # Still here, or sent already: then what follows it is all here (it holds), none of it sent.
+        while self._pending and self._pending[-1] is not boundary:
+            if isinstance(dropped := self._pending.pop(), _Audio):
+                self._pending_bytes -= len(dropped.data)
+        self._space.set()
+        return reached
 
     def flush(self) -> int:
         """Drop everything not yet played; returns the timeline position reached (ms)."""
@@ -120,6 +144,7 @@ class Playout:
         self._pending.clear()
         self._pending_bytes = 0
         self._marks.clear()
+        self._hold_mark = None
         if self.transport is not None:
             self.transport.flush()
         # Whatever was sent is played or dropped now: the far end's queue is empty.
@@ -153,6 +178,8 @@ class Playout:
         now_wall, now = time.time(), time.monotonic()
         while self._marks:
             current, position, callback = self._marks.popleft()
+            if current == self._hold_mark:
+                self._hold_mark = None
             self._anchor_ms, self._anchor_at = position, now
             if callback is not None:
                 callback(now_wall)
@@ -162,11 +189,12 @@ class Playout:
 
     # -- the feeder -------------------------------------------------------------------------
 
-    def _send_mark(self, callback: BoundaryCallback | None) -> None:
+    def _send_mark(self, callback: BoundaryCallback | None) -> str:
         assert self.transport is not None
         mark_id = f"m{next(self._mark_ids)}"
         self._marks.append((mark_id, self._sent_ms, callback))
         self.transport.mark(mark_id)
+        return mark_id
 
     async def _feed(self) -> None:
         transport = self.transport
@@ -176,10 +204,16 @@ class Playout:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if self._hold_mark is not None:  # nothing leaves (not even a mark) until it is played, or flushed
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             entry = self._pending[0]
             if isinstance(entry, _Boundary):
                 self._pending.popleft()
-                self._send_mark(entry.callback)
+                mark_id = self._send_mark(entry.callback)
+                if entry.hold:
+                    self._hold_mark = mark_id
                 continue
             if not transport.writable.is_set():
                 await transport.writable.wait()

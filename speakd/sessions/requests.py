@@ -19,6 +19,7 @@ from speakd.languages import parse_language_tag
 from speakd.parsing import parse_bool
 from speakd.providers.base import TEXT_PAYLOAD_TYPES
 from speakd.providers.peer_voices import resolve_voice
+from speakd.sessions.lexicons import check_name
 from speakd.store.records import Direction, ProviderName, ReferenceType
 
 
@@ -37,6 +38,8 @@ class SayRequest:
     command_id: str = ""
     stop: SayStop | None = None
     cache: bool = True  # False: personal data, its audio never kept (speakd.providers.cache)
+    interruptible: bool = True  # False: must be heard whole; a flush or stop does not cut it
+    lexicon: str | None = None  # the lexicon its text goes through; None: the session's
 
 
 @dataclass
@@ -48,6 +51,7 @@ class CreateRequest:
     voice_id: str
     direction: str
     model: str = ""
+    lexicon: str = ""  # the lexicon its says go through ('' for none)
 
 
 @dataclass
@@ -86,6 +90,7 @@ MAX_CLIENT_STATE_CHARS = 4096
 MAX_COMMAND_ID_CHARS = 256
 MAX_VOICE_ID_CHARS = 200
 CACHE_FIELD_RULE = "'cache' must be true or false (false: this say's audio is never kept)"
+INTERRUPTIBLE_FIELD_RULE = "'interruptible' must be true or false (false: a flush or stop does not cut this say)"
 
 
 def _string(data: dict[str, Any], name: str, *, required: bool = False, default: str = "") -> str:
@@ -118,7 +123,27 @@ def create_request(data: dict[str, Any], default_provider: str) -> CreateRequest
         )
     language, provider, voice_id, model = _speaker(data, default_provider)
     direction = _enum(data, "direction", Direction, default=DEFAULT_DIRECTION)
-    return CreateRequest(reference_type, reference_id, language, provider, voice_id, direction, model=model)
+    lexicon = _lexicon(data) or ""
+    return CreateRequest(
+        reference_type,
+        reference_id,
+        language,
+        provider,
+        voice_id,
+        direction,
+        model=model,
+        lexicon=lexicon,
+    )
+
+
+def _lexicon(data: dict[str, Any]) -> str | None:
+    """A lexicon's name, as a session or a say names it (None: not given; '' names none)."""
+    if data.get("lexicon") is None:
+        return None
+    name = _string(data, "lexicon")
+    if name:
+        check_name(name, "'lexicon'")
+    return name
 
 
 def _speaker(data: dict[str, Any], default_provider: str) -> tuple[str, str, str, str]:
@@ -196,4 +221,26 @@ def say_request(data: dict[str, Any]) -> SayRequest:
             cache = None
     if not isinstance(cache, bool):
         raise invalid_field(CACHE_FIELD_RULE)
-    return SayRequest(text, payload_type, client_state, command_id, SayStop(stop) if stop else None, cache)
+    return SayRequest(
+        text,
+        payload_type,
+        client_state,
+        command_id,
+        SayStop(stop) if stop else None,
+        cache,
+        interruptible=_flag(data, "interruptible", INTERRUPTIBLE_FIELD_RULE),
+        lexicon=_lexicon(data),
+    )
+
+
+def _flag(data: dict[str, Any], name: str, rule: str, default: bool = True) -> bool:
+    """A true/false field: JSON's booleans, or the dialplan's and ARI variables' words for them."""
+    value = data.get(name, default)
+    if isinstance(value, str):
+        try:
+            value = parse_bool(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, bool):
+        raise invalid_field(rule)
+    return value

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from speakd.providers.base import TextStream
+from speakd.sessions.lexicons import Rewrite
 from speakd.store.records import NOT_YET, SAY_COLUMNS, now_stamp
 
 
@@ -73,6 +74,8 @@ class SayItem:
     text_stream: TextStream | None = field(default=None, repr=False)
     # False: the say's text may be personal; its audio is never kept in the audio cache.
     cache: bool = field(default=True, repr=False)
+    # The text as providers read it, its lexicon applied (None: as sent); marks are mapped back.
+    rewrite: Rewrite | None = field(default=None, repr=False)
 
     STORED = SAY_COLUMNS
     # The say as the API shows it (also the fields the OpenAPI document's Say requires).
@@ -92,6 +95,8 @@ class SayItem:
         "tm_play_end",
         "spoken_by",
         "provider_failures",
+        "interruptible",
+        "lexicon",
     )
     # Stored as JSON text.
     JSON_COLUMNS = ("spoken_by", "provider_failures")
@@ -161,9 +166,15 @@ class SayItem:
 
     # -- what was heard ---------------------------------------------------------------------
 
+    @property
+    def spoken_text(self) -> str:
+        """What the provider reads: the text with its lexicon applied."""
+        return self.text if self.rewrite is None else self.rewrite.text
+
     def add_word_mark(self, audio_ms: int, chars: int) -> None:
-        """Text up to ``chars`` had been spoken ``audio_ms`` into the say's audio."""
-        self.word_marks.append((audio_ms, chars))
+        """Text up to ``chars`` of ``spoken_text`` had been spoken ``audio_ms`` into the say's
+        audio (kept as characters of ``text``)."""
+        self.word_marks.append((audio_ms, chars if self.rewrite is None else self.rewrite.original_chars(chars)))
 
     def chars_heard_by(self, played_ms: int) -> int:
         """Characters of the text fully played after ``played_ms`` of the say's audio."""

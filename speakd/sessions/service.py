@@ -32,6 +32,7 @@ from speakd.providers.fallback import Failover
 from speakd.sessions.ari_events import AriEventHandlers
 from speakd.sessions.chunker import TextChunker
 from speakd.sessions.conference import ConferenceTarget
+from speakd.sessions.lexicons import MAX_REPLACED_CHARS, Lexicons
 from speakd.sessions.live import LiveSession, LiveSessions, SessionState
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.peers import NoSuchReference, OwnedElsewhere, SoloPeers
@@ -93,6 +94,7 @@ class SpeakingService:
         self.sessions = LiveSessions()
         self.ari_events = AriEventHandlers(self)
         self.store_check = StoreCheck(store)
+        self.lexicons = Lexicons(store)  # each customer's pronunciation lexicons
         self._closing = False  # shutting down: creates are refused
         # ChannelUserevents sent to speakd's application go here (operators' commands); must not block.
         self.user_event_handler: Callable[[dict[str, Any]], None] | None = None
@@ -121,6 +123,8 @@ class SpeakingService:
             raise ServiceUnavailable("speakd is not connected to Asterisk (ARI); retry shortly")
         provider = self.providers.get(req.provider)
         provider.check(req.language, req.voice_id)
+        if req.lexicon:
+            await self.lexicons.named(customer_id, req.lexicon, "'lexicon'")
         speaking_id = str(uuid.uuid4())
         target = self._target(req, speaking_id)
         try:
@@ -174,6 +178,7 @@ class SpeakingService:
             on_underrun=self.on_underrun,
             failover=self.failover,
         )
+        session.lexicon = req.lexicon
         live = LiveSession(session, target)
         self.sessions.add(live)
         # The session's tasks start in a context of their own, not the request's: the create
@@ -237,13 +242,25 @@ class SpeakingService:
         item = session.new_say(req.text, req.payload_type, req.client_state, req.command_id)
         item.text_stream = text_stream
         item.cache = req.cache
+        item.interruptible = req.interruptible
+        item.lexicon = session.lexicon if req.lexicon is None else req.lexicon
+        if item.lexicon:
+            named_by = "the session's 'lexicon'" if req.lexicon is None else "'lexicon'"
+            lexicon = await self.lexicons.named(record.customer_id, item.lexicon, named_by)
+            item.rewrite = lexicon.apply(item.text, item.payload_type)
+            if len(item.rewrite.text) > MAX_REPLACED_CHARS:
+                raise InvalidRequest(
+                    f"lexicon '{item.lexicon}' makes this say's text {len(item.rewrite.text)} characters; at most "
+                    f"{MAX_REPLACED_CHARS} with replacements (split it into several says)",
+                    reason="invalid_field",
+                )
         await self.store.insert_say(item.row())
         if not live.speakable:  # a stop began while the record was written
             item.status = SayStatus.INTERRUPTED
             await self.store.update_say(item.row())
             raise InvalidRequest(f"speaking '{record.id}' is stopped; create a new session to speak")
         if req.stop is SayStop.ALL:
-            session.flush(InterruptReason.STOP_ALL)
+            session.flush(InterruptReason.STOP_ALL)  # must-play says stay, and this one plays after them
         elif req.stop is SayStop.CURRENT:
             session.interrupt_current()
         session.enqueue(item)
@@ -365,10 +382,11 @@ class SpeakingService:
     async def _save_say(self, item: SayItem) -> None:
         await self.store.update_say_later(item.row())
 
-    async def flush(self, customer_id: str, speaking_id: str) -> Speaking:
+    async def flush(self, customer_id: str, speaking_id: str) -> tuple[Speaking, list[str]]:
+        """The session, and the must-play says the flush left playing or queued (their ids, in order)."""
         record, live = await self._speakable(customer_id, speaking_id, "there is nothing to flush")
-        live.session.flush(InterruptReason.FLUSH)
-        return record
+        protected = live.session.flush(InterruptReason.FLUSH)
+        return record, [item.say_id for item in protected]
 
     async def stop(self, customer_id: str, speaking_id: str) -> Speaking:
         record, live = await self.here(customer_id, speaking_id)

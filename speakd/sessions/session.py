@@ -8,6 +8,11 @@ Ordering and barge-in:
 * ``flush`` is synchronous: it empties the queue, bumps the playout's generation (audio not
   yet played is dropped here and at the far end) and cancels the synthesis in flight. When it
   returns, nothing synthesized before it can reach the call.
+* A must-play say (``interruptible`` false) is not cut by a flush or a stop of says: one that
+  plays (or is being readied) plays on, and ones still queued stay queued; the says around them
+  are dropped as usual. Its end holds the playout (speakd.media.playout), so what follows it is
+  never at the far end before it has played, and is dropped from here alone. Only the session's
+  end (``close``) cuts it.
 * Synthesis starts while the session is still initiating: a ``say`` sent then plays as soon
   as the media path exists.
 * Every say's state is written to the store in order by one writer task; ``close`` drains it,
@@ -94,6 +99,7 @@ class Session:
         self.failover = failover
         self.codec: Codec = codec
         self.model = model
+        self.lexicon = ""  # the lexicon its says go through unless they name another ('' for none)
         self.playout = playout
         self.queue: deque[SayItem] = deque()
         self.says: list[SayItem] = []  # every say of this session, oldest first
@@ -102,6 +108,8 @@ class Session:
         self._say_event = say_event or (lambda *_: None)
         self._on_underrun = on_underrun or (lambda: None)
         self._in_playout: list[SayItem] = []  # taken from the queue, not final yet
+        # The playout boundary at the end of each must-play say handed to it whole (flush_after).
+        self._protected_ends: dict[SayItem, object] = {}
         self._queue_ready = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._current: asyncio.Task[None] | None = None
@@ -123,7 +131,7 @@ class Session:
     async def close(self, reason: StopReason = StopReason.STOP) -> int:
         """Stop synthesis and playout; returns how many say items were dropped unplayed."""
         self.playout.on_flush_confirmed = None  # the media path goes next: a stop's silence is not a flush's
-        dropped = self._interrupt_all(reason)
+        dropped = self._interrupt_all(reason, protect=False)
         await cancel_and_wait(self._current, self._worker)
         self._current = self._worker = None
         await self.playout.aclose()
@@ -147,13 +155,18 @@ class Session:
         self._queue_ready.set()
         self.log.info("say_queued", say_id=item.say_id, chars=len(item.text), queued=len(self.queue))
 
-    def flush(self, reason: InterruptReason = InterruptReason.FLUSH) -> dict[str, int]:
-        dropped = self._interrupt_all(reason)
-        self.log.info("flushed", dropped_items=dropped, reason=str(reason))
-        return {"dropped_items": dropped}
+    def flush(self, reason: InterruptReason = InterruptReason.FLUSH) -> list[SayItem]:
+        """Cut what plays and drop what waits, bar must-play says: those it left, in play order."""
+        dropped = self._interrupt_all(reason, protect=True)
+        protected = [*self._in_playout, *self.queue]
+        self.log.info(
+            "flushed", dropped_items=dropped, reason=str(reason), protected=[item.say_id for item in protected]
+        )
+        return protected
 
     def interrupt_current(self) -> None:
         """Cut the say playing now (or being readied to play); the says queued after it stay.
+        A must-play say is not cut: then this changes nothing.
 
         The playout holds audio of the next says too (synthesis runs ahead): it is dropped with
         the current say's, and those says go back to the head of the queue to be synthesized again.
@@ -161,6 +174,9 @@ class Session:
         if not self._in_playout:
             return
         current, *after = self._in_playout
+        if not current.interruptible:
+            self.log.info("current_say_protected", say_id=current.say_id)
+            return
         reached = self.playout.flush()
         if self._current is not None:
             self._current.cancel()
@@ -168,18 +184,38 @@ class Session:
         self._interrupted(current, reached, InterruptReason.STOP_CURRENT)
         for item in reversed(after):
             item.reset_synthesis()
+            self._protected_ends.pop(item, None)
             self.queue.appendleft(item)
         self._queue_ready.set()
         self.log.info("current_say_interrupted", say_id=current.say_id, requeued=len(after))
 
-    def _interrupt_all(self, reason: str) -> int:
-        """Cut what plays and drop what waits: each say's final state says what was heard."""
-        reached = self.playout.flush()
-        if self._current is not None:
-            self._current.cancel()
-        cut = [*self._in_playout, *self.queue]
-        self._in_playout.clear()
+    def _interrupt_all(self, reason: str, protect: bool) -> int:
+        """Cut what plays and drop what waits: each say's final state says what was heard.
+        ``protect``: must-play says are left (see the module's doc); returns how many were cut."""
+        says = [*self._in_playout, *self.queue]
+        kept = [item for item in says if protect and not item.interruptible]
+        playing_on = self._in_playout[0] if self._in_playout and self._in_playout[0] in kept else None
+        if playing_on is None:
+            reached = self.playout.flush()
+            if self._current is not None:
+                self._current.cancel()
+        elif (end := self._protected_ends.get(playing_on)) is not None:
+            # Synthesized whole: what follows its end goes, and so does the next say's synthesis.
+            reached = self.playout.flush_after(end)
+            if self._current is not None:
+                self._current.cancel()
+        else:  # still being synthesized: nothing after it is in the playout yet
+            reached = self.playout.position()
+        cut = [item for item in says if item not in kept]
+        self._in_playout[:] = [playing_on] if playing_on is not None else []
         self.queue.clear()
+        for item in kept:
+            if item is not playing_on:  # its audio (synthesized ahead) went with the flush
+                item.reset_synthesis()
+                self._protected_ends.pop(item, None)
+                self.queue.append(item)
+        if self.queue:
+            self._queue_ready.set()
         for item in cut:
             self._interrupted(item, reached, reason)
         return len(cut)
@@ -193,6 +229,7 @@ class Session:
             item.tm_play_end = stamp_of(at)
         item.status = SayStatus.INTERRUPTED
         item.ready.set()
+        self._protected_ends.pop(item, None)
         self._changed(item)
         self._say_event(EventType.SAY_INTERRUPTED, item, stamp_of(at), {"reason": str(reason)})
         self.log.info("say_interrupted", say_id=item.say_id, played_ms=played, heard_chars=item.heard_chars)
@@ -283,7 +320,7 @@ class Session:
             return await self.playout.put(generation, data, on_sent)
 
         request = SynthesisRequest(
-            text=item.text,
+            text=item.spoken_text,
             language=self.record.language,
             voice_id=self.record.voice_id,
             codec=self.codec,
@@ -339,7 +376,9 @@ class Session:
             return
         item.ready.set()
         if released:  # the say ends (played, or failed after what it had) when playout gets there
-            self.playout.boundary(generation, lambda at: self._say_ended(item, at))
+            end = self.playout.boundary(generation, lambda at: self._say_ended(item, at), hold=not item.interruptible)
+            if end is not None and not item.interruptible:
+                self._protected_ends[item] = end
         else:  # no audio at all
             self._ran_its_course(item, stamp_of(time.time()))
 
@@ -379,6 +418,7 @@ class Session:
             item.heard_chars = len(item.text)
         with contextlib.suppress(ValueError):
             self._in_playout.remove(item)
+        self._protected_ends.pop(item, None)
         self._changed(item)
         failed = status is SayStatus.FAILED
         self._say_event(EventType.SAY_FAILED if failed else EventType.SAY_FINISHED, item, at, {})

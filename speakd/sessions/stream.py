@@ -13,8 +13,9 @@ Client messages: ``text`` (append), ``flush`` (speak everything buffered now), `
 what is buffered and cut what plays: barge-in), ``finish`` (speak what is left, close once it
 has played). Server messages: ``ready``, ``flush_complete``/``reset_complete`` with the
 client's ``nonce`` (reset's with ``heard_text``: what the caller heard of the text since the
-previous reset), ``timestamps`` (per say, once played: its words on the call's timeline),
-``played`` (a finish is done), ``error`` (then the socket closes).
+previous reset, and ``protected_says``: the must-play says it did not cut), ``timestamps``
+(per say, once played: its words on the call's timeline), ``played`` (a finish is done),
+``error`` (then the socket closes).
 
 This module has no socket: the WebSocket handler feeds it messages and sends what ``send``
 is given.
@@ -43,8 +44,8 @@ log = structlog.get_logger(__name__)
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 # Queue a chunk as a say of the session: (text, text_stream) -> the say.
 QueueChunk = Callable[[str, TextStream | None], Awaitable[SayItem]]
-# Cut what plays and drop what is queued (the session's flush).
-CutSession = Callable[[], None]
+# Cut what plays and drop what is queued (the session's flush): the must-play says it left.
+CutSession = Callable[[], list[SayItem]]
 # The say once it is final.
 WaitFinal = Callable[[SayItem], Awaitable[SayItem]]
 
@@ -142,11 +143,19 @@ class SpeakingStream:
             await self._send({"type": "flush_complete", "nonce": message.get("nonce")})
         elif kind == "reset":
             dropped = self._chunker.reset()
-            self._cut()  # every say queued or playing reads interrupted now, with what was heard
+            # Every say queued or playing reads interrupted now, with what was heard; must-play ones play on.
+            protected = self._cut()
             heard = heard_text(self._since_reset)
             self._since_reset = []
             self.log.info("stream_reset", dropped_chars=len(dropped), heard_chars=len(heard))
-            await self._send({"type": "reset_complete", "nonce": message.get("nonce"), "heard_text": heard})
+            await self._send(
+                {
+                    "type": "reset_complete",
+                    "nonce": message.get("nonce"),
+                    "heard_text": heard,
+                    "protected_says": [item.say_id for item in protected],
+                }
+            )
         else:  # finish: the follower sends "played" once the last say is final
             await self._queue(self._chunker.flush())
             self._finishing = True

@@ -132,6 +132,19 @@ class Store(Protocol):
     async def list_says(self, speaking_id: str) -> list[dict[str, Any]]:
         """A session's says, oldest first."""
 
+    # -- lexicons (rows: ``name``, ``entries`` as JSON text, ``tm_create``, ``tm_update``) -------
+
+    async def lexicon_put(self, customer_id: str, name: str, entries: str, stamp: str) -> bool:
+        """The customer's lexicon ``name`` made, or its entries replaced, at ``stamp``; True if made."""
+
+    async def lexicon_get(self, customer_id: str, name: str) -> dict[str, Any] | None: ...
+
+    async def lexicon_list(self, customer_id: str) -> list[dict[str, Any]]:
+        """The customer's lexicons, by name."""
+
+    async def lexicon_delete(self, customer_id: str, name: str) -> bool:
+        """False if the customer has none of that name."""
+
     # -- webhook outbox (rows of records.OUTBOX_FIELDS, with their ``seq``) ---------------------
 
     async def outbox_add(self, rows: list[dict[str, Any]]) -> list[int]:

@@ -135,6 +135,13 @@ _LAST_NODE_OF = (
     "ORDER BY tm_create DESC LIMIT 1"
 )
 _SET_ASTERISK = "UPDATE nodes SET asterisk = ? WHERE id = ? AND run_id = ?"
+# A customer's lexicon, made or its entries replaced (tm_create is the stamp given iff it was made).
+_PUT_LEXICON = (
+    "INSERT INTO lexicons (customer_id, name, entries, tm_create, tm_update) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (customer_id, name) DO UPDATE SET entries = excluded.entries, tm_update = excluded.tm_update "
+    "RETURNING tm_create"
+)
+_SELECT_LEXICON = "SELECT name, entries, tm_create, tm_update FROM lexicons"
 # A node's sessions, with those from before nodes (owned by none): what a node cleans up at start.
 _MINE = "node_id IN (?, '')"
 # The one row of ``health``, written again: what a health check writes.
@@ -471,6 +478,26 @@ class SqlStore(abc.ABC):
     async def outbox_delete(self, seqs: list[int]) -> None:
         if seqs:
             await self._transaction([Step("DELETE FROM webhook_outbox WHERE seq = ?", [(s,) for s in seqs])])
+
+    # -- lexicons --------------------------------------------------------------------------------
+
+    async def lexicon_put(self, customer_id: str, name: str, entries: str, stamp: str) -> bool:
+        """Write the customer's lexicon ``name`` (made, or its entries replaced); True if made."""
+        step = Step(_PUT_LEXICON, [(customer_id, name, entries, stamp, stamp)], rows=True)
+        ((row,),) = await self._transaction([step])
+        return row["tm_create"] == stamp
+
+    async def lexicon_get(self, customer_id: str, name: str) -> Row | None:
+        rows = await self._fetch(f"{_SELECT_LEXICON} WHERE customer_id = ? AND name = ?", (customer_id, name))
+        return rows[0] if rows else None
+
+    async def lexicon_list(self, customer_id: str) -> list[Row]:
+        return await self._fetch(f"{_SELECT_LEXICON} WHERE customer_id = ? ORDER BY name", (customer_id,))
+
+    async def lexicon_delete(self, customer_id: str, name: str) -> bool:
+        sql = "DELETE FROM lexicons WHERE customer_id = ? AND name = ? RETURNING name"
+        (deleted,) = await self._transaction([Step(sql, [(customer_id, name)], rows=True)])
+        return bool(deleted)
 
     # -- reads -----------------------------------------------------------------------------------
 
