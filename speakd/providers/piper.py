@@ -7,10 +7,12 @@ of CPUs), and the voice settings
 model's randomness in sound and in timing; ``noise_w_scale = 0`` makes the timing of a text
 the same on every rendering). Unset settings keep the voice's own defaults.
 
-The model loads once at daemon start (about 2 s) and is shared by every session. Piper
-synthesizes sentence by sentence; each sentence is computed on a worker thread and yielded
-as soon as it is ready, so the first sentence plays while the rest is computed. Cancelling
-the generator stops asking for further sentences.
+The model loads once at daemon start (about 1 s) and is shared by every session. A say is
+synthesized in steps, each a job on a worker thread (the pool serves the most urgent session
+first): a sentence's phonemes go through the front of the model once, then its audio is decoded
+window by window (speakd.providers.piper_model), the first window about 140 ms of audio, so audio
+leaves before the sentence is whole and the next windows are decoded while it plays. Cancelling
+the generator stops asking for further steps.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import structlog
 
 from speakd.audio import AudioFormat
@@ -32,11 +35,10 @@ from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLang
 from speakd.languages import parse_language_tag, parse_posix_locale, primary_language
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, Voice
 from speakd.providers.deadline_pool import DeadlinePool
+from speakd.providers.piper_model import Front, PiperModel, windows
 from speakd.providers.settings import Section
 
 log = structlog.get_logger(__name__)
-
-_DONE = object()
 
 
 def _default_paths() -> tuple[str, str]:
@@ -69,7 +71,9 @@ class PiperProvider(Provider):
         self.default_voice = stem
         self.sample_rate = int(meta.get("audio", {}).get("sample_rate", 22050))
         self._voice: Any = None
-        self._syn_config: Any = None
+        self._model: PiperModel | None = None
+        self._hop = 256
+        self._feeds: dict[str, np.ndarray] = {}
         self._load_task: asyncio.Task[Any] | None = None
         # Sentences of every session, most urgent first (see deadline_pool).
         self._pool = DeadlinePool(threads, "speakd-piper")
@@ -86,41 +90,32 @@ class PiperProvider(Provider):
 
     def _load(self) -> Any:
         import onnxruntime
-        from piper import PiperVoice, SynthesisConfig
+        from piper import PiperVoice
         from piper.config import PiperConfig
 
-        self._syn_config = SynthesisConfig(**self.settings) if self.settings else None
         # One ONNX thread per synthesis, as many syntheses as workers: on a few cores this
         # gets about a third more speech per second out of the CPU than ONNX's default of a
         # thread per core for each of several concurrent runs (bench: 6 long texts at once).
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        voice = PiperVoice(
-            config=PiperConfig.from_dict(json.loads(Path(self.config_path).read_text())),
-            session=onnxruntime.InferenceSession(
-                self._model_with_alignments(), sess_options=options, providers=["CPUExecutionProvider"]
-            ),
+        self._model = PiperModel(self.model_path, options)
+        # Piper's voice for its text side (phonemes, ids); the model runs here (piper_model).
+        voice = PiperVoice(config=PiperConfig.from_dict(json.loads(Path(self.config_path).read_text())), session=None)
+        config = voice.config
+        self.sample_rate = config.sample_rate
+        self._hop = self._model.hop or config.hop_length
+        scales = [self.settings.get(k, getattr(config, k)) for k in ("noise_scale", "length_scale", "noise_w_scale")]
+        self._feeds = {"scales": np.array(scales, dtype=np.float32)}
+        if "sid" in self._model.inputs:
+            self._feeds["sid"] = np.array([config.default_speaker_id], dtype=np.int64)
+        log.info(
+            "piper_loaded",
+            model=self.model_path,
+            sample_rate=self.sample_rate,
+            windowed=self._model.decoder is not None,
         )
-        self.sample_rate = voice.config.sample_rate
-        log.info("piper_loaded", model=self.model_path, sample_rate=self.sample_rate)
         return voice
-
-    def _model_with_alignments(self) -> str | bytes:
-        """The model, patched in memory to also output how many samples each phoneme took:
-        word marks then say exactly what a cut say had played. The audio is unchanged."""
-        try:
-            import onnx
-            from piper.patch_voice_with_alignment import add_alignment_output
-
-            model = onnx.load(self.model_path)
-            add_alignment_output(model)
-            return model.SerializeToString()
-        except ValueError:
-            return self.model_path  # already patched on disk
-        except Exception as exc:
-            log.warning("piper_no_alignments", reason=str(exc), effect="what a cut say played is estimated")
-            return self.model_path
 
     async def aclose(self) -> None:
         self._pool.close()
@@ -145,36 +140,18 @@ class PiperProvider(Provider):
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         voice = await self._ensure_loaded()
-        sentences: Iterator[Any] = iter(
-            voice.synthesize(request.text, syn_config=self._syn_config, include_alignments=True)
-        )
+        rendering = _Rendering(self, voice, request.text)
         fmt = AudioFormat("pcm_s16le", self.sample_rate)
-        words: WordClock | None = None
-        # Phonemes per sentence: how much work each job is (known after the first one).
-        sizes: list[int] = []
-
-        def next_sentence() -> Any:
-            nonlocal words
-            if words is None:  # with the first sentence: one job, so the pool times sentences
-                phonemized = voice.phonemize(request.text)
-                sizes.extend(len(s) for s in phonemized if s)  # as synthesize() skips empty ones
-                words = WordClock.for_text(voice, request.text, phonemized)
-            return next(sentences, _DONE)
-
-        for index in itertools.count():
-            cost = sizes[index] if index < len(sizes) else None
-            chunk, took = await self._pool.run_timed(next_sentence, deadline=request.deadline, cost=cost)
-            if chunk is _DONE:
+        cost: float | None = None  # the first job: the text's phonemes, a sentence's front, a window
+        while True:
+            chunk, took = await self._pool.run_timed(rendering.step, deadline=request.deadline, cost=cost)
+            if chunk is None:
                 return
-            assert words is not None
-            self._pool.observe(len(chunk.phonemes), took)
-            following = sizes[index + 1] if index + 1 < len(sizes) else None
-            yield AudioChunk(
-                chunk.audio_int16_bytes,
-                fmt,
-                words.marks(chunk.phoneme_alignments or ()),
-                next_in_ms=int(self._pool.expected_return_s(following) * 1000) if following else 0,
-            )
+            if cost:  # a window: the pool learns the seconds per frame decoded
+                self._pool.observe(cost, took)
+            cost = rendering.next_cost()
+            next_in_ms = 0 if cost == 0 else int(self._pool.expected_return_s(cost) * 1000)
+            yield AudioChunk(chunk.audio, fmt, chunk.marks, next_in_ms=next_in_ms)
 
     def rendering(self, request: SynthesisRequest) -> dict[str, str]:
         # Piper's output does not depend on the session codec (the session encodes it).
@@ -193,6 +170,139 @@ class PiperProvider(Provider):
         return [
             Voice(provider=self.name, voice_id=self.default_voice, name=self.default_voice, languages=(self.language,))
         ]
+
+
+# Piper scales each sentence to its peak, which is known only once the sentence is whole. Windows
+# get a fixed gain instead: a typical sentence's peak (Joe's raw output: 0.28-0.74, median 0.5, 60
+# sentences) at full scale. A window that would clip lowers it for the rest of its sentence, ramped
+# from the window's start to its peak (no step).
+GAIN = 2.0
+
+
+class _Chunk(NamedTuple):
+    audio: bytes  # pcm_s16le
+    marks: tuple[tuple[int, int], ...]  # (characters spoken, sample offset into this chunk)
+
+
+class _Aligned(NamedTuple):
+    """One phoneme's share of a sentence's audio (what WordClock.marks reads)."""
+
+    phoneme: str
+    num_samples: int
+
+
+class _Rendering:
+    """One request's synthesis, as steps: each :meth:`step` is one job of the provider's pool and
+    returns the next chunk. The first step phonemizes the text; a sentence's first step runs the
+    model's front (phoneme ids to the latent z and the phonemes' durations) and decodes its first
+    window; each next step decodes the next window (piper_model)."""
+
+    def __init__(self, provider: PiperProvider, voice: Any, text: str) -> None:
+        assert provider._model is not None
+        self._provider, self._voice, self._model, self._text = provider, voice, provider._model, text
+        self._sentences: Iterator[list[str]] | None = None
+        self._words: WordClock | None = None
+        self._sentence: _Sentence | None = None
+        self._left = 0  # sentences not begun
+
+    def step(self) -> _Chunk | None:
+        if self._sentences is None:
+            phonemized = self._voice.phonemize(self._text)
+            sentences = [s for s in phonemized if s]  # as Piper's synthesize() skips empty ones
+            self._sentences, self._left = iter(sentences), len(sentences)
+            self._words = WordClock.for_text(self._voice, self._text, phonemized)
+        while True:
+            if self._sentence is None:
+                phonemes = next(self._sentences, None)
+                if phonemes is None:
+                    return None
+                self._left -= 1
+                self._sentence = self._begin(phonemes)
+            chunk = self._sentence.next()
+            if chunk is not None:
+                return chunk
+            self._sentence = None
+
+    def next_cost(self) -> float | None:
+        """What the next step decodes, in frames of z; None: a sentence's start (its length is
+        not known yet); 0: nothing more."""
+        if self._sentence is not None and (frames := self._sentence.next_frames()):
+            return frames
+        return None if self._left else 0
+
+    def _begin(self, phonemes: list[str]) -> _Sentence:
+        voice, provider = self._voice, self._provider
+        ids = voice.phonemes_to_ids(phonemes)
+        feeds = {
+            **provider._feeds,
+            "input": np.array([ids], dtype=np.int64),
+            "input_lengths": np.array([len(ids)], dtype=np.int64),
+        }
+        front = self._model.front(feeds)
+        marks: tuple[tuple[int, int], ...] = ()
+        if front.frames_per_id is not None and self._words is not None:
+            aligned = _aligned(voice.config.phoneme_id_map, phonemes, front.frames_per_id * provider._hop)
+            marks = self._words.marks(aligned) if aligned is not None else ()
+        return _Sentence(self._model, front, marks, provider._hop)
+
+
+class _Sentence:
+    """One sentence's audio, window by window, at a gain that never clips (see :data:`GAIN`)."""
+
+    def __init__(self, model: PiperModel, front: Front, marks: tuple[tuple[int, int], ...], hop: int) -> None:
+        self._model, self._front, self._marks, self._hop = model, front, marks, hop
+        # A model that runs whole: its sentence is one chunk.
+        self._windows = windows(front.frames) if front.audio is None else iter([(0, 0)])
+        self._next = next(self._windows, None)
+        self._gain = GAIN
+
+    def next_frames(self) -> int:
+        """Frames the next window decodes (0: none left)."""
+        return 0 if self._next is None else self._next[1] - self._next[0]
+
+    def next(self) -> _Chunk | None:
+        if self._next is None:
+            return None
+        start, end = self._next
+        self._next = next(self._windows, None)
+        audio = self._front.audio
+        if audio is None:
+            audio = self._model.decode(self._front, start, end)
+        first, last = start * self._hop, start * self._hop + len(audio)
+        marks = tuple(
+            (chars, sample - first)
+            for chars, sample in self._marks
+            if first <= sample < last or (self._next is None and sample >= last)
+        )
+        return _Chunk(self._level(audio), marks)
+
+    def _level(self, audio: np.ndarray) -> bytes:
+        peak = float(np.max(np.abs(audio), initial=0.0))
+        if peak * self._gain > 1.0:
+            target, at = 1.0 / peak, int(np.argmax(np.abs(audio)))
+            gain = np.full(len(audio), target, dtype=np.float32)
+            gain[:at] = np.linspace(self._gain, target, at, endpoint=False)
+            audio, self._gain = audio * gain, target
+        else:
+            audio = audio * self._gain
+        return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
+
+
+def _aligned(id_map: dict[str, list[int]], phonemes: list[str], samples_per_id: np.ndarray) -> list[_Aligned] | None:
+    """Each phoneme's samples: its ids and the pad after it, as Piper builds a sentence's ids
+    (``^ _ p1 _ p2 _ ... $``, phonemes it has no id for left out). None if they do not add up."""
+    pad = len(id_map.get("_", ()))
+    spans = [("^", len(id_map.get("^", ())) + pad)]
+    spans += [(p, len(id_map[p]) + pad) for p in phonemes if p in id_map]
+    spans.append(("$", len(id_map.get("$", ()))))
+    if sum(n for _, n in spans) != len(samples_per_id):
+        return None
+    bounds = np.concatenate(([0], np.cumsum(samples_per_id)))
+    aligned, at = [], 0
+    for phoneme, n in spans:
+        aligned.append(_Aligned(phoneme, int(bounds[at + n] - bounds[at])))
+        at += n
+    return aligned
 
 
 _NOT_SOUNDS = frozenset(" ˈˌ.,;:!?¡¿—…\"'()-")
@@ -221,12 +331,15 @@ class WordClock:
     @classmethod
     def for_text(cls, voice: Any, text: str, phonemized: list[list[str]]) -> WordClock:
         """``phonemized``: ``voice.phonemize(text)``, the whole text's phonemes by sentence."""
-        ends, weights = [], []
-        for match in re.finditer(r"\S+", text):
-            ends.append(match.end())
-            weights.append(max(1, sum(_sounds(s) for s in voice.phonemize(match.group()))))
+        words = list(re.finditer(r"\S+", text))
+        # Every word in one espeak call: a blank line between words makes each a sentence of its
+        # own, phonemized as it is alone (5000 characters: 9 ms, against 65 ms a word at a time).
+        alone = voice.phonemize("\n\n".join(w.group() for w in words)) if words else []
+        if len(alone) != len(words):  # a word espeak split or dropped: one at a time
+            alone = [[p for s in voice.phonemize(w.group()) for p in s] for w in words]
+        weights = [max(1, _sounds(phonemes)) for phonemes in alone]
         total = sum(_sounds(s) for s in phonemized)
-        return cls(ends, weights, total)
+        return cls([w.end() for w in words], weights, total)
 
     def marks(self, alignments: Any) -> tuple[tuple[int, int], ...]:
         """(characters spoken, sample offset) at each word boundary of one chunk.

@@ -279,6 +279,9 @@ class Session:
         held: list[bytes] = []  # synthesized, not yet handed to the playout
         released = False
         last_chunk_at, chunk_gap_ms = started, 0.0
+        # Audio taken in (ms): where the next chunk starts in the say. Not synthesized_ms plus what
+        # the encoder holds: the resampler holds some back too (72 ms of Piper's 22.05 kHz).
+        fed_ms = float(item.synthesized_ms)
 
         def deadline() -> float:
             """When this say's next audio is needed to play on without a gap; inf while
@@ -290,6 +293,7 @@ class Session:
 
         def started_at(position: int) -> None:
             item.start_ms = position
+            self.log.info("say_first_sent", say_id=item.say_id)  # bench/first_audio.py times it
 
         async def hand_over(frames: list[bytes]) -> bool:
             """Give audio to the playout once playing it cannot run dry; False if flushed."""
@@ -351,9 +355,10 @@ class Session:
                         )
                         if self.failover is None:  # (failover names each provider as it speaks)
                             item.spoken(self.provider.name, self._voice())
-                    chunk_start_ms = item.synthesized_ms + encoder.pending_ms
+                    rate = chunk.format.sample_rate
                     for chars, sample in chunk.marks:
-                        item.add_word_mark(chunk_start_ms + sample * 1000 // chunk.format.sample_rate, chars)
+                        item.add_word_mark(int(fed_ms + sample * 1000 / rate), chars)
+                    fed_ms += len(chunk.data) * 1000 / (chunk.format.bytes_per_sample * rate)
                     # Convert in slices: a sentence-sized chunk at once would hold the loop
                     # for milliseconds; slices let it breathe.
                     for start in range(0, len(chunk.data), CONVERT_SLICE_BYTES):

@@ -1,0 +1,221 @@
+"""A Piper voice's ONNX model, split in two in memory so a sentence's audio leaves window by window.
+
+Piper's model is VITS: a text encoder, a duration predictor and a flow turn a sentence's phoneme
+ids into a latent ``z`` (one frame per ``hop`` output samples, 256 for Piper's medium voices),
+then a HiFi-GAN decoder turns ``z`` into audio. The decoder is most of the work (three quarters
+of a sentence's time here) and it is convolutional: an output sample depends on ``z`` only a few
+frames either side. So the graph is cut where the decoder begins (:class:`PiperModel`):
+``front`` (ids -> ``z`` and the frames each phoneme id lasts) runs once per sentence, and
+``decoder`` runs over windows of ``z`` (:func:`windows`), each decoded with
+:data:`CONTEXT_FRAMES` of ``z`` either side whose audio is dropped. Measured on Joe (medium):
+with 12 frames of context a window's audio equals the whole-sentence decode to 1e-6 (8 frames:
+1e-3, 4 frames: 3e-2, an audible seam), so the windows join without a seam.
+
+Decoding in windows also bounds the decoder's working memory by the window, not the sentence
+(a whole 20 s sentence needs hundreds of MB of intermediate tensors at the audio rate).
+
+A model whose graph is not cut this way (another architecture) runs whole: :attr:`decoder` is
+None and :meth:`PiperModel.front` returns the sentence's audio, logged once at load.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import structlog
+
+log = structlog.get_logger(__name__)
+
+# Frames of z decoded either side of a window and dropped (the decoder's reach, see above).
+CONTEXT_FRAMES = 12
+# Frames of the flow's input run either side of what the decoder needs (its reach: 24 frames gave
+# 4e-5 of z, 16 frames 3e-2).
+FLOW_CONTEXT_FRAMES = 32
+# The first window is small so its audio leaves early (16 frames: 186 ms at 22.05 kHz, of which the
+# session's 8 kHz resampler holds 72 ms back); each next one is four times larger up to the last
+# size (2.3 s): few runs, the context a small share of each.
+FIRST_WINDOW_FRAMES = 16
+LAST_WINDOW_FRAMES = 200
+GROWTH = 4
+# The name scopes of the flow's and the decoder's nodes in Piper's exported graphs.
+FLOW_PREFIX, DECODER_PREFIX = "/flow/", "/dec/"
+
+
+def windows(frames: int) -> Iterator[tuple[int, int]]:
+    """The ``[start, end)`` frame windows of a sentence of ``frames`` frames of z."""
+    start, size = 0, FIRST_WINDOW_FRAMES
+    while start < frames:
+        end = min(frames, start + size)
+        yield start, end
+        start, size = end, min(GROWTH * size, LAST_WINDOW_FRAMES)
+
+
+@dataclass(slots=True)
+class Front:
+    """What the front of the model made of one sentence."""
+
+    latent: list[np.ndarray]  # what the decoding of a window reads, each [1, channels, frames]
+    frames_per_id: np.ndarray | None  # frames each phoneme id lasts (None: the model does not say)
+    audio: np.ndarray | None = None  # the whole sentence's audio, from a model that runs whole
+    z: np.ndarray | None = None  # the sentence's z, once made from latent by the flow
+
+    @property
+    def frames(self) -> int:
+        return self.latent[0].shape[2] if self.latent else 0
+
+
+class PiperModel:
+    """One voice's ONNX sessions, shared by every session of the daemon (onnxruntime's ``run`` is
+    thread-safe). Only the sessions are kept: the model's proto and bytes are dropped once they
+    are made.
+
+    Cut in three where the graph allows: ``front`` (ids -> the flow's input ``z_p`` and its mask,
+    the durations), ``flow`` (-> ``z``, also convolutional: run over a window with
+    :data:`FLOW_CONTEXT_FRAMES` more either side), ``decoder``; else in two (the flow in the front:
+    it runs over the whole sentence before its first window, 20 ms of a 75-character sentence's
+    first 50 ms); else whole."""
+
+    def __init__(self, path: str, options: Any) -> None:
+        import onnx
+        import onnxruntime
+
+        model = onnx.load(path)
+        self.alignments = _add_alignment_output(model)
+        self.inputs = [i.name for i in model.graph.input]
+        self.flow: Any = None
+        self.decoder: Any = None
+        self.hop = 0
+        self._flow_inputs: list[str] = []
+        self._z = ""
+        session = functools.partial(
+            onnxruntime.InferenceSession, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        try:
+            parts = _split(model)
+            self._flow_inputs, self._z = parts.flow_inputs, parts.z
+            self.front_session = session(parts.front.SerializeToString())
+            if parts.flow is not None:
+                self.flow = session(parts.flow.SerializeToString())
+            self.decoder = session(parts.decoder.SerializeToString())
+            self.hop = self._measure_hop(parts.decoder)
+        except Exception as exc:  # another graph: whole sentences, as Piper runs them
+            log.warning(
+                "piper_whole_sentences", model=path, reason=str(exc), effect="no audio before a sentence is whole"
+            )
+            self.flow = self.decoder = None
+            self.front_session = session(model.SerializeToString())
+
+    def _measure_hop(self, decoder: Any) -> int:
+        """Output samples per frame of z: decode 4 frames of zeros (also checks the decoder runs)."""
+        z = np.zeros((1, _z_channels(decoder, self._z), 4), dtype=np.float32)
+        audio = self.decoder.run(None, {self._z: z})[0].reshape(-1)
+        if len(audio) % 4 or not audio.size:
+            raise ValueError(f"the decoder made {len(audio)} samples of 4 frames")
+        return len(audio) // 4
+
+    def front(self, feeds: dict[str, np.ndarray]) -> Front:
+        outputs = self.front_session.run(None, feeds)
+        if self.decoder is None:
+            frames = outputs[1].reshape(-1) if len(outputs) > 1 and self.alignments else None
+            return Front([], frames, outputs[0].reshape(-1))
+        held = len(self._flow_inputs) or 1  # z_p and its mask, or z
+        frames = outputs[held].reshape(-1) if len(outputs) > held and self.alignments else None
+        return Front(outputs[:held], frames)
+
+    def decode(self, front: Front, start: int, end: int) -> np.ndarray:
+        """Audio of frames ``[start, end)`` of a sentence (float, about -1 to 1): its z decoded with
+        :data:`CONTEXT_FRAMES` either side. The first window's z comes from the flow run over that
+        window with :data:`FLOW_CONTEXT_FRAMES` more either side (its audio leaves sooner); the
+        next windows read the sentence's whole z, made once (no context run over and over)."""
+        frames = front.frames
+        low, high = max(0, start - CONTEXT_FRAMES), min(frames, end + CONTEXT_FRAMES)
+        if self.flow is None:
+            z = front.latent[0][:, :, low:high]
+        elif start == 0 and front.z is None:
+            flow_low, flow_high = 0, min(frames, high + FLOW_CONTEXT_FRAMES)
+            z = self._flow(front, flow_low, flow_high)[:, :, low - flow_low : high - flow_low]
+        else:
+            if front.z is None:
+                front.z = self._flow(front, 0, frames)
+            z = front.z[:, :, low:high]
+        audio = self.decoder.run(None, {self._z: z})[0].reshape(-1)
+        return audio[(start - low) * self.hop : (end - low) * self.hop]
+
+    def _flow(self, front: Front, low: int, high: int) -> np.ndarray:
+        feeds = {name: x[:, :, low:high] for name, x in zip(self._flow_inputs, front.latent, strict=True)}
+        return self.flow.run(None, feeds)[0]
+
+
+def _add_alignment_output(model: Any) -> bool:
+    """Also output how many frames each phoneme id lasts (Piper's own patch, in memory): word
+    marks then say exactly what a cut say had played. False if the model cannot."""
+    try:
+        from piper.patch_voice_with_alignment import add_alignment_output
+
+        add_alignment_output(model)
+    except ValueError as exc:
+        if "already marked" in str(exc):  # patched on disk
+            return True
+        log.warning("piper_no_alignments", reason=str(exc), effect="what a cut say played is estimated")
+        return False
+    return True
+
+
+@dataclass(slots=True)
+class _Parts:
+    front: Any
+    flow: Any  # None: the flow is in the front
+    decoder: Any
+    flow_inputs: list[str]  # the flow's (z_p and its mask), as the front outputs them
+    z: str  # the decoder's input
+
+
+def _split(model: Any) -> _Parts:
+    """The model cut where its flow and its decoder begin (or only the decoder)."""
+    import onnx.utils
+
+    graph = model.graph
+    z = _entering(graph, DECODER_PREFIX)
+    if len(z) != 1:
+        raise ValueError(f"no single tensor enters the decoder ({DECODER_PREFIX}*): {z[:4]}")
+    outputs = [o.name for o in graph.output]
+    audio, aligned = outputs[0], outputs[1:]
+    extractor = onnx.utils.Extractor(model)
+    decoder = extractor.extract_model(z, [audio])
+    if [i.name for i in decoder.graph.input] != z:
+        raise ValueError("the decoder needs more than z")
+    # The flow's own inputs: what its nodes read from named (``/``) nodes outside it (its coupling
+    # layers' inner nodes have no scope).
+    made_by = {o: n.name for n in graph.node for o in n.output}
+    flow_in = [t for t in _entering(graph, FLOW_PREFIX) if made_by.get(t, "").startswith("/")]
+    if flow_in:
+        try:
+            flow = extractor.extract_model(flow_in, z)
+            if sorted(i.name for i in flow.graph.input) == flow_in:
+                front = extractor.extract_model([i.name for i in graph.input], [*flow_in, *aligned])
+                return _Parts(front, flow, decoder, flow_in, z[0])
+        except Exception as exc:  # the flow in the front, then
+            log.info("piper_flow_in_front", reason=str(exc))
+    front = extractor.extract_model([i.name for i in graph.input], [*z, *aligned])
+    return _Parts(front, None, decoder, [], z[0])
+
+
+def _entering(graph: Any, prefix: str) -> list[str]:
+    """The tensors the nodes of a name scope read from outside it (weights aside), sorted."""
+    constants = {i.name for i in graph.initializer}
+    nodes = [n for n in graph.node if n.name.startswith(prefix)]
+    made = {o for n in nodes for o in n.output}
+    return sorted({i for n in nodes for i in n.input if i and i not in made and i not in constants})
+
+
+def _z_channels(decoder: Any, z: str) -> int:
+    """The channels of z: the input channels of the decoder's first convolution."""
+    weights = {i.name: i for i in decoder.graph.initializer}
+    for node in decoder.graph.node:
+        if z in node.input and node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in weights:
+            return int(weights[node.input[1]].dims[1])
+    raise ValueError("the decoder does not begin with a convolution of z")
