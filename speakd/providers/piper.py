@@ -99,7 +99,15 @@ class PiperProvider(Provider):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
+        # No arena: onnxruntime's keeps the most a run ever needed (grown in powers of two) for
+        # good; freed tensors go back to malloc, which the daemon keeps returning (speakd.daemon).
+        options.enable_cpu_mem_arena = False
         self._model = PiperModel(self.model_path, options)
+        # onnxruntime keeps the bytes a session was made from for its whole life (a second copy
+        # of the model, about 60 MB); these sessions are never made again from them.
+        for session in (self._model.front_session, self._model.flow, self._model.decoder):
+            if session is not None:
+                session._model_bytes = None
         # Piper's voice for its text side (phonemes, ids); the model runs here (piper_model).
         voice = PiperVoice(config=PiperConfig.from_dict(json.loads(Path(self.config_path).read_text())), session=None)
         config = voice.config
@@ -177,6 +185,8 @@ class PiperProvider(Provider):
 # sentences) at full scale. A window that would clip lowers it for the rest of its sentence, ramped
 # from the window's start to its peak (no step).
 GAIN = 2.0
+# The longest sentence the model is given (about 250 characters); longer ones are cut (_clauses).
+MAX_SENTENCE_PHONEMES = 300
 
 
 class _Chunk(NamedTuple):
@@ -208,7 +218,8 @@ class _Rendering:
     def step(self) -> _Chunk | None:
         if self._sentences is None:
             phonemized = self._voice.phonemize(self._text)
-            sentences = [s for s in phonemized if s]  # as Piper's synthesize() skips empty ones
+            # Empty ones skipped as Piper's synthesize() does; run-on ones cut (see _clauses).
+            sentences = [clause for s in phonemized if s for clause in _clauses(s)]
             self._sentences, self._left = iter(sentences), len(sentences)
             self._words = WordClock.for_text(self._voice, self._text, phonemized)
         while True:
@@ -286,6 +297,27 @@ class _Sentence:
         else:
             audio = audio * self._gain
         return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
+
+
+def _clauses(phonemes: list[str]) -> list[list[str]]:
+    """A sentence cut into pieces of at most :data:`MAX_SENTENCE_PHONEMES`, after a pause (a comma,
+    a semicolon...) where there is one in the second half of a piece, else after a word.
+
+    The front of the model runs over a sentence at once, its time and memory growing with the
+    square of its length (a 1350-character run-on sentence: 1.3 s before any audio, 380 MB more
+    held by onnxruntime's arena for good)."""
+    pieces = []
+    while len(phonemes) > MAX_SENTENCE_PHONEMES:
+        head = phonemes[:MAX_SENTENCE_PHONEMES]
+        half = MAX_SENTENCE_PHONEMES // 2
+        cut = next((i for i in range(len(head) - 1, half, -1) if head[i] in _PAUSES), None)
+        if cut is None:
+            cut = next((i for i in range(len(head) - 1, half, -1) if head[i] == " "), len(head) - 1)
+        pieces.append(phonemes[: cut + 1])
+        phonemes = phonemes[cut + 1 :]
+        while phonemes and phonemes[0] == " ":  # the next piece starts with its word
+            phonemes = phonemes[1:]
+    return [*pieces, phonemes] if phonemes else pieces
 
 
 def _aligned(id_map: dict[str, list[int]], phonemes: list[str], samples_per_id: np.ndarray) -> list[_Aligned] | None:

@@ -20,6 +20,8 @@ None and :meth:`PiperModel.front` returns the sentence's audio, logged once at l
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,17 +82,21 @@ class PiperModel:
     first 50 ms); else whole."""
 
     def __init__(self, path: str, options: Any) -> None:
+        self.flow: Any = None
+        self.decoder: Any = None
+        self.hop = 0
+        self._flow_inputs: list[str] = []
+        self._z = ""
+        self._make_sessions(path, options)
+        _return_freed_heap()
+
+    def _make_sessions(self, path: str, options: Any) -> None:
         import onnx
         import onnxruntime
 
         model = onnx.load(path)
         self.alignments = _add_alignment_output(model)
         self.inputs = [i.name for i in model.graph.input]
-        self.flow: Any = None
-        self.decoder: Any = None
-        self.hop = 0
-        self._flow_inputs: list[str] = []
-        self._z = ""
         session = functools.partial(
             onnxruntime.InferenceSession, sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -148,6 +154,13 @@ class PiperModel:
     def _flow(self, front: Front, low: int, high: int) -> np.ndarray:
         feeds = {name: x[:, :, low:high] for name, x in zip(self._flow_inputs, front.latent, strict=True)}
         return self.flow.run(None, feeds)[0]
+
+
+def _return_freed_heap() -> None:
+    """Give the copies of the model made while cutting it back to the system. glibc keeps freed
+    heap for reuse unless asked (measured: 309 MB resident after loading, 222 MB after)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _add_alignment_output(model: Any) -> bool:

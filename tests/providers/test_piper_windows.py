@@ -183,3 +183,25 @@ async def test_a_sessions_word_marks_count_the_audio_its_resampler_holds():
         assert item.word_marks == [(300, 1), (600, 2), (900, 3)]
     finally:
         await asyncio.wait_for(session.close(), 10)
+
+
+RUN_ON = ", ".join(["thank you for calling the accounts department of the northern regional office today"] * 8) + "."
+
+
+def test_a_run_on_sentence_is_cut_after_its_pauses(provider):
+    phonemes = provider._voice.phonemize(RUN_ON)[0]
+    assert len(phonemes) > 2 * piper.MAX_SENTENCE_PHONEMES
+    pieces = piper._clauses(phonemes)
+    assert all(len(p) <= piper.MAX_SENTENCE_PHONEMES for p in pieces)
+    assert all(p[-1] == "," for p in pieces[:-1]), ["".join(p[-5:]) for p in pieces]
+    assert " ".join("".join(p) for p in pieces) == "".join(phonemes)  # the space after each cut aside
+
+
+async def test_a_run_on_sentence_streams_with_its_word_marks(provider):
+    chunks = await streamed(provider, RUN_ON)
+    marks, start = [], 0
+    for chunk in chunks:
+        marks += [(chars, start + at) for chars, at in chunk.marks]
+        start += len(chunk.data) // 2
+    assert marks == sorted(marks) and marks[-1] == (len(RUN_ON), start)
+    assert len(marks) >= len(RUN_ON.split()) // 2
