@@ -107,6 +107,9 @@ class MediaConfig:
     lead_ms: int = 1500
     # A played-position mark after this much audio: the resolution of "what was heard".
     mark_every_ms: int = 100
+    # The speech level (dBFS) every provider's and voice's audio is brought to before it is
+    # encoded (speakd.media.loudness); a say's volume goes on top.
+    loudness_dbfs: float = -20.0
 
 
 @dataclass
@@ -361,6 +364,8 @@ class Config:
                 f"media.lead_ms must be between twice media.mark_every_ms and 15000 (Asterisk queues at most "
                 f"20 s), not {self.media.lead_ms}"
             )
+        if not -40 <= self.media.loudness_dbfs <= -10:
+            found.append(f"media.loudness_dbfs must be -40..-10 (dBFS speech level), not {self.media.loudness_dbfs}")
         found.extend(self.tts.problems())
         if self.agi.listen:
             with _collected(found):

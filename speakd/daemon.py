@@ -42,6 +42,7 @@ from speakd.events import EventBus
 from speakd.events.ari_user_events import AriUserEventSink
 from speakd.events.fleet import FleetEventSink
 from speakd.events.webhooks import WebhookSink
+from speakd.media.loudness import VoiceLevels
 from speakd.metrics import Metrics
 from speakd.providers import ProviderRegistry
 from speakd.providers.cache import open_cache
@@ -203,6 +204,7 @@ async def run(
             events=events,
             lead_ms=config.media.lead_ms,
             mark_every_ms=config.media.mark_every_ms,
+            levels=VoiceLevels(config.media.loudness_dbfs),
             owner=nodes.owner,
             peers=Peers(store, nodes.owner),
             failover=metrics.watch_failover(Failover(FailoverSettings.of(config.tts), providers.get))

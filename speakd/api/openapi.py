@@ -22,6 +22,7 @@ from speakd.sessions.requests import (
     MAX_TEXT_CHARS,
     MAX_VOICE_ID_CHARS,
     REFERENCE_ID_PATTERN,
+    VOLUME_RANGE_DB,
     SayStop,
 )
 from speakd.sessions.says import SayItem, SayStatus
@@ -112,6 +113,7 @@ _SAY = {
             "description": "the lexicon its text went through before synthesis ('' for none); text, heard_text and "
             "word timestamps still name the words sent",
         },
+        "volume": {"type": "number", "description": "dB on top of the one loudness every say is brought to"},
     },
     "required": list(SayItem.SHOWN),
 }
@@ -375,7 +377,21 @@ OPENAPI: dict[str, Any] = {
                                     },
                                     "provider": _enum(PROVIDER_NAMES),
                                     "voice_id": {"type": "string", "maxLength": MAX_VOICE_ID_CHARS},
-                                    "direction": {**_enum(Direction), "default": DEFAULT_DIRECTION},
+                                    "direction": {
+                                        **_enum(Direction),
+                                        "default": DEFAULT_DIRECTION,
+                                        "description": "on a call: out, the party on reference_id hears; in, its "
+                                        "peer; both. On a conference: both (everyone), or with member: out, only the "
+                                        "member hears; in, every participant but the member; both, everyone",
+                                    },
+                                    "member": {
+                                        "type": "string",
+                                        "pattern": REFERENCE_ID_PATTERN,
+                                        "description": "confbridge only: the channel id of one participant of the "
+                                        "conference, to speak to it (direction out) or to all but it (in); not a "
+                                        "participant: a 400. Its leaving the conference ends the session (reason "
+                                        "hangup)",
+                                    },
                                     "lexicon": {
                                         **_LEXICON_FIELD,
                                         "description": "one of your lexicons (PUT /v1.0/lexicons/{name}): every say "
@@ -502,6 +518,15 @@ OPENAPI: dict[str, Any] = {
                                         "default": True,
                                         "description": "false: the text may be personal, its audio is neither "
                                         "kept in the audio cache nor played from it",
+                                    },
+                                    "volume": {
+                                        "type": "number",
+                                        "minimum": VOLUME_RANGE_DB[0],
+                                        "maximum": VOLUME_RANGE_DB[1],
+                                        "default": 0,
+                                        "description": "dB on top of the one loudness every say is brought to "
+                                        "([media] loudness_dbfs); peaks are limited, never clipped, so above about "
+                                        "+5 dB the level rises less than asked",
                                     },
                                     "interruptible": {
                                         "type": "boolean",

@@ -16,6 +16,7 @@ from speakd.sessions.requests import (
     INTERRUPTIBLE_FIELD_RULE,
     PROMPT_FIELDS,
     SAY_FIELDS,
+    VOLUME_FIELD_RULE,
     CreateRequest,
     PromptRequest,
     SayRequest,
@@ -58,6 +59,8 @@ def parse_say(body: bytes) -> SayRequest:
     data = parse_json_object(body, SAY_FIELDS)
     if not isinstance(data.get("cache", True), bool):  # JSON has booleans (the dialplan writes "false")
         raise invalid_field(CACHE_FIELD_RULE)
+    if isinstance(data.get("volume"), str):  # JSON has numbers (the dialplan writes "-6")
+        raise invalid_field(f"{VOLUME_FIELD_RULE}; got a string")
     if not isinstance(data.get("interruptible", True), bool):
         raise invalid_field(INTERRUPTIBLE_FIELD_RULE)
     return say_request(data)

@@ -10,6 +10,7 @@ import numpy as np
 import soxr
 
 from speakd.audio import TELEPHONY_RATE, AudioFormat, Codec
+from speakd.media.loudness import Leveler
 from speakd.media.rtp import FRAME_SAMPLES
 
 PAYLOAD_TYPES: dict[Codec, int] = {"ulaw": 0, "alaw": 8}
@@ -80,15 +81,17 @@ class FrameEncoder:
     half frame from before a flush can leak into what follows (what-users-hit #1/#2).
     """
 
-    def __init__(self, codec: Codec) -> None:
+    def __init__(self, codec: Codec, leveler: Leveler | None = None) -> None:
         self.codec = codec
+        # Brings the audio to the one loudness before it is encoded (None: as the provider sent it).
+        self.leveler = leveler
         self._pending = bytearray()
         self._resampler: soxr.ResampleStream | None = None
         self._in_rate = 0
         self._odd_byte = b""
 
     def _to_codec(self, data: bytes, fmt: AudioFormat) -> bytes:
-        if fmt.encoding == self.codec and fmt.sample_rate == TELEPHONY_RATE:
+        if self.leveler is None and fmt.encoding == self.codec and fmt.sample_rate == TELEPHONY_RATE:
             return data
         if fmt.encoding == "pcm_s16le":
             if self._odd_byte:
@@ -96,14 +99,22 @@ class FrameEncoder:
                 self._odd_byte = b""
             if len(data) % 2:
                 self._odd_byte, data = data[-1:], data[:-1]
-            pcm = np.frombuffer(data, dtype="<i2")
+            pcm: np.ndarray = np.frombuffer(data, dtype="<i2")
         else:
             pcm = decode(data, fmt.encoding)
         if fmt.sample_rate != TELEPHONY_RATE:
             if self._resampler is None or self._in_rate != fmt.sample_rate:
-                self._resampler = soxr.ResampleStream(fmt.sample_rate, TELEPHONY_RATE, 1, dtype="int16", quality="HQ")
+                # float: a resampler's overshoot is not clipped before the leveler sees it
+                self._resampler = soxr.ResampleStream(fmt.sample_rate, TELEPHONY_RATE, 1, dtype="float32", quality="HQ")
                 self._in_rate = fmt.sample_rate
-            pcm = self._resampler.resample_chunk(pcm)
+            pcm = self._resampler.resample_chunk(pcm.astype(np.float32))
+        return self._encode(pcm)
+
+    def _encode(self, pcm: np.ndarray) -> bytes:
+        if self.leveler is not None:
+            return encode(self.leveler.process(pcm), self.codec)
+        if pcm.dtype != np.int16:
+            pcm = np.clip(np.rint(pcm), -32768, 32767).astype(np.int16)
         return encode(pcm, self.codec)
 
     @property
@@ -119,8 +130,8 @@ class FrameEncoder:
     def finish(self) -> list[bytes]:
         """End of utterance: drain the resampler and pad the last frame with silence."""
         if self._resampler is not None:
-            tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
-            self._pending += encode(tail, self.codec)
+            tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            self._pending += self._encode(tail)
             self._resampler = None
         pad = (-len(self._pending)) % FRAME_SAMPLES
         self._pending += bytes([SILENCE_BYTE[self.codec]]) * pad

@@ -13,6 +13,9 @@
    ``speakd_announcer`` user profile, its ``;1`` half bridged with the ExternalMedia channel;
 3. else 400. A conference with no participant in it is a 409.
 
+With ``member`` (a participant's channel id, either kind), the session speaks to or through that
+one participant (:class:`MemberTarget`); ``direction`` means for it what it means on a call.
+
 How the end of a conference is seen (events, no polling):
 
 * ARI bridge: speakd subscribes to the bridge; ``ChannelLeftBridge`` leaving only speakd's
@@ -45,6 +48,7 @@ from speakd.sessions.targets import (
     check_participants_owned,
     create_external_media,
     hang_up_and_wait,
+    is_own_object,
     setup_errors,
     unreachable,
 )
@@ -223,6 +227,78 @@ class ConfBridgeTarget(_ResolvedConference):
         )
 
 
+class MemberTarget(_ResolvedConference):
+    """One participant (``member``, its channel in the conference) of either kind: a snoop on its
+    channel whispers in ``direction``, as on a call, bridged with the media channel; the
+    conference's own bridge is left alone.
+
+    * ``out``: the speech rides on what is written to the member (the mix it hears): only it hears.
+    * ``in``: the speech rides on what the member sends into the conference. A conference mixer
+      (softmix: ARI mixing bridges and ConfBridge rooms alike) never sends a member its own audio
+      back, so every participant but the member hears it. A member muted in the conference
+      (ConfBridge mute, ARI mute ``in``) mutes the speech with it.
+    * ``both``: both, so everyone hears it.
+
+    The member leaving the conference ends the session as a hangup does: Asterisk clears a
+    channel's ``BRIDGEPEER`` when it leaves its bridge (seen on both kinds), and its hangup ends
+    the snoop.
+    """
+
+    def __init__(self, reference_id: str, direction: str, session_id: str, app: str, member: str) -> None:
+        super().__init__(reference_id, direction, session_id, app)
+        self.member = member
+        self.snoop_id = f"{self.prefix}-snoop"
+        self.conf_bridge_id = reference_id  # the conference's bridge, as resolved
+        self._app = app
+
+    @property
+    def watched_ids(self) -> set[str]:
+        return {self.member, self.snoop_id, self.media_id, self.bridge_id}
+
+    def check(self, bridge: dict[str, Any]) -> None:
+        self.conf_bridge_id = bridge["id"]
+        super().check(bridge)
+        if self.member not in self.participants or is_own_object(self._app, self.member):
+            raise InvalidRequest(
+                f"member '{self.member}' is not a participant of conference '{self.reference_id}': "
+                "name the channel id of a participant in it (GET /ari/bridges/{id} lists them as channels)"
+            )
+
+    def _left(self) -> str:
+        return f"member '{self.member}' left conference '{self.reference_id}'"
+
+    def on_event(self, event: dict[str, Any]) -> str | None:
+        if (
+            event.get("type") == "ChannelVarset"
+            and event.get("variable") == "BRIDGEPEER"
+            and not event.get("value")
+            and (event.get("channel") or {}).get("id") == self.member
+        ):
+            return self._left()
+        return None
+
+    async def reconcile(self, ari: AriClient) -> str | None:
+        try:
+            bridge = await ari.get(f"bridges/{self.conf_bridge_id}")
+        except AriNotFound:
+            return self._left()
+        except AriError:
+            return None
+        return None if self.member in (bridge.get("channels") or []) else self._left()
+
+    async def attach(self, ctx: AttachContext) -> MediaTransport:
+        # The member's channel is not in our app: its BRIDGEPEER and hangup come only if we subscribe.
+        await self._subscribe(ctx, f"channel:{self.member}")
+        await self._whisper_on(
+            ctx, self.member, self.snoop_id, f"member '{self.member}' of conference '{self.reference_id}'"
+        )
+        assert self.transport is not None
+        return self.transport
+
+    async def detach(self, ctx: AttachContext) -> None:
+        await self._remove_bridged(ctx, {self.snoop_id: "snoop channel"})
+
+
 async def find_confbridge_room(ari: AriClient, room: str) -> dict[str, Any] | None:
     """The bridge of the live ConfBridge room named `room`, if any."""
     for bridge in await ari.get("bridges"):
@@ -236,18 +312,21 @@ class ConferenceTarget(Target):
     and then acts as the :class:`BridgeConferenceTarget` or :class:`ConfBridgeTarget` it found."""
 
     reference_type = "confbridge"
-    ended_reason = StopReason.CONFERENCE_ENDED
 
-    def __init__(self, reference_id: str, direction: str, session_id: str, app: str) -> None:
-        if direction != "both":
+    def __init__(self, reference_id: str, direction: str, session_id: str, app: str, member: str = "") -> None:
+        if direction != "both" and not member:
             raise InvalidRequest(
-                f"'direction' must be 'both' on a conference (everyone in it hears the speech); got '{direction}'"
+                f"'direction' must be 'both' on a conference (everyone in it hears the speech); got '{direction}'. "
+                "To speak to one participant ('out') or to all but one ('in'), name it in 'member'"
             )
         super().__init__(reference_id, direction, session_id, app)
         self._app = app
-        self.resolved: BridgeConferenceTarget | ConfBridgeTarget | None = None
+        self.member = member
+        # A member's session ends when it leaves, as a call's at its hangup.
+        self.ended_reason = StopReason.HANGUP if member else StopReason.CONFERENCE_ENDED
+        self.resolved: BridgeConferenceTarget | ConfBridgeTarget | MemberTarget | None = None
 
-    def _inner(self) -> BridgeConferenceTarget | ConfBridgeTarget:
+    def _inner(self) -> BridgeConferenceTarget | ConfBridgeTarget | MemberTarget:
         if self.resolved is None:
             raise RuntimeError("conference target used before validate()")
         return self.resolved
@@ -258,7 +337,9 @@ class ConferenceTarget(Target):
 
     @property
     def event_source(self) -> str:
-        """The conference's own bridge (an ARI bridge, or the ConfBridge room's)."""
+        """The conference's own bridge (an ARI bridge, or the ConfBridge room's); a member's channel."""
+        if self.member:
+            return f"channel:{self.member}"
         if isinstance(self.resolved, ConfBridgeTarget) and self.resolved.conf_bridge_id:
             return f"bridge:{self.resolved.conf_bridge_id}"
         return f"bridge:{self.reference_id}"
@@ -276,7 +357,9 @@ class ConferenceTarget(Target):
                     raise NoSuchReference(
                         f"no conference '{self.reference_id}': no ConfBridge room of that name is live"
                     )
-                target: BridgeConferenceTarget | ConfBridgeTarget = ConfBridgeTarget(*args, room=self.reference_id)
+                target: BridgeConferenceTarget | ConfBridgeTarget | MemberTarget = ConfBridgeTarget(
+                    *args, room=self.reference_id
+                )
             elif bridge.get("bridge_class") == "stasis":
                 target = BridgeConferenceTarget(*args)
             elif bridge.get("creator") == CONFBRIDGE_CREATOR and bridge.get("name"):
@@ -286,6 +369,8 @@ class ConferenceTarget(Target):
                     f"bridge '{self.reference_id}' is not a conference: neither an ARI (Stasis) bridge nor a "
                     "ConfBridge room; to speak into a call use reference_type 'call'"
                 )
+            if self.member:  # the same conference, spoken to or through one participant
+                target = MemberTarget(*args, member=self.member)
             target.check(bridge)
             await target.validate(ari, customer_id, owner_variable)
         except AriUnavailable as exc:
@@ -296,10 +381,15 @@ class ConferenceTarget(Target):
 
     @property
     def conflict_key(self) -> str:
-        # A ConfBridge room named by its name or by its bridge id is one conference.
+        # A ConfBridge room named by its name or by its bridge id is one conference; a session
+        # for the whole of it and one per member may be live at once.
         if isinstance(self.resolved, ConfBridgeTarget):
-            return f"room:{self.resolved.room}"
-        return f"bridge:{self.reference_id}"
+            key = f"room:{self.resolved.room}"
+        elif isinstance(self.resolved, MemberTarget) and self.resolved.conf_bridge_id != self.reference_id:
+            key = f"bridge:{self.resolved.conf_bridge_id}"  # a room named by its name: by its bridge
+        else:
+            key = f"bridge:{self.reference_id}"
+        return f"{key}/member:{self.member}" if self.member else key
 
     def on_event(self, event: dict[str, Any]) -> str | None:
         return self.resolved.on_event(event) if self.resolved is not None else None

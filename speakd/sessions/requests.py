@@ -38,6 +38,7 @@ class SayRequest:
     command_id: str = ""
     stop: SayStop | None = None
     cache: bool = True  # False: personal data, its audio never kept (speakd.providers.cache)
+    volume: float = 0.0  # dB on top of the one loudness every say is brought to (speakd.media.loudness)
     interruptible: bool = True  # False: must be heard whole; a flush or stop does not cut it
     lexicon: str | None = None  # the lexicon its text goes through; None: the session's
 
@@ -51,6 +52,7 @@ class CreateRequest:
     voice_id: str
     direction: str
     model: str = ""
+    member: str = ""  # a conference's participant (channel id) the session whispers to or through
     lexicon: str = ""  # the lexicon its says go through ('' for none)
 
 
@@ -82,14 +84,19 @@ _REFERENCE_ID = re.compile(REFERENCE_ID_PATTERN, re.ASCII)
 # The fields a body may have: the request types' (a create's model comes from its voice).
 CREATE_FIELDS = tuple(f.name for f in dataclasses.fields(CreateRequest) if f.name != "model")
 # What a caller on a call (the dialplan, an ARI application) may choose for the session it gets:
-# the reference is its channel.
-SESSION_OPTIONS = tuple(f for f in CREATE_FIELDS if f not in ("reference_type", "reference_id"))
+# the reference is its channel (and a call has no members).
+SESSION_OPTIONS = tuple(f for f in CREATE_FIELDS if f not in ("reference_type", "reference_id", "member"))
 SAY_FIELDS = tuple(f.name for f in dataclasses.fields(SayRequest))
 PROMPT_FIELDS = tuple(f.name for f in dataclasses.fields(PromptRequest) if f.name != "model")
 MAX_CLIENT_STATE_CHARS = 4096
 MAX_COMMAND_ID_CHARS = 256
 MAX_VOICE_ID_CHARS = 200
 CACHE_FIELD_RULE = "'cache' must be true or false (false: this say's audio is never kept)"
+VOLUME_RANGE_DB = (-20.0, 10.0)
+VOLUME_FIELD_RULE = (
+    f"'volume' must be a number of dB from {VOLUME_RANGE_DB[0]:+g} to {VOLUME_RANGE_DB[1]:+g} "
+    "(0: the common loudness every say is brought to)"
+)
 INTERRUPTIBLE_FIELD_RULE = "'interruptible' must be true or false (false: a flush or stop does not cut this say)"
 
 
@@ -123,6 +130,11 @@ def create_request(data: dict[str, Any], default_provider: str) -> CreateRequest
         )
     language, provider, voice_id, model = _speaker(data, default_provider)
     direction = _enum(data, "direction", Direction, default=DEFAULT_DIRECTION)
+    member = _string(data, "member")
+    if member and reference_type != ReferenceType.CONFBRIDGE:
+        raise invalid_field("'member' names a participant of a conference: only with reference_type 'confbridge'")
+    if member and not _REFERENCE_ID.fullmatch(member):
+        raise invalid_field("'member' must be the channel id of a participant: letters, digits and ._:@+=- only")
     lexicon = _lexicon(data) or ""
     return CreateRequest(
         reference_type,
@@ -133,6 +145,7 @@ def create_request(data: dict[str, Any], default_provider: str) -> CreateRequest
         direction,
         model=model,
         lexicon=lexicon,
+        member=member,
     )
 
 
@@ -192,6 +205,21 @@ def call_create_request(channel_id: str, options: dict[str, Any], default_provid
     return create_request({**options, "reference_type": "call", "reference_id": channel_id}, default_provider)
 
 
+def _volume(data: dict[str, Any]) -> float:
+    """A say's volume in dB: a JSON number, or the dialplan's and ARI variables' text for one."""
+    value = data.get("volume", 0.0)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            value = None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # (NaN)
+        raise invalid_field(f"{VOLUME_FIELD_RULE}; got {data.get('volume')!r}")
+    if not VOLUME_RANGE_DB[0] <= value <= VOLUME_RANGE_DB[1]:
+        raise invalid_field(f"{VOLUME_FIELD_RULE}; got {value:g}")
+    return float(value)
+
+
 def say_request(data: dict[str, Any]) -> SayRequest:
     """A say's fields, however they came (a JSON body, AGI arguments, ARI user event variables)."""
     text = _string(data, "text", required=True)
@@ -230,6 +258,7 @@ def say_request(data: dict[str, Any]) -> SayRequest:
         cache,
         interruptible=_flag(data, "interruptible", INTERRUPTIBLE_FIELD_RULE),
         lexicon=_lexicon(data),
+        volume=_volume(data),
     )
 
 

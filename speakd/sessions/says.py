@@ -97,6 +97,7 @@ class SayItem:
         "provider_failures",
         "interruptible",
         "lexicon",
+        "volume",
     )
     # Stored as JSON text.
     JSON_COLUMNS = ("spoken_by", "provider_failures")

@@ -24,6 +24,7 @@ from speakd.ari.errors import AriError
 from speakd.ari.events import EventWaiters
 from speakd.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable, TooManyRequests
 from speakd.events import Event, EventBus, EventType, InterruptReason, StopReason
+from speakd.media.loudness import VoiceLevels
 from speakd.media.playout import Playout
 from speakd.media.transport import TransportError
 from speakd.providers import ProviderRegistry
@@ -77,8 +78,10 @@ class SpeakingService:
         owner: Owner = NO_OWNER,
         peers: SoloPeers | None = None,
         failover: Failover | None = None,
+        levels: VoiceLevels | None = None,
     ) -> None:
         self.store = store
+        self.levels = levels  # the one loudness, learned per voice, shared by every session
         self.failover = failover  # [tts] fallback: where a say goes on when its provider fails
         self.owner = owner  # this node's run: its sessions' owner in the store
         self.peers = peers or SoloPeers()  # the other nodes sharing the store (requests routed to them)
@@ -177,6 +180,7 @@ class SpeakingService:
             say_event=lambda kind, item, at, extra: self._publish_say(kind, live, item, at, extra),
             on_underrun=self.on_underrun,
             failover=self.failover,
+            levels=self.levels,
         )
         session.lexicon = req.lexicon
         live = LiveSession(session, target)
@@ -242,6 +246,7 @@ class SpeakingService:
         item = session.new_say(req.text, req.payload_type, req.client_state, req.command_id)
         item.text_stream = text_stream
         item.cache = req.cache
+        item.volume = req.volume
         item.interruptible = req.interruptible
         item.lexicon = session.lexicon if req.lexicon is None else req.lexicon
         if item.lexicon:
@@ -456,7 +461,7 @@ class SpeakingService:
         if req.reference_type == "call":
             return CallTarget(req.reference_id, req.direction, speaking_id, self.ari.app)
         if req.reference_type == "confbridge":
-            return ConferenceTarget(req.reference_id, req.direction, speaking_id, self.ari.app)
+            return ConferenceTarget(req.reference_id, req.direction, speaking_id, self.ari.app, member=req.member)
         raise InvalidRequest(f"reference_type '{req.reference_type}' is not supported by this speakd")
 
     def _start_tasks(self, live: LiveSession) -> None:

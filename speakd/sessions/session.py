@@ -34,6 +34,7 @@ from speakd.audio import Codec
 from speakd.errors import InvalidRequest, ProviderError
 from speakd.events.model import EventType, InterruptReason, StopReason
 from speakd.media.codec import FrameEncoder
+from speakd.media.loudness import Leveler, VoiceLevels
 from speakd.media.playout import Playout
 from speakd.media.rtp import FRAME_MS
 from speakd.media.transport import MediaTransport
@@ -92,9 +93,12 @@ class Session:
         say_event: SayEvent | None = None,
         on_underrun: Callable[[], None] | None = None,
         failover: Failover | None = None,
+        levels: VoiceLevels | None = None,
     ) -> None:
         self.record = record
         self.provider = provider
+        # The one loudness every say is brought to, learned per voice; None: audio as sent.
+        self.levels = levels
         # Where a say goes on when its provider fails ([tts] fallback); None: the provider alone.
         self.failover = failover
         self.codec: Codec = codec
@@ -274,7 +278,8 @@ class Session:
                 self._current = None
 
     async def _synthesize(self, item: SayItem, generation: int) -> None:
-        encoder = FrameEncoder(self.codec)
+        leveler = Leveler(self.levels, item.volume) if self.levels is not None else None
+        encoder = FrameEncoder(self.codec, leveler)
         started = time.monotonic()
         held: list[bytes] = []  # synthesized, not yet handed to the playout
         released = False
@@ -355,6 +360,8 @@ class Session:
                         )
                         if self.failover is None:  # (failover names each provider as it speaks)
                             item.spoken(self.provider.name, self._voice())
+                    if leveler is not None and item.spoken_by:  # each voice its gain (fallbacks too)
+                        leveler.voice = (item.spoken_by[-1]["provider"], item.spoken_by[-1]["voice_id"])
                     rate = chunk.format.sample_rate
                     for chars, sample in chunk.marks:
                         item.add_word_mark(int(fed_ms + sample * 1000 / rate), chars)

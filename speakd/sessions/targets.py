@@ -94,7 +94,7 @@ class Target(abc.ABC):
         self.bridge_id = f"{self.prefix}-bridge"
         # Opened by attach(); the owner closes it (release_media) whatever setup reached.
         self.transport: MediaTransport | None = None
-        self._subscription: str | None = None  # the event source subscribed to, until detach
+        self._subscriptions: list[str] = []  # the event sources subscribed to, until detach
 
     # Why the session stops when a watched object ends (a call hangs up; a conference ends).
     ended_reason = StopReason.HANGUP
@@ -142,13 +142,34 @@ class Target(abc.ABC):
     async def _subscribe(self, ctx: AttachContext, source: str) -> None:
         """Receive the events of an object outside our app (``channel:<id>``/``bridge:<id>``)."""
         await ctx.ari.post(f"applications/{ctx.app}/subscription", eventSource=source)
-        self._subscription = source
+        self._subscriptions.append(source)
 
     async def _unsubscribe(self, ctx: AttachContext) -> None:
-        source, self._subscription = self._subscription, None
-        if source is not None:
+        sources, self._subscriptions = self._subscriptions, []
+        for source in sources:
             with contextlib.suppress(AriError):
                 await ctx.ari.delete(f"applications/{ctx.app}/subscription", eventSource=source)
+
+    async def _whisper_on(self, ctx: AttachContext, channel_id: str, snoop_id: str, what: str) -> None:
+        """A snoop on ``channel_id`` whispering in ``direction``, bridged with the media channel
+        (``what``: the channel, as setup errors name it)."""
+        snoop_entered = ctx.waiters.expect("StasisStart", snoop_id)
+        try:
+            with setup_errors(what, "Asterisk did not hand the snoop/media channel to speakd", STASIS_TIMEOUT):
+
+                async def snoop() -> None:
+                    await ctx.ari.post(
+                        f"channels/{channel_id}/snoop",
+                        app=ctx.app,
+                        snoopId=snoop_id,
+                        whisper=self.direction,
+                        spy="none",
+                    )
+                    await asyncio.wait_for(snoop_entered, STASIS_TIMEOUT)
+
+                await self._bridge_with_media(ctx, snoop_id, snoop())
+        finally:
+            ctx.waiters.discard("StasisStart", snoop_id)
 
     async def _bridge_with_media(self, ctx: AttachContext, channel_id: str, make_channel: Awaitable[None]) -> None:
         """Our mixing bridge joining ``channel_id`` (made by ``make_channel``) and the
@@ -295,27 +316,7 @@ class CallTarget(Target):
     async def attach(self, ctx: AttachContext) -> MediaTransport:
         # Events for the call leg (hangup) come only if we subscribe: it is not in our app.
         await self._subscribe(ctx, f"channel:{self.reference_id}")
-        snoop_entered = ctx.waiters.expect("StasisStart", self.snoop_id)
-        try:
-            with setup_errors(
-                f"call '{self.reference_id}'",
-                "Asterisk did not hand the snoop/media channel to speakd",
-                STASIS_TIMEOUT,
-            ):
-
-                async def snoop() -> None:
-                    await ctx.ari.post(
-                        f"channels/{self.reference_id}/snoop",
-                        app=ctx.app,
-                        snoopId=self.snoop_id,
-                        whisper=self.direction,
-                        spy="none",
-                    )
-                    await asyncio.wait_for(snoop_entered, STASIS_TIMEOUT)
-
-                await self._bridge_with_media(ctx, self.snoop_id, snoop())
-        finally:
-            ctx.waiters.discard("StasisStart", self.snoop_id)
+        await self._whisper_on(ctx, self.reference_id, self.snoop_id, f"call '{self.reference_id}'")
         assert self.transport is not None
         return self.transport
 

@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 
+from speakd.media.loudness import DEFAULT_TARGET_DBFS, speech_level_db
 from speakd.sandbox import wav_is_final  # noqa: F401  (re-exported: the harness's one WAV reader module)
 
 RATE = 8000
@@ -221,9 +222,14 @@ def _render_piper_cached(text: str) -> bytes:
     return np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16).tobytes()
 
 
-def render_piper(text: str) -> np.ndarray:
-    """The reference rendering of `text` by the bundled Piper voice, int16 at 8 kHz."""
-    return np.frombuffer(_render_piper_cached(text), dtype=np.int16).copy()
+def render_piper(text: str, loudness_dbfs: float | None = DEFAULT_TARGET_DBFS) -> np.ndarray:
+    """The reference rendering of `text` by the bundled Piper voice, int16 at 8 kHz, at the speech
+    level speakd brings every say to (its default [media] loudness_dbfs; None: as Piper renders it)."""
+    pcm = np.frombuffer(_render_piper_cached(text), dtype=np.int16).copy()
+    level = speech_level_db(pcm)
+    if loudness_dbfs is None or level is None:
+        return pcm
+    return np.clip(np.round(pcm * 10 ** ((loudness_dbfs - level) / 20)), -32768, 32767).astype(np.int16)
 
 
 def spectral_similarity(recording: np.ndarray, reference: np.ndarray, lag_frames: int) -> float:

@@ -49,9 +49,11 @@ def speech(text: str, rate: int) -> np.ndarray:
     return pcm
 
 
-def render(text: str, encoding: str, rate: int) -> bytes:
-    """``encoding``: ``pcm`` (s16le), ``ulaw`` or ``alaw``."""
+def render(text: str, encoding: str, rate: int, gain_db: float = 0.0) -> bytes:
+    """``encoding``: ``pcm`` (s16le), ``ulaw`` or ``alaw``; ``gain_db``: a voice that much louder."""
     pcm = speech(text, rate)
+    if gain_db:
+        pcm = np.clip(np.round(pcm * 10 ** (gain_db / 20)), -32768, 32767).astype(np.int16)
     if encoding in ("ulaw", "alaw"):
         return encode(pcm, encoding)
     return pcm.astype("<i2").tobytes()

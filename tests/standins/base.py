@@ -47,6 +47,7 @@ class Standin:
         self.chunk_bytes = chunk_bytes
         self.chunk_delay = chunk_delay
         self.cut_after = cut_after
+        self.gain_db = 0.0  # its voices this much louder than the stand-ins' shared rendering
         self.requests: list[Recorded] = []
         self.events: list[str] = []
         """``request``, ``first_chunk``, ``finished``, ``client_closed``, ``cut``, ``failed:<mode>``."""

@@ -143,7 +143,7 @@ class ElevenLabsStandin(HttpStandin):
             if mode == "hang":
                 await self._wait(is_gone, None, HANG_LIMIT)
                 return web.Response(status=504)
-            data = await asyncio.to_thread(audio.render, body.get("text", ""), encoding, rate)
+            data = await asyncio.to_thread(audio.render, body.get("text", ""), encoding, rate, self.gain_db)
             response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPES[encoding]})
             await response.prepare(request)
             complete = await self._stream(audio.chunks(data, self.chunk_bytes), response.write, is_gone, mode)
@@ -216,7 +216,7 @@ class ElevenLabsStandin(HttpStandin):
             if mode == "hang":
                 await self._wait(lambda: ws.closed, None, HANG_LIMIT)
                 return
-            data = await asyncio.to_thread(audio.render, text, encoding, rate)
+            data = await asyncio.to_thread(audio.render, text, encoding, rate, self.gain_db)
             parts = audio.chunks(data, self.chunk_bytes)
             alignment = _Alignment(text, len(data), rate)
 

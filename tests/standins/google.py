@@ -128,7 +128,7 @@ class GoogleStandin(Standin):
             self._closed()
             raise
         text = audio.strip_ssml(request.input.ssml) if ssml else request.input.text
-        data = await asyncio.to_thread(audio.render, text, encoding, rate)
+        data = await asyncio.to_thread(audio.render, text, encoding, rate, self.gain_db)
         if request.audio_config.audio_encoding != tts.AudioEncoding.PCM:
             data = audio.wav(data, encoding, rate)
         self.events.append("first_chunk")
@@ -211,7 +211,7 @@ class GoogleStandin(Standin):
             )
 
     async def _speak(self, text: str, encoding: str, rate: int, context, mode: str | None):
-        data = await asyncio.to_thread(audio.render, text, encoding, rate)
+        data = await asyncio.to_thread(audio.render, text, encoding, rate, self.gain_db)
         for index, part in enumerate(audio.chunks(data, self.chunk_bytes)):
             if mode == "cut" and index >= self.cut_after:
                 self.events.append("cut")

@@ -150,7 +150,7 @@ class PollyStandin(HttpStandin):
                 return _error(500, "ServiceFailureException", "hung")
             spoken = audio.strip_ssml(text) if ssml else text
             encoding = {"pcm": "pcm", "mulaw": "ulaw", "alaw": "alaw"}[fmt]
-            data = await asyncio.to_thread(audio.render, spoken, encoding, rate)
+            data = await asyncio.to_thread(audio.render, spoken, encoding, rate, self.gain_db)
             response = web.StreamResponse(
                 headers={"Content-Type": CONTENT_TYPES[fmt], "x-amzn-RequestCharacters": str(len(text))}
             )
