@@ -182,7 +182,7 @@ class Target(abc.ABC):
         """Undo :meth:`_bridge_with_media` (``channels``: id -> what, besides the media channel)
         and any subscription."""
         await asyncio.gather(
-            cleanup_call(ctx.ari.delete(f"bridges/{self.bridge_id}"), "bridge"),
+            remove_and_wait(ctx, f"bridges/{self.bridge_id}", "bridge"),
             *(hang_up_and_wait(ctx, channel_id, what) for channel_id, what in channels.items()),
             hang_up_and_wait(ctx, self.media_id, "media channel"),
         )
@@ -213,25 +213,30 @@ async def cleanup_call(coro: Any, what: str) -> bool:
 
 
 async def hang_up_and_wait(ctx: AttachContext, channel_id: str, what: str) -> bool:
-    """DELETE returns before the channel is gone: poll until ARI no longer lists it (bounded).
-    True if this hung it up and it went.
+    """Hang a channel up and wait until it is gone (:func:`remove_and_wait`).
 
     Polling, not an event: a channel that already left our app (a snoop whose target hung
     up) is destroyed without a ChannelDestroyed reaching us.
     """
-    if not await cleanup_call(ctx.ari.delete(f"channels/{channel_id}"), what):
+    return await remove_and_wait(ctx, f"channels/{channel_id}", what)
+
+
+async def remove_and_wait(ctx: AttachContext, path: str, what: str) -> bool:
+    """DELETE returns before the object is gone (a bridge lingers while its channels leave it):
+    poll until ARI no longer lists it (bounded). True if this removed it and it went."""
+    if not await cleanup_call(ctx.ari.delete(path), what):
         return False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DESTROY_TIMEOUT
     while loop.time() < deadline:
         try:
-            await ctx.ari.get(f"channels/{channel_id}")
+            await ctx.ari.get(path)
         except AriNotFound:
             return True
         except AriError:
             break
         await asyncio.sleep(0.005)
-    log.warning("cleanup_slow", what=what, channel=channel_id)
+    log.warning("cleanup_slow", what=what, path=path)
     return False
 
 
