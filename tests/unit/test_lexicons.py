@@ -5,10 +5,14 @@ on both engines (another customer's are not found)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import test_service
 
 from speakd.errors import InvalidRequest, NotFound
 from speakd.sessions.lexicons import MAX_ENTRIES, Lexicon, Lexicons, parse_entries
+from speakd.sessions.requests import SayRequest
 from speakd.sessions.says import SayItem
 
 LEXICON = Lexicon("names", (("Nguyen", "Win"), ("New York", "Noo Yawk"), ("AI", "A.I."), ("York", "Yark")))
@@ -118,3 +122,35 @@ async def test_a_lexicon_name_is_checked(engine):
     async with engine.store() as store:
         with pytest.raises(InvalidRequest, match="1-64 letters"):
             await Lexicons(store).put("c1", "-bad name", [{"from": "a", "to": "b"}])
+
+
+service_env = test_service.env  # test_service's fixture (a service over a fake ARI), by this name here
+
+
+async def test_a_session_and_its_says_name_lexicons_of_their_customer(service_env):
+    _ari, service = service_env
+    with pytest.raises(InvalidRequest, match="'lexicon' names lexicon 'names', and you have none"):
+        await service.create("c1", dataclasses.replace(test_service.request(), lexicon="names"))
+    await service.lexicons.put("c1", "names", [{"from": "Nguyen", "to": "Win"}])
+    await service.lexicons.put("c1", "brands", [{"from": "speakd", "to": "speak dee"}])
+    with pytest.raises(InvalidRequest, match="names lexicon 'names'"):  # c1's is not c2's
+        await service.create("c2", dataclasses.replace(test_service.request("call-2"), lexicon="names"))
+    record = await service.create("c1", dataclasses.replace(test_service.request(), lexicon="names"))
+    _, by_session = await service.say("c1", record.id, SayRequest("Ask Nguyen about speakd"))
+    _, by_say = await service.say("c1", record.id, SayRequest("Ask Nguyen about speakd", lexicon="brands"))
+    _, by_none = await service.say("c1", record.id, SayRequest("Ask Nguyen about speakd", lexicon=""))
+    assert (by_session.lexicon, by_session.spoken_text) == ("names", "Ask Win about speakd")
+    assert (by_say.lexicon, by_say.spoken_text) == ("brands", "Ask Nguyen about speak dee")
+    assert (by_none.lexicon, by_none.spoken_text) == ("", "Ask Nguyen about speakd")
+    assert [s["lexicon"] for s in await service.says("c1", record.id)] == ["names", "brands", ""]
+    # Grown past the bound by its replacements: refused, naming the lexicon; nothing queued.
+    await service.lexicons.put("c1", "long", [{"from": "a", "to": "b" * 200}])
+    with pytest.raises(InvalidRequest, match="lexicon 'long' makes this say's text 50249 characters"):
+        await service.say("c1", record.id, SayRequest(" ".join(["a"] * 250), lexicon="long"))
+    assert len(await service.says("c1", record.id)) == 3
+    # The session's lexicon deleted: its says are refused, naming it, until another is named.
+    await service.lexicons.delete("c1", "names")
+    with pytest.raises(InvalidRequest, match="the session's 'lexicon' names lexicon 'names'"):
+        await service.say("c1", record.id, SayRequest("Hello"))
+    _, item = await service.say("c1", record.id, SayRequest("Hello Nguyen", lexicon=""))
+    assert item.spoken_text == "Hello Nguyen"
