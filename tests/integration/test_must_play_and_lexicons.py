@@ -14,7 +14,8 @@ import time
 
 import pytest
 from harness.audio import FRAME, FRAME_S, RATE, envelope_correlation, render_piper
-from harness.daemon import KEY_B
+from harness.daemon import CUSTOMER_A, KEY_A, KEY_B
+from harness.events import WsEvents
 from harness.hearing import (
     LONG,
     assert_heard,
@@ -70,7 +71,13 @@ def span(recording, text: str, who: str) -> tuple[float, float]:
 
 
 @pytest.mark.by_ear
-async def test_a_must_play_say_survives_a_flush_and_a_stop_all_and_is_heard_whole(api, two_party_call):
+async def test_a_must_play_say_survives_a_flush_and_a_stop_all_and_is_heard_whole(api, speakd, two_party_call):
+    async with WsEvents(speakd.base, KEY_A) as events:
+        assert (await events.subscribe([f"customer_id:{CUSTOMER_A}:speaking:*"]))["type"] == "subscribed"
+        await _must_play_survives(api, events, two_party_call)
+
+
+async def _must_play_survives(api, events, two_party_call):
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
     notice = await say_id_of(api, speaking_id, LONG, interruptible=False)
     queued = await say_id_of(api, speaking_id, SECOND)
@@ -89,6 +96,15 @@ async def test_a_must_play_say_survives_a_flush_and_a_stop_all_and_is_heard_whol
         assert says[cut]["status"] == "interrupted" and says[cut]["heard_chars"] == 0, says[cut]
         assert says[cut]["interruptible"] is True
     assert says[notice]["tm_play_end"] <= says[after]["tm_play_start"]
+    # Its events say it was protected; only the cut says were interrupted.
+    await events.wait_for(
+        lambda _: ("speaking_say_finished", after) in events.sequence(speaking_id), 5.0, "the last say's end"
+    )  # (events come in order: the notice's are in by then)
+    of_notice = [e for e in events.of(speaking_id) if e["data"].get("say_id") == notice]
+    assert [e["event_type"] for e in of_notice] == ["speaking_say_started", "speaking_say_finished"], of_notice
+    assert all(e["data"]["interruptible"] is False for e in of_notice)
+    interrupted = {e["data"]["say_id"] for e in events.of(speaking_id) if e["event_type"] == "speaking_say_interrupted"}
+    assert interrupted == {queued, dropped}
     await asyncio.sleep(1.0)
 
     recording = await two_party_call.recording("alice")
