@@ -133,6 +133,21 @@ async def test_a_hangup_ends_a_must_play_say_at_once(api, ari, two_party_call):
     assert LONG.startswith(say["heard_text"])
 
 
+async def test_a_streams_reset_does_not_cut_a_must_play_say(api, speakd, two_party_call):
+    speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
+    notice = await say_id_of(api, speaking_id, SECOND, interruptible=False)
+    async with StreamClient(speakd.base, speaking_id) as client:
+        await client.send({"type": "text", "text": "This sentence is streamed after the notice. "})
+        await client.send({"type": "flush", "nonce": 1})
+        await client.expect("flush_complete")
+        await client.send({"type": "reset", "nonce": 2})
+        reset = await client.expect("reset_complete")
+    assert reset["protected_says"] == [notice] and reset["heard_text"] == "", reset
+    says = await wait_statuses(api, speaking_id, {notice: "played"})
+    assert says[notice]["heard_text"] == SECOND
+    assert [s["status"] for s in says.values() if s["say_id"] != notice] == ["interrupted"]
+
+
 async def test_stop_and_delete_end_a_must_play_say(api, two_party_call):
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
     notice = await say_id_of(api, speaking_id, LONG, interruptible=False)
