@@ -10,7 +10,7 @@ the same on every rendering). Unset settings keep the voice's own defaults.
 The model loads once at daemon start (about 1 s) and is shared by every session. A say is
 synthesized in steps, each a job on a worker thread (the pool serves the most urgent session
 first): a sentence's phonemes go through the front of the model once, then its audio is decoded
-window by window (speakd.providers.piper_model), the first window about 140 ms of audio, so audio
+window by window (speakd.providers.piper_model), the first window about 230 ms of audio, so audio
 leaves before the sentence is whole and the next windows are decoded while it plays. Cancelling
 the generator stops asking for further steps.
 """
@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import itertools
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -150,13 +151,12 @@ class PiperProvider(Provider):
         voice = await self._ensure_loaded()
         rendering = _Rendering(self, voice, request.text)
         fmt = AudioFormat("pcm_s16le", self.sample_rate)
-        cost: float | None = None  # the first job: the text's phonemes, a sentence's front, a window
+        cost = rendering.next_cost()
         while True:
             chunk, took = await self._pool.run_timed(rendering.step, deadline=request.deadline, cost=cost)
             if chunk is None:
                 return
-            if cost:  # a window: the pool learns the seconds per frame decoded
-                self._pool.observe(cost, took)
+            self._pool.observe(cost, took)  # the pool learns the seconds per unit of cost
             cost = rendering.next_cost()
             next_in_ms = 0 if cost == 0 else int(self._pool.expected_return_s(cost) * 1000)
             yield AudioChunk(chunk.audio, fmt, chunk.marks, next_in_ms=next_in_ms)
@@ -185,6 +185,9 @@ class PiperProvider(Provider):
 # sentences) at full scale. A window that would clip lowers it for the rest of its sentence, ramped
 # from the window's start to its peak (no step).
 GAIN = 2.0
+# A text's first sentence, and its phoneme ids per character (to cost the first step).
+_FIRST_SENTENCE = re.compile(r".*?[.!?](?=\s|$)", re.DOTALL)
+IDS_PER_CHAR = 2.1
 # The longest sentence the model is given (about 250 characters); longer ones are cut (_clauses).
 MAX_SENTENCE_PHONEMES = 300
 
@@ -210,36 +213,36 @@ class _Rendering:
     def __init__(self, provider: PiperProvider, voice: Any, text: str) -> None:
         assert provider._model is not None
         self._provider, self._voice, self._model, self._text = provider, voice, provider._model, text
-        self._sentences: Iterator[list[str]] | None = None
+        self._sentences: collections.deque[list[str]] | None = None  # not begun
         self._words: WordClock | None = None
         self._sentence: _Sentence | None = None
-        self._left = 0  # sentences not begun
 
     def step(self) -> _Chunk | None:
         if self._sentences is None:
             phonemized = self._voice.phonemize(self._text)
             # Empty ones skipped as Piper's synthesize() does; run-on ones cut (see _clauses).
-            sentences = [clause for s in phonemized if s for clause in _clauses(s)]
-            self._sentences, self._left = iter(sentences), len(sentences)
+            self._sentences = collections.deque(clause for s in phonemized if s for clause in _clauses(s))
             self._words = WordClock.for_text(self._voice, self._text, phonemized)
         while True:
             if self._sentence is None:
-                phonemes = next(self._sentences, None)
-                if phonemes is None:
+                if not self._sentences:
                     return None
-                self._left -= 1
-                self._sentence = self._begin(phonemes)
+                self._sentence = self._begin(self._sentences.popleft())
             chunk = self._sentence.next()
             if chunk is not None:
                 return chunk
             self._sentence = None
 
-    def next_cost(self) -> float | None:
-        """What the next step decodes, in frames of z; None: a sentence's start (its length is
-        not known yet); 0: nothing more."""
-        if self._sentence is not None and (frames := self._sentence.next_frames()):
-            return frames
-        return None if self._left else 0
+    def next_cost(self) -> float:
+        """What the next step costs, in PiperModel's unit (frames decoded); 0: nothing more. The
+        pool schedules by it and learns its seconds, so a sentence's start, which runs the front,
+        is not taken for a window."""
+        if self._sentences is None:  # the first sentence's phoneme ids, from its characters
+            first = _FIRST_SENTENCE.match(self._text)
+            return self._model.start_cost(int(IDS_PER_CHAR * len(first.group() if first else self._text)))
+        if self._sentence is not None and (cost := self._sentence.next_cost()):
+            return cost
+        return self._model.start_cost(2 * len(self._sentences[0]) + 3) if self._sentences else 0.0
 
     def _begin(self, phonemes: list[str]) -> _Sentence:
         voice, provider = self._voice, self._provider
@@ -267,9 +270,11 @@ class _Sentence:
         self._next = next(self._windows, None)
         self._gain = GAIN
 
-    def next_frames(self) -> int:
-        """Frames the next window decodes (0: none left)."""
-        return 0 if self._next is None else self._next[1] - self._next[0]
+    def next_cost(self) -> float:
+        """What the next window costs (0: none left, or a sentence that came whole)."""
+        if self._next is None or self._front.audio is not None:
+            return 0.0
+        return self._model.decode_cost(self._front, *self._next)
 
     def next(self) -> _Chunk | None:
         if self._next is None:

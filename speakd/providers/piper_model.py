@@ -37,12 +37,19 @@ CONTEXT_FRAMES = 12
 # Frames of the flow's input run either side of what the decoder needs (its reach: 24 frames gave
 # 4e-5 of z, 16 frames 3e-2).
 FLOW_CONTEXT_FRAMES = 32
-# The first window is small so its audio leaves early (16 frames: 186 ms at 22.05 kHz, of which the
-# session's 8 kHz resampler holds 72 ms back); each next one is four times larger up to the last
-# size (2.3 s): few runs, the context a small share of each.
-FIRST_WINDOW_FRAMES = 16
+# The first window is small so its audio leaves early (20 frames: 232 ms at 22.05 kHz, of which the
+# session's 8 kHz resampler holds 72 ms back: what is left must cover the wait for the next window,
+# or the session holds the say); each next one is four times larger up to the last size (2.3 s):
+# few runs, the context a small share of each.
+FIRST_WINDOW_FRAMES = 20
 LAST_WINDOW_FRAMES = 200
 GROWTH = 4
+# What a run costs, in frames decoded (the decoder's time per frame, about 0.33 ms on one core
+# here): the front 0.35 a phoneme id, the flow 0.2 a frame (measured on Joe, 27-349 ids). A
+# sentence has about 2 frames of z per phoneme id.
+FRONT_COST_PER_ID = 0.35
+FLOW_COST_PER_FRAME = 0.2
+FRAMES_PER_ID = 2
 # The name scopes of the flow's and the decoder's nodes in Piper's exported graphs.
 FLOW_PREFIX, DECODER_PREFIX = "/flow/", "/dec/"
 
@@ -52,6 +59,8 @@ def windows(frames: int) -> Iterator[tuple[int, int]]:
     start, size = 0, FIRST_WINDOW_FRAMES
     while start < frames:
         end = min(frames, start + size)
+        if frames - end < FIRST_WINDOW_FRAMES:  # no small last window: its context would cost more
+            end = frames
         yield start, end
         start, size = end, min(GROWTH * size, LAST_WINDOW_FRAMES)
 
@@ -150,6 +159,23 @@ class PiperModel:
             z = front.z[:, :, low:high]
         audio = self.decoder.run(None, {self._z: z})[0].reshape(-1)
         return audio[(start - low) * self.hop : (end - low) * self.hop]
+
+    def start_cost(self, ids: int) -> float:
+        """What running the front over ``ids`` phoneme ids and decoding the first window costs
+        (the sentence's frames estimated from its ids)."""
+        if self.decoder is None:  # the whole sentence
+            return ids * (FRONT_COST_PER_ID + FRAMES_PER_ID * (1 + FLOW_COST_PER_FRAME))
+        frames = FRAMES_PER_ID * ids
+        return ids * FRONT_COST_PER_ID + self.decode_cost(Front([], None), 0, min(frames, FIRST_WINDOW_FRAMES), frames)
+
+    def decode_cost(self, front: Front, start: int, end: int, frames: int | None = None) -> float:
+        """What :meth:`decode` of frames ``[start, end)`` costs (``frames``: the sentence's)."""
+        frames = front.frames if frames is None else frames
+        low, high = max(0, start - CONTEXT_FRAMES), min(frames, end + CONTEXT_FRAMES)
+        flowed = 0
+        if self.flow is not None and front.z is None:
+            flowed = min(frames, high + FLOW_CONTEXT_FRAMES) if start == 0 else frames
+        return high - low + FLOW_COST_PER_FRAME * flowed
 
     def _flow(self, front: Front, low: int, high: int) -> np.ndarray:
         feeds = {name: x[:, :, low:high] for name, x in zip(self._flow_inputs, front.latent, strict=True)}
