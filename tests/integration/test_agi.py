@@ -162,10 +162,10 @@ async def dialplan_call(ari, harness_app, agi_daemon):
         await call.hangup()
 
 
-# Measured: the caller in AGI hears speakd about 5 dB quieter than a party of a bridged call does
-# (p99 frame level -22.8 dBFS against -16.9 for the same text; Playtones' silence generator
-# switches the channel's write format to slin, where the whisper is mixed). assert_heard counts
-# speech frames above an absolute -40 dBFS, so the reference is taken down by as much.
+# Measured: the sandbox's Local-channel caller in AGI hears speakd about 6 dB quieter than a party
+# of a bridged call does. That loss belongs to Local channels behind a generator, not to the wait
+# path: on real RTP channels both hear what speakd sends (docs/media.md, test_loudness.py).
+# assert_heard counts speech frames above an absolute -40 dBFS, so the reference is taken down by as much.
 AGI_LEVEL_DB = -6.0
 
 

@@ -34,6 +34,8 @@ from standins.elevenlabs import ElevenLabsStandin
 from standins.google import GoogleStandin
 from standins.polly import PollyStandin
 
+from speakd.media.loudness import DEFAULT_TARGET_DBFS, speech_level_db
+
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 CLOUD = ("elevenlabs", "gcp", "aws")
@@ -244,10 +246,11 @@ def assert_heard(recording: np.ndarray, reference: np.ndarray, what: str) -> tup
     CORRELATIONS.append((what, corr))
     start = lag * FRAME_S
     segment = recording[int(start * RATE) : int(start * RATE) + len(reference)]
-    gain_db = 20 * np.log10(rms(segment) / rms(reference))
+    # Against what speakd sends: the stand-in's audio brought to the one loudness (speakd.media.loudness).
+    gain_db = 20 * np.log10(rms(segment) / rms(reference)) + speech_level_db(reference) - DEFAULT_TARGET_DBFS
     print(f"correlation {what}: {corr:.3f}, level {gain_db:+.1f} dB")
     assert corr > HEARD_CORR, f"alice should hear {what}: envelope correlation {corr:.2f}"
-    assert gain_db > -10.0, f"{what} is heard {gain_db:.1f} dB below what the stand-in sent"
+    assert gain_db > -10.0, f"{what} is heard {gain_db:.1f} dB below what speakd sent"
     return start, start + len(reference) / RATE
 
 
