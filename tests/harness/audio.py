@@ -226,8 +226,13 @@ def render_piper(text: str, loudness_dbfs: float | None = DEFAULT_TARGET_DBFS) -
     """The reference rendering of `text` by the bundled Piper voice, int16 at 8 kHz, at the speech
     level speakd brings every say to (its default [media] loudness_dbfs; None: as Piper renders it)."""
     pcm = np.frombuffer(_render_piper_cached(text), dtype=np.int16).copy()
+    return pcm if loudness_dbfs is None else at_loudness(pcm, loudness_dbfs)
+
+
+def at_loudness(pcm: np.ndarray, loudness_dbfs: float = DEFAULT_TARGET_DBFS) -> np.ndarray:
+    """A provider's audio (int16 at 8 kHz) as speakd sends it: brought to its one loudness."""
     level = speech_level_db(pcm)
-    if loudness_dbfs is None or level is None:
+    if level is None:
         return pcm
     return np.clip(np.round(pcm * 10 ** ((loudness_dbfs - level) / 20)), -32768, 32767).astype(np.int16)
 

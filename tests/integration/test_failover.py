@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from conftest_helpers import wait_for
-from harness.audio import FRAME_S, RATE, envelope_correlation
+from harness.audio import FRAME_S, RATE, at_loudness, envelope_correlation
 from harness.daemon import Api, SpeakdProcess
 from harness.hearing import assert_heard, speech_seconds
 from standins import audio as standin_audio
@@ -58,8 +58,9 @@ def section(name: str, values: dict[str, Any]) -> str:
 
 
 def sent(text: str):
-    """What a stand-in streams for ``text`` (its cached rendering), int16 at 8 kHz."""
-    return standin_audio.speech(text, 8000)
+    """What a stand-in streams for ``text`` (its cached rendering), int16 at 8 kHz, as speakd sends
+    it on (brought to its one loudness: speech is judged by frames over an absolute level)."""
+    return at_loudness(standin_audio.speech(text, 8000))
 
 
 def reset(standin: Standin) -> None:
