@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -78,6 +79,28 @@ def signal_trigger() -> ShutdownTrigger:
     return wait
 
 
+# glibc's malloc parameters (mallopt), and what speakd sets them to.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+# Blocks from this size up get pages of their own, given back when freed. Fixed: glibc otherwise
+# raises it (up to 32 MB) each time such a block is freed, and Piper's tensors (1-10 MB) then come
+# from heaps that keep their peak: 24 long says at once held 250 MB more after, not 85 MB more
+# during. It costs Piper about a sixth more CPU (fresh pages for each tensor).
+MMAP_THRESHOLD_BYTES = 256 * 1024
+MALLOC_ARENAS = 2  # heaps shared by the threads (glibc's default: 8 per core, each keeping its peak)
+
+
+def limit_malloc() -> None:
+    """Keep resident memory near what is in use. Called before any thread exists (heaps are
+    handed to threads as they start); with another C library, nothing."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_BYTES)  # free heap above this goes back at once
+
+
 def set_priority(nice: int) -> None:
     """Run at ``nice`` if allowed. Called before any thread exists: threads inherit it."""
     current = os.getpriority(os.PRIO_PROCESS, 0)
@@ -132,6 +155,7 @@ async def run(
     loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     status = DaemonStatus(config.ari.url)
     notifier = ServiceNotifier.from_environ(status.line)
+    limit_malloc()
     set_priority(config.server.nice)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(loop.remove_signal_handler, signal.SIGHUP)

@@ -39,6 +39,11 @@ from speakd.tasks import cancel_and_wait
 
 BYTES_PER_MS = FRAME_SAMPLES // FRAME_MS  # G.711 at 8 kHz: 8 bytes per ms
 
+# Audio synthesized and not yet played (here and at the far end), at most: synthesis waits for
+# playout beyond it, so what a session holds does not grow with the length or number of its says.
+# Seconds, not a say: a busy host's say is held until this much is ready (speakd.sessions.session).
+MAX_AHEAD_MS = 10_000
+
 # A boundary's callback gets the wall-clock time (time.time()) at which playout reached it.
 BoundaryCallback = Callable[[float], None]
 
@@ -61,14 +66,17 @@ class Playout:
         *,
         lead_ms: int = MediaConfig.lead_ms,
         mark_every_ms: int = MediaConfig.mark_every_ms,
-        max_buffered_ms: int = 60_000,
+        max_ahead_ms: int = MAX_AHEAD_MS,
         on_flush_confirmed: Callable[[float], None] | None = None,
     ) -> None:
         self.lead_ms = lead_ms
         # Gets the seconds from a flush of audio in flight to the far end confirming it.
         self.on_flush_confirmed = on_flush_confirmed
         self.mark_every_bytes = max(FRAME_SAMPLES, mark_every_ms * BYTES_PER_MS // FRAME_SAMPLES * FRAME_SAMPLES)
-        self.max_buffered_bytes = max_buffered_ms * BYTES_PER_MS
+        self.max_ahead_ms = max_ahead_ms
+        # What may wait here: the bound less what the far end may hold (the lead and one mark's audio).
+        far_end_ms = lead_ms + self.mark_every_bytes // BYTES_PER_MS
+        self.max_pending_bytes = max(self.mark_every_bytes, (max_ahead_ms - far_end_ms) * BYTES_PER_MS)
         self.generation = 0
         self.transport: MediaTransport | None = None
         self._pending: deque[_Audio | _Boundary] = deque()
@@ -102,8 +110,13 @@ class Playout:
     # -- synthesis side ---------------------------------------------------------------------
 
     async def put(self, generation: int, data: bytes, on_sent: Callable[[int], None] | None = None) -> bool:
-        """Queue whole frames; waits while the local buffer is full. False if ``generation`` is stale."""
-        while self._pending_bytes >= self.max_buffered_bytes and generation == self.generation:
+        """Queue whole frames; waits until they fit under :attr:`max_ahead_ms` (they go alone into
+        an empty buffer, whatever their size). False if ``generation`` is stale."""
+        while (
+            self._pending_bytes
+            and self._pending_bytes + len(data) > self.max_pending_bytes
+            and generation == self.generation
+        ):
             self._space.clear()
             await self._space.wait()
         if generation != self.generation:
@@ -243,5 +256,5 @@ class Playout:
             transport.send_audio(piece)
             self._sent_ms += len(piece) // BYTES_PER_MS
             self._send_mark(None)
-            if self._pending_bytes < self.max_buffered_bytes:
+            if self._pending_bytes < self.max_pending_bytes:
                 self._space.set()

@@ -47,6 +47,7 @@ from speakd.tasks import cancel_and_wait
 log = structlog.get_logger(__name__)
 
 CONVERT_SLICE_BYTES = 8192
+PUT_FRAMES = 10
 # Underrun protection: synthesis this much faster than real time starts playing at once;
 # slower, a say is held until what is buffered covers the rest with this margin.
 FAST_ENOUGH = 1.5
@@ -311,8 +312,12 @@ class Session:
             if not released:
                 elapsed_ms = (time.monotonic() - started) * 1000
                 chars_done = item.word_marks[-1][1] if item.word_marks else None
-                if not item.synthesized and not safe_to_start(
-                    item.synthesized_ms, elapsed_ms, chunk_gap_ms, len(item.text), chars_done
+                # Held while playing could run dry, but never more than the playout's bound ahead.
+                ahead_ms = len(held) * FRAME_MS + self.playout.buffered_ms()
+                if (
+                    not item.synthesized
+                    and ahead_ms < self.playout.max_ahead_ms
+                    and not safe_to_start(item.synthesized_ms, elapsed_ms, chunk_gap_ms, len(item.text), chars_done)
                 ):
                     return True
                 if len(held) > len(frames):
@@ -324,9 +329,14 @@ class Session:
                 # Everything sent has played: the caller heard a gap in the middle of this say.
                 self.log.warning("say_underrun", say_id=item.say_id, synthesized_ms=item.synthesized_ms)
                 self._on_underrun()
-            data = b"".join(held)
+            # A few frames a put: the playout takes each under its bound (what was held can be seconds).
+            parts = [b"".join(held[i : i + PUT_FRAMES]) for i in range(0, len(held), PUT_FRAMES)]
             held.clear()
-            return await self.playout.put(generation, data, on_sent)
+            for part in parts:
+                if not await self.playout.put(generation, part, on_sent):
+                    return False
+                on_sent = None
+            return True
 
         request = SynthesisRequest(
             text=item.spoken_text,

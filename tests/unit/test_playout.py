@@ -177,7 +177,7 @@ async def test_flush_returns_the_reached_position_drops_pending_and_refuses_stal
 
 
 async def test_a_put_waiting_for_buffer_space_is_refused_after_a_flush(make):
-    playout, _sink = await make(attach=False, max_buffered_ms=100)
+    playout, _sink = await make(attach=False, max_ahead_ms=100)
     generation = playout.generation
     assert await playout.put(generation, audio("A", 100))
     blocked = asyncio.create_task(playout.put(generation, audio("A", 20)))
