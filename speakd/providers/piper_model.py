@@ -1,21 +1,21 @@
-"""A Piper voice's ONNX model, split in two in memory so a sentence's audio leaves window by window.
+"""A Piper voice's ONNX model, cut in memory so a sentence's audio leaves window by window.
 
-Piper's model is VITS: a text encoder, a duration predictor and a flow turn a sentence's phoneme
-ids into a latent ``z`` (one frame per ``hop`` output samples, 256 for Piper's medium voices),
-then a HiFi-GAN decoder turns ``z`` into audio. The decoder is most of the work (three quarters
-of a sentence's time here) and it is convolutional: an output sample depends on ``z`` only a few
-frames either side. So the graph is cut where the decoder begins (:class:`PiperModel`):
-``front`` (ids -> ``z`` and the frames each phoneme id lasts) runs once per sentence, and
-``decoder`` runs over windows of ``z`` (:func:`windows`), each decoded with
-:data:`CONTEXT_FRAMES` of ``z`` either side whose audio is dropped. Measured on Joe (medium):
-with 12 frames of context a window's audio equals the whole-sentence decode to 1e-6 (8 frames:
-1e-3, 4 frames: 3e-2, an audible seam), so the windows join without a seam.
+Piper's model is VITS: a text encoder and a duration predictor turn a sentence's phoneme ids into
+``z_p`` (one frame per ``hop`` output samples, 256 for Piper's medium voices), a flow turns that
+into the latent ``z``, and a HiFi-GAN decoder turns ``z`` into audio. The decoder is most of the
+work (about three quarters of a sentence's time here), and the flow and the decoder are
+convolutional: an output depends on their input only a few frames either side. So the graph is
+cut where the flow and the decoder begin (:class:`PiperModel`): the front runs once per sentence,
+then each window of the sentence (:func:`windows`) is decoded from its frames of ``z`` with
+:data:`CONTEXT_FRAMES` more either side whose audio is dropped. Measured on Joe (medium): with 12
+frames of context a window's audio equals the whole-sentence decode to 1e-6 (8 frames: 1e-3,
+4 frames: 3e-2, an audible seam), so the windows join without a seam.
 
 Decoding in windows also bounds the decoder's working memory by the window, not the sentence
 (a whole 20 s sentence needs hundreds of MB of intermediate tensors at the audio rate).
 
-A model whose graph is not cut this way (another architecture) runs whole: :attr:`decoder` is
-None and :meth:`PiperModel.front` returns the sentence's audio, logged once at load.
+A model whose graph is not cut this way (another architecture) runs whole: :attr:`PiperModel.decoder`
+is None and :meth:`PiperModel.front` returns the sentence's audio, logged once at load.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ class PiperModel:
     first 50 ms); else whole."""
 
     def __init__(self, path: str, options: Any) -> None:
+        self.alignments = False  # the front also says how long each phoneme id lasts
+        self.inputs: list[str] = []  # the model's (``sid`` among them: a voice of several speakers)
         self.flow: Any = None
         self.decoder: Any = None
         self.hop = 0
