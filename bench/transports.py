@@ -37,7 +37,9 @@ How each number is measured:
   ended. ``rtp``: ``RtpTransport`` + ``PacerProcess`` sending to a local UDP socket
   (``bench/sinks.py rtp``); a break is an inter-arrival gap over 40 ms. CPU = this process's
   ``process_time`` (+ the pacer process's for rtp) over the steady-state window, as % of one
-  core, per session. K grows until one breaks.
+  core, per session. Each K tried (default 200 to 1,000) gets a row: the sessions with an
+  underrun (a break), the CPU, and this process's resident memory; a K that cannot even start
+  its sessions ends the column.
 """
 
 from __future__ import annotations
@@ -598,6 +600,14 @@ def new_session(provider: Provider) -> Session:
     return Session(record, provider, "ulaw", Playout(**defaults), save_say)
 
 
+def resident_mb() -> float:
+    """This process's resident memory (VmRSS), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def child_cpu_s(pid: int | None) -> float:
     if pid is None:
         return 0.0
@@ -615,6 +625,7 @@ class CapacityResult:
     broken: int  # sessions with an underrun / a break inside the window
     cpu_pct: float  # % of one core, all sessions
     detail: str
+    rss_mb: float  # this process's resident memory at the window's end
 
     @property
     def ok(self) -> bool:
@@ -628,9 +639,9 @@ async def run_sessions(
     window_s: float,
     warmup_s: float,
     other_cpu: Callable[[], float],
-) -> tuple[int, float, float, float, str]:
+) -> tuple[int, float, float, float, str, float]:
     """Start k sessions, say at once, measure CPU over the window. Returns
-    (started, cpu %, window start, window end, failure text)."""
+    (started, cpu %, window start, window end, failure text, resident MB at the window's end)."""
     sessions: list[Session] = []
     transports: list[Any] = []
     failure = ""
@@ -653,7 +664,7 @@ async def run_sessions(
         await asyncio.sleep(window_s)
         cpu1, other1, wall1, end = time.process_time(), other_cpu(), time.monotonic(), time.time()
         cpu_pct = 100 * ((cpu1 - cpu0) + (other1 - other0)) / (wall1 - wall0)
-        return len(transports), cpu_pct, start, end, failure
+        return len(transports), cpu_pct, start, end, failure, resident_mb()
     finally:
         for session in sessions:
             with contextlib.suppress(Exception):
@@ -689,7 +700,7 @@ async def capacity_websocket(
                 return transport
 
             try:
-                started, cpu, start, end, failure = await run_sessions(
+                started, cpu, start, end, failure, rss = await run_sessions(
                     k, provider, open_transport, window_s, warmup_s, lambda: 0.0
                 )
             finally:
@@ -710,7 +721,7 @@ async def capacity_websocket(
     detail = f"sink late max {stats['max_late_ms']} ms, worst session {worst} dry ticks"
     if failure:
         detail += f"; {failure}"
-    return CapacityResult(k, started, broken, cpu, detail)
+    return CapacityResult(k, started, broken, cpu, detail, rss)
 
 
 async def capacity_rtp(k: int, provider: Provider, window_s: float, warmup_s: float) -> CapacityResult:
@@ -726,7 +737,7 @@ async def capacity_rtp(k: int, provider: Provider, window_s: float, warmup_s: fl
                     await transport.start()
                     return transport
 
-                started, cpu, start, end, failure = await run_sessions(
+                started, cpu, start, end, failure, rss = await run_sessions(
                     k, provider, open_transport, window_s, warmup_s, lambda: child_cpu_s(pacer.pid)
                 )
                 pacer_note = (
@@ -751,7 +762,7 @@ async def capacity_rtp(k: int, provider: Provider, window_s: float, warmup_s: fl
         detail += f", {lost} gaps from packets lost at the sink (not counted)"
     if failure:
         detail += f"; {failure}"
-    return CapacityResult(k, started, broken, cpu, detail)
+    return CapacityResult(k, started, broken, cpu, detail, rss)
 
 
 async def capacity(bench: Bench) -> None:
@@ -762,6 +773,9 @@ async def capacity(bench: Bench) -> None:
     ks = [int(k) for k in bench.args.sessions.split(",")]
     row_k = "capacity daemon-side: most sessions with no underrun (K tried: " + ",".join(map(str, ks)) + ")"
     row_cpu = "speakd CPU per session at that K (% of one core)"
+
+    def step_row(k: int) -> str:
+        return f"capacity daemon-side, K={k}: sessions with an underrun; CPU (per session); resident"
 
     def line(result: CapacityResult) -> str:
         per = result.cpu_pct / max(result.started, 1)
@@ -777,9 +791,17 @@ async def capacity(bench: Bench) -> None:
         for k in ks:
             if capped:
                 break
+            rss_before = resident_mb()
             result = await run(k, provider, window_s, warmup_s)
             progress(f"  capacity {column}: {line(result)}; {result.detail}")
             tried.append(line(result))
+            bench.put(
+                step_row(k),
+                column,
+                f"{result.broken} of {result.started}; {result.cpu_pct:.0f}% "
+                f"({result.cpu_pct / max(result.started, 1):.3f}%); "
+                f"{result.rss_mb:.0f} MB (+{result.rss_mb - rss_before:.0f})",
+            )
             if result.ok and (best is None or k > best.k):
                 best = result
             if result.started < k:  # a hard limit: more sessions cannot even start
@@ -897,7 +919,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections, comma-separated: {','.join(SECTIONS)}")
     parser.add_argument("--transports", default=",".join(TRANSPORTS), help="websocket,rtp")
     parser.add_argument("--no-asterisk", action="store_true", help="skip the Asterisk-playback/render columns")
-    parser.add_argument("--sessions", help="capacity: K values to try (default 10,50,100,200; quick 10,50,100)")
+    parser.add_argument("--sessions", help="capacity: K values to try (default 200,...,1000; quick 200,400)")
     parser.add_argument("--window", type=float, help="capacity: seconds measured per K (default 6, quick 4)")
     parser.add_argument("--busy-within", type=float, default=60.0, help="busy host: seconds a say may take")
     args = parser.parse_args()
@@ -910,7 +932,7 @@ def parse_args() -> argparse.Namespace:
         parser.error("transports: websocket, rtp")
     args.calls = args.calls or (3 if args.quick else 10)
     args.flushes = args.flushes or (2 if args.quick else 5)
-    args.sessions = args.sessions or ("10,50,100" if args.quick else "10,50,100,200")
+    args.sessions = args.sessions or ("200,400" if args.quick else "200,400,600,800,1000")
     args.window = args.window or (4.0 if args.quick else 6.0)
     args.load_at_start = f"{os.getloadavg()[0]:.1f}"
     return args
