@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from conftest_helpers import wait_for
-from harness.audio import FRAME_S, RATE, envelope_correlation
+from harness.audio import FRAME_S, RATE, at_loudness, envelope_correlation
 from harness.daemon import Api, SpeakdProcess
 from harness.hearing import assert_nothing_else
 from harness.stream import StreamClient
@@ -95,14 +95,15 @@ async def said(api: Api, call, text: str, **fields) -> dict:
 
 
 def assert_heard_alone(recording: np.ndarray, text: str) -> None:
-    """What the stand-in sent for ``text`` is in the recording, at its level, and nothing else."""
-    reference = standin_audio.speech(text, 8000)
+    """What the stand-in sent for ``text`` is in the recording, at the level speakd sends it on
+    (the one loudness), and nothing else."""
+    reference = at_loudness(standin_audio.speech(text, 8000))
     corr, lag = envelope_correlation(recording, reference)
     assert corr > HEARD_CORR, f"alice should hear {text!r}: envelope correlation {corr:.2f}"
     start = lag * FRAME_S
     segment = recording[int(start * RATE) : int(start * RATE) + len(reference)].astype(np.float64)
     gain_db = 10 * np.log10(np.mean(segment**2) / np.mean(reference.astype(np.float64) ** 2))
-    assert gain_db > -10.0, f"{text!r} is heard {gain_db:.1f} dB below what the stand-in sent"
+    assert gain_db > -10.0, f"{text!r} is heard {gain_db:.1f} dB below what speakd sent"
     assert_nothing_else(recording, [(start, start + len(reference) / RATE)], text)
 
 
