@@ -21,8 +21,10 @@ make the text heard:
 * **render, then play**: at the request, render the whole text with speakd's Piper provider in
   this process, write the file, then ARI ``play`` it: what an application does without streaming.
 
-Every cell is the median / p95 over ``--calls`` calls; "over the floor" is speakd's median
-heard minus the floor's, measured minutes apart in the same run.
+Both files are brought to the loudness speakd brings the voice to (``harness.audio.at_loudness``),
+so the probe's threshold meets the same audio. The three ways take turns call by call (the same
+host for each). Every cell is the median / p95 over ``--calls`` calls; "over the floor" is speakd's
+median heard minus the floor's.
 """
 
 from __future__ import annotations
@@ -47,9 +49,11 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 
 import structlog  # noqa: E402
 from harness.ari import Ari  # noqa: E402
+from harness.audio import at_loudness  # noqa: E402
 from transports import HEAR_WITHIN_S, Bench, med_p95, progress, speakd_daemon, speakd_session  # noqa: E402
 
 from speakd import sandbox  # noqa: E402
+from speakd.media.codec import decode, encode  # noqa: E402
 
 TEXTS = {
     "short sentence": "Hello there.",
@@ -83,52 +87,51 @@ async def heard_after(bench: Bench, prepare) -> tuple[float, float | None, objec
         return t0, await probe.wait_speech(t0, HEAR_WITHIN_S), result
 
 
-async def speakd_column(bench: Bench, api, text: str, calls: int) -> list[tuple[float, float | None, str]]:
-    """(request time, heard time, say id) for each call."""
-    out = []
-    for _ in range(calls):
+async def speakd_call(bench: Bench, api, text: str) -> tuple[float, float | None, str]:
+    """(request time, heard time, say id) of one say on a fresh call."""
 
-        async def prepare(call, stack):
-            sid = await speakd_session(api, call, stack)
+    async def prepare(call, stack):
+        sid = await speakd_session(api, call, stack)
 
-            async def go() -> str:
-                reply = await api.say(sid, text)
-                return reply.body["say_id"]
+        async def go() -> str:
+            reply = await api.say(sid, text)
+            return reply.body["say_id"]
 
-            return go
+        return go
 
-        out.append(await heard_after(bench, prepare))
-    return out
+    return await heard_after(bench, prepare)  # type: ignore[return-value]
 
 
-async def playback_column(bench: Bench, text: str, render_first: bool) -> list[float]:
-    """Milliseconds from the request to heard: ARI play of ``text`` rendered before (the floor)
-    or at the request (``render_first``)."""
-    ready = None if render_first else await bench.render_ulaw(text)
-    values = []
-    for _ in range(bench.args.calls):
-        name = f"speakd/bench-{uuid.uuid4().hex[:8]}"
-        path = bench.sounds / f"{name}.ulaw"
-        if ready is not None:
-            path.write_bytes(ready)
+async def as_speakd_plays(bench: Bench, text: str) -> bytes:
+    """``text`` rendered by speakd's Piper provider in this process, at the loudness speakd brings
+    a voice to (as the test suite levels its references): the floor's file sounds as the say does,
+    so the probe's speech threshold is crossed at the same frame."""
+    return encode(at_loudness(decode(await bench.render_ulaw(text), "ulaw")), "ulaw")
 
-        async def prepare(call, stack, path=path, name=name):
-            snoop = await stack.enter_async_context(bench.whisper_snoop(call))
 
-            async def go() -> None:
-                if render_first:
-                    path.write_bytes(await bench.render_ulaw(text))
-                await bench.ari.post(f"/channels/{snoop}/play", media=f"sound:{name}")
+async def playback_call(bench: Bench, text: str, ready: bytes | None) -> float | None:
+    """Milliseconds from the request to heard: ARI play of ``text`` rendered before (``ready``:
+    the floor) or at the request (render, then play)."""
+    name = f"speakd/bench-{uuid.uuid4().hex[:8]}"
+    path = bench.sounds / f"{name}.ulaw"
+    if ready is not None:
+        path.write_bytes(ready)
 
-            return go
+    async def prepare(call, stack):
+        snoop = await stack.enter_async_context(bench.whisper_snoop(call))
 
-        try:
-            t0, heard, _ = await heard_after(bench, prepare)
-        finally:
-            path.unlink(missing_ok=True)
-        if heard is not None:
-            values.append((heard - t0) * 1000)
-    return values
+        async def go() -> None:
+            if ready is None:
+                path.write_bytes(await as_speakd_plays(bench, text))
+            await bench.ari.post(f"/channels/{snoop}/play", media=f"sound:{name}")
+
+        return go
+
+    try:
+        t0, heard, _ = await heard_after(bench, prepare)
+    finally:
+        path.unlink(missing_ok=True)
+    return None if heard is None else (heard - t0) * 1000
 
 
 def log_stamps(log_text: str) -> dict[tuple[str, str], float]:
@@ -156,23 +159,24 @@ async def main(args: argparse.Namespace) -> None:
     )
     app = ari.app(f"speakd-bench-{uuid.uuid4().hex[:6]}")
     said: dict[str, list[tuple[float, float | None, str]]] = {}
-    floor: dict[str, list[float]] = {}
-    render: dict[str, list[float]] = {}
+    floor: dict[str, list[float | None]] = {}
+    render: dict[str, list[float | None]] = {}
     with tempfile.TemporaryDirectory(prefix="speakd-bench-") as workdir:
         bench = Bench(ari, app, Path(state["root"]) / "usr/share/asterisk/sounds", args, Path(workdir))
         try:
             await app.connect()
             await bench.piper()  # loaded once, before: a running application has its model loaded
             async with speakd_daemon(bench, args.transport) as (daemon, api):
-                await speakd_column(bench, api, "Warming up.", 1)  # not counted: a daemon's first synthesis
+                await speakd_call(bench, api, "Warming up.")  # not counted: a daemon's first synthesis
                 for shape, text in TEXTS.items():
-                    progress(f"speakd ({args.transport}): {shape}")
-                    said[shape] = await speakd_column(bench, api, text, args.calls)
+                    progress(f"{shape}: speakd ({args.transport}), Asterisk playback, render then play, call by call")
+                    ready = await as_speakd_plays(bench, text)
+                    said[shape], floor[shape], render[shape] = [], [], []
+                    for _ in range(args.calls):  # interleaved: the three ways see the same host
+                        said[shape].append(await speakd_call(bench, api, text))
+                        floor[shape].append(await playback_call(bench, text, ready))
+                        render[shape].append(await playback_call(bench, text, None))
                 stamps = log_stamps(daemon.log_text())
-            for shape, text in TEXTS.items():
-                progress(f"Asterisk playback and render-then-play: {shape}")
-                floor[shape] = await playback_column(bench, text, render_first=False)
-                render[shape] = await playback_column(bench, text, render_first=True)
         finally:
             if bench._piper is not None:
                 await bench._piper.aclose()
@@ -193,22 +197,26 @@ async def main(args: argparse.Namespace) -> None:
     print("|---|" + "---|" * (len(STAGES) + 4))
     for shape in TEXTS:
         rows = said[shape]
-        stage_cells = []
-        for event in STAGES.values():
-            values = [(stamps[(sid, event)] - t0) * 1000 for t0, _, sid in rows if (sid, event) in stamps]
-            stage_cells.append(median(values))
-        heard = [(h - t0) * 1000 for t0, h, _ in rows if h is not None]
-        for t0, h, sid in rows:  # each call's stages, to read a median against
+        for t0, h, sid in rows:  # each call's stages, to read the medians against
             at = [round((stamps[(sid, e)] - t0) * 1000) if (sid, e) in stamps else None for e in STAGES.values()]
             progress(f"  {shape}: stages {at}, heard {round((h - t0) * 1000) if h else None}")
-        unheard = len(rows) - len(heard)
-        over = f"{statistics.median(heard) - statistics.median(floor[shape]):+.0f}" if heard and floor[shape] else "n/a"
-        print(
-            f"| {shape} | "
-            + " | ".join(stage_cells)
-            + f" | {med_p95(heard)}{f' ({unheard} unheard)' if unheard else ''} | {med_p95(floor[shape])} | {over} | "
-            f"{med_p95(render[shape])} |"
-        )
+        stages = [
+            median([(stamps[(sid, e)] - t0) * 1000 for t0, _, sid in rows if (sid, e) in stamps])
+            for e in STAGES.values()
+        ]
+        heard = heard_cell([None if h is None else (h - t0) * 1000 for t0, h, _ in rows])
+        over = "n/a"
+        if (said_ms := [(h - t0) * 1000 for t0, h, _ in rows if h]) and (floor_ms := [v for v in floor[shape] if v]):
+            over = f"{statistics.median(said_ms) - statistics.median(floor_ms):+.0f}"
+        cells = [*stages, heard, heard_cell(floor[shape]), over, heard_cell(render[shape])]
+        print(f"| {shape} | " + " | ".join(cells) + " |")
+
+
+def heard_cell(values: list[float | None]) -> str:
+    """Median / p95 of the calls heard, and how many were not."""
+    heard = [v for v in values if v is not None]
+    missed = len(values) - len(heard)
+    return med_p95(heard) + (f" ({missed} unheard)" if missed else "")
 
 
 def parse_args() -> argparse.Namespace:
