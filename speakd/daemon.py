@@ -83,8 +83,8 @@ def signal_trigger() -> ShutdownTrigger:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 # Blocks from this size up get pages of their own, given back when freed. Fixed: glibc otherwise
 # raises it (up to 32 MB) each time such a block is freed, and Piper's tensors (1-10 MB) then come
-# from heaps that keep their peak: 24 long says at once held 250 MB more after, not 85 MB more
-# during. It costs Piper about a sixth more CPU (fresh pages for each tensor).
+# from heaps that keep their peak: four long says at once took 245 MB at the peak and kept 165 MB,
+# against 110 and 30 MB. It costs Piper about a fifth more CPU (fresh pages for each tensor).
 MMAP_THRESHOLD_BYTES = 256 * 1024
 MALLOC_ARENAS = 2  # heaps shared by the threads (glibc's default: 8 per core, each keeping its peak)
 

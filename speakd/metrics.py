@@ -44,7 +44,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 # The pacer's lateness: a frame period (20 ms) late already costs the cushion.
 PACER_LATENESS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.1, 0.2, 0.5, 1.0)
-# Audio buffered ahead of playout: bounded by [media] lead_ms at the far end, up to a minute here.
+# Audio buffered ahead of playout: at most MAX_AHEAD_MS (speakd.media.playout), [media] lead_ms of it at the far end.
 LEAD_BUCKETS = (0.02, 0.04, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 # A say's last event: its data.status is the final status.
