@@ -115,7 +115,7 @@ async def test_every_provider_and_a_quieter_voice_are_heard_at_one_level(
         heard[provider] = await says_heard(lapi, await make_two_party_call(), provider, "", [0.0, 0.0])
     for what, levels in heard.items():
         print(f"{what}: first say {levels[0]:.2f} dBFS, second {levels[1]:.2f} dBFS")
-    # A voice's next says start at its learned gain: one level. Measured: within 0.3 dB.
+    # A voice's next says start at its learned gain: one level. Measured: within 0.4 dB.
     learned = [levels[1] for levels in heard.values()]
     assert max(learned) - min(learned) <= 1.0, f"the second says: levels {heard}"
     # Its first say plays as sent until 0.3 s of its speech are judged (the quieter voice's first
