@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import difflib
 import itertools
 import json
 import os
@@ -342,7 +343,7 @@ def _aligned(id_map: dict[str, list[int]], phonemes: list[str], samples_per_id: 
     return aligned
 
 
-_NOT_SOUNDS = frozenset(" ˈˌ.,;:!?¡¿—…\"'()-")
+_NOT_SOUNDS = frozenset(" ˈˌ.,;:!?¡¿—…\"'()-^$")  # ^ and $: the ids a sentence begins and ends with
 _PAUSES = frozenset(".,;:!?—…")  # punctuation phonemes: the silence after a word
 
 
@@ -353,67 +354,85 @@ def _sounds(phonemes: str | list[str]) -> int:
 class WordClock:
     """Turns Piper's phoneme alignments into word marks on the request text.
 
-    espeak's phoneme words do not map one to one onto the text's words (it joins "in the",
-    reads "3.14" as four words), so progress is measured in phonemes: each text word weighs
-    what espeak makes of it alone, and a phoneme-word boundary at overall phoneme progress p
-    marks the text words whose cumulative weight is within p.
+    espeak's phoneme words do not map one to one onto the text's words (it joins "has been",
+    reads "3.14" as four words, weakens "to" to two sounds), so each text word is placed in the
+    text's run of sounds by aligning the words as espeak says them alone with its phoneme words
+    in the text (difflib, word by word: most match as they are). Where they differ, the sounds of
+    the phoneme words are shared among the text words by what each weighs alone. A word ends
+    where its last sound does, so a mismatch stays local instead of drifting along the text.
     """
 
-    def __init__(self, word_ends: list[int], weights: list[int], total_sounds: int) -> None:
+    def __init__(self, word_ends: list[int], end_sounds: list[float]) -> None:
         self._ends = word_ends
-        self._cumulative = list(itertools.accumulate(weights))
-        self._total_sounds = max(1, total_sounds)
+        self._end_sounds = end_sounds  # per text word: the sounds spoken when it ends (ascending)
         self._sounds_so_far = 0
 
     @classmethod
     def for_text(cls, voice: Any, text: str, phonemized: list[list[str]]) -> WordClock:
         """``phonemized``: ``voice.phonemize(text)``, the whole text's phonemes by sentence."""
         words = list(re.finditer(r"\S+", text))
-        # Every word in one espeak call: a blank line between words makes each a sentence of its
-        # own, phonemized as it is alone (5000 characters: 9 ms, against 65 ms a word at a time).
-        alone = voice.phonemize("\n\n".join(w.group() for w in words)) if words else []
-        if len(alone) != len(words):  # a word espeak split or dropped: one at a time
-            alone = [[p for s in voice.phonemize(w.group()) for p in s] for w in words]
-        weights = [max(1, _sounds(phonemes)) for phonemes in alone]
-        total = sum(_sounds(s) for s in phonemized)
-        return cls([w.end() for w in words], weights, total)
+        alone = _words_alone(voice, [w.group() for w in words])
+        return cls([w.end() for w in words], _word_end_sounds(alone, phonemized))
 
     def marks(self, alignments: Any) -> tuple[tuple[int, int], ...]:
         """(characters spoken, sample offset) at each word boundary of one chunk.
 
-        Where punctuation makes a pause after a word, the boundary gets two marks with the same
-        characters: where the word's sound ends (before the pause) and where the next word
-        starts (after it), so a word is not counted as still being spoken during the pause."""
+        Each word's end gets a mark where its last sound ends, and a word boundary a second one
+        with the same characters where the next word starts (after the space, or the pause
+        punctuation makes), so a word is counted as heard once its sound has played and not as
+        still being spoken during the pause."""
         if not self._ends:
             return ()
         marks: list[tuple[int, int]] = []
         samples = 0
-        pause_from: int | None = None  # where the punctuation before the next space began
         for alignment in alignments:
-            if alignment.phoneme == " ":
-                chars = self._chars_at()
-                if pause_from is not None:
-                    marks.append((chars, pause_from))
-                samples += alignment.num_samples
-                marks.append((chars, int(samples)))
-                pause_from = None
-                continue
-            if alignment.phoneme in _PAUSES:
-                pause_from = int(samples) if pause_from is None else pause_from
-            else:
-                pause_from = None
-                self._sounds_so_far += _sounds(alignment.phoneme)
             samples += alignment.num_samples
+            if alignment.phoneme == " ":
+                marks.append((self._chars_at(), int(samples)))
+            elif alignment.phoneme not in _PAUSES:
+                before = self._chars_at()
+                self._sounds_so_far += _sounds(alignment.phoneme)
+                if (chars := self._chars_at()) > before:
+                    marks.append((chars, int(samples)))
         if alignments:
-            if pause_from is not None:
-                marks.append((self._chars_at(), pause_from))
             marks.append((self._chars_at(), int(samples)))
         return tuple(marks)
 
     def _chars_at(self) -> int:
-        reached = self._sounds_so_far / self._total_sounds * self._cumulative[-1]
-        index = bisect.bisect_right(self._cumulative, reached + 0.5)
+        index = bisect.bisect_right(self._end_sounds, self._sounds_so_far + 1e-6)
         return self._ends[index - 1] if index else 0
+
+
+def _words_alone(voice: Any, words: list[str]) -> list[list[str]]:
+    """Each word's phonemes as espeak says it alone, in one espeak call: a blank line between
+    words makes each a sentence of its own (5000 characters: 9 ms, against 65 ms a word at a time)."""
+    alone = voice.phonemize("\n\n".join(words)) if words else []
+    if len(alone) != len(words):  # a word espeak split or dropped: one at a time
+        alone = [[p for s in voice.phonemize(word) for p in s] for word in words]
+    return alone
+
+
+def _word_end_sounds(alone: list[list[str]], phonemized: list[list[str]]) -> list[float]:
+    """For each text word (``alone``: its phonemes said alone), the count of the text's sounds
+    (``phonemized``) spoken when it ends."""
+    spoken = [word for sentence in phonemized for word in "".join(sentence).split(" ")]
+    spoken_keys = [tuple(p for p in word if p not in _NOT_SOUNDS) for word in spoken]
+    ends_of_spoken = list(itertools.accumulate(len(key) for key in spoken_keys))
+    keys = [tuple(p for p in word if p not in _NOT_SOUNDS) for word in alone]
+
+    def sounds_before(j: int) -> int:
+        return ends_of_spoken[j - 1] if j else 0
+
+    ends: list[float] = []
+    matcher = difflib.SequenceMatcher(None, keys, spoken_keys, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            ends.extend(float(ends_of_spoken[j]) for j in range(j1, j2))
+        elif i2 > i1:  # text words said otherwise in the text (or not at all): shared by weight
+            low, high = sounds_before(j1), sounds_before(j2)
+            weights = list(itertools.accumulate(max(1, len(key)) for key in keys[i1:i2]))
+            ends.extend(low + (high - low) * w / weights[-1] for w in weights)
+    return ends
 
 
 def create(section: dict[str, Any]) -> PiperProvider:

@@ -5,7 +5,6 @@ split runs whole. Not timed (bench/first_audio.py times it)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
 
 import numpy as np
@@ -121,10 +120,26 @@ async def test_word_marks_are_monotonic_within_the_audio_and_as_before(provider)
 def test_word_weights_in_one_espeak_call_are_each_word_alone(provider):
     text = 'Mr. Smith paid $5.99 at 10:30 a.m. (roughly) — "quoted" U.S.A. e.g. 3.14 twenty-one!'
     voice = provider._voice
-    batched = piper.WordClock.for_text(voice, text, voice.phonemize(text))
     words = re.findall(r"\S+", text)
-    alone = [max(1, sum(piper._sounds(s) for s in voice.phonemize(w))) for w in words]
-    assert batched._cumulative == list(itertools.accumulate(alone))
+    batched = [piper._sounds(phonemes) for phonemes in piper._words_alone(voice, words)]
+    assert batched == [sum(piper._sounds(s) for s in voice.phonemize(w)) for w in words]
+
+
+def test_a_word_is_heard_when_its_last_sound_ends_also_inside_a_joined_phoneme_word(provider):
+    # espeak says "has been" as one phoneme word: "has" still gets a mark of its own, and a word
+    # before a comma ends where its last sound does (the pause after it is not the word).
+    voice = provider._voice
+    text = "Apples, this morning has been moved."
+    phonemes = voice.phonemize(text)
+    assert any("h" in word and "b" in word for word in "".join(phonemes[0]).split(" ")), phonemes
+    clock = piper.WordClock.for_text(voice, text, phonemes)
+    aligned = [piper._Aligned(p, 100) for p in ["^", *phonemes[0], "$"]]
+    marks = clock.marks(aligned)
+    ends = {text[:chars].split()[-1]: sample for chars, sample in reversed(marks) if chars}
+    sound_end = {"Apples,": 100 * (1 + phonemes[0].index(","))}
+    assert ends["Apples,"] == sound_end["Apples,"]
+    has_end = 100 * (1 + "".join(phonemes[0]).index("hɐz") + 3)
+    assert ends["has"] == has_end < ends["been"]
 
 
 async def test_a_model_that_cannot_be_split_runs_whole_sentences(monkeypatch, caplog):
