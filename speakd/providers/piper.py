@@ -343,6 +343,7 @@ def _aligned(id_map: dict[str, list[int]], phonemes: list[str], samples_per_id: 
     return aligned
 
 
+ALIGN_WINDOW = 64  # words (see _word_end_sounds)
 _NOT_SOUNDS = frozenset(" ˈˌ.,;:!?¡¿—…\"'()-^$")  # ^ and $: the ids a sentence begins and ends with
 _PAUSES = frozenset(".,;:!?—…")  # punctuation phonemes: the silence after a word
 
@@ -414,24 +415,44 @@ def _words_alone(voice: Any, words: list[str]) -> list[list[str]]:
 
 def _word_end_sounds(alone: list[list[str]], phonemized: list[list[str]]) -> list[float]:
     """For each text word (``alone``: its phonemes said alone), the count of the text's sounds
-    (``phonemized``) spoken when it ends."""
-    spoken = [word for sentence in phonemized for word in "".join(sentence).split(" ")]
-    spoken_keys = [tuple(p for p in word if p not in _NOT_SOUNDS) for word in spoken]
-    ends_of_spoken = list(itertools.accumulate(len(key) for key in spoken_keys))
+    (``phonemized``) spoken when it ends.
+
+    Aligned a window at a time (:data:`ALIGN_WINDOW` words): difflib over a whole long text of
+    repeated phrases took 60 ms before the first audio, a window's a fraction of a millisecond."""
+    spoken_keys = [
+        tuple(p for p in word if p not in _NOT_SOUNDS)
+        for sentence in phonemized
+        for word in "".join(sentence).split(" ")
+    ]
     keys = [tuple(p for p in word if p not in _NOT_SOUNDS) for word in alone]
-
-    def sounds_before(j: int) -> int:
-        return ends_of_spoken[j - 1] if j else 0
-
+    ends_of_spoken = [0, *itertools.accumulate(len(key) for key in spoken_keys)]  # [j]: before word j
     ends: list[float] = []
-    matcher = difflib.SequenceMatcher(None, keys, spoken_keys, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            ends.extend(float(ends_of_spoken[j]) for j in range(j1, j2))
+
+    def place(i1: int, i2: int, j1: int, j2: int, equal: bool) -> None:
+        if equal:
+            ends.extend(float(ends_of_spoken[j + 1]) for j in range(j1, j2))
         elif i2 > i1:  # text words said otherwise in the text (or not at all): shared by weight
-            low, high = sounds_before(j1), sounds_before(j2)
+            low, high = ends_of_spoken[j1], ends_of_spoken[j2]
             weights = list(itertools.accumulate(max(1, len(key)) for key in keys[i1:i2]))
             ends.extend(low + (high - low) * w / weights[-1] for w in weights)
+
+    i = j = 0
+    while i < len(keys):
+        last = i + ALIGN_WINDOW >= len(keys) and j + ALIGN_WINDOW >= len(spoken_keys)
+        ops = difflib.SequenceMatcher(
+            None, keys[i : i + ALIGN_WINDOW], spoken_keys[j : j + ALIGN_WINDOW], autojunk=False
+        ).get_opcodes()
+        if not last:  # up to the last match starting in the window's first half: the rest is redone
+            matched = [k for k, op in enumerate(ops) if op[0] == "equal" and op[1] < ALIGN_WINDOW // 2]
+            if not matched:  # nothing alike: the rest shared by weight
+                place(i, len(keys), j, len(spoken_keys), equal=False)
+                break
+            ops = ops[: matched[-1] + 1]
+        for tag, i1, i2, j1, j2 in ops:
+            place(i + i1, i + i2, j + j1, j + j2, tag == "equal")
+        i, j = i + ops[-1][2], j + ops[-1][4]
+        if last:
+            break
     return ends
 
 

@@ -220,3 +220,15 @@ async def test_a_run_on_sentence_streams_with_its_word_marks(provider):
         start += len(chunk.data) // 2
     assert marks == sorted(marks) and marks[-1] == (len(RUN_ON), start)
     assert len(marks) >= len(RUN_ON.split()) // 2
+
+
+def test_word_ends_of_a_long_text_are_one_per_word_in_order(provider):
+    # Aligned a window at a time: every word placed once, in order, within the text's sounds.
+    voice = provider._voice
+    text = ("Your flight 2041 to Boston, at 10:30 a.m., has been moved to gate B12. " * 70)[:5000]
+    phonemized = voice.phonemize(text)
+    words = re.findall(r"\S+", text)
+    ends = piper._word_end_sounds(piper._words_alone(voice, words), phonemized)
+    assert len(ends) == len(words)
+    assert ends == sorted(ends) and ends[0] > 0
+    assert ends[-1] == sum(piper._sounds(s) for s in phonemized)
