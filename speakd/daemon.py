@@ -83,10 +83,12 @@ def signal_trigger() -> ShutdownTrigger:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 # Blocks from this size up get pages of their own, given back when freed. Fixed: glibc otherwise
 # raises it (up to 32 MB) each time such a block is freed, and Piper's tensors (1-10 MB) then come
-# from heaps that keep their peak: four long says at once took 245 MB at the peak and kept 165 MB,
-# against 110 and 30 MB. It costs Piper about a fifth more CPU (fresh pages for each tensor).
-MMAP_THRESHOLD_BYTES = 256 * 1024
-MALLOC_ARENAS = 2  # heaps shared by the threads (glibc's default: 8 per core, each keeping its peak)
+# from heaps that keep their peak (four long says at once: 284 MB over loaded at the peak, 224 MB
+# kept). 1 MB, not less: Piper's smaller tensors stay in the heap, whose freed pages its workers
+# give back after each sentence (piper_model.return_freed_heap); 256 kB cost Piper a tenth more
+# CPU in fresh pages, 2 MB and up let the heap's peak grow (184 MB).
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+MALLOC_ARENAS = 1  # one heap for all threads (glibc's default: 8 per core, each keeping its peak)
 
 
 def limit_malloc() -> None:

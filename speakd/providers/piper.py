@@ -37,7 +37,7 @@ from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLang
 from speakd.languages import parse_language_tag, parse_posix_locale, primary_language
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, Voice
 from speakd.providers.deadline_pool import DeadlinePool
-from speakd.providers.piper_model import Front, PiperModel, windows
+from speakd.providers.piper_model import Front, PiperModel, return_freed_heap, windows
 from speakd.providers.settings import Section
 
 log = structlog.get_logger(__name__)
@@ -233,6 +233,7 @@ class _Rendering:
             if chunk is not None:
                 return chunk
             self._sentence = None
+            return_freed_heap()  # what its runs freed, given back between sentences (speakd.daemon)
 
     def next_cost(self) -> float:
         """What the next step costs, in PiperModel's unit (frames decoded); 0: nothing more. The
