@@ -13,6 +13,7 @@ import asyncio
 import time
 
 import pytest
+from conftest_helpers import says_of, wait_statuses
 from harness.audio import FRAME, FRAME_S, RATE, envelope_correlation, render_piper
 from harness.daemon import CUSTOMER_A, KEY_A, KEY_B
 from harness.events import WsEvents
@@ -37,22 +38,6 @@ READ = "Please call the office back as soon as you possibly can, thank you."
 STREAMED = "Tell Nguyen to call back ASAP."
 STREAMED_READ = "Tell Win to call back as soon as you possibly can."
 ENTRIES = [{"from": "asap", "to": "as soon as you possibly can"}, {"from": "Nguyen", "to": "Win"}]
-
-
-async def says_of(api, speaking_id: str) -> dict[str, dict]:
-    reply = await api.request("GET", f"/speakings/{speaking_id}/says")
-    assert reply.status == 200, reply
-    return {item["say_id"]: item for item in reply.body["result"]}
-
-
-async def wait_statuses(api, speaking_id: str, wanted: dict[str, str], timeout: float = 40.0) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        says = await says_of(api, speaking_id)
-        if all(says[say_id]["status"] == status for say_id, status in wanted.items()):
-            return says
-        assert time.monotonic() < deadline, f"says did not reach {wanted}: {says}"
-        await asyncio.sleep(0.05)
 
 
 async def say_id_of(api, speaking_id: str, text: str, **fields) -> str:

@@ -5,9 +5,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
+from conftest_helpers import wait_statuses
 from harness.audio import FRAME_S, RATE, render_piper
 from harness.hearing import GREETING, LONG, assert_heard, assert_nothing_else, where_speech_stops
 
@@ -15,22 +15,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SECOND = "And this is the second thing I wanted to say."
 THIRD = "Sorry, let me put that differently."
-
-
-async def says_of(api, speaking_id: str) -> dict[str, dict]:
-    reply = await api.request("GET", f"/speakings/{speaking_id}/says")
-    assert reply.status == 200, reply
-    return {item["say_id"]: item for item in reply.body["result"]}
-
-
-async def wait_statuses(api, speaking_id: str, wanted: dict[str, str], timeout: float = 40.0) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        says = await says_of(api, speaking_id)
-        if all(says[say_id]["status"] == status for say_id, status in wanted.items()):
-            return says
-        assert time.monotonic() < deadline, f"says did not reach {wanted}: {says}"
-        await asyncio.sleep(0.05)
 
 
 def span(recording, text: str, who: str) -> tuple[float, float]:
