@@ -193,15 +193,17 @@ class SpeakingService:
 
     async def get(self, customer_id: str, speaking_id: str) -> Speaking:
         live = self.sessions.get(speaking_id)
-        record = live.record if live else await self.store.get(speaking_id)
+        # A fenced session's row holds the other node's ending, while this node still tears it down.
+        record = live.record if live and not live.fenced else await self.store.get(speaking_id)
         if record is None or record.customer_id != customer_id:
             raise NotFound(f"speaking '{speaking_id}' not found")
         return record
 
     async def list(self, customer_id: str, page_size: int, page_token: str | None) -> tuple[list[Speaking], str]:
         records = await self.store.list(customer_id, page_size, page_token)
-        # Live records are fresher than the rows (status changes are written through anyway).
-        records = [live.record if (live := self.sessions.get(r.id)) else r for r in records]
+        # Live records are fresher than the rows (status changes are written through anyway), but
+        # a fenced session's row is the other node's ending, and the truth.
+        records = [live.record if (live := self.sessions.get(r.id)) and not live.fenced else r for r in records]
         next_token = records[-1].tm_create if len(records) == page_size else ""
         return records, next_token
 

@@ -70,6 +70,10 @@ async def test_a_session_another_node_ended_stops_here_without_writes_or_events(
     before = len(published.events)
 
     service.stop_fenced(await store.fenced_off([record.id]))  # as the watcher does once its lock is back
+    # While its objects are still being removed, this node tells what the other node wrote.
+    assert service.live_count == 1 and (await service.get("c1", record.id)).status == "stopped"
+    (listed,), _ = await service.list("c1", 10, None)
+    assert listed.status == "stopped"
     await until(lambda: service.live_count == 0)
     assert ari.leftovers() == [] and service.media.unreleased() == []
     await asyncio.sleep(0.05)
