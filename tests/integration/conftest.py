@@ -11,12 +11,16 @@ TRANSPORTS = ("websocket", "rtp")
 def pytest_collection_modifyitems(config, items):
     """What the media transport changes is what a party hears (and what /health and /metrics
     report of it): a test on the shared daemon runs on both transports when it is judged by ear
-    or marked ``both_transports``, and on websocket (the default) otherwise."""
+    or marked ``both_transports``, and on websocket (the default) otherwise. A test judged by ear
+    of what sits above the media path (a say's queue, a lexicon, how text becomes says) is
+    marked ``one_transport``: the flush, cut and timing it rests on are judged on both elsewhere."""
     keep, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         on_rtp = callspec is not None and callspec.params.get("speakd") == "rtp"
-        per_transport = item.get_closest_marker("by_ear") or item.get_closest_marker("both_transports")
+        per_transport = item.get_closest_marker("both_transports") or (
+            item.get_closest_marker("by_ear") and not item.get_closest_marker("one_transport")
+        )
         (dropped if on_rtp and not per_transport else keep).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

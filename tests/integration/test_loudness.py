@@ -31,6 +31,7 @@ from speakd.media.loudness import speech_level_db
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 TEXT = "Thank you for calling. Your call is important to us, and an agent will be with you shortly."
+SHORT_TEXT = "Your call is important to us, thank you."  # enough speech for a level, five times over
 QUIET_VOICE = {"elevenlabs": "pNInz6obpgDQGcFmaJgB"}  # another of the stand-in's voices: a new voice to speakd
 GAP_S = 1.2  # between two says: where a recording is split
 
@@ -85,13 +86,15 @@ async def played(api: Api, speaking_id: str, within: float = 20.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def says_heard(api: Api, call, provider: str, voice_id: str, volumes: list[float]) -> list[float]:
-    """A session on the call speaking TEXT once per volume, one after another: the speech level
-    (dBFS) alice heard of each."""
+async def says_heard(
+    api: Api, call, provider: str, voice_id: str, volumes: list[float], text: str = TEXT
+) -> list[float]:
+    """A session on the call speaking ``text`` once per volume, one after another: the speech
+    level (dBFS) alice heard of each."""
     fields = {"provider": provider, "direction": "out"} | ({"voice_id": voice_id} if voice_id else {})
     speaking_id = await api.start_session(call.channel_id, **fields)
     for volume in volumes:
-        reply = await api.say(speaking_id, TEXT, volume=volume)
+        reply = await api.say(speaking_id, text, volume=volume)
         assert reply.status == 200, reply
         await played(api, speaking_id)
         await asyncio.sleep(GAP_S)
@@ -111,8 +114,12 @@ async def test_every_provider_and_a_quieter_voice_are_heard_at_one_level(
     finally:
         standins["elevenlabs"].gain_db = 0.0
     heard = {"elevenlabs (12 dB quieter voice)": quiet}
-    for provider in ("piper", "elevenlabs", "gcp", "aws"):
-        heard[provider] = await says_heard(lapi, await make_two_party_call(), provider, "", [0.0, 0.0])
+    providers = ("piper", "elevenlabs", "gcp", "aws")
+    calls = [await make_two_party_call() for _ in providers]  # each on a call of its own, at once
+    levels = await asyncio.gather(
+        *(says_heard(lapi, c, p, "", [0.0, 0.0]) for c, p in zip(calls, providers, strict=True))
+    )
+    heard |= dict(zip(providers, levels, strict=True))
     for what, levels in heard.items():
         print(f"{what}: first say {levels[0]:.2f} dBFS, second {levels[1]:.2f} dBFS")
     # A voice's next says start at its learned gain: one level. Measured: within 0.4 dB.
@@ -127,7 +134,7 @@ async def test_every_provider_and_a_quieter_voice_are_heard_at_one_level(
 @pytest.mark.by_ear
 async def test_volume_moves_the_level_by_what_it_says(lapi, make_two_party_call):
     volumes = [0.0, -10.0, 5.0, 0.0, 10.0]
-    levels = await says_heard(lapi, await make_two_party_call(), "piper", "", volumes)
+    levels = await says_heard(lapi, await make_two_party_call(), "piper", "", volumes, SHORT_TEXT)
     base = levels[0]
     print("volume -> heard:", [(v, round(level - base, 2)) for v, level in zip(volumes, levels, strict=True)])
     for volume, level in zip(volumes[:4], levels[:4], strict=True):
@@ -225,15 +232,18 @@ async def test_the_wait_path_and_a_bridged_call_hear_one_level_on_real_channels(
         await peer.talk()
         await ari.post("/bridges", type="mixing", bridgeId=bridge)
         await ari.post(f"/bridges/{bridge}/addChannel", channel=f"{party.channel_id},{peer.channel_id}")
-        heard = {}
-        for who, phone in (("wait path", caller), ("bridged party", party)):
+
+        async def heard_by(phone: RtpPhone) -> float:
             speaking_id = await api.start_session(phone.channel_id, direction="out")
             for _ in range(2):  # the first: the voice's level learned, if no test taught it yet
                 assert (await api.say(speaking_id, TEXT)).status == 200
                 await played(api, speaking_id)
                 await asyncio.sleep(GAP_S)
             await api.stop(speaking_id)
-            heard[who] = speech_level_db(speech_runs(await phone.close())[-1])
+            return speech_level_db(speech_runs(await phone.close())[-1])
+
+        levels = await asyncio.gather(heard_by(caller), heard_by(party))
+        heard = dict(zip(("wait path", "bridged party"), levels, strict=True))
         print("speech level heard:", {who: round(level, 2) for who, level in heard.items()})
         assert abs(heard["wait path"] - heard["bridged party"]) <= 1.0, heard
         for who, level in heard.items():  # what speakd sent: [media] loudness_dbfs, -20 by default

@@ -56,6 +56,7 @@ def span(recording, text: str, who: str) -> tuple[float, float]:
 
 
 @pytest.mark.by_ear
+@pytest.mark.one_transport
 async def test_a_must_play_say_survives_a_flush_and_a_stop_all_and_is_heard_whole(api, speakd, two_party_call):
     async with WsEvents(speakd.base, KEY_A) as events:
         assert (await events.subscribe([f"customer_id:{CUSTOMER_A}:speaking:*"]))["type"] == "subscribed"
@@ -104,6 +105,7 @@ async def _must_play_survives(api, events, two_party_call):
 
 
 @pytest.mark.by_ear
+@pytest.mark.one_transport
 async def test_a_hangup_ends_a_must_play_say_at_once(api, ari, two_party_call):
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
     notice = await say_id_of(api, speaking_id, LONG, interruptible=False)
@@ -148,6 +150,7 @@ async def test_stop_and_delete_end_a_must_play_say(api, two_party_call):
 
 
 @pytest.mark.by_ear
+@pytest.mark.one_transport
 async def test_a_lexicon_changes_what_is_heard_and_the_say_names_the_words_sent(api, speakd, two_party_call):
     put = await api.request("PUT", "/lexicons/office", json={"entries": ENTRIES})
     assert put.status in (200, 201), put
@@ -180,6 +183,7 @@ async def test_a_lexicon_changes_what_is_heard_and_the_say_names_the_words_sent(
 
 
 @pytest.mark.by_ear
+@pytest.mark.one_transport
 async def test_heard_text_after_a_cut_names_the_words_sent(api, two_party_call):
     put = await api.request("PUT", "/lexicons/office", json={"entries": ENTRIES})
     assert put.status in (200, 201), put

@@ -59,6 +59,7 @@ def test_the_block_is_what_this_test_expects():
 
 
 @pytest.mark.by_ear
+@pytest.mark.one_transport
 @pytest.mark.asyncio(loop_scope="session")
 async def test_the_readme_quick_start_pasted_whole_is_heard(speakd, ari_settings, tmp_path):
     if ari_settings["url"] != sandbox_ari_settings()["url"]:

@@ -30,6 +30,7 @@ async def say_id_of(api, speaking_id: str, text: str, **fields) -> str:
 
 
 @pytest.mark.by_ear
+@pytest.mark.one_transport
 async def test_a_repeated_command_id_is_answered_not_played_again(api, two_party_call):
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
     # Three at once and one later, all with the same command_id: one say, the first answer.
@@ -55,6 +56,7 @@ async def test_a_repeated_command_id_is_answered_not_played_again(api, two_party
 
 
 @pytest.mark.by_ear
+@pytest.mark.one_transport
 async def test_stop_all_cuts_the_playing_say_and_drops_the_queued_ones(api, two_party_call):
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
     long_say = await say_id_of(api, speaking_id, LONG)
@@ -77,6 +79,7 @@ async def test_stop_all_cuts_the_playing_say_and_drops_the_queued_ones(api, two_
 
 
 @pytest.mark.by_ear
+@pytest.mark.one_transport
 async def test_stop_current_cuts_the_playing_say_and_keeps_the_queue(api, two_party_call):
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
     long_say = await say_id_of(api, speaking_id, LONG)

@@ -41,6 +41,7 @@ def wall(stamp: str) -> float:
 
 
 @pytest.mark.by_ear
+@pytest.mark.one_transport
 async def test_tokens_are_heard_as_natural_sentences(api, speakd, two_party_call):
     speaking_id = await api.start_session(two_party_call.channel_id, direction="out")
     async with StreamClient(speakd.base, speaking_id) as client:
