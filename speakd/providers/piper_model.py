@@ -39,11 +39,13 @@ CONTEXT_FRAMES = 12
 FLOW_CONTEXT_FRAMES = 32
 # The first window is small so its audio leaves early (20 frames: 232 ms at 22.05 kHz, of which the
 # session's 8 kHz resampler holds 72 ms back: what is left must cover the wait for the next window,
-# or the session holds the say); each next one is four times larger up to the last size (1.2 s):
-# few runs, the context a small share of each. The last size bounds a run's working memory: about
-# 52 MB for 100 frames, against 76 MB for 200 (whose context is a smaller share: 6 % less CPU).
+# or the session holds the say); each next one is four times larger up to the last size (0.74 s).
+# The last size bounds a run's working memory, which grows with the window (the decoder's last
+# stage: 32 channels at the audio rate): two syntheses at once (one per core) peak at about 63 MB
+# with 64 frames, 78 MB with 100 and more with 200; the context is a larger share of a smaller
+# window, but the CPU per second of audio measured within 1-2 % (smaller tensors stay in cache).
 FIRST_WINDOW_FRAMES = 20
-LAST_WINDOW_FRAMES = 100
+LAST_WINDOW_FRAMES = 64
 GROWTH = 4
 # What a run costs, in frames decoded (the decoder's time per frame, about 0.33 ms on one core
 # here): the front 0.35 a phoneme id, the flow 0.2 a frame (measured on Joe, 27-349 ids). A
