@@ -20,6 +20,12 @@ out right behind its first frame, so the far end holds that much audio in hand a
 process's own lateness (Asterisk's whisper path absorbs a backlog up to ~500 ms, softmix up
 to 80 ms, so it is kept at most 2 frames).
 
+A mark is reported when the far end reaches it, not when the frame after it is sent: the far end
+plays what it holds a frame a period, so a cushion's frames (and anything sent ahead with them)
+play one and two periods after they were sent, and every mark behind them is reached that much
+later. Reported at the send, a say's start and words mid-talkspurt were 20 ms early per cushion
+frame (while the first say's start, on an idle stream, was not).
+
 Between sub-ticks the process sleeps in ``select`` on the control socket, so control messages
 are applied as they arrive. Its own messages to the daemon are buffered and written only when
 the socket is writable: a daemon that is slow to read can never block a frame.
@@ -57,7 +63,19 @@ XON_FRAMES = 800
 class Stream:
     """One session's outgoing RTP: destination, packetizer, and its queue of frames and marks."""
 
-    __slots__ = ("destination", "entries", "frames", "last_sent", "packetizer", "slot", "stream_id", "talking", "xoff")
+    __slots__ = (
+        "destination",
+        "entries",
+        "frames",
+        "last_sent",
+        "packetizer",
+        "plays_at",
+        "reached",
+        "slot",
+        "stream_id",
+        "talking",
+        "xoff",
+    )
 
     def __init__(self, stream_id: int, destination: tuple[str, int], payload_type: int) -> None:
         self.stream_id = stream_id
@@ -68,6 +86,10 @@ class Stream:
         self.talking = False
         self.slot = 0  # the sub-tick of the frame period this stream's talkspurt uses
         self.last_sent: int | None = None  # sub-tick count of the last packet
+        # The sub-tick at which the far end starts playing the next frame sent (at the earliest
+        # when it arrives), and the marks it reaches later than now: (sub-tick, mark id), in order.
+        self.plays_at = 0
+        self.reached: deque[tuple[int, str]] = deque()
         self.xoff = False
 
 
@@ -132,7 +154,7 @@ class RtpPacer:
                 if stream is None:
                     return
                 if not stream.entries and not stream.talking:
-                    self.emit(proto.MarkPlayed(stream_id, mark_id))  # nothing before it to play
+                    self._reach(stream, mark_id, self.subticks)  # nothing before it here: once played there
                 else:
                     stream.entries.append(mark_id)
             case proto.Flush(stream_id):
@@ -140,6 +162,7 @@ class RtpPacer:
                 if stream is not None:
                     # The marks go too, unreported: what they marked will never play.
                     stream.entries.clear()
+                    stream.reached.clear()
                     stream.frames = 0
                     self._check_xon(stream)
             case proto.Add(stream_id, host, port, payload_type):
@@ -172,7 +195,7 @@ class RtpPacer:
 
     # -- pacing -----------------------------------------------------------------------------
 
-    def _next_frame(self, stream: Stream) -> bytes | None:
+    def _next_frame(self, stream: Stream, now: int) -> bytes | None:
         """The stream's next frame, reporting the marks playout reaches on the way."""
         entries = stream.entries
         while entries:
@@ -182,12 +205,19 @@ class RtpPacer:
                 if stream.xoff:
                     self._check_xon(stream)
                 return entry
-            # Everything before this mark has been played: its last frame went out one
-            # frame period ago (or the stream went idle).
-            self.emit(proto.MarkPlayed(stream.stream_id, entry))
+            self._reach(stream, entry, now)
         return None
 
-    def _send(self, stream: Stream, frame: bytes) -> None:
+    def _reach(self, stream: Stream, mark_id: str, now: int) -> None:
+        """Everything before ``mark_id`` has been sent: report it once the far end has played it."""
+        due = max(now, stream.plays_at)
+        if due > now or stream.reached:
+            stream.reached.append((due, mark_id))
+        else:
+            self.emit(proto.MarkPlayed(stream.stream_id, mark_id))
+
+    def _send(self, stream: Stream, frame: bytes, now: int) -> None:
+        stream.plays_at = max(now, stream.plays_at) + SLOTS
         try:
             self.rtp.sendto(stream.packetizer.packet(frame), stream.destination)
         except OSError:  # one unreachable destination (or a full send buffer) must not stop the others
@@ -198,20 +228,23 @@ class RtpPacer:
         now = self.subticks
         slot = now % SLOTS
         for stream in self.streams.values():
+            reached = stream.reached
+            while reached and reached[0][0] <= now:
+                self.emit(proto.MarkPlayed(stream.stream_id, reached.popleft()[1]))
             if stream.talking:
                 if stream.slot != slot:
                     continue
-                frame = self._next_frame(stream)
+                frame = self._next_frame(stream, now)
                 if frame is None:  # the talkspurt ended
                     stream.talking = False
                     continue
-                self._send(stream, frame)
+                self._send(stream, frame, now)
             else:
                 if not stream.entries:
                     continue
                 if stream.last_sent is not None and now - stream.last_sent < SLOTS:
                     continue  # keep at least a frame period between talkspurts' packets
-                frame = self._next_frame(stream)
+                frame = self._next_frame(stream, now)
                 if frame is None:
                     continue
                 # The sampling clock ran through the silence since the last packet (which
@@ -220,12 +253,12 @@ class RtpPacer:
                 stream.packetizer.silence(elapsed - FRAME_SAMPLES)
                 stream.talking = True
                 stream.slot = slot
-                self._send(stream, frame)
+                self._send(stream, frame, now)
                 for _ in range(self.cushion):
-                    extra = self._next_frame(stream)
+                    extra = self._next_frame(stream, now)
                     if extra is None:
                         break
-                    self._send(stream, extra)
+                    self._send(stream, extra, now)
             stream.last_sent = now
         self.subticks += 1
 

@@ -145,6 +145,39 @@ def test_cushion_sends_the_first_frames_back_to_back_then_paces():
     assert [h["timestamp"] - headers[0]["timestamp"] for h in headers] == [0, 160, 320, 480]
 
 
+@pytest.mark.parametrize("cushion", [0, 1, 2])
+def test_a_mark_is_reported_when_the_far_end_plays_up_to_it_whatever_the_cushion(cushion):
+    pacer, rtp = hand_pacer(cushion=cushion)
+    pacer._apply(proto.Audio(1, frames(0, 3)))
+    pacer._apply(proto.Mark(1, "second say"))
+    pacer._apply(proto.Audio(1, frames(3, 3)))
+    pacer._apply(proto.Mark(1, "end"))
+    reported = {}
+    for _ in range(10 * SLOTS):
+        pacer.tick()
+        for mark_id in played_marks(pacer):
+            reported.setdefault(mark_id, pacer.subticks - 1)
+    sent = [t for t, _ in rtp.sent]
+    assert sent[: 1 + cushion] == [0] * (1 + cushion)  # the cushion goes out with the first frame
+    # The far end plays a frame a period from the first: the 4th frame from 3 periods on, and the
+    # 6th ends at 6, however early they were sent (reported at the send, "second say" was
+    # `cushion` periods early: its words' timestamps with it).
+    assert reported == {"second say": 3 * SLOTS, "end": 6 * SLOTS}, (sent, reported)
+
+
+def test_a_mark_after_a_talkspurt_waits_for_the_far_end_to_play_its_cushion():
+    pacer, _ = hand_pacer(cushion=2)
+    pacer._apply(proto.Audio(1, frames(0, 3)))  # all three sent at once, played by 3 periods
+    pacer.tick()
+    pacer._apply(proto.Mark(1, "after"))
+    assert played_marks(pacer) == []
+    for _ in range(3 * SLOTS - 1):  # sub-ticks 1 to 3 periods less one
+        pacer.tick()
+    assert played_marks(pacer) == []
+    pacer.tick()
+    assert played_marks(pacer) == ["after"]
+
+
 def test_timestamp_runs_through_silence_between_talkspurts():
     pacer, rtp = hand_pacer()
     pacer._apply(proto.Audio(1, frames(0, 1)))
