@@ -150,6 +150,7 @@ class PiperModel:
         next windows read the sentence's whole z, made once (no context run over and over)."""
         frames = front.frames
         low, high = max(0, start - CONTEXT_FRAMES), min(frames, end + CONTEXT_FRAMES)
+        made_z = False
         if self.flow is None:
             z = front.latent[0][:, :, low:high]
         elif start == 0 and front.z is None:
@@ -159,8 +160,11 @@ class PiperModel:
             if front.z is None:
                 front.z = self._flow(front, 0, frames)
                 front.latent = []  # read by the flow only: a paused sentence holds z alone
+                made_z = True
             z = front.z[:, :, low:high]
         audio = self.decoder.run(None, {self._z: z})[0].reshape(-1)
+        if made_z:  # z, made last, sits above the flow's freed tensors in the heap and pins them
+            return_freed_heap()  # until the sentence ends: given back now (once a sentence)
         return audio[(start - low) * self.hop : (end - low) * self.hop]
 
     def start_cost(self, ids: int) -> float:
