@@ -41,9 +41,9 @@ FLOW_CONTEXT_FRAMES = 32
 # session's 8 kHz resampler holds 72 ms back: what is left must cover the wait for the next window,
 # or the session holds the say); each next one is four times larger up to the last size (0.74 s).
 # The last size bounds a run's working memory, which grows with the window (the decoder's last
-# stage: 32 channels at the audio rate): two syntheses at once (one per core) peak at about 63 MB
-# with 64 frames, 78 MB with 100 and more with 200; the context is a larger share of a smaller
-# window, but the CPU per second of audio measured within 1-2 % (smaller tensors stay in cache).
+# stage: 32 channels at the audio rate): two syntheses at once (one per core) peak at about 60 MB
+# with 64 frames, 76 MB with 100; the context is a larger share of a smaller window, but smaller
+# tensors stay in cache: CPU per second of audio +2 % one at a time, +1-6 % two (docs/speed.md).
 FIRST_WINDOW_FRAMES = 20
 LAST_WINDOW_FRAMES = 64
 GROWTH = 4
