@@ -37,6 +37,7 @@ from speakd.errors import InvalidRequest, ProviderNotConfigured, UnsupportedLang
 from speakd.languages import parse_language_tag, parse_posix_locale, primary_language
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, Voice
 from speakd.providers.deadline_pool import DeadlinePool
+from speakd.providers.piper_espeak import stop_leaks
 from speakd.providers.piper_model import Front, PiperModel, return_freed_heap, windows
 from speakd.providers.settings import Section
 
@@ -112,6 +113,7 @@ class PiperProvider(Provider):
                 session._model_bytes = None
         # Piper's voice for its text side (phonemes, ids); the model runs here (piper_model).
         voice = PiperVoice(config=PiperConfig.from_dict(json.loads(Path(self.config_path).read_text())), session=None)
+        stop_leaks()  # its espeak-ng bridge keeps about 2 kB a phonemization otherwise
         config = voice.config
         self.sample_rate = config.sample_rate
         self._hop = self._model.hop or config.hop_length
