@@ -31,7 +31,6 @@ from speakd.media.loudness import speech_level_db
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 TEXT = "Thank you for calling. Your call is important to us, and an agent will be with you shortly."
-SHORT_TEXT = "Your call is important to us, thank you."  # enough speech for a level, five times over
 QUIET_VOICE = {"elevenlabs": "pNInz6obpgDQGcFmaJgB"}  # another of the stand-in's voices: a new voice to speakd
 GAP_S = 1.2  # between two says: where a recording is split
 
@@ -86,15 +85,13 @@ async def played(api: Api, speaking_id: str, within: float = 20.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def says_heard(
-    api: Api, call, provider: str, voice_id: str, volumes: list[float], text: str = TEXT
-) -> list[float]:
-    """A session on the call speaking ``text`` once per volume, one after another: the speech
-    level (dBFS) alice heard of each."""
+async def says_heard(api: Api, call, provider: str, voice_id: str, volumes: list[float]) -> list[float]:
+    """A session on the call speaking TEXT once per volume, one after another: the speech level
+    (dBFS) alice heard of each."""
     fields = {"provider": provider, "direction": "out"} | ({"voice_id": voice_id} if voice_id else {})
     speaking_id = await api.start_session(call.channel_id, **fields)
     for volume in volumes:
-        reply = await api.say(speaking_id, text, volume=volume)
+        reply = await api.say(speaking_id, TEXT, volume=volume)
         assert reply.status == 200, reply
         await played(api, speaking_id)
         await asyncio.sleep(GAP_S)
@@ -134,7 +131,7 @@ async def test_every_provider_and_a_quieter_voice_are_heard_at_one_level(
 @pytest.mark.by_ear
 async def test_volume_moves_the_level_by_what_it_says(lapi, make_two_party_call):
     volumes = [0.0, -10.0, 5.0, 0.0, 10.0]
-    levels = await says_heard(lapi, await make_two_party_call(), "piper", "", volumes, SHORT_TEXT)
+    levels = await says_heard(lapi, await make_two_party_call(), "piper", "", volumes)
     base = levels[0]
     print("volume -> heard:", [(v, round(level - base, 2)) for v, level in zip(volumes, levels, strict=True)])
     for volume, level in zip(volumes[:4], levels[:4], strict=True):
