@@ -4,6 +4,7 @@ in place, phonemizing keeps nothing, and phonemes are what they were."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ async def voice():
 
     provider = piper.create({})
     await provider.start()
-    config = PiperConfig.from_dict(json.loads(Path(provider.config_path).read_text()))
+    config = PiperConfig.from_dict(json.loads(await asyncio.to_thread(Path(provider.config_path).read_text)))
     made = PiperVoice(config=config, session=None)
     made.phonemize("Ready.")  # espeak-ng started and its voice set, as by a say
     yield made
