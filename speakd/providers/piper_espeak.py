@@ -41,12 +41,13 @@ def stop_leaks() -> None:
 
 
 def _set_only_changes(set_voice: Callable[[str], None]) -> Callable[[str], None]:
-    current: list[str] = []
+    current: str | None = None
 
     def set_voice_once(name: str) -> None:
-        if current != [name]:
+        nonlocal current
+        if name != current:
             set_voice(name)
-            current[:] = [name]
+            current = name
 
     return set_voice_once
 
