@@ -107,7 +107,9 @@ class Session:
         self.lexicon = ""  # the lexicon its says go through unless they name another ('' for none)
         self.playout = playout
         self.queue: deque[SayItem] = deque()
-        self.says: list[SayItem] = []  # every say of this session, oldest first
+        # The says not final yet, and final ones until that state is stored (the store has the
+        # rest): a session's memory does not grow with the says it has played. Oldest first.
+        self.says: dict[str, SayItem] = {}
         self.log = log.bind(speaking_id=record.id)
         self._save_say = save_say
         self._say_event = say_event or (lambda *_: None)
@@ -155,7 +157,7 @@ class Session:
 
     def enqueue(self, item: SayItem) -> None:
         """Queue a say whose record is already stored."""
-        self.says.append(item)
+        self.says[item.say_id] = item
         self.queue.append(item)
         self._queue_ready.set()
         self.log.info("say_queued", say_id=item.say_id, chars=len(item.text), queued=len(self.queue))
@@ -257,6 +259,9 @@ class Session:
                 await self._save_say(item)
             except Exception:
                 self.log.exception("say_save_failed", say_id=item.say_id)
+            else:
+                if item.final and self._dirty.count(item) == 1:  # its last state is stored
+                    self.says.pop(item.say_id, None)
             self._dirty.popleft()
 
     # -- synthesis --------------------------------------------------------------------------

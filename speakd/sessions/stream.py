@@ -24,9 +24,10 @@ is given.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -106,8 +107,12 @@ class SpeakingStream:
         self._chunker = chunker
         self._text_stream = text_stream
         self._timestamps = timestamps
-        self._says: list[SayItem] = []  # every say of this stream, in order
-        self._since_reset: list[SayItem] = []
+        # The says the follower has not seen final yet, in order, each with the reset it came
+        # after; of those it has, only what was heard is kept (memory does not grow with says).
+        self._says: collections.deque[tuple[int, SayItem]] = collections.deque()
+        self._resets = 0
+        self._heard: list[str] = []  # of the whole stream
+        self._heard_since_reset: list[str] = []
         self._said = asyncio.Event()  # a say was added (wakes the follower)
         self._finishing = False
         self._timer_wake = asyncio.Event()
@@ -145,8 +150,9 @@ class SpeakingStream:
             dropped = self._chunker.reset()
             # Every say queued or playing reads interrupted now, with what was heard; must-play ones play on.
             protected = self._cut()
-            heard = heard_text(self._since_reset)
-            self._since_reset = []
+            heard = " ".join([*self._heard_since_reset, *self._heard_of(self._resets)])
+            self._resets += 1
+            self._heard_since_reset = []
             self.log.info("stream_reset", dropped_chars=len(dropped), heard_chars=len(heard))
             await self._send(
                 {
@@ -181,7 +187,7 @@ class SpeakingStream:
         if self._chunker.buffered:
             self.log.info("stream_closed_with_text_buffered", chars=len(self._chunker.buffered))
         if self._text_stream is not None:
-            for item in self._says:
+            for _, item in self._says:
                 await item.ready.wait()  # synthesized, or ended: the connection is not needed
             await self._text_stream.aclose()
 
@@ -190,13 +196,16 @@ class SpeakingStream:
     async def _queue(self, chunks: list[str]) -> None:
         for chunk in chunks:
             item = await self._queue_chunk(chunk, self._text_stream)
-            self._says.append(item)
-            self._since_reset.append(item)
+            self._says.append((self._resets, item))
             self._said.set()
 
     async def _all_ready(self) -> None:
-        for item in list(self._says):
+        for _, item in list(self._says):
             await item.ready.wait()
+
+    def _heard_of(self, resets: int) -> list[str]:
+        """What was heard of the says not seen final yet that came after reset ``resets``."""
+        return [item.heard_text for after, item in self._says if after == resets and item.heard_text]
 
     async def _release_on_time(self) -> None:
         """The chunker's bounded wait: release held text when it is due."""
@@ -218,23 +227,22 @@ class SpeakingStream:
 
     async def _follow_says(self) -> None:
         """Each say, in order, once final: its words' timings; after a finish, ``played``."""
-        done = 0
         while True:
-            while done == len(self._says):
+            while not self._says:
                 if self._finishing:
-                    await self._send({"type": "played", "heard_text": heard_text(self._says)})
+                    await self._send({"type": "played", "heard_text": " ".join(self._heard)})
                     return
                 self._said.clear()
                 await self._said.wait()
-            item = await self._wait_final(self._says[done])
-            done += 1
+            after, said = self._says[0]
+            item = await self._wait_final(said)
+            self._says.popleft()
+            if item.heard_text:
+                self._heard.append(item.heard_text)
+                if after == self._resets:
+                    self._heard_since_reset.append(item.heard_text)
             if self._timestamps and item.status in (SayStatus.PLAYED, SayStatus.INTERRUPTED) and item.played_ms:
                 await self._send(timestamps_message(item))
-
-
-def heard_text(says: Iterable[SayItem]) -> str:
-    """What the caller heard of ``says``, in order."""
-    return " ".join(item.heard_text for item in says if item.heard_text)
 
 
 def timestamps_message(item: SayItem) -> dict[str, Any]:

@@ -377,6 +377,17 @@ async def test_close_stores_every_says_final_state_before_it_returns(make):
     assert len(env.saved) == count  # nothing written after close
 
 
+async def test_a_say_leaves_the_sessions_memory_once_its_final_state_is_stored(make):
+    """A session's memory does not grow with the says it has played: the store has them."""
+    env = await make(save_delay=0.01)
+    played = [env.say(words("A", 3)) for _ in range(20)]
+    waiting = env.say(words("B", 200))
+    await finished(*played)
+    await env.stored(*played)
+    await until(lambda: list(env.session.says) == [waiting.say_id])
+    assert env.last_saved(played[-1])["status"] == SayStatus.PLAYED
+
+
 # -- lead ---------------------------------------------------------------------------------------
 
 
