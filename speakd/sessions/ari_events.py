@@ -76,5 +76,5 @@ class AriEventHandlers:
     def _watchers(self, event: dict[str, Any]) -> Iterator[tuple[str, LiveSession]]:
         """Each object the event is about that a live session watches, with that session."""
         for object_id in event_object_ids(event):
-            if (live := self.service.sessions.watching(object_id)) is not None:
+            for live in self.service.sessions.watching(object_id):
                 yield object_id, live

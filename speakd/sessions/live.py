@@ -93,7 +93,9 @@ class LiveSessions:
         self._by_id: dict[str, LiveSession] = {}
         # (reference_type, conflict key) -> speaking id: taken before the record is written.
         self._by_reference: dict[tuple[str, str], str] = {}
-        self._by_object: dict[str, str] = {}  # Asterisk object id -> speaking id
+        # Asterisk object id -> the speaking ids watching it (a channel can be a call's and a
+        # conference member's at once)
+        self._by_object: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -120,17 +122,22 @@ class LiveSessions:
     def add(self, live: LiveSession) -> None:
         self._by_id[live.id] = live
         for object_id in live.target.watched_ids:
-            self._by_object[object_id] = live.id
+            self._by_object.setdefault(object_id, set()).add(live.id)
 
     def remove(self, live: LiveSession) -> None:
         self._by_id.pop(live.id, None)
         self.unreserve((live.record.reference_type, live.target.conflict_key))
         for object_id in live.target.watched_ids:
-            self._by_object.pop(object_id, None)
+            watchers = self._by_object.get(object_id, set())
+            watchers.discard(live.id)
+            if not watchers:
+                self._by_object.pop(object_id, None)
 
-    def watching(self, object_id: str) -> LiveSession | None:
-        """The live session that watches this Asterisk object, if any."""
-        return self._by_id.get(self._by_object.get(object_id, ""))
+    def watching(self, object_id: str) -> list[LiveSession]:
+        """The live sessions that watch this Asterisk object."""
+        return [
+            live for speaking_id in sorted(self._by_object.get(object_id, ())) if (live := self._by_id.get(speaking_id))
+        ]
 
     def watched_ids(self) -> set[str]:
         return set(self._by_object)

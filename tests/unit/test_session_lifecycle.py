@@ -116,3 +116,20 @@ async def test_an_event_type_not_in_the_table_is_not_dispatched_by_name():
     table.on_channel_varset = lambda event: stops.append(("called",))  # type: ignore[attr-defined]
     await table.on_event({"type": "ChannelVarset", "channel": {"id": "call-1"}})
     assert stops == [] and user_events == []
+
+
+async def test_every_session_watching_a_channel_ends_with_it_and_one_leaving_keeps_the_other():
+    # A call session and a conference member session on the same channel (or any two sessions
+    # watching one object): its hangup ends both, and the first to end does not blind the other.
+    table, stops, _ = handlers()
+    sessions: LiveSessions = table.service.sessions
+    member = live_session("sp-2", watched=("call-1", "sp-2-media"))
+    sessions.add(member)
+    await table.on_event({"type": "ChannelHangupRequest", "channel": {"id": "call-1"}})
+    assert sorted(speaking_id for speaking_id, _, _ in stops) == ["sp-1", "sp-2"]
+    stops.clear()
+    sessions.remove(sessions.get("sp-1"))
+    await table.on_event({"type": "ChannelDestroyed", "channel": {"id": "call-1"}})
+    assert stops == [("sp-2", StopReason.HANGUP, "channel destroyed (call-1)")]
+    sessions.remove(member)
+    assert sessions.watched_ids() == set()
