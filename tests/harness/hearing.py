@@ -19,6 +19,7 @@ from harness.audio import (
     render_piper,
     spectral_similarity,
     window_dbfs,
+    word_ends_s,
 )
 
 SPEECH_DBFS = -40.0  # Piper speech sits around -20 dBFS; the phones' carrier near -60
@@ -108,18 +109,14 @@ def assert_heard_text_within_a_word(text: str, heard: str, heard_chars: int, sto
     words = [m.end() for m in re.finditer(r"\S+", text)]
     assert len(heard) in words, f"heard_text should end on a word: {heard!r}"
     index = words.index(len(heard))
-    before = _speech_end(text[: words[index - 1]]) if index >= 1 else 0.0
-    beyond = _speech_end(text[: words[index + 1]]) if index + 1 < len(words) else float("inf")
+    ends = word_ends_s(text)
+    before = ends[words[index - 1]] if index >= 1 else 0.0
+    beyond = ends[words[index + 1]] if index + 1 < len(words) else float("inf")
     assert before - FRAME_S <= stopped_at <= beyond + FRAME_S, (
         f"speech stopped at {stopped_at:.2f}s but heard_text ends {heard[-30:]!r} "
         f"(one word less ends at {before:.2f}s, one word more at {beyond:.2f}s)"
     )
     print(f"stopped at {stopped_at:.2f}s; heard ...{heard[-25:]!r}; bounds {before:.2f}-{beyond:.2f}s")
-
-
-def _speech_end(text: str) -> float:
-    """Where speech of ``text`` rendered alone ends (s)."""
-    return last_speech_s(render_piper(text)) if text.strip() else 0.0
 
 
 def assert_not_heard(recording: np.ndarray, who: str) -> None:
