@@ -113,9 +113,11 @@ class DeadlinePool:
         return cost * self.seconds_per_cost
 
     def expected_return_s(self, cost: float | None) -> float:
-        """How long a job of ``cost`` with a deadline takes to come back if submitted now: it
-        goes first, once a worker is free."""
-        wait = self.typical_job_s if self._running + len(self._jobs) >= self._workers else 0.0
+        """How long a job of ``cost`` with a deadline takes to come back if submitted now: after
+        the jobs running and waiting (on a busy pool they are other playing sessions' next steps,
+        due as soon as this one), shared among the workers."""
+        ahead = self._running + len(self._jobs) - self._workers + 1
+        wait = self.typical_job_s * ahead / self._workers if ahead > 0 else 0.0
         return wait + self.expected_s(cost)
 
     def join(self) -> None:

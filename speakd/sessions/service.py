@@ -327,7 +327,7 @@ class SpeakingService:
         """The say once it is final (played, interrupted or failed)."""
         live = self.sessions.get(speaking_id)
         item = live.session.says.get(say_id) if live else None
-        if item is None:  # its session has ended, or it is final and stored: the store has it
+        if item is None:  # its session has ended: the store has its final state
             row = next((r for r in await self.store.list_says(speaking_id) if r["say_id"] == say_id), None)
             if row is None:
                 raise NotFound(f"say '{say_id}' not found in speaking '{speaking_id}'")
@@ -382,13 +382,9 @@ class SpeakingService:
     async def says(self, customer_id: str, speaking_id: str) -> list[dict[str, Any]]:
         """The session's say items, oldest first (newest last)."""
         _, live = await self.here(customer_id, speaking_id)
-        # Every say is stored before it is queued; a live session holds the newer state of its
-        # says not final yet (Session.says).
-        says = live.session.says if live is not None else {}
-        return [
-            (says[row["say_id"]] if row["say_id"] in says else SayItem.from_row(row)).to_dict()
-            for row in await self.store.list_says(speaking_id)
-        ]
+        if live is not None:
+            return [item.to_dict() for item in live.session.says.values()]
+        return [SayItem.from_row(row).to_dict() for row in await self.store.list_says(speaking_id)]
 
     async def _save_say(self, item: SayItem) -> None:
         await self.store.update_say_later(item.row())

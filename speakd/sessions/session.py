@@ -49,9 +49,13 @@ log = structlog.get_logger(__name__)
 CONVERT_SLICE_BYTES = 8192
 PUT_FRAMES = 10
 # Underrun protection: synthesis this much faster than real time starts playing at once;
-# slower, a say is held until what is buffered covers the rest with this margin.
+# slower, a say is held until what is buffered covers the rest with this margin, at a rate
+# SLOWDOWN times slower than so far: on a busy host the sessions' sentences start together
+# (each a front before its audio), so a say's rate dips below its average just when it must not
+# (the busy-host test: 8 says at a measured 1.1-1.5 times real time, 3 of them ran dry).
 FAST_ENOUGH = 1.5
 UNDERRUN_MARGIN = 1.3
+SLOWDOWN = 1.5
 TYPICAL_CHARS_PER_S = 14
 
 SaveSay = Callable[[SayItem], Awaitable[None]]
@@ -67,7 +71,8 @@ def safe_to_start(
     Audio comes in chunks (Piper: a sentence each), so the buffer B must outlast the wait
     for the next one (taken to be like the last wait, ``chunk_gap_ms``). And playing consumes
     audio at real time while synthesis adds it at ``rate``: B lasts while the remaining R is
-    synthesized iff B >= R * (1/rate - 1). On an idle host every provider is far faster than
+    synthesized iff B >= R * (1/rate - 1), here with ``rate`` taken SLOWDOWN times lower than
+    so far and B with UNDERRUN_MARGIN to spare. On an idle host every provider is far faster than
     real time and both hold with the first chunk; on an overloaded one the say starts later
     instead of stuttering.
     """
@@ -79,7 +84,7 @@ def safe_to_start(
     if chars_done is None:  # no alignment: assume a typical speaking rate
         chars_done = min(total_chars, int(produced_ms * TYPICAL_CHARS_PER_S / 1000))
     remaining_ms = produced_ms * max(0, total_chars - chars_done) / max(chars_done, 1)
-    return produced_ms >= UNDERRUN_MARGIN * remaining_ms * (1 / rate - 1)
+    return produced_ms >= UNDERRUN_MARGIN * remaining_ms * (SLOWDOWN / rate - 1)
 
 
 class Session:
@@ -107,8 +112,9 @@ class Session:
         self.lexicon = ""  # the lexicon its says go through unless they name another ('' for none)
         self.playout = playout
         self.queue: deque[SayItem] = deque()
-        # The says not final yet, and final ones until that state is stored (the store has the
-        # rest): a session's memory does not grow with the says it has played. Oldest first.
+        # Every say of this session, oldest first: the API answers from here while the store is
+        # unreachable. A say whose final state is stored is kept as that record alone (no word
+        # marks or run-time state): what a played say holds is what the API shows of it.
         self.says: dict[str, SayItem] = {}
         self.log = log.bind(speaking_id=record.id)
         self._save_say = save_say
@@ -260,8 +266,8 @@ class Session:
             except Exception:
                 self.log.exception("say_save_failed", say_id=item.say_id)
             else:
-                if item.final and self._dirty.count(item) == 1:  # its last state is stored
-                    self.says.pop(item.say_id, None)
+                if item.final and self._dirty.count(item) == 1 and self.says.get(item.say_id) is item:
+                    self.says[item.say_id] = SayItem.from_row(item.row())  # its last state is stored
             self._dirty.popleft()
 
     # -- synthesis --------------------------------------------------------------------------

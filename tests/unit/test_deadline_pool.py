@@ -81,3 +81,27 @@ def test_a_longer_sentence_is_expected_to_take_longer() -> None:
     assert pool.seconds_per_cost == pytest.approx(0.01)
     assert pool.expected_s(300) == pytest.approx(3.0)
     assert pool.expected_s(None) == pool.typical_job_s
+
+
+async def test_a_job_submitted_to_a_busy_pool_is_expected_back_after_the_jobs_before_it() -> None:
+    pool = DeadlinePool(2, "test")
+    release = threading.Event()
+    held = [asyncio.ensure_future(pool.run(release.wait)) for _ in range(2)]
+    try:
+        pool.observe(100, 1.0)  # 10 ms per unit of cost
+        while pool._running < 2:
+            await asyncio.sleep(0.001)
+        pool.typical_job_s = 0.2
+        both_busy = pool.expected_return_s(100)
+        assert both_busy == pytest.approx(0.2 / 2 + 1.0)  # one worker's share of a job, then its own
+        waiting = [asyncio.ensure_future(pool.run(time.sleep, 0)) for _ in range(6)]
+        await asyncio.sleep(0.01)
+        # Six more before it (other sessions' next steps): their share of both workers first.
+        assert pool.expected_return_s(100) == pytest.approx(0.2 * 7 / 2 + 1.0)
+        release.set()
+        await asyncio.gather(*held, *waiting)
+        assert pool.expected_return_s(100) == pytest.approx(1.0)  # idle: it goes at once
+    finally:
+        release.set()
+        pool.close()
+        await asyncio.to_thread(pool.join)

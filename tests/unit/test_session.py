@@ -377,15 +377,21 @@ async def test_close_stores_every_says_final_state_before_it_returns(make):
     assert len(env.saved) == count  # nothing written after close
 
 
-async def test_a_say_leaves_the_sessions_memory_once_its_final_state_is_stored(make):
-    """A session's memory does not grow with the says it has played: the store has them."""
+async def test_a_played_say_is_kept_as_its_stored_record_alone(make):
+    """A session's memory per played say is what the API shows of it (its word marks and run-time
+    state go once its final state is stored); the API still lists every say from memory."""
     env = await make(save_delay=0.01)
-    played = [env.say(words("A", 3)) for _ in range(20)]
+    played = [env.say(words("A", 30)) for _ in range(5)]
     waiting = env.say(words("B", 200))
     await finished(*played)
     await env.stored(*played)
-    await until(lambda: list(env.session.says) == [waiting.say_id])
-    assert env.last_saved(played[-1])["status"] == SayStatus.PLAYED
+    assert all(item.word_marks for item in played)
+    await until(lambda: all(env.session.says[item.say_id] is not item for item in played))
+    assert list(env.session.says) == [item.say_id for item in [*played, waiting]]
+    for item in played:
+        kept = env.session.says[item.say_id]
+        assert kept.to_dict() == item.to_dict() and kept.word_marks == [] and kept.status == SayStatus.PLAYED
+    assert env.session.says[waiting.say_id] is waiting
 
 
 # -- lead ---------------------------------------------------------------------------------------
