@@ -38,6 +38,10 @@ class AudioChunk:
     # The provider's guess of when the next chunk of this stream comes (0: no guess):
     # the session holds a say back rather than start it and run dry.
     next_in_ms: int = 0
+    # The provider's guess of the seconds of audio per second it can keep making for this stream
+    # from now on, given its load (0: no guess): the session holds a say back if it is below real
+    # time, whatever the stream's first chunks measured.
+    share_rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,8 @@ Deadline = Callable[[], float]
 
 # A new say's start waits while a deadline could not absorb it: the margin on both durations.
 SAFETY = 1.5
+# share_rate's memory: each job's weight against the next one's (about the last 20 jobs count).
+OUTPUT_DECAY = 0.95
 
 
 def no_deadline() -> float:
@@ -65,6 +67,10 @@ class DeadlinePool:
         self._measured = 0
         self.seconds_per_cost = 0.0
         self._observed = 0
+        # What recent jobs made (the caller's unit, e.g. seconds of audio) and how long they ran,
+        # each older job weighing OUTPUT_DECAY less: output per second of one worker, fronts included.
+        self._output = 0.0
+        self._output_took = 0.0
 
     async def run(
         self, fn: Callable[..., Any], *args: Any, deadline: Deadline | None = None, cost: float | None = None
@@ -98,13 +104,25 @@ class DeadlinePool:
                     self._jobs.remove(job)
             raise
 
-    def observe(self, cost: float, took: float) -> None:
-        """A job of ``cost`` took ``took`` seconds (reported by the caller, who learns the
-        cost of a job only from its result)."""
-        if cost > 0:
-            with self._cond:
+    def observe(self, cost: float, took: float, output: float = 0.0) -> None:
+        """A job of ``cost`` took ``took`` seconds and made ``output`` (reported by the caller,
+        who learns the cost of a job only from its result)."""
+        with self._cond:
+            self._output = self._output * OUTPUT_DECAY + output
+            self._output_took = self._output_took * OUTPUT_DECAY + took
+            if cost > 0:
                 self._observed += 1
                 self.seconds_per_cost = _recent_mean(self.seconds_per_cost, took / cost, self._observed)
+
+    def share_rate(self, streams: int) -> float:
+        """Output per second each of ``streams`` streams of jobs (one job at a time each) can
+        expect from the pool, at the recent speed (0: not known yet). A stream whose jobs have
+        gone first so far can have measured more; from now on it shares the workers."""
+        with self._cond:
+            if self._output_took <= 0:
+                return 0.0
+            per_worker = self._output / self._output_took
+        return per_worker * min(1.0, self._workers / max(streams, 1))
 
     def expected_s(self, cost: float | None) -> float:
         """How long a job of ``cost`` is expected to run."""

@@ -324,7 +324,7 @@ class _Part:
             cut = len(data) // width
         self._held, self._format = data[cut * width :], chunk.format
         self._held_marks = [(chars, sample - cut) for chars, sample in marks if sample > cut]
-        return AudioChunk(data[: cut * width], chunk.format, tuple(m for m in marks if m[1] <= cut), chunk.next_in_ms)
+        return dataclasses.replace(chunk, data=data[: cut * width], marks=tuple(m for m in marks if m[1] <= cut))
 
     def rest(self) -> AudioChunk | None:
         """At its end: what is still held."""

@@ -80,6 +80,7 @@ class PiperProvider(Provider):
         self._load_task: asyncio.Task[Any] | None = None
         # Sentences of every session, most urgent first (see deadline_pool).
         self._pool = DeadlinePool(threads, "speakd-piper")
+        self._streams = 0  # syntheses under way: they share the pool's workers
 
     async def start(self) -> None:
         await self._ensure_loaded()
@@ -154,15 +155,22 @@ class PiperProvider(Provider):
         voice = await self._ensure_loaded()
         rendering = _Rendering(self, voice, request.text)
         fmt = AudioFormat("pcm_s16le", self.sample_rate)
+        bytes_per_s = fmt.bytes_per_sample * self.sample_rate
         cost = rendering.next_cost()
-        while True:
-            chunk, took = await self._pool.run_timed(rendering.step, deadline=request.deadline, cost=cost)
-            if chunk is None:
-                return
-            self._pool.observe(cost, took)  # the pool learns the seconds per unit of cost
-            cost = rendering.next_cost()
-            next_in_ms = 0 if cost == 0 else int(self._pool.expected_return_s(cost) * 1000)
-            yield AudioChunk(chunk.audio, fmt, chunk.marks, next_in_ms=next_in_ms)
+        self._streams += 1
+        try:
+            while True:
+                chunk, took = await self._pool.run_timed(rendering.step, deadline=request.deadline, cost=cost)
+                if chunk is None:
+                    return
+                # The pool learns the seconds per unit of cost, and the audio per second it makes.
+                self._pool.observe(cost, took, len(chunk.audio) / bytes_per_s)
+                cost = rendering.next_cost()
+                next_in_ms = 0 if cost == 0 else int(self._pool.expected_return_s(cost) * 1000)
+                share = self._pool.share_rate(self._streams)
+                yield AudioChunk(chunk.audio, fmt, chunk.marks, next_in_ms=next_in_ms, share_rate=share)
+        finally:
+            self._streams -= 1
 
     def rendering(self, request: SynthesisRequest) -> dict[str, str]:
         # Piper's output does not depend on the session codec (the session encodes it).

@@ -52,10 +52,11 @@ PUT_FRAMES = 10
 # slower, a say is held until what is buffered covers the rest with this margin, at a rate
 # SLOWDOWN times slower than so far: on a busy host the sessions' sentences start together
 # (each a front before its audio), so a say's rate dips below its average just when it must not
-# (the busy-host test: 8 says at a measured 1.1-1.5 times real time, 3 of them ran dry).
+# (the busy-host test: 8 says at 1.3 times real time, Piper's share for each, held 1.9 s at
+# half again slower: 1 of 8 ran dry at its last sentence; held twice slower, none in 8 runs).
 FAST_ENOUGH = 1.5
 UNDERRUN_MARGIN = 1.3
-SLOWDOWN = 1.5
+SLOWDOWN = 2.0
 TYPICAL_CHARS_PER_S = 14
 
 SaveSay = Callable[[SayItem], Awaitable[None]]
@@ -64,7 +65,12 @@ SayEvent = Callable[[EventType, SayItem, str, dict[str, str]], None]
 
 
 def safe_to_start(
-    produced_ms: float, elapsed_ms: float, chunk_gap_ms: float, total_chars: int, chars_done: int | None
+    produced_ms: float,
+    elapsed_ms: float,
+    chunk_gap_ms: float,
+    total_chars: int,
+    chars_done: int | None,
+    share_rate: float = 0.0,
 ) -> bool:
     """Whether a say can start playing without running dry, synthesis going on as so far.
 
@@ -74,11 +80,16 @@ def safe_to_start(
     synthesized iff B >= R * (1/rate - 1), here with ``rate`` taken SLOWDOWN times lower than
     so far and B with UNDERRUN_MARGIN to spare. On an idle host every provider is far faster than
     real time and both hold with the first chunk; on an overloaded one the say starts later
-    instead of stuttering.
+    instead of stuttering. ``share_rate``: the provider's guess of the rate it can keep up for
+    this say from now on (0: none); the rate so far is no guide when the say's first chunks went
+    before other sessions' (the busy-host test: says released at 1.7 times real time ran dry at
+    their second sentence, eight sessions then sharing two workers).
     """
     if produced_ms < UNDERRUN_MARGIN * chunk_gap_ms:
         return False
     rate = produced_ms / max(elapsed_ms, 1.0)
+    if share_rate > 0:
+        rate = min(rate, share_rate)
     if rate >= FAST_ENOUGH:
         return True
     if chars_done is None:  # no alignment: assume a typical speaking rate
@@ -295,7 +306,7 @@ class Session:
         started = time.monotonic()
         held: list[bytes] = []  # synthesized, not yet handed to the playout
         released = False
-        last_chunk_at, chunk_gap_ms = started, 0.0
+        last_chunk_at, chunk_gap_ms, share_rate = started, 0.0, 0.0
         # Audio taken in (ms): where the next chunk starts in the say. Not synthesized_ms plus what
         # the encoder holds: the resampler holds some back too (72 ms of Piper's 22.05 kHz).
         fed_ms = float(item.synthesized_ms)
@@ -328,7 +339,9 @@ class Session:
                 if (
                     not item.synthesized
                     and ahead_ms < self.playout.max_ahead_ms
-                    and not safe_to_start(item.synthesized_ms, elapsed_ms, chunk_gap_ms, len(item.text), chars_done)
+                    and not safe_to_start(
+                        item.synthesized_ms, elapsed_ms, chunk_gap_ms, len(item.text), chars_done, share_rate
+                    )
                 ):
                     return True
                 if len(held) > len(frames):
@@ -373,6 +386,7 @@ class Session:
                     now = time.monotonic()
                     # How long the next chunk may take: like this one, or what the provider says.
                     last_chunk_at, chunk_gap_ms = now, max((now - last_chunk_at) * 1000, chunk.next_in_ms)
+                    share_rate = chunk.share_rate
                     if not item.synthesized_ms and not encoder.pending_ms:
                         self.log.info(
                             "say_first_audio",

@@ -48,9 +48,12 @@ SLACK_S = 6.0  # Asterisk's playback: after the reference's length
 # play through); the test is about whether what is heard is whole, the bench about how soon.
 PLAYED_WITHIN_S = 90.0
 
-# SpeakdProcess writes the [media] section itself (transport = ...): a second [media] table in
-# extra_config would be a TOML error.
-TRANSPORTS = ["websocket", "rtp"]
+# (transport, busy loops); SpeakdProcess writes the [media] section itself (transport = ...).
+# One loop too: synthesis is then fast enough that says are released after a short hold, and
+# whether that hold covers the say is what decides (CI, 2026-12-07: says released after 1-3 s
+# at their first chunks' pace ran dry at their next sentences, all eight; here, at three
+# loops, every say is held to the bound and plays through whatever the rule).
+LOADS = [("websocket", BUSY_LOOPS), ("rtp", BUSY_LOOPS), ("websocket", 1)]
 # alice only listens: whisper=out rides on the frames bob's phone sends her, and a phone's
 # carrier is what costs the sandbox's Asterisk most (about 5% of a core each here), CPU a
 # PBX with real phones would not spend.
@@ -95,9 +98,9 @@ async def wait_played(api: Api, speaking_id: str, within: float) -> dict:
 
 
 @pytest.mark.by_ear
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(("transport", "loops"), LOADS)
 async def test_every_party_hears_the_whole_speech_on_a_busy_host(
-    ari_settings, make_two_party_call, tmp_path, transport
+    ari_settings, make_two_party_call, tmp_path, transport, loops
 ):
     reference = render_piper(TEXT)  # before the load: the test's own Piper is not under test
     # No audio cache: the load under test is every call's own synthesis.
@@ -116,7 +119,7 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
             *(make_two_party_call(max_seconds=120, variables=LISTEN_ONLY) for _ in range(CALLS))
         )
         speaking_ids = [await api.start_session(call.channel_id, direction="out") for call in calls]
-        with busy_loops(BUSY_LOOPS) as busy:
+        with busy_loops(loops) as busy:
             async with polling(get_session, speaking_ids) as polls:
                 replies = await asyncio.gather(*(api.say(speaking_id, TEXT) for speaking_id in speaking_ids))
                 assert [r.status for r in replies] == [200] * CALLS, replies
@@ -135,7 +138,7 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
     ]
     assert_all_intact(
         verdicts,
-        f"{CALLS} calls, {BUSY_LOOPS} busy loops, {polls.requests} polling GETs; "
+        f"{CALLS} calls, {loops} busy loops, {polls.requests} polling GETs; "
         f"daemon warnings: {logged_warnings(daemon.log_text())}; log {daemon.log_path}",
     )
     assert all(say["status"] == "played" for say in says), says

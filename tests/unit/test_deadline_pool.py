@@ -105,3 +105,26 @@ async def test_a_job_submitted_to_a_busy_pool_is_expected_back_after_the_jobs_be
         release.set()
         pool.close()
         await asyncio.to_thread(pool.join)
+
+
+def test_each_stream_is_expected_its_share_of_the_workers_output() -> None:
+    pool = DeadlinePool(2, "test")
+    assert pool.share_rate(1) == 0.0  # nothing learnt yet
+    pool.observe(100, 0.2, 0.0)  # a sentence's front: time, no audio
+    for _ in range(4):
+        pool.observe(50, 0.2, 1.0)  # windows: a second of audio in 0.2 s
+    per_worker = pool.share_rate(1)
+    assert 4.0 < per_worker < 5.0  # the front's time counts against the windows' audio
+    assert pool.share_rate(2) == pytest.approx(per_worker)  # a worker each
+    # Eight streams on two workers: a quarter each, though one's first chunks went first.
+    assert pool.share_rate(8) == pytest.approx(per_worker / 4)
+
+
+def test_the_share_follows_the_host_getting_busier() -> None:
+    pool = DeadlinePool(1, "test")
+    for _ in range(20):
+        pool.observe(50, 0.1, 1.0)
+    idle = pool.share_rate(1)
+    for _ in range(20):
+        pool.observe(50, 0.5, 1.0)  # the same work now takes five times as long
+    assert pool.share_rate(1) < idle / 3
