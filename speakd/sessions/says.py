@@ -126,7 +126,10 @@ class SayItem:
         values["interruptible"] = bool(values["interruptible"])  # SQLite keeps 1 or 0
         for name in cls.JSON_COLUMNS:
             values[name] = json.loads(values[name] or "[]")
-        return cls(**values)
+        item = cls(**values)
+        if item.status in FINAL:  # it ended: nothing more of it will be synthesized
+            item.ready.set()
+        return item
 
     def reset_synthesis(self) -> None:
         """Back to unsynthesized: a later say's audio was thrown away with the one cut before it."""

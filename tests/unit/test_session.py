@@ -391,6 +391,7 @@ async def test_a_played_say_is_kept_as_its_stored_record_alone(make):
     for item in played:
         kept = env.session.says[item.say_id]
         assert kept.to_dict() == item.to_dict() and kept.word_marks == [] and kept.status == SayStatus.PLAYED
+        assert kept.ready.is_set()  # it ended: nothing waits for more of it
     assert env.session.says[waiting.say_id] is waiting
 
 
