@@ -32,8 +32,10 @@ Deadline = Callable[[], float]
 
 # A new say's start waits while a deadline could not absorb it: the margin on both durations.
 SAFETY = 1.5
-# share_rate's memory: each job's weight against the next one's (about the last 20 jobs count).
-OUTPUT_DECAY = 0.95
+# share_rate's memory: what the pool did this long ago weighs 1/e (the host's load changes, and
+# a pool idle since a busy spell must not go by it); below OBSERVED_ENOUGH_S of recent work, no guess.
+OUTPUT_MEMORY_S = 5.0
+OBSERVED_ENOUGH_S = 0.5
 
 
 def no_deadline() -> float:
@@ -68,9 +70,10 @@ class DeadlinePool:
         self.seconds_per_cost = 0.0
         self._observed = 0
         # What recent jobs made (the caller's unit, e.g. seconds of audio) and how long they ran,
-        # each older job weighing OUTPUT_DECAY less: output per second of one worker, fronts included.
+        # older ones weighing less (OUTPUT_MEMORY_S): output per second of one worker, fronts included.
         self._output = 0.0
         self._output_took = 0.0
+        self._output_at = time.monotonic()
 
     async def run(
         self, fn: Callable[..., Any], *args: Any, deadline: Deadline | None = None, cost: float | None = None
@@ -108,8 +111,9 @@ class DeadlinePool:
         """A job of ``cost`` took ``took`` seconds and made ``output`` (reported by the caller,
         who learns the cost of a job only from its result)."""
         with self._cond:
-            self._output = self._output * OUTPUT_DECAY + output
-            self._output_took = self._output_took * OUTPUT_DECAY + took
+            self._forget_older_output()
+            self._output += output
+            self._output_took += took
             if cost > 0:
                 self._observed += 1
                 self.seconds_per_cost = _recent_mean(self.seconds_per_cost, took / cost, self._observed)
@@ -119,10 +123,16 @@ class DeadlinePool:
         expect from the pool, at the recent speed (0: not known yet). A stream whose jobs have
         gone first so far can have measured more; from now on it shares the workers."""
         with self._cond:
-            if self._output_took <= 0:
+            self._forget_older_output()
+            if self._output_took < OBSERVED_ENOUGH_S:
                 return 0.0
             per_worker = self._output / self._output_took
         return per_worker * min(1.0, self._workers / max(streams, 1))
+
+    def _forget_older_output(self) -> None:
+        now = time.monotonic()
+        kept = math.exp(-(now - self._output_at) / OUTPUT_MEMORY_S)
+        self._output, self._output_took, self._output_at = self._output * kept, self._output_took * kept, now
 
     def expected_s(self, cost: float | None) -> float:
         """How long a job of ``cost`` is expected to run."""
