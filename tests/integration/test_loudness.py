@@ -131,7 +131,14 @@ async def test_every_provider_and_a_quieter_voice_are_heard_at_one_level(
 @pytest.mark.by_ear
 async def test_volume_moves_the_level_by_what_it_says(lapi, make_two_party_call):
     volumes = [0.0, -10.0, 5.0, 0.0, 10.0]
-    levels = await says_heard(lapi, await make_two_party_call(), "piper", "", volumes)
+    # The first on its own (the voice's gain is then learned, as for any say after it), the rest
+    # at once, each on a call of its own: the calls' paths lose the same (the providers' test).
+    levels = await says_heard(lapi, await make_two_party_call(), "piper", "", volumes[:1])
+    calls = [await make_two_party_call() for _ in volumes[1:]]
+    rest = await asyncio.gather(
+        *(says_heard(lapi, c, "piper", "", [v]) for c, v in zip(calls, volumes[1:], strict=True))
+    )
+    levels += [level for heard in rest for level in heard]
     base = levels[0]
     print("volume -> heard:", [(v, round(level - base, 2)) for v, level in zip(volumes, levels, strict=True)])
     for volume, level in zip(volumes[:4], levels[:4], strict=True):
