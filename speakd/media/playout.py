@@ -94,6 +94,8 @@ class Playout:
         self._space = asyncio.Event()
         self._space.set()
         self._feeder: asyncio.Task[None] | None = None
+        # Called when the far end has played all that was sent and nothing waits here to follow.
+        self.on_drained: Callable[[], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -198,6 +200,8 @@ class Playout:
                 callback(now_wall)
             if current == mark_id:
                 break
+        if not self._marks and not self._pending_bytes and self.on_drained is not None:
+            self.on_drained()
         self._wake.set()
 
     # -- the feeder -------------------------------------------------------------------------

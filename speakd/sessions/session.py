@@ -131,6 +131,10 @@ class Session:
         self._save_say = save_say
         self._say_event = say_event or (lambda *_: None)
         self._on_underrun = on_underrun or (lambda: None)
+        # The say playing while still being synthesized (and its generation): the far end running
+        # out of audio meanwhile is a gap the caller hears in the middle of it.
+        self._feeding: tuple[SayItem, int] | None = None
+        playout.on_drained = self._on_drained
         self._in_playout: list[SayItem] = []  # taken from the queue, not final yet
         # The playout boundary at the end of each must-play say handed to it whole (flush_after).
         self._protected_ends: dict[SayItem, object] = {}
@@ -347,12 +351,9 @@ class Session:
                 if len(held) > len(frames):
                     self.log.info("say_held", say_id=item.say_id, held_ms=len(held) * FRAME_MS)
                 released = True
+                self._feeding = (item, generation)
                 on_sent = started_at
                 self.playout.boundary(generation, lambda at: self._say_started(item, at))
-            elif not self.playout.buffered_ms():
-                # Everything sent has played: the caller heard a gap in the middle of this say.
-                self.log.warning("say_underrun", say_id=item.say_id, synthesized_ms=item.synthesized_ms)
-                self._on_underrun()
             # A few frames a put: the playout takes each under its bound (what was held can be seconds).
             parts = [b"".join(held[i : i + PUT_FRAMES]) for i in range(0, len(held), PUT_FRAMES)]
             held.clear()
@@ -428,6 +429,16 @@ class Session:
                 self._protected_ends[item] = end
         else:  # no audio at all
             self._ran_its_course(item, stamp_of(time.time()))
+
+    def _on_drained(self) -> None:
+        if self._feeding is None:
+            return
+        item, generation = self._feeding
+        if item.synthesized or generation != self.playout.generation:  # it ended, or was flushed
+            self._feeding = None
+            return
+        self.log.warning("say_underrun", say_id=item.say_id, synthesized_ms=item.synthesized_ms)
+        self._on_underrun()
 
     def _voice(self) -> str:
         """The voice this session's says are spoken with (its default for the language if it named none)."""

@@ -80,6 +80,7 @@ class Env:
         self.sink = sink
         self.session = session
         self.saved: list[dict] = []  # rows handed to save_say, in order
+        self.underruns: list[float] = []  # when the session counted a gap in the middle of a say
 
     def say(self, text: str) -> SayItem:
         item = self.session.new_say(text)
@@ -125,10 +126,18 @@ async def make():
             env.saved.append(item.row())
 
         provider = provider or ScriptedProvider()
+        underruns: list[float] = []
         session = Session(
-            record(), provider, "ulaw", Playout(lead_ms=lead_ms, mark_every_ms=mark_every_ms), save_say, model=""
+            record(),
+            provider,
+            "ulaw",
+            Playout(lead_ms=lead_ms, mark_every_ms=mark_every_ms),
+            save_say,
+            model="",
+            on_underrun=lambda: underruns.append(asyncio.get_running_loop().time()),
         )
         env = Env(provider, sink, session)
+        env.underruns = underruns
         session.start_synthesis()
         if playout:
             env.start_playout()
@@ -393,6 +402,26 @@ async def test_a_played_say_is_kept_as_its_stored_record_alone(make):
         assert kept.to_dict() == item.to_dict() and kept.word_marks == [] and kept.status == SayStatus.PLAYED
         assert kept.ready.is_set()  # it ended: nothing waits for more of it
     assert env.session.says[waiting.say_id] is waiting
+
+
+# -- underruns ----------------------------------------------------------------------------------
+
+
+async def test_a_say_that_runs_dry_mid_speech_is_counted_while_it_is_dry_and_once(make):
+    env = await make()
+    env.provider.gates["C"] = gate = asyncio.Event()
+    fine = env.say(words("B", 10))
+    await finished(fine)
+    assert env.underruns == []  # played through, and its end drained the far end: no gap in it
+    item = env.say(words("C", 10))
+    # Two frames came at once (fast enough to start at once), then synthesis stalls: the far end
+    # plays them out and the caller hears nothing. Counted then, not when audio comes again.
+    await until(lambda: env.underruns)
+    await asyncio.sleep(0.1)
+    assert len(env.underruns) == 1 and not item.final
+    gate.set()
+    await finished(item)
+    assert len(env.underruns) == 1 and item.status == SayStatus.PLAYED
 
 
 # -- lead ---------------------------------------------------------------------------------------
