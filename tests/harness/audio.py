@@ -280,15 +280,15 @@ def at_loudness(pcm: np.ndarray, loudness_dbfs: float = DEFAULT_TARGET_DBFS) -> 
 def spectral_similarity(recording: np.ndarray, reference: np.ndarray, lag_frames: int) -> float:
     """Correlation of log band energies (16 bands of 250 Hz, 32 ms frames) over the
     reference's loud frames, with the reference placed at `lag_frames` (20 ms frames, from
-    envelope_correlation).
+    envelope_correlation), to the millisecond that matches best within half a frame of it.
 
     The energy envelope survives distortion (audio decoded with the wrong G.711 law still
     rises and falls with the speech); the spectral shape does not. Bands rather than FFT
-    bins: Piper's fine harmonic detail varies between renderings, its formants do not.
+    bins: Piper's fine harmonic detail varies between renderings, its formants do not. The
+    millisecond search: the envelope's lag is whole frames, and the same audio compared 10 ms
+    off its place scores 0.90 instead of 1.00 (the wrong law 0.73 at best, 0.64 so placed).
     """
-    start = lag_frames * FRAME
-    rec = recording[start : start + len(reference)]
-    n = min(len(rec), len(reference)) // 256
+    n = len(reference) // 256
     if n < 4:
         return 0.0
     window = np.hanning(256)
@@ -302,5 +302,13 @@ def spectral_similarity(recording: np.ndarray, reference: np.ndarray, lag_frames
     loud = levels > 32768 * 10 ** (-40 / 20)
     if loud.sum() < 4:
         return 0.0
-    a, b = band_energies(rec), band_energies(reference)
-    return float(np.corrcoef(a[loud].ravel(), b[loud].ravel())[0, 1])
+    ref_bands = band_energies(reference)[loud].ravel()
+    best = 0.0
+    for start in range(lag_frames * FRAME - FRAME // 2, lag_frames * FRAME + FRAME // 2 + 1, RATE // 1000):
+        rec = recording[max(start, 0) : start + n * 256]
+        if start < 0:
+            rec = np.concatenate([np.zeros(-start, dtype=recording.dtype), rec])
+        if len(rec) < n * 256:
+            rec = np.concatenate([rec, np.zeros(n * 256 - len(rec), dtype=recording.dtype)])
+        best = max(best, float(np.corrcoef(band_energies(rec)[loud].ravel(), ref_bands)[0, 1]))
+    return best

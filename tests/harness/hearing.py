@@ -64,8 +64,8 @@ def assert_heard(recording: np.ndarray, reference: np.ndarray, who: str, min_cor
     corr, lag = envelope_correlation(recording, reference)
     assert corr > min_corr, f"{who} should hear the speech: envelope correlation {corr:.2f}"
     # The envelope alone survives distortion (e.g. audio decoded with the wrong G.711 law):
-    # the spectral shape must match too. Measured: 0.80-0.90 when right (0.79-0.83 through a
-    # ConfBridge room's mix), 0.59-0.73 with the wrong law.
+    # the spectral shape must match too. Measured (placed to the millisecond): 0.88-0.92 when
+    # right (0.82-0.87 through a ConfBridge room's mix), 0.72-0.73 with the wrong law.
     spectral = spectral_similarity(recording, reference, lag)
     assert spectral > MIN_SPECTRAL, f"{who} hears the speech distorted: spectral similarity {spectral:.2f}"
     # Speech frames are counted over an absolute level: the reference's at the level it was heard
