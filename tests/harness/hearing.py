@@ -170,14 +170,17 @@ class Intactness:
     def start_s(self) -> float:
         return self.lag_frames * FRAME_S
 
-    def problems(self, min_corr: float = 0.8, speech_ratio: tuple[float, float] = (0.9, 1.1)) -> list[str]:
+    def problems(
+        self, min_corr: float = 0.8, speech_ratio: tuple[float, float] = (0.9, 1.1), dropouts: bool = True
+    ) -> list[str]:
+        """What is wrong with the recording (``dropouts``: holes count too)."""
         found = []
         if self.corr < min_corr:
             found.append(f"envelope correlation {self.corr:.2f} < {min_corr}")
         low, high = speech_ratio
         if not low * self.reference_speech_s <= self.speech_s <= high * self.reference_speech_s:
             found.append(f"{self.speech_s:.2f}s of speech where the reference has {self.reference_speech_s:.2f}s")
-        if self.dropouts and not self.only_asterisk_floor:
+        if dropouts and self.dropouts and not self.only_asterisk_floor:
             where = ", ".join(
                 f"{start:.2f}s (+{(start - self.start_s):.2f}s) {length * 1000:.0f}ms"
                 for start, length in self.dropouts[:8]
