@@ -382,9 +382,14 @@ class SpeakingService:
     async def says(self, customer_id: str, speaking_id: str) -> list[dict[str, Any]]:
         """The session's say items, oldest first (newest last)."""
         _, live = await self.here(customer_id, speaking_id)
-        if live is not None:
-            return [item.to_dict() for item in live.session.says.values()]
-        return [SayItem.from_row(row).to_dict() for row in await self.store.list_says(speaking_id)]
+        if live is None:
+            return [SayItem.from_row(row).to_dict() for row in await self.store.list_says(speaking_id)]
+        kept = live.session.says
+        if not live.session.says_forgotten:
+            return [item.to_dict() for item in kept.values()]
+        # Older says are the store's alone; the ones kept here are as fresh as it, or fresher.
+        rows = await self.store.list_says(speaking_id)
+        return [(kept.get(row["say_id"]) or SayItem.from_row(row)).to_dict() for row in rows]
 
     async def _save_say(self, item: SayItem) -> None:
         await self.store.update_say_later(item.row())

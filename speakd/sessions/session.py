@@ -46,6 +46,10 @@ from speakd.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
+# Stored final says a live session keeps in memory (about 3 kB and the text each): the last ones
+# a client or the dialplan asks about, answered while the store is unreachable.
+KEPT_FINAL_SAYS = 50
+
 CONVERT_SLICE_BYTES = 8192
 PUT_FRAMES = 10
 # Underrun protection: synthesis this much faster than real time starts playing at once;
@@ -123,10 +127,13 @@ class Session:
         self.lexicon = ""  # the lexicon its says go through unless they name another ('' for none)
         self.playout = playout
         self.queue: deque[SayItem] = deque()
-        # Every say of this session, oldest first: the API answers from here while the store is
-        # unreachable. A say whose final state is stored is kept as that record alone (no word
-        # marks or run-time state): what a played say holds is what the API shows of it.
+        # This session's says, oldest first: every one not final yet, and the last KEPT_FINAL_SAYS
+        # whose final state is stored, as that record alone (no word marks or run-time state).
+        # The API answers from here while the store is unreachable; once older ones are
+        # forgotten (says_forgotten), the whole list is the store's.
         self.says: dict[str, SayItem] = {}
+        self.says_forgotten = 0
+        self._stored_final: deque[str] = deque()  # ids of the kept stored records, oldest first
         self.log = log.bind(speaking_id=record.id)
         self._save_say = save_say
         self._say_event = say_event or (lambda *_: None)
@@ -282,8 +289,17 @@ class Session:
                 self.log.exception("say_save_failed", say_id=item.say_id)
             else:
                 if item.final and self._dirty.count(item) == 1 and self.says.get(item.say_id) is item:
-                    self.says[item.say_id] = SayItem.from_row(item.row())  # its last state is stored
+                    self._keep_stored(item)
             self._dirty.popleft()
+
+    def _keep_stored(self, item: SayItem) -> None:
+        """``item``'s last state is stored: keep that record alone, and forget the oldest such
+        record beyond KEPT_FINAL_SAYS (a session's memory does not grow with the says it played)."""
+        self.says[item.say_id] = SayItem.from_row(item.row())
+        self._stored_final.append(item.say_id)
+        while len(self._stored_final) > KEPT_FINAL_SAYS:
+            del self.says[self._stored_final.popleft()]
+            self.says_forgotten += 1
 
     # -- synthesis --------------------------------------------------------------------------
 

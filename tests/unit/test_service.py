@@ -19,6 +19,7 @@ from speakd.errors import Conflict, InvalidRequest, NotFound
 from speakd.media.transport import TransportError
 from speakd.providers import ProviderRegistry
 from speakd.providers.base import AudioChunk, Provider
+from speakd.sessions import session as session_module
 from speakd.sessions.requests import CreateRequest, SayRequest
 from speakd.sessions.service import SpeakingService
 from speakd.store.records import Owner, Speaking, now_stamp
@@ -357,6 +358,20 @@ async def test_reconnect_chooses_the_transport_and_keeps_live_sessions(env):
 
 
 # -- says ---------------------------------------------------------------------------------------
+
+
+async def test_a_live_session_that_forgot_older_says_lists_them_from_the_store(env, monkeypatch):
+    _ari, service = env
+    monkeypatch.setattr(session_module, "KEPT_FINAL_SAYS", 2)
+    record = await service.create("c1", request())
+    await until(lambda: record.status == "active")
+    ids = [(await service.say("c1", record.id, SayRequest(f"say {n}")))[1].say_id for n in range(5)]
+    live = service.sessions.get(record.id).session
+    await until(lambda: live.says_forgotten == 3)
+    listed = await service.says("c1", record.id)
+    assert [s["say_id"] for s in listed] == ids
+    assert [s["status"] for s in listed] == ["played"] * 5
+    assert [s["heard_text"] for s in listed] == [f"say {n}" for n in range(5)]
 
 
 async def test_says_are_listed_newest_last_and_survive_in_the_store_after_stop(env):

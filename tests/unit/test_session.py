@@ -18,6 +18,7 @@ from speakd.audio import AudioFormat
 from speakd.errors import ProviderError
 from speakd.media.playout import Playout
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest
+from speakd.sessions import session as session_module
 from speakd.sessions.says import SayItem, SayStatus
 from speakd.sessions.session import Session
 from speakd.store.records import NOT_YET, TIME_FORMAT, Speaking
@@ -402,6 +403,20 @@ async def test_a_played_say_is_kept_as_its_stored_record_alone(make):
         assert kept.to_dict() == item.to_dict() and kept.word_marks == [] and kept.status == SayStatus.PLAYED
         assert kept.ready.is_set()  # it ended: nothing waits for more of it
     assert env.session.says[waiting.say_id] is waiting
+
+
+async def test_a_session_keeps_only_its_last_stored_says_in_memory(make, monkeypatch):
+    """Memory does not grow with the says a session played: beyond KEPT_FINAL_SAYS stored ones,
+    the oldest is forgotten (the store keeps it); says not final yet are always kept."""
+    monkeypatch.setattr(session_module, "KEPT_FINAL_SAYS", 3)
+    env = await make()
+    played = [env.say(words("A", 5)) for _ in range(7)]
+    waiting = env.say(words("B", 400))
+    await finished(*played)
+    await env.stored(*played)
+    await until(lambda: env.session.says_forgotten == 4)
+    assert list(env.session.says) == [item.say_id for item in [*played[4:], waiting]]
+    assert [env.session.says[item.say_id].status for item in played[4:]] == [SayStatus.PLAYED] * 3
 
 
 # -- underruns ----------------------------------------------------------------------------------
