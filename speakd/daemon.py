@@ -290,7 +290,7 @@ async def run(
                 metrics,
                 nodes,
                 carrier,
-                PromptRenderer(providers, cache, config.media.codec),  # type: ignore[arg-type]
+                PromptRenderer(providers, cache, config.media.codec, service.lexicons),  # type: ignore[arg-type]
             ),
             access_log=None,
             handle_signals=False,

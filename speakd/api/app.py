@@ -221,7 +221,9 @@ async def list_nodes(request: web.Request) -> web.Response:
 async def render_prompt(request: web.Request) -> web.Response:
     if PROMPTS not in request.app:
         raise NotFound("this speakd renders no prompts")
-    return await prompt_response(request.app[PROMPTS], await request.read(), request.app[DEFAULT_PROVIDER])
+    return await prompt_response(
+        request.app[PROMPTS], request[CUSTOMER_ID], await request.read(), request.app[DEFAULT_PROVIDER]
+    )
 
 
 async def put_lexicon(request: web.Request) -> web.Response:

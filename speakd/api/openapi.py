@@ -213,10 +213,11 @@ _PROMPT_ENTRY = {
         "voice_id": {"type": "string", "description": "as asked (empty: the provider's default)"},
         "language": {"type": "string"},
         "payload_type": _enum(TEXT_PAYLOAD_TYPES),
+        "lexicon": {"type": "string", "description": "the lexicon its text went through ('' for none)"},
         "bytes": {"type": "integer", "description": "the entry's size on disk"},
         "duration_ms": {"type": "integer", "description": "its audio's duration"},
     },
-    "required": ["key", "provider", "voice_id", "language", "payload_type", "bytes", "duration_ms"],
+    "required": ["key", "provider", "voice_id", "language", "payload_type", "lexicon", "bytes", "duration_ms"],
 }
 
 _REQUEST_ID_HEADER = {
@@ -717,7 +718,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Render a text into the audio cache ahead of the says that will speak it",
                 "description": "For an IVR's fixed prompts: rendered as a session's say would ask for it "
                 "(this speakd's [media] codec, the voice and model named), so a say of the same text, provider, "
-                "voice and language later plays from the cache at once and asks no provider. Answers once the "
+                "voice, language and lexicon later plays from the cache at once and asks no provider. Answers once the "
                 "audio is stored. The cache is shared by every customer. docs/providers.md: The audio cache.",
                 "operationId": "renderPrompt",
                 "requestBody": {
@@ -745,6 +746,11 @@ OPENAPI: dict[str, Any] = {
                                         "description": "as a session's",
                                     },
                                     "payload_type": {**_enum(TEXT_PAYLOAD_TYPES), "default": DEFAULT_PAYLOAD_TYPE},
+                                    "lexicon": {
+                                        **_LEXICON_FIELD,
+                                        "description": "the lexicon its text goes through, as the says that "
+                                        "will speak it name it ('' for none); an unknown name is a 400",
+                                    },
                                 },
                             }
                         }

@@ -9,6 +9,8 @@ from speakd.api import schemas
 from speakd.sessions.prompts import PromptRenderer
 
 
-async def prompt_response(renderer: PromptRenderer, body: bytes, default_provider: str) -> web.Response:
-    entry, made = await renderer.render(schemas.parse_prompt(body, default_provider))
+async def prompt_response(
+    renderer: PromptRenderer, customer_id: str, body: bytes, default_provider: str
+) -> web.Response:
+    entry, made = await renderer.render(customer_id, schemas.parse_prompt(body, default_provider))
     return web.json_response(entry, status=201 if made else 200)

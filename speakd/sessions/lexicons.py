@@ -217,6 +217,19 @@ class Lexicons:
             )
         return Lexicon.from_row(row)
 
+    async def rewrite(
+        self, customer_id: str, name: str, text: str, payload_type: str, named_by: str, what: str
+    ) -> Rewrite:
+        """``text`` through the customer's lexicon ``name`` (a say's or a prompt's: ``what``), or a
+        400 if the replacements make it longer than MAX_REPLACED_CHARS."""
+        rewrite = (await self.named(customer_id, name, named_by)).apply(text, payload_type)
+        if len(rewrite.text) > MAX_REPLACED_CHARS:
+            raise invalid_field(
+                f"lexicon '{name}' makes this {what}'s text {len(rewrite.text)} characters; at most "
+                f"{MAX_REPLACED_CHARS} with replacements (split it into several {what}s)"
+            )
+        return rewrite
+
     async def _row(self, customer_id: str, name: str) -> dict[str, Any]:
         row = await self.store.lexicon_get(customer_id, check_name(name))
         if row is None:

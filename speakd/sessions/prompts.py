@@ -2,7 +2,8 @@
 call says it, so an IVR's fixed prompts never wait for a provider.
 
 A prompt is rendered as a say of a session would ask for it (the daemon's ``[media] codec``, the
-voice and model its fields name), so the say that later speaks it finds the same entry. Its
+voice and model its fields name, its text through the customer's lexicon it names), so the say
+that later speaks it finds the same entry. Its
 synthesis yields to every live call's (a deadline a minute off: speakd.providers.deadline_pool).
 """
 
@@ -18,6 +19,7 @@ from speakd.errors import Conflict, InvalidRequest, SpeakdError
 from speakd.providers import ProviderRegistry
 from speakd.providers.base import SynthesisRequest
 from speakd.providers.cache import AudioCache
+from speakd.sessions.lexicons import Lexicons
 from speakd.sessions.requests import PromptRequest
 
 log = structlog.get_logger(__name__)
@@ -32,12 +34,13 @@ def _background() -> float:
 
 
 class PromptRenderer:
-    def __init__(self, providers: ProviderRegistry, cache: AudioCache | None, codec: Codec) -> None:
+    def __init__(self, providers: ProviderRegistry, cache: AudioCache | None, codec: Codec, lexicons: Lexicons) -> None:
         self.providers = providers
         self.cache = cache
         self.codec: Codec = codec
+        self.lexicons = lexicons
 
-    async def render(self, req: PromptRequest) -> tuple[dict[str, Any], bool]:
+    async def render(self, customer_id: str, req: PromptRequest) -> tuple[dict[str, Any], bool]:
         """The prompt's cache entry, rendered now unless it was there: (its description, made now)."""
         if self.cache is None:
             raise Conflict(
@@ -47,8 +50,13 @@ class PromptRenderer:
             )
         provider = self.providers.get(req.provider)  # ProviderNotConfigured: 400
         provider.check(req.language, req.voice_id, req.payload_type)
+        text = req.text
+        if req.lexicon:
+            text = (
+                await self.lexicons.rewrite(customer_id, req.lexicon, text, req.payload_type, "'lexicon'", "prompt")
+            ).text
         request = SynthesisRequest(
-            text=req.text,
+            text=text,
             language=req.language,
             voice_id=req.voice_id,
             codec=self.codec,
@@ -71,6 +79,7 @@ class PromptRenderer:
             "voice_id": req.voice_id,
             "language": req.language,
             "payload_type": req.payload_type,
+            "lexicon": req.lexicon,
             "bytes": entry.bytes,
             "duration_ms": entry.duration_ms,
         }, made

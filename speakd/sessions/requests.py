@@ -66,6 +66,7 @@ class PromptRequest:
     language: str
     payload_type: str
     model: str = ""
+    lexicon: str = ""  # the customer's lexicon its text goes through, as a say's would ('' for none)
 
 
 MAX_TEXT_CHARS = 5000
@@ -186,7 +187,7 @@ def _encodable(text: str) -> bool:
 
 def prompt_request(data: dict[str, Any], default_provider: str) -> PromptRequest:
     """A prompt's fields: its text as a say's, its speaker as a session's."""
-    say = say_request({k: v for k, v in data.items() if k in ("text", "payload_type")})
+    say = say_request({k: v for k, v in data.items() if k in ("text", "payload_type")})  # lexicon: below
     if len(say.text) > MAX_PROMPT_CHARS:
         raise invalid_field(
             f"'text' is {len(say.text)} characters; a prompt has at most {MAX_PROMPT_CHARS} (longer text: say it, "
@@ -196,7 +197,7 @@ def prompt_request(data: dict[str, Any], default_provider: str) -> PromptRequest
     if "\x00" in say.text or not _encodable(say.text):
         raise invalid_field("'text' must be text a provider can read: no NUL characters, no lone surrogates")
     language, provider, voice_id, model = _speaker(data, default_provider)
-    return PromptRequest(say.text, provider, voice_id, language, say.payload_type, model)
+    return PromptRequest(say.text, provider, voice_id, language, say.payload_type, model, _lexicon(data) or "")
 
 
 def call_create_request(channel_id: str, options: dict[str, Any], default_provider: str) -> CreateRequest:

@@ -33,7 +33,7 @@ from speakd.providers.fallback import Failover
 from speakd.sessions.ari_events import AriEventHandlers
 from speakd.sessions.chunker import TextChunker
 from speakd.sessions.conference import ConferenceTarget
-from speakd.sessions.lexicons import MAX_REPLACED_CHARS, Lexicons
+from speakd.sessions.lexicons import Lexicons
 from speakd.sessions.live import LiveSession, LiveSessions, SessionState
 from speakd.sessions.media import MediaPaths
 from speakd.sessions.peers import NoSuchReference, OwnedElsewhere, SoloPeers
@@ -253,14 +253,9 @@ class SpeakingService:
         item.lexicon = session.lexicon if req.lexicon is None else req.lexicon
         if item.lexicon:
             named_by = "the session's 'lexicon'" if req.lexicon is None else "'lexicon'"
-            lexicon = await self.lexicons.named(record.customer_id, item.lexicon, named_by)
-            item.rewrite = lexicon.apply(item.text, item.payload_type)
-            if len(item.rewrite.text) > MAX_REPLACED_CHARS:
-                raise InvalidRequest(
-                    f"lexicon '{item.lexicon}' makes this say's text {len(item.rewrite.text)} characters; at most "
-                    f"{MAX_REPLACED_CHARS} with replacements (split it into several says)",
-                    reason="invalid_field",
-                )
+            item.rewrite = await self.lexicons.rewrite(
+                record.customer_id, item.lexicon, item.text, item.payload_type, named_by, "say"
+            )
         await self.store.insert_say(item.row())
         if not live.speakable:  # a stop began while the record was written
             item.status = SayStatus.INTERRUPTED

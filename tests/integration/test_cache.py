@@ -161,6 +161,22 @@ async def test_a_prompt_rendered_ahead_then_said_asks_no_provider(daemon, api, s
     assert_heard_alone(await call.recording("alice"), PROMPT)
 
 
+async def test_a_prompt_rendered_through_a_lexicon_is_what_a_say_through_it_plays(
+    daemon, api, standin, make_two_party_call
+):
+    entries = [{"from": "renew", "to": "re-new"}]
+    assert (await api.request("PUT", "/lexicons/library", json={"entries": entries})).status in (200, 201)
+    spoken = PROMPT.replace("renew", "re-new")
+    body = {"text": PROMPT, "provider": "elevenlabs", "lexicon": "library"}
+    rendered = await api.request("POST", "/prompts", json=body)
+    assert rendered.status in (200, 201) and rendered.body["lexicon"] == "library", rendered
+    before = asked(standin, spoken)
+    assert before >= 1  # the stand-in was asked for the text with the replacement, not as written
+    item = await said(api, await make_two_party_call(), PROMPT, lexicon="library")
+    assert asked(standin, spoken) == before, "the say through the lexicon missed its prompt"
+    assert item["heard_text"] == PROMPT  # the words sent, not the replacements
+
+
 async def test_a_say_with_cache_false_leaves_nothing_on_disk(daemon, api, standin, make_two_party_call):
     before = entries(daemon)
     for _ in range(2):

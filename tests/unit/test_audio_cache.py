@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +17,7 @@ from speakd.errors import InvalidRequest, ProviderError
 from speakd.providers import ProviderRegistry
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, TextStream
 from speakd.providers.cache import FOOTER, TEMP_DIR, AudioCache, CachingProvider, cache_key
+from speakd.sessions.lexicons import Lexicons
 
 PCM = AudioFormat("pcm_s16le", 16000)
 MB = 1024 * 1024
@@ -390,7 +392,6 @@ def test_the_openapi_document_takes_the_fields_parsed():
 
 
 async def test_post_prompts_renders_once_and_answers_errors_as_json(tmp_path):
-    from types import SimpleNamespace
 
     from aiohttp.test_utils import TestClient, TestServer
 
@@ -404,9 +405,10 @@ async def test_post_prompts_renders_once_and_answers_errors_as_json(tmp_path):
     registry = ProviderRegistry({"piper": provider}, {"elevenlabs": "provider 'elevenlabs' is not configured"})
     registry.wrap(cache.wrap)
     auth = Authenticator({"key": "customer"}, "")
+    lexicons = Lexicons(SimpleNamespace())  # type: ignore[arg-type]  # (none named here)
     for renderer, expected in (
-        (PromptRenderer(registry, cache, "ulaw"), 201),
-        (PromptRenderer(registry, None, "ulaw"), 409),
+        (PromptRenderer(registry, cache, "ulaw", lexicons), 201),
+        (PromptRenderer(registry, None, "ulaw", lexicons), 409),
     ):
         app = create_app(SimpleNamespace(), auth, "piper", prompts=renderer)  # type: ignore[arg-type]
         async with TestClient(TestServer(app)) as client:
@@ -432,6 +434,35 @@ async def test_post_prompts_renders_once_and_answers_errors_as_json(tmp_path):
                 refused = await client.post("/v1.0/prompts?accesskey=key", json=bad)
                 assert refused.status == status and "message" in (await refused.json())["error"], bad
             assert (await client.post("/v1.0/prompts", json=body)).status == 401
+
+
+async def test_a_prompt_goes_through_the_customers_lexicon_as_its_says_will(tmp_path):
+    """A say naming a lexicon is synthesized (and cached) as its text with the replacements: a
+    prompt rendered ahead of it names the same lexicon, or the say would miss it."""
+    from speakd.sessions.prompts import PromptRenderer
+    from speakd.sessions.requests import prompt_request
+    from speakd.store.sqlite import SqliteStore
+
+    cache = AudioCache(tmp_path / "cache", 10 * MB, 3600)
+    await cache.open()
+    provider = Recorder()
+    registry = ProviderRegistry({"piper": provider}, {})
+    registry.wrap(cache.wrap)
+    async with SqliteStore(":memory:") as store:
+        lexicons = Lexicons(store)
+        await lexicons.put("c1", "names", [{"from": "Siobhan", "to": "Shiv awn"}])
+        renderer = PromptRenderer(registry, cache, "ulaw", lexicons)
+        text = {"text": "Siobhan will call you back."}
+        entry, made = await renderer.render("c1", prompt_request({**text, "lexicon": "names"}, "piper"))
+        assert made and entry["lexicon"] == "names"
+        assert provider.asked[-1].text == "Shiv awn will call you back."
+        plain, made = await renderer.render("c1", prompt_request(text, "piper"))
+        assert made and plain["key"] != entry["key"] and provider.asked[-1].text == text["text"]
+        with pytest.raises(InvalidRequest, match="'lexicon' names lexicon 'names', and you have none"):
+            await renderer.render("c2", prompt_request({**text, "lexicon": "names"}, "piper"))  # another customer's
+        with pytest.raises(InvalidRequest, match="'lexicon'"):
+            prompt_request({**text, "lexicon": "-bad"}, "piper")
+    assert len(provider.asked) == 2
 
 
 def test_the_metrics_read_the_cache():
@@ -521,7 +552,9 @@ async def test_a_provider_that_crashes_on_a_prompts_text_is_a_json_400(tmp_path)
     registry = ProviderRegistry({"piper": Crashes()}, {})
     registry.wrap(cache.wrap)
     with pytest.raises(InvalidRequest, match="'piper' cannot render this text: KeyError"):
-        await PromptRenderer(registry, cache, "ulaw").render(prompt_request({"text": "Hi"}, "piper"))
+        await PromptRenderer(registry, cache, "ulaw", Lexicons(SimpleNamespace())).render(  # type: ignore[arg-type]
+            "c1", prompt_request({"text": "Hi"}, "piper")
+        )
     assert cache.entries == 0
     for text in ("Hi\x00", "Hi \ud800"):  # what schemathesis sent: refused before any provider
         with pytest.raises(InvalidRequest, match="NUL characters, no lone surrogates"):
