@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
 import pytest
 from conftest import leftovers
 from harness.audio import FRAME_S, envelope_correlation, render_piper
@@ -47,19 +46,11 @@ def make_conference(mixing_conference, confbridge_room):
     return make
 
 
-# A dialplan ConfBridge room mixes the speech with every participant's carrier and resamples
-# it: envelope correlation measured 0.80-0.89 there (websocket; the old in-daemon pacer alike),
-# 0.95 and more on calls and ARI bridges; nothing heard is near 0.
-HEARD_CORR = {"bridge": 0.8, "confbridge": 0.7}
-
-
-def skip_confbridge_audio_on_rtp(speakd, kind: str) -> None:
-    # Known problem, not hidden: on rtp, about one ConfBridge room in two plays the speech
-    # 4 dB quieter with envelope correlation ~0.77 (every participant alike); the ARI-bridge
-    # conference on rtp and both kinds on websocket (the default where Asterisk has it) are
-    # tested. Seen with the old in-daemon pacer too (1 run in 3).
-    if kind == "confbridge" and speakd.transport == "rtp":
-        pytest.skip("ConfBridge audio over the rtp transport is flaky in the sandbox (see docs/media.md)")
+# A dialplan ConfBridge room mixes the speech with every participant's carrier and resamples it:
+# envelope correlation measured 0.94-0.97 at speakd_bridge's fixed 16 kHz (0.74-0.83 when a room
+# left at softmix's automatic rate switched rates mid-speech: asterisk-config/confbridge.conf),
+# 0.92-0.95 on ARI bridges; nothing heard is near 0.
+HEARD_CORR = 0.8
 
 
 async def start(api, reference_id: str, **fields) -> str:
@@ -75,7 +66,6 @@ async def confbridge_rooms(ari, room: str) -> list[dict]:
 async def test_every_participant_hears_and_the_end_of_the_conference_stops_the_session(
     api, ari, speakd, make_conference, kind
 ):
-    skip_confbridge_audio_on_rtp(speakd, kind)
     conf, reference_id = await make_conference(kind, n=3)
     speaking_id = await start(api, reference_id)  # direction omitted: both
     assert (await api.get(speaking_id)).body["direction"] == "both"
@@ -85,7 +75,7 @@ async def test_every_participant_hears_and_the_end_of_the_conference_stops_the_s
 
     # Everyone but the last leaves: the session goes on for the one still there.
     for p in conf.participants[:-1]:
-        assert_heard(await p.recording(), reference, f"{kind} participant {p.name}", HEARD_CORR[kind])
+        assert_heard(await p.recording(), reference, f"{kind} participant {p.name}", HEARD_CORR)
     await asyncio.sleep(0.5)
     assert (await api.get(speaking_id)).body["status"] == "active", "one participant is still in the conference"
 
@@ -98,7 +88,7 @@ async def test_every_participant_hears_and_the_end_of_the_conference_stops_the_s
     assert await leftovers(ari, speakd.app) == []
     if kind == "confbridge":  # speakd's announcer did not keep the emptied room alive
         assert await confbridge_rooms(ari, conf.room) == []
-    assert_heard(await last.recording(), reference, f"{kind} participant {last.name}", HEARD_CORR[kind])
+    assert_heard(await last.recording(), reference, f"{kind} participant {last.name}", HEARD_CORR)
 
 
 async def test_destroying_the_bridge_stops_the_session(api, ari, speakd, mixing_conference):
@@ -115,7 +105,6 @@ async def test_destroying_the_bridge_stops_the_session(api, ari, speakd, mixing_
 
 @pytest.mark.by_ear
 async def test_a_confbridge_room_named_by_its_bridge_id(api, ari, speakd, confbridge_room):
-    skip_confbridge_audio_on_rtp(speakd, "confbridge")
     conf = await confbridge_room(n=1)
     [bridge] = await confbridge_rooms(ari, conf.room)
     speaking_id = await start(api, bridge["id"])
@@ -125,14 +114,13 @@ async def test_a_confbridge_room_named_by_its_bridge_id(api, ari, speakd, confbr
     reference = render_piper(GREETING)
     assert (await api.say(speaking_id, GREETING)).status == 200
     await asyncio.sleep(len(reference) / 8000 + 1.0)
-    assert_heard(await conf.participants[0].recording(), reference, "the participant", HEARD_CORR["confbridge"])
+    assert_heard(await conf.participants[0].recording(), reference, "the participant", HEARD_CORR)
     await api.wait_status(speaking_id, "stopped", timeout=1.0)
 
 
 @pytest.mark.by_ear
 @pytest.mark.parametrize("kind", KINDS)
 async def test_flush_stops_speech_and_the_next_say_plays(api, speakd, make_conference, kind):
-    skip_confbridge_audio_on_rtp(speakd, kind)
     after = "After the interruption, this plays."
     conf, reference_id = await make_conference(kind, n=3)
     speaking_id = await start(api, reference_id)
@@ -152,12 +140,12 @@ async def test_flush_stops_speech_and_the_next_say_plays(api, speakd, make_confe
         recording = await p.recording()
         who = f"{kind} participant {p.name}"
         corr, lag = envelope_correlation(recording, reference[: int(played * 8000)])
-        assert corr > HEARD_CORR[kind], f"{who} should hear the start of the long text (corr {corr:.2f})"
+        assert corr > HEARD_CORR, f"{who} should hear the start of the long text (corr {corr:.2f})"
         start_s = lag * FRAME_S
         cut_by = start_s + played + 0.020 + ASTERISK_DELAY_S
         after_corr, after_lag = envelope_correlation(recording[int(cut_by * 8000) :], render_piper(after))
         # (a whole short say aligns better than the cut start of a long one)
-        assert after_corr > HEARD_CORR[kind] + 0.1, f"{who} should hear the say after the flush (corr {after_corr:.2f})"
+        assert after_corr > HEARD_CORR + 0.1, f"{who} should hear the say after the flush (corr {after_corr:.2f})"
         resumed_s = cut_by + after_lag * FRAME_S
         assert resumed_s - cut_by > 1.0
         window = recording[int(cut_by * 8000) : int((resumed_s - 0.06) * 8000)]
@@ -171,7 +159,6 @@ async def test_flush_stops_speech_and_the_next_say_plays(api, speakd, make_confe
 @pytest.mark.by_ear
 @pytest.mark.parametrize("kind", KINDS)
 async def test_stop_mid_speech_silences_and_cleans_up(api, ari, speakd, make_conference, kind):
-    skip_confbridge_audio_on_rtp(speakd, kind)
     conf, reference_id = await make_conference(kind, n=3)
     speaking_id = await start(api, reference_id)
     assert (await api.say(speaking_id, LONG)).status == 200
@@ -188,7 +175,7 @@ async def test_stop_mid_speech_silences_and_cleans_up(api, ari, speakd, make_con
         recording = await p.recording()
         who = f"{kind} participant {p.name}"
         corr, lag = envelope_correlation(recording, render_piper(LONG)[: int(surely_played * 8000)])
-        assert corr > HEARD_CORR[kind], f"{who} should hear the start of the long text (corr {corr:.2f})"
+        assert corr > HEARD_CORR, f"{who} should hear the start of the long text (corr {corr:.2f})"
         cut_by = lag * FRAME_S + played + 0.020 + ASTERISK_DELAY_S
         tail = recording[int(cut_by * 8000) :]
         assert speech_seconds(tail) == 0.0, f"{who}: speech after the stop, at {loud_times(tail, cut_by)}"
@@ -262,20 +249,15 @@ async def test_a_conference_with_no_participant_is_a_409(api, ari, speakd):
 
 # -- one member: whispered to it alone (out), or to everyone but it (in) -----------------------
 
-# Through one member's leg of a ConfBridge room the sandbox's Local-channel phones hear the speech
-# 6-12 dB down (docs/media.md: the level through Local channels) and the envelope correlation
-# measured 0.70-0.93 (ARI bridge 0.89-0.95); nothing heard is near 0.
-MEMBER_HEARD_CORR = {"bridge": 0.8, "confbridge": 0.6}
-# ... and the reference taken down by as much, as assert_heard counts speech frames above an
-# absolute -40 dBFS (measured: -8.6 to -12 dB against the rendering for member and others alike).
-MEMBER_LEVEL_DB = {"bridge": 0.0, "confbridge": -9.0}
+# Through one member's leg the sandbox's Local-channel phones hear the speech 6-7 dB down on both
+# kinds (docs/media.md: the level through Local channels), as every participant does: assert_heard
+# and judge_intact take the level they measure.
 
 
 @pytest.mark.by_ear
 @pytest.mark.parametrize("direction", ["out", "in"])
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_member_alone_hears_it_or_everyone_but_the_member(api, ari, speakd, make_conference, kind, direction):
-    skip_confbridge_audio_on_rtp(speakd, kind)
     conf, reference_id = await make_conference(kind, n=3)
     member, others = conf.participants[1], [conf.participants[0], conf.participants[2]]
     speaking_id = await start(api, reference_id, member=member.channel_id, direction=direction)
@@ -283,7 +265,6 @@ async def test_a_member_alone_hears_it_or_everyone_but_the_member(api, ari, spea
     reference = render_piper(GREETING)
     assert (await api.say(speaking_id, GREETING)).status == 200
     await asyncio.sleep(len(reference) / 8000 + 1.0)
-    reference = (reference * 10 ** (MEMBER_LEVEL_DB[kind] / 20)).astype(np.int16)
 
     # The others leave first: the member's session goes on while it is there.
     for p in others:
@@ -292,9 +273,9 @@ async def test_a_member_alone_hears_it_or_everyone_but_the_member(api, ari, spea
         if direction == "in":
             intact = judge_intact(recording, reference, who)
             print(intact.summary())
-            assert_heard(recording, reference, who, MEMBER_HEARD_CORR[kind])
-            if kind == "bridge":  # (a ConfBridge room's mix showed one 20 ms hole in 1 run of 3)
-                assert not intact.dropouts, intact.summary()
+            assert_heard(recording, reference, who, HEARD_CORR)
+            # One hole of a frame at most: what Asterisk's own whisper shows now and then (harness.hearing).
+            assert not intact.dropouts or intact.only_asterisk_floor, intact.summary()
         else:
             assert_not_heard(recording, who)
     assert (await api.get(speaking_id)).body["status"] == "active"
@@ -312,7 +293,7 @@ async def test_a_member_alone_hears_it_or_everyone_but_the_member(api, ari, spea
     recording = await member.recording()
     if direction == "out":
         print(judge_intact(recording, reference, f"{kind} member {member.name}").summary())
-        assert_heard(recording, reference, f"{kind} member {member.name}", MEMBER_HEARD_CORR[kind])
+        assert_heard(recording, reference, f"{kind} member {member.name}", HEARD_CORR)
     else:
         assert_not_heard(recording, f"{kind} member {member.name} (in: everyone but the member)")
 
