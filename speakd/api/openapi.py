@@ -372,9 +372,9 @@ OPENAPI: dict[str, Any] = {
                                     "language": {
                                         "type": "string",
                                         "default": DEFAULT_LANGUAGE,
-                                        "pattern": TAG_PATTERN,
+                                        "pattern": f"^$|{TAG_PATTERN}",
                                         "description": "BCP47 language[-extlang][-Script][-REGION], e.g. en-US; "
-                                        "made canonical (en-us -> en-US, zh-yue -> yue)",
+                                        "made canonical (en-us -> en-US, zh-yue -> yue); '' as left out",
                                     },
                                     "provider": _enum(PROVIDER_NAMES),
                                     "voice_id": {"type": "string", "maxLength": MAX_VOICE_ID_CHARS},
@@ -742,7 +742,7 @@ OPENAPI: dict[str, Any] = {
                                     "language": {
                                         "type": "string",
                                         "default": DEFAULT_LANGUAGE,
-                                        "pattern": TAG_PATTERN,
+                                        "pattern": f"^$|{TAG_PATTERN}",
                                         "description": "as a session's",
                                     },
                                     "payload_type": {**_enum(TEXT_PAYLOAD_TYPES), "default": DEFAULT_PAYLOAD_TYPE},
