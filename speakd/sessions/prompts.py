@@ -3,8 +3,8 @@ call says it, so an IVR's fixed prompts never wait for a provider.
 
 A prompt is rendered as a say of a session would ask for it (the daemon's ``[media] codec``, the
 voice and model its fields name, its text through the customer's lexicon it names), so the say
-that later speaks it finds the same entry. Its
-synthesis yields to every live call's (a deadline a minute off: speakd.providers.deadline_pool).
+that later speaks it finds the same entry. Its synthesis yields to every live call's (a deadline
+a minute off: speakd.providers.deadline_pool).
 """
 
 from __future__ import annotations
