@@ -392,7 +392,6 @@ def test_the_openapi_document_takes_the_fields_parsed():
 
 
 async def test_post_prompts_renders_once_and_answers_errors_as_json(tmp_path):
-
     from aiohttp.test_utils import TestClient, TestServer
 
     from speakd.api.app import create_app
