@@ -10,7 +10,7 @@ the same on every rendering). Unset settings keep the voice's own defaults.
 The model loads once at daemon start (about 1 s) and is shared by every session. A say is
 synthesized in steps, each a job on a worker thread (the pool serves the most urgent session
 first): a sentence's phonemes go through the front of the model once, then its audio is decoded
-window by window (speakd.providers.piper_model), the first window about 230 ms of audio, so audio
+window by window (speakd.providers.piper_model), the first window about 150 ms of audio, so audio
 leaves before the sentence is whole and the next windows are decoded while it plays. Cancelling
 the generator stops asking for further steps.
 """
@@ -38,7 +38,7 @@ from speakd.languages import parse_language_tag, parse_posix_locale, primary_lan
 from speakd.providers.base import AudioChunk, Provider, SynthesisRequest, Voice
 from speakd.providers.deadline_pool import DeadlinePool
 from speakd.providers.piper_espeak import stop_leaks
-from speakd.providers.piper_model import Front, PiperModel, return_freed_heap, windows
+from speakd.providers.piper_model import FIRST_WINDOW_FRAMES, Front, PiperModel, return_freed_heap, windows
 from speakd.providers.settings import Section
 
 log = structlog.get_logger(__name__)
@@ -130,6 +130,17 @@ class PiperProvider(Provider):
         )
         return voice
 
+    def first_window(self, ids: int) -> int:
+        """Frames of the first window of a sentence of ``ids`` phoneme ids: the smaller size
+        (piper_model.FIRST_WINDOW_FRAMES) when its audio lasts :data:`FIRST_STEP_RATE` times the
+        step expected to make it, at the pool's recent speed; else the larger."""
+        assert self._model is not None
+        for frames in FIRST_WINDOW_FRAMES[:-1]:
+            step_s = self._pool.expected_s(self._model.start_cost(ids, frames))
+            if frames * self._hop / self.sample_rate >= FIRST_STEP_RATE * step_s:
+                return frames
+        return FIRST_WINDOW_FRAMES[-1]
+
     async def aclose(self) -> None:
         self._pool.close()
         await asyncio.to_thread(self._pool.join)  # a sentence in progress finishes first
@@ -196,6 +207,12 @@ class PiperProvider(Provider):
 # sentences) at full scale. A window that would clip lowers it for the rest of its sentence, ramped
 # from the window's start to its peak (no step).
 GAIN = 2.0
+# A session starts a say at once when its first audio came 1.5 times faster than real time or more
+# (speakd.sessions.session.FAST_ENOUGH), else holds it for more: a sentence's first window is the
+# smaller one when the step that makes it (the front, then the window) is expected to run at least
+# this much faster than the window's audio lasts (the session also gets a little less than the
+# window at once, see piper_model.FIRST_WINDOW_FRAMES).
+FIRST_STEP_RATE = 2.0
 # A text's first sentence, and its phoneme ids per character (to cost the first step).
 _FIRST_SENTENCE = re.compile(r".*?[.!?](?=\s|$)", re.DOTALL)
 IDS_PER_CHAR = 2.1
@@ -251,10 +268,13 @@ class _Rendering:
         is not taken for a window."""
         if self._sentences is None:  # the first sentence's phoneme ids, from its characters
             first = _FIRST_SENTENCE.match(self._text)
-            return self._model.start_cost(int(IDS_PER_CHAR * len(first.group() if first else self._text)))
+            return self._start_cost(int(IDS_PER_CHAR * len(first.group() if first else self._text)))
         if self._sentence is not None and (cost := self._sentence.next_cost()):
             return cost
-        return self._model.start_cost(2 * len(self._sentences[0]) + 3) if self._sentences else 0.0
+        return self._start_cost(2 * len(self._sentences[0]) + 3) if self._sentences else 0.0
+
+    def _start_cost(self, ids: int) -> float:
+        return self._model.start_cost(ids, self._provider.first_window(ids))
 
     def _begin(self, phonemes: list[str]) -> _Sentence:
         voice, provider = self._voice, self._provider
@@ -264,7 +284,7 @@ class _Rendering:
             "input": np.array([ids], dtype=np.int64),
             "input_lengths": np.array([len(ids)], dtype=np.int64),
         }
-        front = self._model.front(feeds)
+        front = self._model.front(feeds, provider.first_window(len(ids)))
         marks: tuple[tuple[int, int], ...] = ()
         if front.frames_per_id is not None and self._words is not None:
             aligned = _aligned(voice.config.phoneme_id_map, phonemes, front.frames_per_id * provider._hop)
@@ -278,7 +298,7 @@ class _Sentence:
     def __init__(self, model: PiperModel, front: Front, marks: tuple[tuple[int, int], ...], hop: int) -> None:
         self._model, self._front, self._marks, self._hop = model, front, marks, hop
         # A model that runs whole: its sentence is one chunk.
-        self._windows = windows(front.frames) if front.audio is None else iter([(0, 0)])
+        self._windows = windows(front.frames, front.first_window) if front.audio is None else iter([(0, 0)])
         self._next = next(self._windows, None)
         self._gain = GAIN
 

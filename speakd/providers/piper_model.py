@@ -36,15 +36,20 @@ log = structlog.get_logger(__name__)
 CONTEXT_FRAMES = 12
 # Frames of the flow's input run either side of what the decoder needs (its reach: 24 frames gave
 # 4e-5 of z, 16 frames 3e-2).
-FLOW_CONTEXT_FRAMES = 32
-# The first window is small so its audio leaves early (20 frames: 232 ms at 22.05 kHz, of which the
-# session's 8 kHz resampler holds 72 ms back: what is left must cover the wait for the next window,
-# or the session holds the say); each next one is four times larger up to the last size (0.74 s).
+FLOW_CONTEXT_FRAMES = 24
+# The first window is small so its audio leaves early: 13 frames (151 ms at 22.05 kHz), or 19
+# (221 ms) where a sentence's first step is expected to take longer than the smaller one's audio
+# lets a session start at once (piper.PiperProvider.first_window). Sizes where the session's 8 kHz
+# resampler (soxr HQ, which gives audio out in blocks of 67.5 ms) gives nearly all of it at once:
+# 135 and 202 ms (12 frames: 67 ms, the rest held back until more comes). Each next window is four
+# times larger, up to the last size (0.74 s). The first two windows run the flow over their own
+# frames (the sentence's whole z, made for the second, took a long sentence's second step past what
+# the first had given); the next ones read the sentence's whole z, made once.
 # The last size bounds a run's working memory, which grows with the window (the decoder's last
 # stage: 32 channels at the audio rate): two syntheses at once (one per core) peak at about 60 MB
 # with 64 frames, 76 MB with 100; the context is a larger share of a smaller window, but smaller
 # tensors stay in cache: CPU per second of audio +2 % one at a time, +1-6 % two (docs/speed.md).
-FIRST_WINDOW_FRAMES = 20
+FIRST_WINDOW_FRAMES = (13, 19)
 LAST_WINDOW_FRAMES = 64
 GROWTH = 4
 # What a run costs, in frames decoded (the decoder's time per frame, about 0.33 ms on one core
@@ -57,12 +62,13 @@ FRAMES_PER_ID = 2
 FLOW_PREFIX, DECODER_PREFIX = "/flow/", "/dec/"
 
 
-def windows(frames: int) -> Iterator[tuple[int, int]]:
-    """The ``[start, end)`` frame windows of a sentence of ``frames`` frames of z."""
-    start, size = 0, FIRST_WINDOW_FRAMES
+def windows(frames: int, first: int) -> Iterator[tuple[int, int]]:
+    """The ``[start, end)`` frame windows of a sentence of ``frames`` frames of z, the first
+    ``first`` frames long."""
+    start, size = 0, first
     while start < frames:
         end = min(frames, start + size)
-        if frames - end < FIRST_WINDOW_FRAMES:  # no small last window: its context would cost more
+        if frames - end < first:  # no small last window: its context would cost more
             end = frames
         yield start, end
         start, size = end, min(GROWTH * size, LAST_WINDOW_FRAMES)
@@ -77,6 +83,11 @@ class Front:
     audio: np.ndarray | None = None  # the whole sentence's audio, from a model that runs whole
     z: np.ndarray | None = None  # the sentence's z, once made from latent by the flow (latent dropped)
     frames: int = 0  # frames of z
+    first_window: int = FIRST_WINDOW_FRAMES[0]  # its windows: see windows()
+
+    def windowed_flow(self, start: int) -> bool:
+        """Whether the window from frame ``start`` runs the flow over its own frames (the first two)."""
+        return self.z is None and start < self.first_window * (1 + GROWTH)
 
 
 class PiperModel:
@@ -134,27 +145,28 @@ class PiperModel:
             raise ValueError(f"the decoder made {len(audio)} samples of 4 frames")
         return len(audio) // 4
 
-    def front(self, feeds: dict[str, np.ndarray]) -> Front:
+    def front(self, feeds: dict[str, np.ndarray], first_window: int) -> Front:
         outputs = self.front_session.run(None, feeds)
         if self.decoder is None:
             frames = outputs[1].reshape(-1) if len(outputs) > 1 and self.alignments else None
             return Front([], frames, outputs[0].reshape(-1))
         held = len(self._flow_inputs) or 1  # z_p and its mask, or z
         durations = outputs[held].reshape(-1) if len(outputs) > held and self.alignments else None
-        return Front(outputs[:held], durations, frames=outputs[0].shape[2])
+        return Front(outputs[:held], durations, frames=outputs[0].shape[2], first_window=first_window)
 
     def decode(self, front: Front, start: int, end: int) -> np.ndarray:
         """Audio of frames ``[start, end)`` of a sentence (float, about -1 to 1): its z decoded with
-        :data:`CONTEXT_FRAMES` either side. The first window's z comes from the flow run over that
-        window with :data:`FLOW_CONTEXT_FRAMES` more either side (its audio leaves sooner); the
-        next windows read the sentence's whole z, made once (no context run over and over)."""
+        :data:`CONTEXT_FRAMES` either side. The z of the first two windows comes from the flow
+        run over that window with :data:`FLOW_CONTEXT_FRAMES` more either side (their audio
+        leaves sooner); the next windows read the sentence's whole z, made once (no context run
+        over and over)."""
         frames = front.frames
         low, high = max(0, start - CONTEXT_FRAMES), min(frames, end + CONTEXT_FRAMES)
         made_z = False
         if self.flow is None:
             z = front.latent[0][:, :, low:high]
-        elif start == 0 and front.z is None:
-            flow_low, flow_high = 0, min(frames, high + FLOW_CONTEXT_FRAMES)
+        elif front.windowed_flow(start):
+            flow_low, flow_high = self._flow_span(frames, low, high)
             z = self._flow(front, flow_low, flow_high)[:, :, low - flow_low : high - flow_low]
         else:
             if front.z is None:
@@ -167,22 +179,32 @@ class PiperModel:
             return_freed_heap()  # until the sentence ends: given back now (once a sentence)
         return audio[(start - low) * self.hop : (end - low) * self.hop]
 
-    def start_cost(self, ids: int) -> float:
-        """What running the front over ``ids`` phoneme ids and decoding the first window costs
-        (the sentence's frames estimated from its ids)."""
+    def start_cost(self, ids: int, first_window: int) -> float:
+        """What running the front over ``ids`` phoneme ids and decoding a first window of
+        ``first_window`` frames costs (the sentence's frames estimated from its ids)."""
         if self.decoder is None:  # the whole sentence
             return ids * (FRONT_COST_PER_ID + FRAMES_PER_ID * (1 + FLOW_COST_PER_FRAME))
         frames = FRAMES_PER_ID * ids
-        return ids * FRONT_COST_PER_ID + self.decode_cost(Front([], None), 0, min(frames, FIRST_WINDOW_FRAMES), frames)
+        front = Front([], None, frames=frames, first_window=first_window)
+        return ids * FRONT_COST_PER_ID + self.decode_cost(front, 0, min(frames, first_window))
 
-    def decode_cost(self, front: Front, start: int, end: int, frames: int | None = None) -> float:
-        """What :meth:`decode` of frames ``[start, end)`` costs (``frames``: the sentence's)."""
-        frames = front.frames if frames is None else frames
+    def decode_cost(self, front: Front, start: int, end: int) -> float:
+        """What :meth:`decode` of frames ``[start, end)`` costs."""
+        frames = front.frames
         low, high = max(0, start - CONTEXT_FRAMES), min(frames, end + CONTEXT_FRAMES)
         flowed = 0
         if self.flow is not None and front.z is None:
-            flowed = min(frames, high + FLOW_CONTEXT_FRAMES) if start == 0 else frames
+            if front.windowed_flow(start):
+                flow_low, flow_high = self._flow_span(frames, low, high)
+                flowed = flow_high - flow_low
+            else:
+                flowed = frames
         return high - low + FLOW_COST_PER_FRAME * flowed
+
+    @staticmethod
+    def _flow_span(frames: int, low: int, high: int) -> tuple[int, int]:
+        """The frames the flow runs over for the decoder to read ``[low, high)`` of z."""
+        return max(0, low - FLOW_CONTEXT_FRAMES), min(frames, high + FLOW_CONTEXT_FRAMES)
 
     def _flow(self, front: Front, low: int, high: int) -> np.ndarray:
         feeds = {name: x[:, :, low:high] for name, x in zip(self._flow_inputs, front.latent, strict=True)}

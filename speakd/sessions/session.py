@@ -328,7 +328,8 @@ class Session:
         released = False
         last_chunk_at, chunk_gap_ms, share_rate = started, 0.0, 0.0
         # Audio taken in (ms): where the next chunk starts in the say. Not synthesized_ms plus what
-        # the encoder holds: the resampler holds some back too (72 ms of Piper's 22.05 kHz).
+        # the encoder holds: the resampler holds some back too (soxr gives its output in blocks:
+        # up to 76 ms of Piper's 22.05 kHz).
         fed_ms = float(item.synthesized_ms)
 
         def deadline() -> float:

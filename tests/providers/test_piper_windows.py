@@ -232,3 +232,16 @@ def test_word_ends_of_a_long_text_are_one_per_word_in_order(provider):
     assert len(ends) == len(words)
     assert ends == sorted(ends) and ends[0] > 0
     assert ends[-1] == sum(piper._sounds(s) for s in phonemized)
+
+
+async def test_the_first_window_is_the_smaller_when_its_step_leaves_room(provider, monkeypatch):
+    """A sentence starts with the smaller first window when its audio lasts FIRST_STEP_RATE times
+    the step expected to make it (a session starts it at once), else with the larger one."""
+    small, large = piper_model.FIRST_WINDOW_FRAMES
+    small_s = small * provider._hop / provider.sample_rate
+    monkeypatch.setattr(provider._pool, "expected_s", lambda cost: 0.9 * small_s / piper.FIRST_STEP_RATE)
+    assert provider.first_window(30) == small
+    monkeypatch.setattr(provider._pool, "expected_s", lambda cost: 1.1 * small_s / piper.FIRST_STEP_RATE)
+    assert provider.first_window(30) == large
+    chunks = await streamed(provider, SHORT)
+    assert len(chunks[0].data) // 2 == large * provider._hop

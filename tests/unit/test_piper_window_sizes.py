@@ -5,6 +5,8 @@ bounds it whatever the sentence's length."""
 
 import itertools
 
+import pytest
+
 from speakd.providers.piper_model import FIRST_WINDOW_FRAMES, LAST_WINDOW_FRAMES, windows
 
 # Longer than any sentence Piper is given (300 phonemes, about 2 frames an id, 2 ids a phoneme)
@@ -12,18 +14,20 @@ from speakd.providers.piper_model import FIRST_WINDOW_FRAMES, LAST_WINDOW_FRAMES
 LONGEST_FRAMES = 3000
 
 
-def test_windows_cover_a_sentence_once_in_order():
+@pytest.mark.parametrize("first", FIRST_WINDOW_FRAMES)
+def test_windows_cover_a_sentence_once_in_order(first):
     for frames in range(1, LONGEST_FRAMES):
-        spans = list(windows(frames))
+        spans = list(windows(frames, first))
         assert spans[0][0] == 0 and spans[-1][1] == frames
         assert all(a[1] == b[0] for a, b in itertools.pairwise(spans)), (frames, spans)
 
 
-def test_the_first_window_is_small_and_no_run_exceeds_the_last_size_and_a_tail():
+@pytest.mark.parametrize("first", FIRST_WINDOW_FRAMES)
+def test_the_first_window_is_small_and_no_run_exceeds_the_last_size_and_a_tail(first):
     largest = 0
-    for frames in range(2 * FIRST_WINDOW_FRAMES, LONGEST_FRAMES):
-        spans = list(windows(frames))
-        assert spans[0] == (0, FIRST_WINDOW_FRAMES)
+    for frames in range(2 * first, LONGEST_FRAMES):
+        spans = list(windows(frames, first))
+        assert spans[0] == (0, first)
         largest = max(largest, *(end - start for start, end in spans))
     # A tail shorter than a first window joins the window before it (its context would cost more).
-    assert largest == LAST_WINDOW_FRAMES + FIRST_WINDOW_FRAMES - 1
+    assert largest == LAST_WINDOW_FRAMES + first - 1
