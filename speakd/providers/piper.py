@@ -25,7 +25,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -394,16 +394,18 @@ class WordClock:
     where its last sound does, so a mismatch stays local instead of drifting along the text.
     """
 
-    def __init__(self, word_ends: list[int], end_sounds: list[float]) -> None:
+    def __init__(self, word_ends: list[int], end_sounds: Iterable[float]) -> None:
         self._ends = word_ends
-        self._end_sounds = end_sounds  # per text word: the sounds spoken when it ends (ascending)
+        # Per text word: the sounds spoken when it ends (ascending), placed as marks need them.
+        self._end_sounds: list[float] = []
+        self._more_end_sounds = iter(end_sounds)
         self._sounds_so_far = 0
 
     @classmethod
     def for_text(cls, voice: Any, text: str, phonemized: list[list[str]]) -> WordClock:
         """``phonemized``: ``voice.phonemize(text)``, the whole text's phonemes by sentence."""
         words = list(re.finditer(r"\S+", text))
-        alone = _words_alone(voice, [w.group() for w in words])
+        alone = _WordsAlone(voice, [w.group() for w in words])
         return cls([w.end() for w in words], _word_end_sounds(alone, phonemized))
 
     def marks(self, alignments: Any) -> tuple[tuple[int, int], ...]:
@@ -431,7 +433,12 @@ class WordClock:
         return tuple(marks)
 
     def _chars_at(self) -> int:
-        index = bisect.bisect_right(self._end_sounds, self._sounds_so_far + 1e-6)
+        spoken = self._sounds_so_far + 1e-6
+        while not self._end_sounds or self._end_sounds[-1] <= spoken:  # words not placed yet
+            if (end := next(self._more_end_sounds, None)) is None:
+                break
+            self._end_sounds.append(end)
+        index = bisect.bisect_right(self._end_sounds, spoken)
         return self._ends[index - 1] if index else 0
 
 
@@ -444,47 +451,72 @@ def _words_alone(voice: Any, words: list[str]) -> list[list[str]]:
     return alone
 
 
-def _word_end_sounds(alone: list[list[str]], phonemized: list[list[str]]) -> list[float]:
-    """For each text word (``alone``: its phonemes said alone), the count of the text's sounds
-    (``phonemized``) spoken when it ends.
+class _WordsAlone:
+    """Each text word's phonemes as espeak says it alone (:func:`_words_alone`), made a batch at a
+    time as they are first read: a long text's words are aligned as its sentences are spoken, not
+    all before its first audio (5000 characters: 18-39 ms)."""
 
-    Aligned a window at a time (:data:`ALIGN_WINDOW` words): difflib over a whole long text of
-    repeated phrases took 60 ms before the first audio, a window's a fraction of a millisecond."""
+    def __init__(self, voice: Any, words: list[str]) -> None:
+        self._voice, self._words = voice, words
+        self._made: list[list[str]] = []
+
+    def __len__(self) -> int:
+        return len(self._words)
+
+    def __getitem__(self, part: slice) -> list[list[str]]:
+        needed = min(len(self._words), part.stop)
+        if len(self._made) < needed:
+            batch = self._words[len(self._made) : max(needed, len(self._made) + 2 * ALIGN_WINDOW)]
+            self._made += _words_alone(self._voice, batch)
+        return self._made[part]
+
+
+def _word_end_sounds(alone: _WordsAlone | list[list[str]], phonemized: list[list[str]]) -> Iterator[float]:
+    """For each text word in order (``alone``: its phonemes said alone), the count of the text's
+    sounds (``phonemized``) spoken when it ends.
+
+    Aligned a window at a time (:data:`ALIGN_WINDOW` words), each as it is asked for: difflib
+    over a whole long text of repeated phrases took 60 ms before the first audio, a window's a
+    fraction of a millisecond."""
     spoken_keys = [
         tuple(p for p in word if p not in _NOT_SOUNDS)
         for sentence in phonemized
         for word in "".join(sentence).split(" ")
     ]
-    keys = [tuple(p for p in word if p not in _NOT_SOUNDS) for word in alone]
+    keys: list[tuple[str, ...]] = []  # each text word's sounds alone, read as the windows need them
     ends_of_spoken = [0, *itertools.accumulate(len(key) for key in spoken_keys)]  # [j]: before word j
-    ends: list[float] = []
 
-    def place(i1: int, i2: int, j1: int, j2: int, equal: bool) -> None:
+    def place(i1: int, i2: int, j1: int, j2: int, equal: bool) -> Iterator[float]:
         if equal:
-            ends.extend(float(ends_of_spoken[j + 1]) for j in range(j1, j2))
+            yield from (float(ends_of_spoken[j + 1]) for j in range(j1, j2))
         elif i2 > i1:  # text words said otherwise in the text (or not at all): shared by weight
             low, high = ends_of_spoken[j1], ends_of_spoken[j2]
-            weights = list(itertools.accumulate(max(1, len(key)) for key in keys[i1:i2]))
-            ends.extend(low + (high - low) * w / weights[-1] for w in weights)
+            weights = list(itertools.accumulate(max(1, len(key)) for key in read(i1, i2)))
+            yield from (low + (high - low) * w / weights[-1] for w in weights)
 
+    def read(i1: int, i2: int) -> list[tuple[str, ...]]:
+        if len(keys) < i2:
+            keys.extend(tuple(p for p in word if p not in _NOT_SOUNDS) for word in alone[len(keys) : i2])
+        return keys[i1:i2]
+
+    words = len(alone)
     i = j = 0
-    while i < len(keys):
-        last = i + ALIGN_WINDOW >= len(keys) and j + ALIGN_WINDOW >= len(spoken_keys)
+    while i < words:
+        last = i + ALIGN_WINDOW >= words and j + ALIGN_WINDOW >= len(spoken_keys)
         ops = difflib.SequenceMatcher(
-            None, keys[i : i + ALIGN_WINDOW], spoken_keys[j : j + ALIGN_WINDOW], autojunk=False
+            None, read(i, i + ALIGN_WINDOW), spoken_keys[j : j + ALIGN_WINDOW], autojunk=False
         ).get_opcodes()
         if not last:  # up to the last match starting in the window's first half: the rest is redone
             matched = [k for k, op in enumerate(ops) if op[0] == "equal" and op[1] < ALIGN_WINDOW // 2]
             if not matched:  # nothing alike: the rest shared by weight
-                place(i, len(keys), j, len(spoken_keys), equal=False)
-                break
+                yield from place(i, words, j, len(spoken_keys), equal=False)
+                return
             ops = ops[: matched[-1] + 1]
         for tag, i1, i2, j1, j2 in ops:
-            place(i + i1, i + i2, j + j1, j + j2, tag == "equal")
+            yield from place(i + i1, i + i2, j + j1, j + j2, tag == "equal")
         i, j = i + ops[-1][2], j + ops[-1][4]
         if last:
-            break
-    return ends
+            return
 
 
 def create(section: dict[str, Any]) -> PiperProvider:

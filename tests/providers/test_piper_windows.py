@@ -228,7 +228,7 @@ def test_word_ends_of_a_long_text_are_one_per_word_in_order(provider):
     text = ("Your flight 2041 to Boston, at 10:30 a.m., has been moved to gate B12. " * 70)[:5000]
     phonemized = voice.phonemize(text)
     words = re.findall(r"\S+", text)
-    ends = piper._word_end_sounds(piper._words_alone(voice, words), phonemized)
+    ends = list(piper._word_end_sounds(piper._words_alone(voice, words), phonemized))
     assert len(ends) == len(words)
     assert ends == sorted(ends) and ends[0] > 0
     assert ends[-1] == sum(piper._sounds(s) for s in phonemized)
@@ -245,3 +245,23 @@ async def test_the_first_window_is_the_smaller_when_its_step_leaves_room(provide
     assert provider.first_window(30) == large
     chunks = await streamed(provider, SHORT)
     assert len(chunks[0].data) // 2 == large * provider._hop
+
+
+def test_a_long_texts_words_are_placed_as_its_sentences_are_spoken(provider):
+    """The word clock aligns a long text's words a window at a time as marks need them (not all
+    before the first audio), and places every word where aligning them all at once does."""
+    voice = provider._voice
+    text = ("Your flight 2041 to Boston, at 10:30 a.m., has been moved to gate B12. " * 70)[:5000]
+    phonemized = voice.phonemize(text)
+    words = re.findall(r"\S+", text)
+    lazy = piper.WordClock.for_text(voice, text, phonemized)
+    eager = piper.WordClock(
+        [m.end() for m in re.finditer(r"\S+", text)],
+        list(piper._word_end_sounds(piper._words_alone(voice, words), phonemized)),
+    )
+    for n, sentence in enumerate(phonemized):
+        aligned = [piper._Aligned(p, 100) for p in ["^", *sentence, "$"]]
+        assert lazy.marks(aligned) == eager.marks(aligned)
+        if n == 0:  # the first sentence's marks read a few windows of words, not the text's
+            assert len(lazy._end_sounds) < 4 * piper.ALIGN_WINDOW < len(words)
+    assert lazy._end_sounds == eager._end_sounds
