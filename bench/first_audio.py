@@ -24,7 +24,9 @@ make the text heard:
 Both files are brought to the loudness speakd brings the voice to (``harness.audio.at_loudness``),
 so the probe's threshold meets the same audio. The three ways take turns call by call (the same
 host for each). Every cell is the median / p95 over ``--calls`` calls; "over the floor" is speakd's
-median heard minus the floor's.
+median heard minus the floor's. Progress ends with how many says the session held (its underrun
+protection: the first frame sent a frame or more after the first audio came), each one 80-100 ms
+later.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ STAGES = {
     "first audio out of the provider": "say_first_audio",
     "first frame sent": "say_first_sent",
 }
+PROVIDED = "first audio out of the provider"
 HEARD = "heard at the party"
 FLOOR = "Asterisk playback (floor)"
 RENDER = "render whole text, then play"
@@ -146,6 +149,13 @@ def log_stamps(log_text: str) -> dict[tuple[str, str], float]:
     return stamps
 
 
+def held(stamps: dict[tuple[str, str], float], say_id: str) -> bool:
+    """Whether the session held the say (its underrun protection): its first frame went out a
+    frame or more after its first audio came."""
+    came, sent = (stamps.get((say_id, STAGES[stage])) for stage in (PROVIDED, "first frame sent"))
+    return came is not None and sent is not None and sent - came >= 0.02
+
+
 async def main(args: argparse.Namespace) -> None:
     started = time.monotonic()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -199,7 +209,8 @@ async def main(args: argparse.Namespace) -> None:
         rows = said[shape]
         for t0, h, sid in rows:  # each call's stages, to read the medians against
             at = [round((stamps[(sid, e)] - t0) * 1000) if (sid, e) in stamps else None for e in STAGES.values()]
-            progress(f"  {shape}: stages {at}, heard {round((h - t0) * 1000) if h else None}")
+            hold = ", held" if held(stamps, sid) else ""
+            progress(f"  {shape}: stages {at}, heard {round((h - t0) * 1000) if h else None}{hold}")
         stages = [
             median([(stamps[(sid, e)] - t0) * 1000 for t0, _, sid in rows if (sid, e) in stamps])
             for e in STAGES.values()
@@ -210,6 +221,9 @@ async def main(args: argparse.Namespace) -> None:
             over = f"{statistics.median(said_ms) - statistics.median(floor_ms):+.0f}"
         cells = [*stages, heard, heard_cell(floor[shape]), over, heard_cell(render[shape])]
         print(f"| {shape} | " + " | ".join(cells) + " |")
+    for shape in TEXTS:
+        late = sum(held(stamps, sid) for _, _, sid in said[shape])
+        progress(f"{shape}: {late} of {len(said[shape])} says held by the session (underrun protection)")
 
 
 def heard_cell(values: list[float | None]) -> str:

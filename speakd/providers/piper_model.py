@@ -41,17 +41,19 @@ FLOW_CONTEXT_FRAMES = 24
 # (221 ms) where a sentence's first step is expected to take longer than the smaller one's audio
 # lets a session start at once (piper.PiperProvider.first_window). Sizes where the session's 8 kHz
 # resampler (soxr HQ, which gives audio out in blocks of 67.5 ms) gives nearly all of it at once:
-# 135 and 202 ms (12 frames: 67 ms, the rest held back until more comes). Each next window is four
-# times larger, up to the last size (0.74 s). The first two windows run the flow over their own
-# frames (the sentence's whole z, made for the second, took a long sentence's second step past what
-# the first had given); the next ones read the sentence's whole z, made once.
+# 135 and 202 ms (12 frames: 67 ms, the rest held back until more comes). What the session gets
+# must outlast the wait for the second window by its margin, or it holds the say: each next window
+# is three times larger (four made the second step take 95 ms in the daemon, against the 120 ms of
+# whole 20 ms frames the smaller first window gives), up to the last size (0.74 s). The first two
+# windows run the flow over their own frames (the sentence's whole z, made for the second, took a
+# long sentence's second step 116 ms); the next ones read the sentence's whole z, made once.
 # The last size bounds a run's working memory, which grows with the window (the decoder's last
 # stage: 32 channels at the audio rate): two syntheses at once (one per core) peak at about 60 MB
 # with 64 frames, 76 MB with 100; the context is a larger share of a smaller window, but smaller
 # tensors stay in cache: CPU per second of audio +2 % one at a time, +1-6 % two (docs/speed.md).
 FIRST_WINDOW_FRAMES = (13, 19)
 LAST_WINDOW_FRAMES = 64
-GROWTH = 4
+GROWTH = 3
 # What a run costs, in frames decoded (the decoder's time per frame, about 0.33 ms on one core
 # here): the front 0.35 a phoneme id, the flow 0.2 a frame (measured on Joe, 27-349 ids). A
 # sentence has about 2 frames of z per phoneme id.
