@@ -10,7 +10,7 @@ the same on every rendering). Unset settings keep the voice's own defaults.
 The model loads once at daemon start (about 1 s) and is shared by every session. A say is
 synthesized in steps, each a job on a worker thread (the pool serves the most urgent session
 first): a sentence's phonemes go through the front of the model once, then its audio is decoded
-window by window (speakd.providers.piper_model), the first window about 150 ms of audio, so audio
+window by window (speakd.providers.piper_model), the first window 150-220 ms of audio, so audio
 leaves before the sentence is whole and the next windows are decoded while it plays. Cancelling
 the generator stops asking for further steps.
 """

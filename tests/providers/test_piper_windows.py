@@ -71,9 +71,12 @@ def worst_frame_correlation(a: np.ndarray, b: np.ndarray, rate: int) -> float:
     return float(((x * y).sum(axis=1) / np.sqrt((x**2).sum(axis=1) * (y**2).sum(axis=1))).min())
 
 
+@pytest.mark.parametrize("first", piper_model.FIRST_WINDOW_FRAMES, ids=lambda f: f"first-{f}")
 @pytest.mark.parametrize("text", [SHORT, LONG], ids=["short", "long"])
-async def test_streamed_audio_is_the_whole_sentence_render(provider, text):
+async def test_streamed_audio_is_the_whole_sentence_render(provider, text, first, monkeypatch):
+    monkeypatch.setattr(provider, "first_window", lambda ids: first)
     chunks = await streamed(provider, text)
+    assert len(chunks[0].data) // 2 == first * provider._hop
     audio, reference = pcm(chunks), whole_sentence_render(provider, text)[0]
     rate = provider.sample_rate
     # Streamed within the sentence: the first audio is a window, not the sentence.
