@@ -3,8 +3,12 @@ recording with holes on a host that lent half its CPU time elsewhere reads diffe
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -54,3 +58,81 @@ def describe(before: CpuTimes, after: CpuTimes) -> str:
         f"cores {os.cpu_count()}: busy {100 * busy / total:.0f} %, idle {100 * idle / total:.0f} %, "
         f"stolen {100 * steal / total:.0f} %; load average {load}{stalled}"
     )
+
+
+# Host stalls, as a thread of Asterisk's priority meets them: a probe process per core sleeps
+# PROBE_TICK_S at a time and notes every wake-up STALL_S or more late. A stall that long makes
+# chan_websocket (and a file playback) miss a tick of its 20 ms timer, which is not made up: a
+# hole the party hears that no sender can prevent. On the shared CI host such stalls come from
+# outside the machine (the busy-host test's holes there, 2026-12-07, none here with any load).
+PROBE_TICK_S = 0.005
+STALL_S = 0.015
+_PROBE = """
+import os, sys, time
+cpu, nice, tick, stall = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+os.sched_setaffinity(0, {cpu})
+try:
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+except PermissionError:
+    pass
+print("nice", os.getpriority(os.PRIO_PROCESS, 0), flush=True)
+while True:
+    asked = time.time() + tick
+    time.sleep(tick)
+    woke = time.time()
+    if woke - asked >= stall:
+        print(asked, woke, flush=True)
+"""
+
+
+@dataclass
+class HostStalls:
+    """Stalls (wall-clock from, to) the probes saw, filled in when :func:`stall_probe` ends."""
+
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    nice: set[int] = field(default_factory=set)  # what the probes ran at
+    pids: list[int] = field(default_factory=list)  # the probe processes while they run
+
+    def near(self, at: float, before: float, after: float) -> tuple[float, float] | None:
+        """A stall that began at most ``after`` s before wall-clock ``at`` and ended at most
+        ``before`` s after it (what could have made a hole heard at ``at``), or None."""
+        return next((s for s in self.spans if s[0] - before <= at <= s[1] + after), None)
+
+    def summary(self) -> str:
+        probes = f"probes at nice {', '.join(map(str, sorted(self.nice)))}"
+        if not self.spans:
+            return f"no host stall of {STALL_S * 1000:.0f} ms or more ({probes})"
+        longest = max(b - a for a, b in self.spans)
+        return (
+            f"{len(self.spans)} host stalls of {STALL_S * 1000:.0f} ms or more, "
+            f"the longest {longest * 1000:.0f} ms ({probes})"
+        )
+
+
+@contextlib.contextmanager
+def stall_probe(nice: int) -> Iterator[HostStalls]:
+    """A probe per core at ``nice`` (best effort: raising priority needs root) for the block."""
+    stalls = HostStalls()
+    probes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PROBE, str(cpu), str(nice), str(PROBE_TICK_S), str(STALL_S)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for cpu in sorted(os.sched_getaffinity(0))
+    ]
+    stalls.pids = [probe.pid for probe in probes]
+    try:
+        yield stalls
+    finally:
+        for probe in probes:
+            probe.kill()
+        for probe in probes:
+            out, _ = probe.communicate()
+            for line in out.splitlines():
+                first, second = line.split()
+                if first == "nice":
+                    stalls.nice.add(int(second))
+                else:
+                    stalls.spans.append((float(first), float(second)))
+        stalls.spans.sort()
