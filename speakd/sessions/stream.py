@@ -111,7 +111,8 @@ class SpeakingStream:
         # after; of those it has, only what was heard is kept (memory does not grow with says).
         self._says: collections.deque[tuple[int, SayItem]] = collections.deque()
         self._resets = 0
-        self._heard: list[str] = []  # of the whole stream
+        # What was heard of the says final since the last reset (a reset's, and a finish's,
+        # heard_text): one turn of a conversation, not the whole stream's.
         self._heard_since_reset: list[str] = []
         self._said = asyncio.Event()  # a say was added (wakes the follower)
         self._finishing = False
@@ -230,17 +231,15 @@ class SpeakingStream:
         while True:
             while not self._says:
                 if self._finishing:
-                    await self._send({"type": "played", "heard_text": " ".join(self._heard)})
+                    await self._send({"type": "played", "heard_text": " ".join(self._heard_since_reset)})
                     return
                 self._said.clear()
                 await self._said.wait()
             after, said = self._says[0]
             item = await self._wait_final(said)
             self._says.popleft()
-            if item.heard_text:
-                self._heard.append(item.heard_text)
-                if after == self._resets:
-                    self._heard_since_reset.append(item.heard_text)
+            if item.heard_text and after == self._resets:
+                self._heard_since_reset.append(item.heard_text)
             if self._timestamps and item.status in (SayStatus.PLAYED, SayStatus.INTERRUPTED) and item.played_ms:
                 await self._send(timestamps_message(item))
 

@@ -110,9 +110,10 @@ async def test_reset_mid_sentence_is_a_barge_in_that_reports_what_was_heard(api,
         await asyncio.sleep(1.0)
         await client.send({"type": "text", "text": AFTER})
         await client.send({"type": "finish"})
-        await client.expect("played", timeout=40)
+        played = await client.expect("played", timeout=40)
     says = await says_of(api, speaking_id)
     assert [(s["text"], s["status"]) for s in says] == [(ONE_SENTENCE, "interrupted"), (AFTER, "played")], says
+    assert played["heard_text"] == AFTER  # since the reset: a stream's turn, not all it ever said
     cut = says[0]
     assert reset["heard_text"] == cut["heard_text"]
     await asyncio.sleep(1.0)
