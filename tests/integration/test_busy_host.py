@@ -28,10 +28,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from harness.audio import RATE, render_piper, wav_bytes
 from harness.daemon import Api, SpeakdProcess
-from harness.hearing import Intactness, judge_intact
+from harness.hearing import DROPOUT_TOLERANCE_S, Intactness, find_dropouts, judge_intact
 from harness.host import HostStalls, stall_probe
 from harness.load import assert_still_busy, busy_loops, polling
 
@@ -74,40 +75,56 @@ LISTEN_ONLY = {"_SPEAKD_LISTEN_ONLY": "alice"}
 # hole fell within STALL_BEFORE_HOLE_S of the stall's end. Stalls forced here (a SCHED_FIFO
 # process burning each core 40 ms every 1.5-3 s; no hole without them): 17 of 19 holes were
 # placed 0.01-0.15 s before a stall began (the recording's start is known to 20 ms, and frames
-# reach it after the stall), two 0.30 and 0.38 s off (counted as speakd's). CI's host stalls:
-# 20-60 ms holes in 5 of 8 recordings, four runs in a row (2026-12-07), never on this machine.
+# reach it after the stall). The others, 0.3-0.8 s from any stall, sat at the reference's
+# natural pauses, in recordings the host's holes had shifted: split_holes looks again with the
+# alignment's slack widened by those (7 runs of 8 calls then passed, one on its rerun). CI:
+# 20-60 ms holes in 5 of 8 recordings, four runs in a row (2026-12-07); never on this machine.
 STALL_AFTER_HOLE_S = 0.25
 STALL_BEFORE_HOLE_S = 0.05
 
 
-def host_holes(verdict: Intactness, recording_t0: float, stalls: HostStalls) -> list[tuple[float, float]]:
-    """The party's holes that a host stall explains (harness.host.stall_probe): no sender or
-    Asterisk setting prevents those; the rest are speakd's or Asterisk's own doing."""
-    return [
-        hole
-        for hole in verdict.dropouts
-        if stalls.near(recording_t0 + hole[0], before=STALL_AFTER_HOLE_S, after=STALL_BEFORE_HOLE_S) is not None
-    ]
+Hole = tuple[float, float]  # (start s in the recording, length s)
+
+
+def split_holes(
+    verdict: Intactness, recording: np.ndarray, reference: np.ndarray, recording_t0: float, stalls: HostStalls
+) -> tuple[list[Hole], list[Hole]]:
+    """The party's holes as (the host's, the rest): a host stall explains a hole heard at it
+    (harness.host.stall_probe); no sender or Asterisk setting prevents those. Each of them also
+    delays all that follows, and the recording is aligned with the reference as a whole, so a
+    natural pause can then read as a hole: the rest are looked for again with the alignment's
+    slack widened by the host's holes."""
+
+    def at_stall(hole: Hole) -> bool:
+        at = recording_t0 + hole[0]
+        return stalls.near(at, before=STALL_AFTER_HOLE_S, after=STALL_BEFORE_HOLE_S) is not None
+
+    hosts = [hole for hole in verdict.dropouts if at_stall(hole)]
+    if not hosts:
+        return [], verdict.dropouts
+    slack = DROPOUT_TOLERANCE_S + sum(length for _, length in hosts)
+    rest = find_dropouts(recording, reference, verdict.lag_frames, tolerance_s=slack)
+    return hosts, [hole for hole in rest if not at_stall(hole)]
 
 
 def assert_all_intact(
     verdicts: list[Intactness],
     context: str,
     holes: bool = True,
-    excused: list[list[tuple[float, float]]] | None = None,
+    split: list[tuple[list[Hole], list[Hole]]] | None = None,
 ) -> None:
-    """Every party heard the whole speech; ``excused``: each party's holes a host stall explains
-    (host_holes), not counted."""
-    excused = excused or [[] for _ in verdicts]
+    """Every party heard the whole speech; ``split``: each party's holes as the host's and the
+    rest (split_holes), of which only the rest count."""
+    split = split or [([], v.dropouts) for v in verdicts]
     broken = []
-    for verdict, theirs in zip(verdicts, excused, strict=True):
-        print(verdict.summary() + (f", {len(theirs)} of them at host stalls" if theirs else ""))  # shown with -s
-        own = dataclasses.replace(verdict, dropouts=[d for d in verdict.dropouts if d not in theirs])
+    for verdict, (hosts, rest) in zip(verdicts, split, strict=True):
+        # (shown with -s, and with the failure)
+        print(verdict.summary() + (f"; {len(hosts)} at host stalls, {len(rest)} not" if hosts else ""))
         # Holes not judged (or the host's): a hole delays what follows it, so the envelope lines up
         # less (0.76 with 0.21 s of holes; 0.65-0.75 with 4-7 holes at forced stalls); the speech's
         # length still says it was all heard.
-        min_corr = 0.8 if holes and not theirs else 0.6
-        if problems := own.problems(min_corr=min_corr, dropouts=holes):
+        min_corr = 0.8 if holes and not hosts else 0.6
+        if problems := dataclasses.replace(verdict, dropouts=rest).problems(min_corr=min_corr, dropouts=holes):
             broken.append(f"{verdict.who}: " + "; ".join(problems))
     assert not broken, (
         f"{len(broken)} of {len(verdicts)} parties did not hear the whole speech ({context}):\n"
@@ -186,8 +203,11 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
         f"daemon warnings: {warnings}"
     )
     assert "say_underrun" not in warnings, f"a say ran dry at the far end ({context}; log {daemon.log_path})"
-    excused = [host_holes(v, t0, stalls) for v, t0 in zip(verdicts, recording_t0s, strict=True)]
-    assert_all_intact(verdicts, f"{context}; log {daemon.log_path}", holes=holes, excused=excused)
+    split = [
+        split_holes(v, rec, reference, t0, stalls)
+        for v, rec, t0 in zip(verdicts, recordings, recording_t0s, strict=True)
+    ]
+    assert_all_intact(verdicts, f"{context}; log {daemon.log_path}", holes=holes, split=split)
     assert all(say["status"] == "played" for say in says), says
     # The clients really polled all along, and the API answered them.
     assert polls.requests > CALLS * 20 and polls.failures == 0, f"polling: {polls}"
@@ -260,6 +280,9 @@ async def test_asterisk_playback_under_the_same_load_is_whole(ari, harness_app, 
         judge_intact(rec, reference, f"call {i + 1} ({call.test_id}) alice")
         for i, (call, rec) in enumerate(zip(calls, recordings, strict=True))
     ]
-    excused = [host_holes(v, t0, stalls) for v, t0 in zip(verdicts, recording_t0s, strict=True)]
+    split = [
+        split_holes(v, rec, reference, t0, stalls)
+        for v, rec, t0 in zip(verdicts, recordings, recording_t0s, strict=True)
+    ]
     context = f"Asterisk playback, {CALLS} calls, {BUSY_LOOPS} busy loops, {polls.requests} polling GETs"
-    assert_all_intact(verdicts, f"{context}; {stalls.summary()}", excused=excused)
+    assert_all_intact(verdicts, f"{context}; {stalls.summary()}", split=split)
