@@ -77,7 +77,7 @@ LISTEN_ONLY = {"_SPEAKD_LISTEN_ONLY": "alice"}
 # placed 0.01-0.15 s before a stall began (the recording's start is known to 20 ms, and frames
 # reach it after the stall). The others, 0.3-0.8 s from any stall, sat at the reference's
 # natural pauses, in recordings the host's holes had shifted: split_holes looks again with the
-# alignment's slack widened by those (7 runs of 8 calls then passed, one on its rerun). CI:
+# alignment's slack widened by those (4 runs of 8 calls then passed, one on its rerun). CI:
 # 20-60 ms holes in 5 of 8 recordings, four runs in a row (2026-12-07); never on this machine.
 STALL_AFTER_HOLE_S = 0.25
 STALL_BEFORE_HOLE_S = 0.05
