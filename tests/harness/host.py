@@ -63,8 +63,8 @@ def describe(before: CpuTimes, after: CpuTimes) -> str:
 # Host stalls, as a thread of Asterisk's priority meets them: a probe process per core sleeps
 # PROBE_TICK_S at a time and notes every wake-up STALL_S or more late. A stall that long makes
 # chan_websocket (and a file playback) miss a tick of its 20 ms timer, which is not made up: a
-# hole the party hears that no sender can prevent. On the shared CI host such stalls come from
-# outside the machine (the busy-host test's holes there, 2026-12-07, none here with any load).
+# hole the party hears that no sender can prevent (CI's host made such holes in the busy-host
+# test, 2026-12-07; no load made any here).
 PROBE_TICK_S = 0.005
 STALL_S = 0.015
 _PROBE = """

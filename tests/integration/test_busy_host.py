@@ -76,7 +76,7 @@ LISTEN_ONLY = {"_SPEAKD_LISTEN_ONLY": "alice"}
 # process burning each core 40 ms every 1.5-3 s; no hole without them): 17 of 19 holes were
 # placed 0.01-0.15 s before a stall began (the recording's start is known to 20 ms, and frames
 # reach it after the stall). The others, 0.3-0.8 s from any stall, sat at the reference's
-# natural pauses, in recordings the host's holes had shifted: split_holes looks again with the
+# natural pauses, in recordings the host's holes had shifted: split_party_holes looks again with the
 # alignment's slack widened by those (4 runs of 8 calls then passed, one on its rerun). CI:
 # 20-60 ms holes in 5 of 8 recordings, four runs in a row (2026-12-07); never on this machine.
 STALL_AFTER_HOLE_S = 0.25
@@ -87,6 +87,20 @@ Hole = tuple[float, float]  # (start s in the recording, length s)
 
 
 def split_holes(
+    verdicts: list[Intactness],
+    recordings: list[np.ndarray],
+    recording_t0s: list[float],
+    reference: np.ndarray,
+    stalls: HostStalls,
+) -> list[tuple[list[Hole], list[Hole]]]:
+    """Each party's holes as (the host's, the rest): see :func:`split_party_holes`."""
+    return [
+        split_party_holes(verdict, recording, reference, t0, stalls)
+        for verdict, recording, t0 in zip(verdicts, recordings, recording_t0s, strict=True)
+    ]
+
+
+def split_party_holes(
     verdict: Intactness, recording: np.ndarray, reference: np.ndarray, recording_t0: float, stalls: HostStalls
 ) -> tuple[list[Hole], list[Hole]]:
     """The party's holes as (the host's, the rest): a host stall explains a hole heard at it
@@ -203,10 +217,7 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
         f"daemon warnings: {warnings}"
     )
     assert "say_underrun" not in warnings, f"a say ran dry at the far end ({context}; log {daemon.log_path})"
-    split = [
-        split_holes(v, rec, reference, t0, stalls)
-        for v, rec, t0 in zip(verdicts, recordings, recording_t0s, strict=True)
-    ]
+    split = split_holes(verdicts, recordings, recording_t0s, reference, stalls)
     assert_all_intact(verdicts, f"{context}; log {daemon.log_path}", holes=holes, split=split)
     assert all(say["status"] == "played" for say in says), says
     # The clients really polled all along, and the API answered them.
@@ -280,9 +291,6 @@ async def test_asterisk_playback_under_the_same_load_is_whole(ari, harness_app, 
         judge_intact(rec, reference, f"call {i + 1} ({call.test_id}) alice")
         for i, (call, rec) in enumerate(zip(calls, recordings, strict=True))
     ]
-    split = [
-        split_holes(v, rec, reference, t0, stalls)
-        for v, rec, t0 in zip(verdicts, recordings, recording_t0s, strict=True)
-    ]
+    split = split_holes(verdicts, recordings, recording_t0s, reference, stalls)
     context = f"Asterisk playback, {CALLS} calls, {BUSY_LOOPS} busy loops, {polls.requests} polling GETs"
     assert_all_intact(verdicts, f"{context}; {stalls.summary()}", split=split)
