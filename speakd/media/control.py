@@ -20,8 +20,12 @@ MEDIA_START = "MEDIA_START"
 MEDIA_MARK_PROCESSED = "MEDIA_MARK_PROCESSED"
 MEDIA_XOFF = "MEDIA_XOFF"
 MEDIA_XON = "MEDIA_XON"
+QUEUE_DRAINED = "QUEUE_DRAINED"
 # speakd -> Asterisk
 FLUSH_MEDIA = "FLUSH_MEDIA"
+# Asks for one QUEUE_DRAINED: sent at the first tick of chan_websocket's timer that finds its
+# queue empty (after the marks before it are reported); the request is then used up.
+REPORT_QUEUE_DRAINED = "REPORT_QUEUE_DRAINED"
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ MAX_MESSAGE = 4 * 1024 * 1024
 # daemon -> pacer
 ADD, AUDIO, MARK, FLUSH, REMOVE = 1, 2, 3, 4, 5
 # pacer -> daemon
-READY, MARK_PLAYED, REMOVED, XOFF, XON, STATS = 64, 65, 66, 67, 68, 69
+READY, MARK_PLAYED, REMOVED, XOFF, XON, STATS, DRAINED = 64, 65, 66, 67, 68, 69, 70
 
 
 class ProtocolError(Exception):
@@ -86,6 +86,13 @@ class Xon(NamedTuple):
     stream_id: int
 
 
+class Drained(NamedTuple):
+    """The stream ran out of audio: the far end has played all it was sent (the marks in it
+    reported first) and gets nothing more for now. Once at the end of each talkspurt."""
+
+    stream_id: int
+
+
 class Stats(NamedTuple):
     window_max_late_ms: float  # since the previous Stats
     max_late_ms: float  # since the pacer started
@@ -94,7 +101,7 @@ class Stats(NamedTuple):
     subticks: int  # sub-ticks run, in total
 
 
-Message = Add | Audio | Mark | Flush | Remove | Ready | MarkPlayed | Removed | Xoff | Xon | Stats
+Message = Add | Audio | Mark | Flush | Remove | Ready | MarkPlayed | Removed | Xoff | Xon | Drained | Stats
 
 
 # -- encoding ---------------------------------------------------------------------------------
@@ -126,6 +133,8 @@ def encode(message: Message) -> bytes:
             return _frame(XOFF, _ID.pack(stream_id))
         case Xon(stream_id):
             return _frame(XON, _ID.pack(stream_id))
+        case Drained(stream_id):
+            return _frame(DRAINED, _ID.pack(stream_id))
         case Ready(realtime, priority, reason):
             return _frame(READY, _READY.pack(realtime, priority) + reason.encode())
         case Stats(window, worst, stalls, errors, subticks):
@@ -138,7 +147,7 @@ def encode(message: Message) -> bytes:
 
 def _decode(opcode: int, body: bytes) -> Message:
     try:
-        if opcode in (AUDIO, MARK, MARK_PLAYED, FLUSH, REMOVE, REMOVED, XOFF, XON):
+        if opcode in (AUDIO, MARK, MARK_PLAYED, FLUSH, REMOVE, REMOVED, XOFF, XON, DRAINED):
             (stream_id,) = _ID.unpack_from(body)
             rest = body[_ID.size :]
             if opcode == AUDIO:
@@ -149,7 +158,9 @@ def _decode(opcode: int, body: bytes) -> Message:
                 return MarkPlayed(stream_id, rest.decode())
             if rest:
                 raise ProtocolError(f"opcode {opcode}: {len(rest)} unexpected bytes")
-            return {FLUSH: Flush, REMOVE: Remove, REMOVED: Removed, XOFF: Xoff, XON: Xon}[opcode](stream_id)
+            return {FLUSH: Flush, REMOVE: Remove, REMOVED: Removed, XOFF: Xoff, XON: Xon, DRAINED: Drained}[opcode](
+                stream_id
+            )
         if opcode == ADD:
             stream_id, port, payload_type = _ADD.unpack_from(body)
             return Add(stream_id, body[_ADD.size :].decode(), port, payload_type)

@@ -94,8 +94,10 @@ class Playout:
         self._space = asyncio.Event()
         self._space.set()
         self._feeder: asyncio.Task[None] | None = None
-        # Called when the far end has played all that was sent and nothing waits here to follow.
-        self.on_drained: Callable[[], None] | None = None
+        # Called with the timeline position (ms) at which the far end ran out of audio: where a
+        # say ended, or where one ran dry (the caller heard a hole there).
+        self.on_drained: Callable[[int], None] | None = None
+        self._drained_at: int | None = None  # where it was last reported
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -103,6 +105,7 @@ class Playout:
         """Start feeding ``transport`` (audio put before this waits for it)."""
         self.transport = transport
         transport.on_mark = self._on_mark
+        transport.on_drained = self._on_far_end_drained
         self._feeder = asyncio.create_task(self._feed(), name="speakd-playout")
 
     async def aclose(self) -> None:
@@ -200,9 +203,15 @@ class Playout:
                 callback(now_wall)
             if current == mark_id:
                 break
-        if not self._marks and not self._pending_bytes and self.on_drained is not None:
-            self.on_drained()
         self._wake.set()
+
+    def _on_far_end_drained(self) -> None:
+        # Every piece sent is followed by a mark, reported before the far end runs out: the last
+        # one reported is where it did (after a flush, the flush's position). A second report
+        # there (chan_websocket's is asked for again when audio went since) is the same gap.
+        if self.on_drained is not None and self._anchor_ms != self._drained_at:
+            self._drained_at = self._anchor_ms
+            self.on_drained(self._anchor_ms)
 
     # -- the feeder -------------------------------------------------------------------------
 

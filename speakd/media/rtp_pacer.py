@@ -26,6 +26,9 @@ play one and two periods after they were sent, and every mark behind them is rea
 later. Reported at the send, a say's start and words mid-talkspurt were 20 ms early per cushion
 frame (while the first say's start, on an idle stream, was not).
 
+When a talkspurt ends (the stream had no frame at its sub-tick), that is reported too, once the
+far end has played its last frame: the daemon tells a say that ran dry from one that ended.
+
 Between sub-ticks the process sleeps in ``select`` on the control socket, so control messages
 are applied as they arrive. Its own messages to the daemon are buffered and written only when
 the socket is writable: a daemon that is slow to read can never block a frame.
@@ -87,9 +90,10 @@ class Stream:
         self.slot = 0  # the sub-tick of the frame period this stream's talkspurt uses
         self.last_sent: int | None = None  # sub-tick count of the last packet
         # The sub-tick at which the far end starts playing the next frame sent (at the earliest
-        # when it arrives), and the marks it reaches later than now: (sub-tick, mark id), in order.
+        # when it arrives), and the marks it reaches later than now: (sub-tick, mark id), in order
+        # (None: where the talkspurt ended).
         self.plays_at = 0
-        self.reached: deque[tuple[int, str]] = deque()
+        self.reached: deque[tuple[int, str | None]] = deque()
         self.xoff = False
 
 
@@ -208,13 +212,14 @@ class RtpPacer:
             self._reach(stream, entry, now)
         return None
 
-    def _reach(self, stream: Stream, mark_id: str, now: int) -> None:
-        """Everything before ``mark_id`` has been sent: report it once the far end has played it."""
+    def _reach(self, stream: Stream, mark_id: str | None, now: int) -> None:
+        """Everything before ``mark_id`` (None: the end of the talkspurt) has been sent: report it
+        once the far end has played it."""
         due = max(now, stream.plays_at)
         if due > now or stream.reached:
             stream.reached.append((due, mark_id))
         else:
-            self.emit(proto.MarkPlayed(stream.stream_id, mark_id))
+            self.emit(_played(stream.stream_id, mark_id))
 
     def _send(self, stream: Stream, frame: bytes, now: int) -> None:
         stream.plays_at = max(now, stream.plays_at) + SLOTS
@@ -230,13 +235,14 @@ class RtpPacer:
         for stream in self.streams.values():
             reached = stream.reached
             while reached and reached[0][0] <= now:
-                self.emit(proto.MarkPlayed(stream.stream_id, reached.popleft()[1]))
+                self.emit(_played(stream.stream_id, reached.popleft()[1]))
             if stream.talking:
                 if stream.slot != slot:
                     continue
                 frame = self._next_frame(stream, now)
-                if frame is None:  # the talkspurt ended
+                if frame is None:  # the talkspurt ended: the daemon learns when the far end runs dry
                     stream.talking = False
+                    self._reach(stream, None, now)
                     continue
                 self._send(stream, frame, now)
             else:
@@ -308,6 +314,10 @@ class RtpPacer:
                 self.stalls += missed // SLOTS
                 self.subticks += missed
                 deadline = now + self.sub_interval
+
+
+def _played(stream_id: int, mark_id: str | None) -> proto.Message:
+    return proto.Drained(stream_id) if mark_id is None else proto.MarkPlayed(stream_id, mark_id)
 
 
 def set_realtime(priority: int) -> str:

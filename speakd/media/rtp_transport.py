@@ -216,6 +216,9 @@ class PacerProcess:
                 transport = self._streams.get(stream_id)
                 if transport is not None:
                     transport._mark_played(mark_id)
+            case proto.Drained(stream_id):
+                if (transport := self._streams.get(stream_id)) is not None:
+                    transport._drained()
             case proto.Removed(stream_id):
                 waiter = self._removed.pop(stream_id, None)
                 if waiter is not None and not waiter.done():
@@ -356,3 +359,9 @@ class RtpTransport(MediaTransport):
             self.on_mark(mark_id)
         except Exception:  # one session's callback must not stop the pacer's reader
             self._log.exception("on_mark_failed", mark_id=mark_id)
+
+    def _drained(self) -> None:
+        try:
+            self.on_drained()
+        except Exception:
+            self._log.exception("on_drained_failed")

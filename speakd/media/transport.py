@@ -4,7 +4,9 @@ Both transports follow chan_websocket's model: audio handed over is queued at th
 and played out at real time by something that does not share speakd's interpreter (Asterisk
 itself for ``websocket``; speakd's pacer process for ``rtp``). A mark placed after some
 audio comes back through :attr:`MediaTransport.on_mark` once that audio has been played;
-``flush`` drops everything queued and the marks in it never come back.
+``flush`` drops everything queued and the marks in it never come back. When the far end runs
+out of audio (it played all it had, the marks in it reported first), :attr:`on_drained` is
+called: at the end of a say, or where one ran dry mid-speech (a hole the caller hears).
 
 Calls are synchronous and keep their order (``websocket``: a queue one writer task drains;
 ``rtp``: one write each to the pacer's control socket). ``flush`` also drops what has not
@@ -26,6 +28,8 @@ class MediaTransport(abc.ABC):
     def __init__(self) -> None:
         # Set by the owner before the first mark; called on the event loop.
         self.on_mark: Callable[[str], None] = _ignore
+        # Called (on the event loop) each time the far end has run out of audio after some was sent.
+        self.on_drained: Callable[[], None] = _nothing
         # Cleared while the far end asks us to hold off (chan_websocket MEDIA_XOFF).
         self.writable = asyncio.Event()
         self.writable.set()
@@ -62,4 +66,8 @@ class TransportError(Exception):
 
 
 def _ignore(_mark_id: str) -> None:
+    return None
+
+
+def _nothing() -> None:
     return None

@@ -3,7 +3,8 @@
 speakd connects to ``ws(s)://<ARI host:port>/media/<MEDIA_WEBSOCKET_CONNECTION_ID>`` (the
 channel was created with ``connection_type=server``), with the ARI credentials. Audio goes
 as binary messages into Asterisk's own queue, played at one frame per 20 ms by Asterisk's
-timer, so nothing speakd's interpreter does once audio is queued can make a dropout.
+timer, so nothing speakd's interpreter does once audio is queued can make a dropout. Asterisk
+says when its queue ran empty (``QUEUE_DRAINED``): a say that ran dry is known, however briefly.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class WebSocketTransport(MediaTransport):
         self._has_outgoing = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._log = log.bind(**(log_context or {}))
+        # QUEUE_DRAINED is asked for once at a time (REPORT_QUEUE_DRAINED is used up by the report):
+        # asked after audio, and asked again at a report if audio was sent since the last ask.
+        self._drain_asked = False
+        self._audio_since_ask = False
 
     async def start(self) -> None:
         try:
@@ -60,7 +65,16 @@ class WebSocketTransport(MediaTransport):
 
     def send_audio(self, data: bytes) -> None:
         self._outgoing.extend(control.split_audio(data, self.frame_bytes))
+        if self._drain_asked:
+            self._audio_since_ask = True
+        else:
+            self._ask_drained()
         self._has_outgoing.set()
+
+    def _ask_drained(self) -> None:
+        # After the audio: asked before it, an empty queue could answer at once.
+        self._outgoing.append(control.REPORT_QUEUE_DRAINED)
+        self._drain_asked, self._audio_since_ask = True, False
 
     def mark(self, mark_id: str) -> None:
         self._outgoing.append(control.mark_media(mark_id))
@@ -70,6 +84,8 @@ class WebSocketTransport(MediaTransport):
         # What the writer has not sent yet never leaves; what it has is dropped by Asterisk.
         self._outgoing.clear()
         self._outgoing.append(_FLUSH)
+        # An ask not written yet went with the rest; one written is answered after the flush.
+        self._drain_asked = False
         self._has_outgoing.set()
 
     async def aclose(self) -> None:
@@ -109,6 +125,12 @@ class WebSocketTransport(MediaTransport):
             message = control.parse(msg.data)
             if message.command == control.MEDIA_MARK_PROCESSED:
                 self.on_mark(message.params.get("correlation_id", ""))
+            elif message.command == control.QUEUE_DRAINED:
+                self._drain_asked = False
+                if self._audio_since_ask:  # audio sent after the ask: its own end is to be reported too
+                    self._ask_drained()
+                    self._has_outgoing.set()
+                self.on_drained()
             elif message.command == control.MEDIA_XOFF:
                 self.writable.clear()
                 self._log.info("media_xoff")

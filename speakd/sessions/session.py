@@ -138,8 +138,8 @@ class Session:
         self._save_say = save_say
         self._say_event = say_event or (lambda *_: None)
         self._on_underrun = on_underrun or (lambda: None)
-        # The say playing while still being synthesized (and its generation): the far end running
-        # out of audio meanwhile is a gap the caller hears in the middle of it.
+        # The say last handed to the playout (and its generation): the far end running out of
+        # audio inside it is a gap the caller hears in the middle of it.
         self._feeding: tuple[SayItem, int] | None = None
         playout.on_drained = self._on_drained
         self._in_playout: list[SayItem] = []  # taken from the queue, not final yet
@@ -447,14 +447,27 @@ class Session:
         else:  # no audio at all
             self._ran_its_course(item, stamp_of(time.time()))
 
-    def _on_drained(self) -> None:
+    def _on_drained(self, position: int) -> None:
+        """The far end ran out of audio at timeline ``position``: a say ran dry unless that is
+        before its audio or at its end."""
         if self._feeding is None:
             return
         item, generation = self._feeding
-        if item.synthesized or generation != self.playout.generation:  # it ended, or was flushed
+        if generation != self.playout.generation:  # flushed
             self._feeding = None
             return
-        self.log.warning("say_underrun", say_id=item.say_id, synthesized_ms=item.synthesized_ms)
+        if item.start_ms is None or position <= item.start_ms:
+            return
+        if item.synthesized and position >= item.start_ms + item.synthesized_ms:
+            self._feeding = None
+            return
+        self.log.warning(
+            "say_underrun",
+            say_id=item.say_id,
+            at_ms=position - item.start_ms,
+            synthesized_ms=item.synthesized_ms,
+            synthesized=item.synthesized,
+        )
         self._on_underrun()
 
     def _voice(self) -> str:

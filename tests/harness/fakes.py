@@ -2,8 +2,9 @@
 
 :class:`SinkTransport` is a local far end that consumes like chan_websocket: audio handed to
 it is queued and played at real time (one 160-byte frame per 20 ms, optionally sped up), a
-mark is reported through ``on_mark`` once everything queued before it has been played,
-``flush`` drops the queue and the marks in it. It records what it "played" and when, so a
+mark is reported through ``on_mark`` once everything queued before it has been played, the
+queue running dry after playing through ``on_drained``, ``flush`` drops the queue and the marks
+in it. It records what it "played" and when, so a
 test can assert on what the call would have heard, and it can close on its own or send
 XOFF/XON like the real thing.
 """
@@ -54,7 +55,9 @@ class SinkTransport(MediaTransport):
 
     ``xoff_frames``/``xon_frames`` make it flow-control itself like chan_websocket's
     queue levels; ``xoff()``/``xon()`` do it by hand. ``stall()`` stops playout (a far end
-    that plays and confirms nothing) until ``resume()``.
+    that plays and confirms nothing) until ``resume()``. ``report_delay``: seconds its
+    reports (marks, running dry) take to arrive, in order, like events over a busy host's
+    WebSocket.
     """
 
     kind = TransportKind.WEBSOCKET
@@ -65,9 +68,13 @@ class SinkTransport(MediaTransport):
         speed: float = 10.0,
         xoff_frames: int | None = None,
         xon_frames: int | None = None,
+        report_delay: float = 0.0,
     ) -> None:
         super().__init__()
         self.speed = speed
+        self.report_delay = report_delay
+        self._reports: deque[tuple[float, Any]] = deque()  # (due, callback) in order
+        self._has_reports = asyncio.Event()
         self.period = FRAME_S / speed
         self.xoff_frames = xoff_frames
         self.xon_frames = xon_frames if xon_frames is not None else (xoff_frames or 0) * 8 // 9
@@ -87,6 +94,7 @@ class SinkTransport(MediaTransport):
         self._running = asyncio.Event()
         self._running.set()
         self._task: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -95,6 +103,7 @@ class SinkTransport(MediaTransport):
     async def start(self) -> None:
         self.started = True
         self._task = asyncio.create_task(self._play(), name="sink-transport")
+        self._reporter = asyncio.create_task(self._deliver_reports(), name="sink-transport-reports")
 
     def send_audio(self, data: bytes) -> None:
         if self.aclosed:
@@ -129,11 +138,12 @@ class SinkTransport(MediaTransport):
 
     async def aclose(self) -> None:
         self.aclosed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._reporter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._reporter = None
 
     # -- test controls ---------------------------------------------------------------------
 
@@ -190,6 +200,23 @@ class SinkTransport(MediaTransport):
 
     # -- the player ------------------------------------------------------------------------
 
+    def _report(self, callback: Any) -> None:
+        if not self.report_delay:
+            callback()
+            return
+        self._reports.append((asyncio.get_running_loop().time() + self.report_delay, callback))
+        self._has_reports.set()
+
+    async def _deliver_reports(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._reports:
+                self._has_reports.clear()
+                await self._has_reports.wait()
+            due, callback = self._reports.popleft()
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            callback()
+
     def _work(self) -> None:
         self._idle.clear()
         self._has_work.set()
@@ -204,10 +231,11 @@ class SinkTransport(MediaTransport):
                 mark = self._queue.popleft()
                 assert isinstance(mark, _Mark)
                 self.reported.append(mark.mark_id)
-                self.on_mark(mark.mark_id)
+                self._report(lambda m=mark.mark_id: self.on_mark(m))
             if not self._queue:
                 if self.played and (not self.dry_points or self.dry_points[-1] != len(self.played)):
                     self.dry_points.append(len(self.played))
+                    self._report(lambda: self.on_drained())
                 self._idle.set()
                 self._has_work.clear()
                 await self._has_work.wait()

@@ -14,6 +14,7 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -321,6 +322,59 @@ async def test_provider_streams_into_a_real_call_and_is_heard(capi, cloud_speakd
     assert second[0] > first_tail[0]
     start_of_first = first_tail[0] - head / RATE - 0.5  # the first chunk, then the hold (< 0.5 s)
     assert_nothing_else(recording, [(start_of_first, first_tail[1]), second], name)
+
+
+# A provider stalling mid-say this long leaves the call silent after its first chunk (0.2 s).
+STALL_S = 0.8
+
+
+@pytest.mark.parametrize("transport", ["websocket", "rtp"])
+async def test_a_provider_stalling_mid_say_is_the_says_one_underrun_where_the_far_end_ran_dry(
+    standins, ari_settings, tmp_path, make_two_party_call, transport
+):
+    """The far end says when it runs out of audio (chan_websocket's QUEUE_DRAINED, the pacer's end
+    of a talkspurt), and the session counts it an underrun when that is inside a say. The hold
+    leaves the call silent after the first chunk: one underrun, where the audio synthesized so
+    far ended; the say's own end and a say played through are none."""
+    elevenlabs = standins["elevenlabs"]
+    daemon = SpeakdProcess(
+        tmp_path,
+        ari_settings["url"],
+        ari_settings["user"],
+        ari_settings["password"],
+        extra_config=toml_section("elevenlabs", elevenlabs.provider_section(**TIMEOUTS)),
+        transport=transport,
+        cache=False,
+    )
+    await daemon.start()
+    api = Api(daemon.base)
+    try:
+        call = await make_two_party_call()
+        speaking_id = await api.start_session(call.channel_id, provider="elevenlabs", direction="out")
+        log = DaemonLog(daemon)
+        elevenlabs.hold_after_first_chunk()
+        try:
+            held = await say_ok(api, speaking_id, FIRST)
+            await log.wait("say_playing", speaking_id=speaking_id)
+            # Reported while the stall lasts, not once audio comes again.
+            (underrun,) = await log.wait("say_underrun", timeout=STALL_S, speaking_id=speaking_id)
+        finally:
+            elevenlabs.release()
+        await log.wait("say_played", speaking_id=speaking_id)
+        through = await say_ok(api, speaking_id, SECOND)
+        await log.wait("say_played", count=2, speaking_id=speaking_id)
+        await asyncio.sleep(0.3)  # (a late report of the second say's end would come by now)
+
+        assert [e["say_id"] for e in log.events("say_played", speaking_id=speaking_id)] == [held, through]
+        assert log.events("say_underrun", speaking_id=speaking_id) == [underrun]
+        assert underrun["say_id"] == held and not underrun["synthesized"], underrun
+        # It ran dry where the audio it had ended: the first chunk, all played.
+        assert underrun["at_ms"] == underrun["synthesized_ms"] == elevenlabs.chunk_bytes // 8, underrun
+        async with aiohttp.ClientSession() as http, http.get(f"{daemon.base}/metrics") as resp:
+            assert "speakd_say_underruns_total 1.0" in (await resp.text()).splitlines()
+    finally:
+        await api.close()
+        await daemon.stop()
 
 
 # -- voices: defaults per language, peer form, SSML, GET /voices -------------------------------

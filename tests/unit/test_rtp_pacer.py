@@ -49,6 +49,7 @@ ALL_MESSAGES = [
     proto.Removed(7),
     proto.Xoff(7),
     proto.Xon(7),
+    proto.Drained(7),
     proto.Stats(1.5, 12.25, 3, 1, 123456),
 ]
 
@@ -176,6 +177,36 @@ def test_a_mark_after_a_talkspurt_waits_for_the_far_end_to_play_its_cushion():
     assert played_marks(pacer) == []
     pacer.tick()
     assert played_marks(pacer) == ["after"]
+
+
+def tick_and_report(pacer: RtpPacer, subticks: int) -> list[tuple[int, str]]:
+    """Tick; (sub-tick, mark id or "drained") of each playout report, at the sub-tick it went out."""
+    got = []
+    for _ in range(subticks):
+        pacer.tick()
+        for message in proto.Decoder().feed(bytes(pacer.outgoing)):
+            if isinstance(message, proto.MarkPlayed | proto.Drained):
+                got.append((pacer.subticks - 1, getattr(message, "mark_id", "drained")))
+        pacer.outgoing.clear()
+    return got
+
+
+@pytest.mark.parametrize("cushion", [0, 2])
+def test_the_end_of_a_talkspurt_is_reported_after_its_marks_once_the_far_end_played_it(cushion):
+    """The daemon tells a say that ran dry by it: once a talkspurt, when the far end has played
+    its last frame and has nothing more (not when that frame was sent)."""
+    pacer, rtp = hand_pacer(cushion=cushion)
+    pacer._apply(proto.Audio(1, frames(0, 3)))
+    pacer._apply(proto.Mark(1, "end"))
+    got = tick_and_report(pacer, 6 * SLOTS)
+    assert len(rtp.sent) == 3
+    # The far end plays a frame a period from when the first arrived (the cushion's go at once).
+    played_out = rtp.sent[0][0] + 3 * SLOTS
+    assert got == [(played_out, "end"), (played_out, "drained")]
+    # Once: an idle stream reports nothing more; the next talkspurt's end is reported again.
+    assert tick_and_report(pacer, 3 * SLOTS) == []
+    pacer._apply(proto.Audio(1, frames(3, 1)))
+    assert [what for _, what in tick_and_report(pacer, 3 * SLOTS)] == ["drained"]
 
 
 def test_timestamp_runs_through_silence_between_talkspurts():

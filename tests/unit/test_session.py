@@ -116,8 +116,9 @@ async def make():
         playout: bool = True,
         save_delay: float = 0.0,
         provider: ScriptedProvider | None = None,
+        report_delay: float = 0.0,
     ) -> Env:
-        sink = SinkTransport(speed=speed)
+        sink = SinkTransport(speed=speed, report_delay=report_delay)
         await sink.start()
         env: Env
 
@@ -437,6 +438,22 @@ async def test_a_say_that_runs_dry_mid_speech_is_counted_while_it_is_dry_and_onc
     gate.set()
     await finished(item)
     assert len(env.underruns) == 1 and item.status == SayStatus.PLAYED
+
+
+async def test_a_say_that_ran_dry_is_counted_when_the_far_end_says_so_after_its_next_audio_went(make):
+    """On a busy host the far end's word comes late: the say's next audio may be sent (and the
+    say even end) before it arrives. The caller heard the gap all the same."""
+    env = await make(report_delay=0.2)
+    env.provider.gates["C"] = gate = asyncio.Event()
+    item = env.say(words("C", 10))
+    await until(lambda: env.sink.dry_points)  # its first frames played out: the far end ran dry
+    gate.set()  # the rest comes, and goes, before the far end's word does
+    await until(lambda: len(env.sink.played) == 10)
+    assert env.underruns == []
+    await finished(item)
+    await until(lambda: env.underruns)
+    await asyncio.sleep(0.3)  # the end's own report: the say's end, not a gap
+    assert len(env.underruns) == 1 and env.sink.underruns() == env.sink.dry_points[:1]
 
 
 # -- lead ---------------------------------------------------------------------------------------
