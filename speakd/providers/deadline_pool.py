@@ -140,11 +140,15 @@ class DeadlinePool:
             return self.typical_job_s
         return cost * self.seconds_per_cost
 
-    def expected_return_s(self, cost: float | None) -> float:
+    def expected_return_s(self, cost: float | None, streams: int = 1) -> float:
         """How long a job of ``cost`` with a deadline takes to come back if submitted now: after
         the jobs running and waiting (on a busy pool they are other playing sessions' next steps,
-        due as soon as this one), shared among the workers."""
-        ahead = self._running + len(self._jobs) - self._workers + 1
+        due as soon as this one), shared among the workers. ``streams``: streams of jobs under way
+        (one job at a time each, this one's included): the others' next jobs count as waiting
+        even before they are submitted, as they are between two steps (sessions that started
+        together, each with little audio in hand, take turns)."""
+        waiting = max(self._running + len(self._jobs), streams - 1)
+        ahead = waiting - self._workers + 1
         wait = self.typical_job_s * ahead / self._workers if ahead > 0 else 0.0
         return wait + self.expected_s(cost)
 

@@ -177,7 +177,7 @@ class PiperProvider(Provider):
                 # The pool learns the seconds per unit of cost, and the audio per second it makes.
                 self._pool.observe(cost, took, len(chunk.audio) / bytes_per_s)
                 cost = rendering.next_cost()
-                next_in_ms = 0 if cost == 0 else int(self._pool.expected_return_s(cost) * 1000)
+                next_in_ms = 0 if cost == 0 else int(self._pool.expected_return_s(cost, self._streams) * 1000)
                 share = self._pool.share_rate(self._streams)
                 yield AudioChunk(chunk.audio, fmt, chunk.marks, next_in_ms=next_in_ms, share_rate=share)
         finally:

@@ -99,9 +99,15 @@ async def test_a_job_submitted_to_a_busy_pool_is_expected_back_after_the_jobs_be
         await asyncio.sleep(0.01)
         # Six more before it (other sessions' next steps): their share of both workers first.
         assert pool.expected_return_s(100) == pytest.approx(0.2 * 7 / 2 + 1.0)
+        # Eight sessions under way: the other seven's next steps are before it, submitted or not.
+        assert pool.expected_return_s(100, streams=8) == pytest.approx(0.2 * 7 / 2 + 1.0)
         release.set()
         await asyncio.gather(*held, *waiting)
         assert pool.expected_return_s(100) == pytest.approx(1.0)  # idle: it goes at once
+        # Idle, but eight sessions between steps: seven jobs' share of the two workers first.
+        pool.typical_job_s = 0.2
+        assert pool.expected_return_s(100, streams=8) == pytest.approx(0.2 * 6 / 2 + 1.0)
+        assert pool.expected_return_s(100, streams=2) == pytest.approx(1.0)  # a worker each
     finally:
         release.set()
         pool.close()
