@@ -140,11 +140,13 @@ def assert_all_intact(
         min_corr = 0.8 if holes and not hosts else 0.6
         if problems := dataclasses.replace(verdict, dropouts=rest).problems(min_corr=min_corr, dropouts=holes):
             broken.append(f"{verdict.who}: " + "; ".join(problems))
+    # The context last as well: a long report is often shown by its head and its tail.
     assert not broken, (
         f"{len(broken)} of {len(verdicts)} parties did not hear the whole speech ({context}):\n"
         + "\n".join(broken)
         + "\nall parties:\n"
         + "\n".join(v.summary() for v in verdicts)
+        + f"\n({context})"
     )
 
 
