@@ -55,9 +55,18 @@ def describe(before: CpuTimes, after: CpuTimes) -> str:
         )
         stalled = "; some task stalled on " + ", ".join(waits)
     return (
-        f"cores {os.cpu_count()}: busy {100 * busy / total:.0f} %, idle {100 * idle / total:.0f} %, "
+        f"cores {os.cpu_count()}{cpu_model()}: busy {100 * busy / total:.0f} %, idle {100 * idle / total:.0f} %, "
         f"stolen {100 * steal / total:.0f} %; load average {load}{stalled}"
     )
+
+
+def cpu_model() -> str:
+    """The CPU's model name in parentheses, after a space; "" where /proc/cpuinfo does not say."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return f" ({line.partition(':')[2].strip()})"
+    return ""
 
 
 # Host stalls, as a thread of Asterisk's priority meets them: a probe process per core sleeps

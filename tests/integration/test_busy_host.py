@@ -4,6 +4,8 @@ Eight calls at once, a session on each saying ~9 s of speech, while three busy-l
 at normal priority burn the cores for the whole speech and clients poll the API: every party
 must hear the whole text, and no 20 ms of it may drop out (harness.hearing.find_dropouts) but
 where the host itself stalled a process of Asterisk's priority (harness.host.stall_probe).
+Each phone records twice, in two recorders' threads: a recorder late to read can lose audio
+the call had, and one recording without a hole says the call had none.
 
 The comparison: the same eight calls' worth played by Asterisk itself (ARI `play` of the
 pre-rendered reference through a whisper snoop) under the same load, judged the same way. It
@@ -68,8 +70,9 @@ PLAYED_WITHIN_S = 90.0
 LOADS = [("websocket", BUSY_LOOPS, True), ("rtp", BUSY_LOOPS, True), ("websocket", 1, False)]
 # alice only listens: whisper=out rides on the frames bob's phone sends her, and a phone's
 # carrier is what costs the sandbox's Asterisk most (about 5% of a core each here), CPU a
-# PBX with real phones would not spend.
-LISTEN_ONLY = {"_SPEAKD_LISTEN_ONLY": "alice"}
+# PBX with real phones would not spend. Each phone records what it hears twice, by two
+# recorders of its own (asterisk-config's _SPEAKD_REC_TWICE; assert_all_intact).
+PHONES = {"_SPEAKD_LISTEN_ONLY": "alice", "_SPEAKD_REC_TWICE": "1"}
 # A hole is the host's when a stall the probes saw (harness.host.stall_probe, at Asterisk's
 # priority) began at most STALL_AFTER_HOLE_S after the hole as the recording places it, or the
 # hole fell within STALL_BEFORE_HOLE_S of the stall's end. Stalls forced here (a SCHED_FIFO
@@ -86,18 +89,38 @@ STALL_BEFORE_HOLE_S = 0.05
 Hole = tuple[float, float]  # (start s in the recording, length s)
 
 
-def split_holes(
-    verdicts: list[Intactness],
-    recordings: list[np.ndarray],
-    recording_t0s: list[float],
-    reference: np.ndarray,
-    stalls: HostStalls,
-) -> list[tuple[list[Hole], list[Hole]]]:
-    """Each party's holes as (the host's, the rest): see :func:`split_party_holes`."""
-    return [
-        split_party_holes(verdict, recording, reference, t0, stalls)
-        for verdict, recording, t0 in zip(verdicts, recordings, recording_t0s, strict=True)
-    ]
+@dataclasses.dataclass
+class Heard:
+    """One recorder's account of what a party heard: its verdict, and its holes as the host's
+    and the rest (:func:`split_party_holes`), of which only the rest count."""
+
+    verdict: Intactness
+    hosts: list[Hole]
+    rest: list[Hole]
+
+    def problems(self, holes: bool) -> list[str]:
+        # Holes not judged (or the host's): a hole delays what follows it, so the envelope lines
+        # up less (0.76 with 0.21 s of holes; 0.65-0.75 with 4-7 holes at forced stalls); the
+        # speech's length still says it was all heard.
+        min_corr = 0.8 if holes and not self.hosts else 0.6
+        return dataclasses.replace(self.verdict, dropouts=self.rest).problems(min_corr=min_corr, dropouts=holes)
+
+    def summary(self, who: bool = True) -> str:
+        line = self.verdict.summary() + (
+            f"; {len(self.hosts)} at host stalls, {len(self.rest)} not" if self.hosts else ""
+        )
+        return line if who else line.removeprefix(f"{self.verdict.who}: ")
+
+
+def hear(
+    recordings: list[np.ndarray], recording_t0s: list[float], reference: np.ndarray, stalls: HostStalls, whos: list[str]
+) -> list[Heard]:
+    """Each recording judged (harness.hearing.judge_intact), its holes split."""
+    heard = []
+    for recording, t0, who in zip(recordings, recording_t0s, whos, strict=True):
+        verdict = judge_intact(recording, reference, who)
+        heard.append(Heard(verdict, *split_party_holes(verdict, recording, reference, t0, stalls)))
+    return heard
 
 
 def split_party_holes(
@@ -121,31 +144,24 @@ def split_party_holes(
     return hosts, [hole for hole in rest if not at_stall(hole)]
 
 
-def assert_all_intact(
-    verdicts: list[Intactness],
-    context: str,
-    holes: bool = True,
-    split: list[tuple[list[Hole], list[Hole]]] | None = None,
-) -> None:
-    """Every party heard the whole speech; ``split``: each party's holes as the host's and the
-    rest (split_holes), of which only the rest count."""
-    split = split or [([], v.dropouts) for v in verdicts]
+def assert_all_intact(parties: list[tuple[Heard, Heard]], context: str, holes: bool = True) -> None:
+    """Every party heard the whole speech: by its first recorder, or by its second (the same
+    frames recorded by another MixMonitor, in a thread of its own). A recorder can lose audio
+    the call had (its thread late to read what it was given), never add any: one account
+    without a hole says the call had none; a hole in the call is in both."""
     broken = []
-    for verdict, (hosts, rest) in zip(verdicts, split, strict=True):
+    for first, second in parties:
         # (shown with -s, and with the failure)
-        print(verdict.summary() + (f"; {len(hosts)} at host stalls, {len(rest)} not" if hosts else ""))
-        # Holes not judged (or the host's): a hole delays what follows it, so the envelope lines up
-        # less (0.76 with 0.21 s of holes; 0.65-0.75 with 4-7 holes at forced stalls); the speech's
-        # length still says it was all heard.
-        min_corr = 0.8 if holes and not hosts else 0.6
-        if problems := dataclasses.replace(verdict, dropouts=rest).problems(min_corr=min_corr, dropouts=holes):
-            broken.append(f"{verdict.who}: " + "; ".join(problems))
+        print(f"{first.summary()}\n  again: {second.summary(who=False)}")
+        accounts = [first.problems(holes), second.problems(holes)]
+        if all(accounts):
+            broken.append(f"{first.verdict.who}: " + "; ".join(accounts[0]) + "\n  again: " + "; ".join(accounts[1]))
     # The context last as well: a long report is often shown by its head and its tail.
     assert not broken, (
-        f"{len(broken)} of {len(verdicts)} parties did not hear the whole speech ({context}):\n"
+        f"{len(broken)} of {len(parties)} parties did not hear the whole speech ({context}):\n"
         + "\n".join(broken)
         + "\nall parties:\n"
-        + "\n".join(v.summary() for v in verdicts)
+        + "\n".join(f"{first.summary()}\n  again: {second.summary(who=False)}" for first, second in parties)
         + f"\n({context})"
     )
 
@@ -194,10 +210,15 @@ async def wait_played(api: Api, speaking_id: str, within: float) -> dict:
     raise AssertionError(f"speaking {speaking_id}: the say was not played within {within:.0f} s: {say}")
 
 
+async def asterisk_version(ari) -> str:
+    info = await ari.get("/asterisk/info")
+    return f"Asterisk {info.get('system', {}).get('version', '?')}"
+
+
 @pytest.mark.by_ear
 @pytest.mark.parametrize(("transport", "loops", "holes"), LOADS)
 async def test_every_party_hears_the_whole_speech_on_a_busy_host(
-    ari_settings, make_two_party_call, tmp_path, transport, loops, holes
+    ari, ari_settings, make_two_party_call, tmp_path, transport, loops, holes
 ):
     reference = render_piper(TEXT)  # before the load: the test's own Piper is not under test
     # No audio cache: the load under test is every call's own synthesis.
@@ -212,9 +233,7 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
         assert reply.status == 200, reply
 
     try:
-        calls = await asyncio.gather(
-            *(make_two_party_call(max_seconds=120, variables=LISTEN_ONLY) for _ in range(CALLS))
-        )
+        calls = await asyncio.gather(*(make_two_party_call(max_seconds=120, variables=PHONES) for _ in range(CALLS)))
         speaking_ids = [await api.start_session(call.channel_id, direction="out") for call in calls]
         host_before = CpuTimes.now()
         with stall_probe(ASTERISK_NICE) as stalls, busy_loops(loops) as busy:
@@ -228,26 +247,31 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
         host_after = CpuTimes.now()
         recording_t0s = await asyncio.gather(*(call.recording_started_at("alice") for call in calls))
         recordings = await asyncio.gather(*(call.recording("alice") for call in calls))
+        again = await asyncio.gather(*(call.recording("alice", again=True) for call in calls))
     finally:
         await api.close()
         await daemon.stop()
 
     daemon_saw = says_as_the_daemon_saw_them(daemon.log_text(), speaking_ids)
-    verdicts = [
-        judge_intact(rec, reference, f"call {i + 1} ({call.test_id}, {saw}) alice")
-        for i, (call, rec, saw) in enumerate(zip(calls, recordings, daemon_saw, strict=True))
+    whos = [
+        f"call {i + 1} ({call.test_id}, {saw}) alice"
+        for i, (call, saw) in enumerate(zip(calls, daemon_saw, strict=True))
     ]
     warnings = logged_warnings(daemon.log_text())
     context = (
         f"{CALLS} calls, {loops} busy loops, {polls.requests} polling GETs; {stalls.summary()}; "
-        f"{describe(host_before, host_after)}; daemon warnings: {warnings}"
+        f"{describe(host_before, host_after)}; {await asterisk_version(ari)}; daemon warnings: {warnings}"
     )
     assert "say_underrun" not in warnings, (
         f"a say ran dry at the far end ({context}; log {daemon.log_path}): "
         + "; ".join(f"call {i + 1}: {saw}" for i, saw in enumerate(daemon_saw))
     )
-    split = split_holes(verdicts, recordings, recording_t0s, reference, stalls)
-    assert_all_intact(verdicts, f"{context}; log {daemon.log_path}", holes=holes, split=split)
+    parties = zip(
+        hear(recordings, recording_t0s, reference, stalls, whos),
+        hear(again, recording_t0s, reference, stalls, whos),
+        strict=True,
+    )
+    assert_all_intact(list(parties), f"{context}; log {daemon.log_path}", holes=holes)
     assert all(say["status"] == "played" for say in says), says
     # The clients really polled all along, and the API answered them.
     assert polls.requests > CALLS * 20 and polls.failures == 0, f"polling: {polls}"
@@ -277,9 +301,7 @@ async def test_asterisk_playback_under_the_same_load_is_whole(ari, harness_app, 
     """The comparison: Asterisk's own pacing, same calls, same load, same judge."""
     reference = render_piper(TEXT)
     with sandbox_sound(reference) as sound:
-        calls = await asyncio.gather(
-            *(make_two_party_call(max_seconds=120, variables=LISTEN_ONLY) for _ in range(CALLS))
-        )
+        calls = await asyncio.gather(*(make_two_party_call(max_seconds=120, variables=PHONES) for _ in range(CALLS)))
         snoops = [f"{call.test_id}-snoop" for call in calls]
         playbacks = [f"{snoop}-play" for snoop in snoops]
         try:
@@ -314,17 +336,19 @@ async def test_asterisk_playback_under_the_same_load_is_whole(ari, harness_app, 
             host_after = CpuTimes.now()
             recording_t0s = await asyncio.gather(*(call.recording_started_at("alice") for call in calls))
             recordings = await asyncio.gather(*(call.recording("alice") for call in calls))
+            again = await asyncio.gather(*(call.recording("alice", again=True) for call in calls))
         finally:
             for snoop in snoops:
                 await ari.delete_quietly(f"/channels/{snoop}")
 
-    verdicts = [
-        judge_intact(rec, reference, f"call {i + 1} ({call.test_id}) alice")
-        for i, (call, rec) in enumerate(zip(calls, recordings, strict=True))
-    ]
-    split = split_holes(verdicts, recordings, recording_t0s, reference, stalls)
+    whos = [f"call {i + 1} ({call.test_id}) alice" for i, call in enumerate(calls)]
+    parties = zip(
+        hear(recordings, recording_t0s, reference, stalls, whos),
+        hear(again, recording_t0s, reference, stalls, whos),
+        strict=True,
+    )
     context = (
         f"Asterisk playback, {CALLS} calls, {BUSY_LOOPS} busy loops, {polls.requests} polling GETs; "
-        f"{stalls.summary()}; {describe(host_before, host_after)}"
+        f"{stalls.summary()}; {describe(host_before, host_after)}; {await asterisk_version(ari)}"
     )
-    assert_all_intact(verdicts, context, split=split)
+    assert_all_intact(list(parties), context)
