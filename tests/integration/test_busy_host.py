@@ -123,6 +123,19 @@ def hear(
     return heard
 
 
+def hear_twice(
+    recordings: list[np.ndarray],
+    again: list[np.ndarray],
+    recording_t0s: list[float],
+    reference: np.ndarray,
+    stalls: HostStalls,
+    whos: list[str],
+) -> list[tuple[Heard, Heard]]:
+    """Each party's two recorders' accounts (both start with the same frame)."""
+    first = hear(recordings, recording_t0s, reference, stalls, whos)
+    return list(zip(first, hear(again, recording_t0s, reference, stalls, whos), strict=True))
+
+
 def split_party_holes(
     verdict: Intactness, recording: np.ndarray, reference: np.ndarray, recording_t0: float, stalls: HostStalls
 ) -> tuple[list[Hole], list[Hole]]:
@@ -266,12 +279,8 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
         f"a say ran dry at the far end ({context}; log {daemon.log_path}): "
         + "; ".join(f"call {i + 1}: {saw}" for i, saw in enumerate(daemon_saw))
     )
-    parties = zip(
-        hear(recordings, recording_t0s, reference, stalls, whos),
-        hear(again, recording_t0s, reference, stalls, whos),
-        strict=True,
-    )
-    assert_all_intact(list(parties), f"{context}; log {daemon.log_path}", holes=holes)
+    parties = hear_twice(recordings, again, recording_t0s, reference, stalls, whos)
+    assert_all_intact(parties, f"{context}; log {daemon.log_path}", holes=holes)
     assert all(say["status"] == "played" for say in says), says
     # The clients really polled all along, and the API answered them.
     assert polls.requests > CALLS * 20 and polls.failures == 0, f"polling: {polls}"
@@ -342,13 +351,9 @@ async def test_asterisk_playback_under_the_same_load_is_whole(ari, harness_app, 
                 await ari.delete_quietly(f"/channels/{snoop}")
 
     whos = [f"call {i + 1} ({call.test_id}) alice" for i, call in enumerate(calls)]
-    parties = zip(
-        hear(recordings, recording_t0s, reference, stalls, whos),
-        hear(again, recording_t0s, reference, stalls, whos),
-        strict=True,
-    )
+    parties = hear_twice(recordings, again, recording_t0s, reference, stalls, whos)
     context = (
         f"Asterisk playback, {CALLS} calls, {BUSY_LOOPS} busy loops, {polls.requests} polling GETs; "
         f"{stalls.summary()}; {describe(host_before, host_after)}; {await asterisk_version(ari)}"
     )
-    assert_all_intact(list(parties), context)
+    assert_all_intact(parties, context)
