@@ -324,8 +324,9 @@ async def test_provider_streams_into_a_real_call_and_is_heard(capi, cloud_speakd
     assert_nothing_else(recording, [(start_of_first, first_tail[1]), second], name)
 
 
-# A provider stalling mid-say this long leaves the call silent after its first chunk (0.2 s).
-STALL_S = 0.8
+# The far end's report of the gap after the first chunk (0.2 s) comes within this, while the
+# stand-in still holds (speakd gives up on it after read_timeout, 4 s).
+REPORTED_WITHIN_S = 2.0
 
 
 @pytest.mark.parametrize("transport", ["websocket", "rtp"])
@@ -357,7 +358,7 @@ async def test_a_provider_stalling_mid_say_is_the_says_one_underrun_where_the_fa
             held = await say_ok(api, speaking_id, FIRST)
             await log.wait("say_playing", speaking_id=speaking_id)
             # Reported while the stall lasts, not once audio comes again.
-            (underrun,) = await log.wait("say_underrun", timeout=STALL_S, speaking_id=speaking_id)
+            (underrun,) = await log.wait("say_underrun", timeout=REPORTED_WITHIN_S, speaking_id=speaking_id)
         finally:
             elevenlabs.release()
         await log.wait("say_played", speaking_id=speaking_id)
