@@ -145,9 +145,20 @@ def encode(message: Message) -> bytes:
 # -- decoding ---------------------------------------------------------------------------------
 
 
+# Messages that are a stream id alone.
+_STREAM_ONLY: dict[int, type[Flush | Remove | Removed | Xoff | Xon | Drained]] = {
+    FLUSH: Flush,
+    REMOVE: Remove,
+    REMOVED: Removed,
+    XOFF: Xoff,
+    XON: Xon,
+    DRAINED: Drained,
+}
+
+
 def _decode(opcode: int, body: bytes) -> Message:
     try:
-        if opcode in (AUDIO, MARK, MARK_PLAYED, FLUSH, REMOVE, REMOVED, XOFF, XON, DRAINED):
+        if opcode in (AUDIO, MARK, MARK_PLAYED, *_STREAM_ONLY):
             (stream_id,) = _ID.unpack_from(body)
             rest = body[_ID.size :]
             if opcode == AUDIO:
@@ -158,9 +169,7 @@ def _decode(opcode: int, body: bytes) -> Message:
                 return MarkPlayed(stream_id, rest.decode())
             if rest:
                 raise ProtocolError(f"opcode {opcode}: {len(rest)} unexpected bytes")
-            return {FLUSH: Flush, REMOVE: Remove, REMOVED: Removed, XOFF: Xoff, XON: Xon, DRAINED: Drained}[opcode](
-                stream_id
-            )
+            return _STREAM_ONLY[opcode](stream_id)
         if opcode == ADD:
             stream_id, port, payload_type = _ADD.unpack_from(body)
             return Add(stream_id, body[_ADD.size :].decode(), port, payload_type)
