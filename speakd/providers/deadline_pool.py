@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -55,9 +56,13 @@ class _Job:
 
 
 class DeadlinePool:
-    def __init__(self, workers: int, name: str) -> None:
+    def __init__(self, workers: int, name: str, nice: int | None = None) -> None:
+        """``nice``: the workers' CPU priority (None: the creating thread's). Raising it is always
+        allowed; lowering it below the process's needs CAP_SYS_NICE, and without it the workers
+        keep the process's."""
         self._workers = workers
         self._name = name
+        self._nice = nice
         self._jobs: list[_Job] = []
         self._running = 0
         self._cond = threading.Condition()
@@ -193,6 +198,10 @@ class DeadlinePool:
         return min(timed, key=lambda t: t[:2])[2]
 
     def _work(self) -> None:
+        if self._nice is not None:
+            # Linux gives each thread a nice value of its own: this worker's, not the process's.
+            with contextlib.suppress(PermissionError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
         while (job := self._next()) is not None:
             started = time.monotonic()
             try:

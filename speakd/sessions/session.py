@@ -437,6 +437,12 @@ class Session:
             item.error, tail = f"{type(exc).__name__}: {exc}", []
             self.log.exception("say_crashed", say_id=item.say_id)
         item.synthesized = True
+        self.log.info(
+            "say_synthesized",
+            say_id=item.say_id,
+            synthesized_ms=item.synthesized_ms,
+            took_ms=round((time.monotonic() - started) * 1000),
+        )
         if not await hand_over(tail):
             return
         item.ready.set()

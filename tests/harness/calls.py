@@ -90,16 +90,16 @@ class TwoPartyCall:
         """Wall-clock time (time.time()) of the first sample of `party`'s recording (±20 ms)."""
         return float(await self.ari.global_var(f"SPEAKD_REC_T0_{self.test_id}_{party}"))
 
-    async def recording(self, party: str, again: bool = False) -> np.ndarray:
-        """What `party` heard, int16 at 8 kHz. Hangs the call up first if it is still up.
-        ``again``: the second recorder's (a call made with ``_SPEAKD_REC_TWICE=1``)."""
+    async def recording(self, party: str) -> np.ndarray:
+        """What `party` heard, int16 at 8 kHz. Hangs the call up first if it is still up."""
         if party not in self.parties:
             raise ValueError(f"party must be one of {self.parties}")
-        name = f"{self.test_id}-{party}" + ("-again" if again else "")
-        if name not in self._recordings:
+        if party not in self._recordings:
             await self.hangup()
-            self._recordings[name] = await fetch_recording(self.ari, name, gone=[self.channel_id, self.other_id])
-        return self._recordings[name]
+            self._recordings[party] = await fetch_recording(
+                self.ari, f"{self.test_id}-{party}", gone=[self.channel_id, self.other_id]
+            )
+        return self._recordings[party]
 
 
 async def start_two_party_call(

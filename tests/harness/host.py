@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -58,6 +59,34 @@ def describe(before: CpuTimes, after: CpuTimes) -> str:
         f"cores {os.cpu_count()}{cpu_model()}: busy {100 * busy / total:.0f} %, idle {100 * idle / total:.0f} %, "
         f"stolen {100 * steal / total:.0f} %; load average {load}{stalled}"
     )
+
+
+@dataclass(frozen=True)
+class ProcessCpu:
+    """One process's CPU time (all its threads) and nice value at a moment."""
+
+    ticks: int  # utime + stime, in clock ticks
+    nice: int
+    at: float  # time.monotonic()
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessCpu | None:
+        """None once the process is gone (or is not there to read)."""
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                # After the ")" that ends the command name: state is field 3, utime 14, stime 15, nice 19.
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return cls(int(fields[11]) + int(fields[12]), int(fields[16]), time.monotonic())
+
+
+def describe_process(name: str, before: ProcessCpu | None, after: ProcessCpu | None) -> str:
+    """``name``'s share of one core between two samples, and the nice value it ran at."""
+    if before is None or after is None:
+        return f"{name}: not measured"
+    seconds = (after.ticks - before.ticks) / os.sysconf("SC_CLK_TCK")
+    return f"{name} used {100 * seconds / max(after.at - before.at, 1e-3):.0f} % of a core at nice {after.nice}"
 
 
 def cpu_model() -> str:

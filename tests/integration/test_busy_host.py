@@ -4,8 +4,6 @@ Eight calls at once, a session on each saying ~9 s of speech, while three busy-l
 at normal priority burn the cores for the whole speech and clients poll the API: every party
 must hear the whole text, and no 20 ms of it may drop out (harness.hearing.find_dropouts) but
 where the host itself stalled a process of Asterisk's priority (harness.host.stall_probe).
-Each phone records twice, in two recorders' threads: a recorder late to read can lose audio
-the call had, and one recording without a hole says the call had none.
 
 The comparison: the same eight calls' worth played by Asterisk itself (ARI `play` of the
 pre-rendered reference through a whisper snoop) under the same load, judged the same way. It
@@ -28,6 +26,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ import pytest
 from harness.audio import RATE, render_piper, wav_bytes
 from harness.daemon import Api, SpeakdProcess
 from harness.hearing import DROPOUT_TOLERANCE_S, Intactness, find_dropouts, judge_intact
-from harness.host import CpuTimes, HostStalls, describe, stall_probe
+from harness.host import CpuTimes, HostStalls, ProcessCpu, describe, describe_process, stall_probe
 from harness.load import assert_still_busy, busy_loops, polling
 
 from speakd.sandbox import ASTERISK_NICE
@@ -61,18 +60,18 @@ PLAYED_WITHIN_S = 90.0
 # whether that hold covers the say is what decides (CI, 2026-12-07: says released after 1-3 s
 # at their first chunks' pace ran dry at their next sentences, all eight; here, at three
 # loops, every say is held to the bound and plays through whatever the rule). Its holes are
-# not judged: there Piper still synthesizes while the says play, and on CI's host (the next
-# run, 2026-12-07) 5 of 8 recordings had holes with no say_underrun logged (then counted only
-# when the far end's last mark came back with nothing to follow: a gap refilled before the
-# daemon heard of it went uncounted; now the far end reports every time it runs dry). What is
-# speakd's is judged: no say ran dry, and the whole speech is heard. Each party's line says
-# how long the daemon held its say and where it ran dry.
+# not judged: there Piper still synthesizes while most of each say plays. What is speakd's is
+# judged: no say ran dry (the far end reports every time it does), and the whole speech is
+# heard. Each party's line says how long the daemon held its say, when its synthesis ended
+# (from its first audio sent) and where it ran dry. CI's holes of 2026-12-07 (5 to 7 of 8
+# recordings, at three loops too) came while Piper, then at the daemon's nice -10, still
+# synthesized: speakd.providers.piper.NICE.
 LOADS = [("websocket", BUSY_LOOPS, True), ("rtp", BUSY_LOOPS, True), ("websocket", 1, False)]
 # alice only listens: whisper=out rides on the frames bob's phone sends her, and a phone's
 # carrier is what costs the sandbox's Asterisk most (about 5% of a core each here), CPU a
-# PBX with real phones would not spend. Each phone records what it hears twice, by two
-# recorders of its own (asterisk-config's _SPEAKD_REC_TWICE; assert_all_intact).
-PHONES = {"_SPEAKD_LISTEN_ONLY": "alice", "_SPEAKD_REC_TWICE": "1"}
+# PBX with real phones would not spend. (Recorded twice, by two MixMonitors in threads of their
+# own, CI's holes were in both, at the same places: they were in the call, not the recorder's.)
+PHONES = {"_SPEAKD_LISTEN_ONLY": "alice"}
 # A hole is the host's when a stall the probes saw (harness.host.stall_probe, at Asterisk's
 # priority) began at most STALL_AFTER_HOLE_S after the hole as the recording places it, or the
 # hole fell within STALL_BEFORE_HOLE_S of the stall's end. Stalls forced here (a SCHED_FIFO
@@ -91,8 +90,8 @@ Hole = tuple[float, float]  # (start s in the recording, length s)
 
 @dataclasses.dataclass
 class Heard:
-    """One recorder's account of what a party heard: its verdict, and its holes as the host's
-    and the rest (:func:`split_party_holes`), of which only the rest count."""
+    """What a party heard: its recording's verdict, and its holes as the host's and the rest
+    (:func:`split_party_holes`), of which only the rest count."""
 
     verdict: Intactness
     hosts: list[Hole]
@@ -105,11 +104,10 @@ class Heard:
         min_corr = 0.8 if holes and not self.hosts else 0.6
         return dataclasses.replace(self.verdict, dropouts=self.rest).problems(min_corr=min_corr, dropouts=holes)
 
-    def summary(self, who: bool = True) -> str:
-        line = self.verdict.summary() + (
+    def summary(self) -> str:
+        return self.verdict.summary() + (
             f"; {len(self.hosts)} at host stalls, {len(self.rest)} not" if self.hosts else ""
         )
-        return line if who else line.removeprefix(f"{self.verdict.who}: ")
 
 
 def hear(
@@ -121,19 +119,6 @@ def hear(
         verdict = judge_intact(recording, reference, who)
         heard.append(Heard(verdict, *split_party_holes(verdict, recording, reference, t0, stalls)))
     return heard
-
-
-def hear_twice(
-    recordings: list[np.ndarray],
-    again: list[np.ndarray],
-    recording_t0s: list[float],
-    reference: np.ndarray,
-    stalls: HostStalls,
-    whos: list[str],
-) -> list[tuple[Heard, Heard]]:
-    """Each party's two recorders' accounts (both start with the same frame)."""
-    first = hear(recordings, recording_t0s, reference, stalls, whos)
-    return list(zip(first, hear(again, recording_t0s, reference, stalls, whos), strict=True))
 
 
 def split_party_holes(
@@ -157,24 +142,19 @@ def split_party_holes(
     return hosts, [hole for hole in rest if not at_stall(hole)]
 
 
-def assert_all_intact(parties: list[tuple[Heard, Heard]], context: str, holes: bool = True) -> None:
-    """Every party heard the whole speech: by its first recorder, or by its second (the same
-    frames recorded by another MixMonitor, in a thread of its own). A recorder can lose audio
-    the call had (its thread late to read what it was given), never add any: one account
-    without a hole says the call had none; a hole in the call is in both."""
+def assert_all_intact(parties: list[Heard], context: str, holes: bool = True) -> None:
+    """Every party heard the whole speech."""
     broken = []
-    for first, second in parties:
-        # (shown with -s, and with the failure)
-        print(f"{first.summary()}\n  again: {second.summary(who=False)}")
-        accounts = [first.problems(holes), second.problems(holes)]
-        if all(accounts):
-            broken.append(f"{first.verdict.who}: " + "; ".join(accounts[0]) + "\n  again: " + "; ".join(accounts[1]))
+    for party in parties:
+        print(party.summary())  # (shown with -s, and with the failure)
+        if problems := party.problems(holes):
+            broken.append(f"{party.verdict.who}: " + "; ".join(problems))
     # The context last as well: a long report is often shown by its head and its tail.
     assert not broken, (
         f"{len(broken)} of {len(parties)} parties did not hear the whole speech ({context}):\n"
         + "\n".join(broken)
         + "\nall parties:\n"
-        + "\n".join(f"{first.summary()}\n  again: {second.summary(who=False)}" for first, second in parties)
+        + "\n".join(party.summary() for party in parties)
         + f"\n({context})"
     )
 
@@ -191,21 +171,34 @@ def logged_warnings(log_text: str) -> str:
 
 
 def says_as_the_daemon_saw_them(log_text: str, speaking_ids: list[str]) -> list[str]:
-    """For each session, in order: how long its say was held before playing, and where it ran
-    dry (the far end's own report: say_underrun)."""
+    """For each session, in order: how long its say was held before playing, when its synthesis
+    ended counted from its first audio sent (after: synthesis went on while it played), and
+    where it ran dry (the far end's own report: say_underrun)."""
     held: dict[str, int] = {}
+    sent_at: dict[str, float] = {}
+    synthesized_at: dict[str, float] = {}
     dry: collections.defaultdict[str, list[int]] = collections.defaultdict(list)
     for line in log_text.splitlines():
         with contextlib.suppress(ValueError):
             entry = json.loads(line)
             if not isinstance(entry, dict):
                 continue
-            if entry.get("event") == "say_held":
-                held[entry.get("speaking_id", "")] = entry.get("held_ms", 0)
-            elif entry.get("event") == "say_underrun":
-                dry[entry.get("speaking_id", "")].append(entry.get("at_ms", -1))
+            sid, event = entry.get("speaking_id", ""), entry.get("event")
+            if event == "say_held":
+                held[sid] = entry.get("held_ms", 0)
+            elif event == "say_first_sent":
+                sent_at[sid] = datetime.fromisoformat(entry["timestamp"]).timestamp()
+            elif event == "say_synthesized":
+                synthesized_at[sid] = datetime.fromisoformat(entry["timestamp"]).timestamp()
+            elif event == "say_underrun":
+                dry[sid].append(entry.get("at_ms", -1))
     return [
         f"held {held.get(sid, 0) / 1000:.1f} s"
+        + (
+            f", synthesized at {synthesized_at[sid] - sent_at[sid]:+.1f} s"
+            if sid in sent_at and sid in synthesized_at
+            else ""
+        )
         + (f", ran dry at {', '.join(f'+{at / 1000:.2f}s' for at in dry[sid])}" if dry[sid] else "")
         for sid in speaking_ids
     ]
@@ -228,6 +221,14 @@ async def asterisk_version(ari) -> str:
     return f"Asterisk {info.get('system', {}).get('version', '?')}"
 
 
+def asterisk_cpu() -> ProcessCpu | None:
+    """The sandbox Asterisk's CPU time now (None for another Asterisk)."""
+    from speakd import sandbox
+
+    pid = (sandbox.read_state() or {}).get("pid")
+    return ProcessCpu.of(pid) if pid else None
+
+
 @pytest.mark.by_ear
 @pytest.mark.parametrize(("transport", "loops", "holes"), LOADS)
 async def test_every_party_hears_the_whole_speech_on_a_busy_host(
@@ -236,7 +237,12 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
     reference = render_piper(TEXT)  # before the load: the test's own Piper is not under test
     # No audio cache: the load under test is every call's own synthesis.
     daemon = SpeakdProcess(
-        tmp_path, ari_settings["url"], ari_settings["user"], ari_settings["password"], transport=transport, cache=False
+        tmp_path,
+        ari_settings["url"],
+        ari_settings["user"],
+        ari_settings["password"],
+        transport=transport,
+        cache=False,
     )
     await daemon.start()
     api = Api(daemon.base)
@@ -248,7 +254,7 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
     try:
         calls = await asyncio.gather(*(make_two_party_call(max_seconds=120, variables=PHONES) for _ in range(CALLS)))
         speaking_ids = [await api.start_session(call.channel_id, direction="out") for call in calls]
-        host_before = CpuTimes.now()
+        host_before, asterisk_before, daemon_before = CpuTimes.now(), asterisk_cpu(), ProcessCpu.of(daemon.proc.pid)
         with stall_probe(ASTERISK_NICE) as stalls, busy_loops(loops) as busy:
             async with polling(get_session, speaking_ids) as polls:
                 replies = await asyncio.gather(*(api.say(speaking_id, TEXT) for speaking_id in speaking_ids))
@@ -257,10 +263,9 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
                     *(wait_played(api, speaking_id, PLAYED_WITHIN_S) for speaking_id in speaking_ids)
                 )
             assert_still_busy(busy)
-        host_after = CpuTimes.now()
+        host_after, asterisk_after, daemon_after = CpuTimes.now(), asterisk_cpu(), ProcessCpu.of(daemon.proc.pid)
         recording_t0s = await asyncio.gather(*(call.recording_started_at("alice") for call in calls))
         recordings = await asyncio.gather(*(call.recording("alice") for call in calls))
-        again = await asyncio.gather(*(call.recording("alice", again=True) for call in calls))
     finally:
         await api.close()
         await daemon.stop()
@@ -273,13 +278,15 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
     warnings = logged_warnings(daemon.log_text())
     context = (
         f"{CALLS} calls, {loops} busy loops, {polls.requests} polling GETs; {stalls.summary()}; "
-        f"{describe(host_before, host_after)}; {await asterisk_version(ari)}; daemon warnings: {warnings}"
+        f"{describe(host_before, host_after)}; {describe_process('Asterisk', asterisk_before, asterisk_after)}, "
+        f"{describe_process('the daemon', daemon_before, daemon_after)}; {await asterisk_version(ari)}; "
+        f"daemon warnings: {warnings}"
     )
     assert "say_underrun" not in warnings, (
         f"a say ran dry at the far end ({context}; log {daemon.log_path}): "
         + "; ".join(f"call {i + 1}: {saw}" for i, saw in enumerate(daemon_saw))
     )
-    parties = hear_twice(recordings, again, recording_t0s, reference, stalls, whos)
+    parties = hear(recordings, recording_t0s, reference, stalls, whos)
     assert_all_intact(parties, f"{context}; log {daemon.log_path}", holes=holes)
     assert all(say["status"] == "played" for say in says), says
     # The clients really polled all along, and the API answered them.
@@ -323,7 +330,7 @@ async def test_asterisk_playback_under_the_same_load_is_whole(ari, harness_app, 
             async def get_playback(playback_id: str) -> None:
                 await ari.get(f"/playbacks/{playback_id}")  # 404 once it is done: counted, harmless
 
-            host_before = CpuTimes.now()
+            host_before, asterisk_before = CpuTimes.now(), asterisk_cpu()
             with stall_probe(ASTERISK_NICE) as stalls, busy_loops(BUSY_LOOPS) as busy:
                 async with polling(get_playback, playbacks) as polls:
                     await asyncio.gather(
@@ -342,18 +349,18 @@ async def test_asterisk_playback_under_the_same_load_is_whole(ari, harness_app, 
                         )
                     await asyncio.sleep(0.5)
                 assert_still_busy(busy)
-            host_after = CpuTimes.now()
+            host_after, asterisk_after = CpuTimes.now(), asterisk_cpu()
             recording_t0s = await asyncio.gather(*(call.recording_started_at("alice") for call in calls))
             recordings = await asyncio.gather(*(call.recording("alice") for call in calls))
-            again = await asyncio.gather(*(call.recording("alice", again=True) for call in calls))
         finally:
             for snoop in snoops:
                 await ari.delete_quietly(f"/channels/{snoop}")
 
     whos = [f"call {i + 1} ({call.test_id}) alice" for i, call in enumerate(calls)]
-    parties = hear_twice(recordings, again, recording_t0s, reference, stalls, whos)
+    parties = hear(recordings, recording_t0s, reference, stalls, whos)
     context = (
         f"Asterisk playback, {CALLS} calls, {BUSY_LOOPS} busy loops, {polls.requests} polling GETs; "
-        f"{stalls.summary()}; {describe(host_before, host_after)}; {await asterisk_version(ari)}"
+        f"{stalls.summary()}; {describe(host_before, host_after)}; "
+        f"{describe_process('Asterisk', asterisk_before, asterisk_after)}; {await asterisk_version(ari)}"
     )
     assert_all_intact(parties, context)

@@ -73,6 +73,7 @@ def test_env_strings_are_parsed():
         ("aws", {"access_key_id": "A", "secret_access_key": "s", "region": "r", "engine": "turbo"}),
         ("elevenlabs", {"api_key": "k", "first_byte_timeout": "soon"}),
         ("gcp", {"api_key": "k", "insecure": "maybe"}),
+        ("piper", {"nice": "25"}),
     ],
 )
 def test_bad_values_name_the_key(name, section):

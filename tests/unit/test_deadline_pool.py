@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import time
 
@@ -146,3 +147,26 @@ def test_the_share_follows_the_host_and_forgets_a_busy_spell(monkeypatch) -> Non
         pool.observe(50, 0.1, 1.0)
         clock[0] += 0.1
     assert pool.share_rate(1) == pytest.approx(idle, rel=0.01)
+
+
+async def test_the_workers_run_at_the_pools_priority_not_the_callers() -> None:
+    # Raising a thread's nice is always allowed; the caller's own stays where it was.
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    nice = min(caller + 5, 19)
+
+    def own_priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    pool = DeadlinePool(2, "test-nice", nice=nice)
+    try:
+        assert await asyncio.gather(pool.run(own_priority), pool.run(own_priority)) == [nice, nice]
+    finally:
+        pool.close()
+        await asyncio.to_thread(pool.join)
+    assert own_priority() == caller
+    plain = DeadlinePool(1, "test-no-nice")
+    try:
+        assert await plain.run(own_priority) == caller
+    finally:
+        plain.close()
+        await asyncio.to_thread(plain.join)
