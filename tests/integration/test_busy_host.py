@@ -222,7 +222,7 @@ async def asterisk_version(ari) -> str:
 
 
 def asterisk_cpu() -> ProcessCpu | None:
-    """The sandbox Asterisk's CPU time now (None for another Asterisk)."""
+    """The sandbox Asterisk's CPU time now (None where no sandbox has run)."""
     from speakd import sandbox
 
     pid = (sandbox.read_state() or {}).get("pid")
@@ -237,12 +237,7 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
     reference = render_piper(TEXT)  # before the load: the test's own Piper is not under test
     # No audio cache: the load under test is every call's own synthesis.
     daemon = SpeakdProcess(
-        tmp_path,
-        ari_settings["url"],
-        ari_settings["user"],
-        ari_settings["password"],
-        transport=transport,
-        cache=False,
+        tmp_path, ari_settings["url"], ari_settings["user"], ari_settings["password"], transport=transport, cache=False
     )
     await daemon.start()
     api = Api(daemon.base)
