@@ -71,7 +71,7 @@ LOADS = [("websocket", BUSY_LOOPS, True), ("rtp", BUSY_LOOPS, True), ("websocket
 # carrier is what costs the sandbox's Asterisk most (about 5% of a core each here), CPU a
 # PBX with real phones would not spend. (Recorded twice, by two MixMonitors in threads of their
 # own, CI's holes were in both, at the same places: they were in the call, not the recorder's.)
-PHONES = {"_SPEAKD_LISTEN_ONLY": "alice"}
+LISTEN_ONLY = {"_SPEAKD_LISTEN_ONLY": "alice"}
 # A hole is the host's when a stall the probes saw (harness.host.stall_probe, at Asterisk's
 # priority) began at most STALL_AFTER_HOLE_S after the hole as the recording places it, or the
 # hole fell within STALL_BEFORE_HOLE_S of the stall's end. Stalls forced here (a SCHED_FIFO
@@ -216,6 +216,11 @@ async def wait_played(api: Api, speaking_id: str, within: float) -> dict:
     raise AssertionError(f"speaking {speaking_id}: the say was not played within {within:.0f} s: {say}")
 
 
+async def listening_calls(make_two_party_call) -> list:
+    """CALLS two-party calls at once, alice only listening."""
+    return await asyncio.gather(*(make_two_party_call(max_seconds=120, variables=LISTEN_ONLY) for _ in range(CALLS)))
+
+
 async def asterisk_version(ari) -> str:
     info = await ari.get("/asterisk/info")
     return f"Asterisk {info.get('system', {}).get('version', '?')}"
@@ -247,7 +252,7 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
         assert reply.status == 200, reply
 
     try:
-        calls = await asyncio.gather(*(make_two_party_call(max_seconds=120, variables=PHONES) for _ in range(CALLS)))
+        calls = await listening_calls(make_two_party_call)
         speaking_ids = [await api.start_session(call.channel_id, direction="out") for call in calls]
         host_before, asterisk_before, daemon_before = CpuTimes.now(), asterisk_cpu(), ProcessCpu.of(daemon.proc.pid)
         with stall_probe(ASTERISK_NICE) as stalls, busy_loops(loops) as busy:
@@ -312,7 +317,7 @@ async def test_asterisk_playback_under_the_same_load_is_whole(ari, harness_app, 
     """The comparison: Asterisk's own pacing, same calls, same load, same judge."""
     reference = render_piper(TEXT)
     with sandbox_sound(reference) as sound:
-        calls = await asyncio.gather(*(make_two_party_call(max_seconds=120, variables=PHONES) for _ in range(CALLS)))
+        calls = await listening_calls(make_two_party_call)
         snoops = [f"{call.test_id}-snoop" for call in calls]
         playbacks = [f"{snoop}-play" for snoop in snoops]
         try:
