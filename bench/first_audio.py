@@ -22,7 +22,8 @@ make the text heard:
   this process, write the file, then ARI ``play`` it: what an application does without streaming.
 
 Both files are brought to the loudness speakd brings the voice to (``harness.audio.at_loudness``),
-so the probe's threshold meets the same audio. The three ways take turns call by call (the same
+so the probe's threshold meets the same audio. Each request goes at a random phase of Asterisk's
+20 ms ticks (``transports.settle``). The three ways take turns call by call (the same
 host for each). Every cell is the median / p95 over ``--calls`` calls; "over the floor" is speakd's
 median heard minus the floor's. Progress ends with how many says the session held (its underrun
 protection: the first frame sent a frame or more after the first audio came), each one 80-100 ms
@@ -52,7 +53,7 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 import structlog  # noqa: E402
 from harness.ari import Ari  # noqa: E402
 from harness.audio import at_loudness  # noqa: E402
-from transports import HEAR_WITHIN_S, Bench, med_p95, progress, speakd_daemon, speakd_session  # noqa: E402
+from transports import HEAR_WITHIN_S, Bench, med_p95, progress, settle, speakd_daemon, speakd_session  # noqa: E402
 
 from speakd import sandbox  # noqa: E402
 from speakd.media.codec import decode, encode  # noqa: E402
@@ -84,7 +85,7 @@ async def heard_after(bench: Bench, prepare) -> tuple[float, float | None, objec
     """One call: ``prepare(call, stack)`` returns ``go()``; (request time, heard time, what go returned)."""
     async with bench.call_with_probe(max_seconds=60) as (call, probe), contextlib.AsyncExitStack() as stack:
         go = await prepare(call, stack)
-        await asyncio.sleep(0.2)
+        await settle()
         t0 = time.time()
         result = await go()
         return t0, await probe.wait_speech(t0, HEAR_WITHIN_S), result

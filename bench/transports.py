@@ -53,6 +53,7 @@ import logging
 import math
 import os
 import platform
+import random
 import shutil
 import socket
 import statistics
@@ -105,6 +106,19 @@ LISTEN_ONLY = {"_SPEAKD_LISTEN_ONLY": "alice"}
 FLUSH_AFTER_S = 2.0
 LEAK_AFTER_S = 0.3
 HEAR_WITHIN_S = 15.0
+SETTLE_S = 0.2  # after a call's set-up, before a measured request
+
+
+async def settle() -> None:
+    """Wait :data:`SETTLE_S` and a random part of a 20 ms frame. Asterisk's channels tick every
+    20 ms from when they were made (chan_websocket's timer, a snoop's): a request a fixed time
+    after the set-up meets them at the same phase every call, so every call waited the same part
+    of a tick, the medians moved in 20 ms steps, not with the time speakd took, and the floor's own
+    median sat on one of two values 15 ms apart from run to run. At a random phase the wait is a
+    tick's average, as for requests that come when they come."""
+    await asyncio.sleep(SETTLE_S + random.uniform(0, FRAME_S))
+
+
 TRANSPORTS = ("websocket", "rtp")
 ASTERISK = "asterisk"
 RENDER = "render"
@@ -233,7 +247,7 @@ async def measure_ttfa(
     for _ in range(n):
         async with bench.call_with_probe(max_seconds=60) as (call, probe), contextlib.AsyncExitStack() as stack:
             go = await prepare(call, stack)
-            await asyncio.sleep(0.2)
+            await settle()
             t0 = time.time()
             await go()
             heard = await probe.wait_speech(t0, HEAR_WITHIN_S)
@@ -318,7 +332,7 @@ async def measure_flush(
     for _ in range(bench.args.flushes):
         async with bench.call_with_probe(max_seconds=60) as (call, probe), contextlib.AsyncExitStack() as stack:
             speak, cut = await prepare(call, stack)
-            await asyncio.sleep(0.2)
+            await settle()
             t0 = time.time()
             await speak()
             onset = await probe.wait_speech(t0, HEAR_WITHIN_S)
