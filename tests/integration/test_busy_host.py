@@ -37,7 +37,7 @@ from harness.hearing import DROPOUT_TOLERANCE_S, Intactness, find_dropouts, judg
 from harness.host import CpuTimes, HostStalls, ProcessCpu, describe, describe_process, stall_probe
 from harness.load import assert_still_busy, busy_loops, polling
 
-from speakd.sandbox import ASTERISK_NICE
+from speakd.sandbox import ASTERISK_NICE, read_state
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -228,9 +228,7 @@ async def asterisk_version(ari) -> str:
 
 def asterisk_cpu() -> ProcessCpu | None:
     """The sandbox Asterisk's CPU time now (None where no sandbox has run)."""
-    from speakd import sandbox
-
-    pid = (sandbox.read_state() or {}).get("pid")
+    pid = (read_state() or {}).get("pid")
     return ProcessCpu.of(pid) if pid else None
 
 
