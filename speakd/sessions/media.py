@@ -17,6 +17,7 @@ import structlog
 from speakd.ari.client import AriClient
 from speakd.ari.errors import AriError
 from speakd.config import AUTO_TRANSPORT, TransportKind
+from speakd.media.channel_gate import ChannelGate
 from speakd.media.codec import PAYLOAD_TYPES
 from speakd.media.pacer_protocol import Stats
 from speakd.media.rtp import FRAME_SAMPLES
@@ -30,7 +31,8 @@ CHAN_WEBSOCKET = "chan_websocket.so"
 
 
 class MediaPaths:
-    """Owns what the transports share: the RTP socket and its pacer process."""
+    """Owns what the transports share: the RTP socket and its pacer process, and the gate that
+    keeps media WebSocket connects apart from media channels being made or removed."""
 
     def __init__(
         self,
@@ -55,6 +57,13 @@ class MediaPaths:
         self.pacer: PacerProcess | None = None
         self.external_host = ""
         self._announced = False
+        # Taken for every transport: a session keeps its transport when ``auto`` switches, and
+        # RTP sessions only ever change channels, which never wait for one another.
+        self.gate = ChannelGate()
+
+    def changing(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Around making or removing a media channel (speakd.media.channel_gate)."""
+        return self.gate.changing()
 
     async def __aenter__(self) -> MediaPaths:
         if self.mode == TransportKind.RTP:
@@ -115,22 +124,23 @@ class MediaPaths:
     async def open(self, channel: dict[str, Any], **log_context: str) -> MediaTransport:
         """Open the transport for a created ExternalMedia channel."""
         variables = channel.get("channelvars") or {}
-        transport: MediaTransport
         if self.kind is TransportKind.WEBSOCKET:
             connection_id = variables.get("MEDIA_WEBSOCKET_CONNECTION_ID")
             if not connection_id:
                 raise TransportError("Asterisk did not report the media WebSocket (MEDIA_WEBSOCKET_CONNECTION_ID)")
-            transport = WebSocketTransport(
+            websocket = WebSocketTransport(
                 lambda: self.ari.media_websocket(connection_id), FRAME_SAMPLES, log_context=log_context
             )
-        else:
-            host = variables.get("UNICASTRTP_LOCAL_ADDRESS")
-            port = variables.get("UNICASTRTP_LOCAL_PORT")
-            if not host or not port or self.pacer is None:
-                raise TransportError("Asterisk did not report the ExternalMedia RTP address (UNICASTRTP_LOCAL_*)")
-            transport = RtpTransport(self.pacer, (host, int(port)), PAYLOAD_TYPES[self.codec], log_context=log_context)
-        await transport.start()
-        return transport
+            async with self.gate.connecting():
+                await websocket.start()
+            return websocket
+        host = variables.get("UNICASTRTP_LOCAL_ADDRESS")
+        port = variables.get("UNICASTRTP_LOCAL_PORT")
+        if not host or not port or self.pacer is None:
+            raise TransportError("Asterisk did not report the ExternalMedia RTP address (UNICASTRTP_LOCAL_*)")
+        rtp = RtpTransport(self.pacer, (host, int(port)), PAYLOAD_TYPES[self.codec], log_context=log_context)
+        await rtp.start()
+        return rtp
 
     def health(self) -> dict[str, Any]:
         body: dict[str, Any] = {"media_transport": str(self.kind)}

@@ -49,13 +49,16 @@ async def reconcile(ctx: AttachContext, sessions: LiveSessions, stop_soon: StopS
     mine = sessions.watched_ids()
     orphans = [("bridges", b) for b in bridges if is_own_object(ctx.app, b) and b not in mine]
     orphans += [("channels", c) for c in channels if is_own_object(ctx.app, c) and c not in mine]
-    for kind, object_id in orphans:
-        if kind == "channels":
-            removed = await hang_up_and_wait(ctx, object_id, "orphan channel")
-        else:
-            removed = await cleanup_call(ari.delete(f"{kind}/{object_id}"), f"orphan bridge {object_id}")
-        if removed:
-            log.info("orphan_removed", kind=kind, id=object_id)
+    if not orphans:
+        return
+    async with ctx.media.changing():  # among them media channels
+        for kind, object_id in orphans:
+            if kind == "channels":
+                removed = await hang_up_and_wait(ctx, object_id, "orphan channel")
+            else:
+                removed = await cleanup_call(ari.delete(f"{kind}/{object_id}"), f"orphan bridge {object_id}")
+            if removed:
+                log.info("orphan_removed", kind=kind, id=object_id)
 
 
 async def stop_stale_sessions(store: Store, node_id: str, publish: PublishStopped) -> None:

@@ -542,8 +542,10 @@ class SpeakingService:
         dropped = await session.close(reason)
         if live.stream is not None:
             await live.stream.end(f"speaking '{record.id}' stopped ({reason}); nothing more can be said on it")
-        await live.target.release_media()
-        await live.target.detach(self.ctx)
+        # Closing the media path hangs the media channel up as much as the DELETE does.
+        async with self.ctx.media.changing():
+            await live.target.release_media()
+            await live.target.detach(self.ctx)
         try:
             live.move_to(SessionState.STOPPED)
             if not live.fenced:  # another node wrote its end, and published it

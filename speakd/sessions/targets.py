@@ -269,9 +269,10 @@ async def create_external_media(ctx: AttachContext, target: Target, channel_id: 
     """
     entered = ctx.waiters.expect("StasisStart", channel_id)
     try:
-        channel = await ctx.ari.post(
-            "channels/externalMedia", app=ctx.app, channelId=channel_id, **ctx.media.external_media_params()
-        )
+        async with ctx.media.changing():
+            channel = await ctx.ari.post(
+                "channels/externalMedia", app=ctx.app, channelId=channel_id, **ctx.media.external_media_params()
+            )
         target.transport = await ctx.media.open(channel, speaking_id=target.session_id)
         await asyncio.wait_for(entered, STASIS_TIMEOUT)
     finally:

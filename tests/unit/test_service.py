@@ -16,6 +16,7 @@ from speakd.ari.errors import AriNotFound
 from speakd.audio import AudioFormat
 from speakd.config import TransportKind
 from speakd.errors import Conflict, InvalidRequest, NotFound
+from speakd.media.channel_gate import ChannelGate, Use
 from speakd.media.transport import TransportError
 from speakd.providers import ProviderRegistry
 from speakd.providers.base import AudioChunk, Provider
@@ -54,6 +55,10 @@ class FakeMedia:
         self.hold_open: asyncio.Event | None = None
         self.fail_open = False
         self.chosen = 0
+        self.gate = ChannelGate()
+
+    def changing(self):
+        return self.gate.changing()
 
     def external_media_params(self) -> dict[str, str]:
         return {
@@ -68,12 +73,13 @@ class FakeMedia:
         connection_id = (channel.get("channelvars") or {}).get("MEDIA_WEBSOCKET_CONNECTION_ID")
         if not connection_id:
             raise TransportError("Asterisk did not report the media WebSocket (MEDIA_WEBSOCKET_CONNECTION_ID)")
-        if self.hold_open is not None:
-            await self.hold_open.wait()
-        if self.fail_open:
-            raise TransportError("could not open the media WebSocket: refused")
-        sink = SinkTransport(speed=10)
-        await sink.start()
+        async with self.gate.connecting():
+            if self.hold_open is not None:
+                await self.hold_open.wait()
+            if self.fail_open:
+                raise TransportError("could not open the media WebSocket: refused")
+            sink = SinkTransport(speed=10)
+            await sink.start()
         self.transports.append(sink)
         self.opened_for.append(log_context.get("speaking_id", ""))
         return sink
@@ -101,6 +107,8 @@ class FakeAri:
         self.calls: list[tuple[str, str]] = []
         self.hold_snoop: asyncio.Event | None = None
         self.snoop_gone = False  # the call leg vanishes just as the snoop is asked for
+        self.gate: ChannelGate | None = None  # the media's: made or removed media channels hold it
+        self.ungated: list[str] = []  # media channels made or removed without it
 
     def _event(self, event_type: str, channel_id: str) -> None:
         assert self.service is not None
@@ -139,6 +147,7 @@ class FakeAri:
             self._event("StasisStart", params["snoopId"])
             return self.channels[params["snoopId"]]
         if path == "channels/externalMedia":
+            self._check_gated(path)
             self.channels[params["channelId"]] = {"id": params["channelId"], "state": "Up"}
             self._event("StasisStart", params["channelId"])
             return {
@@ -152,6 +161,8 @@ class FakeAri:
     async def delete(self, path: str, **params: Any) -> Any:
         self.calls.append(("DELETE", path))
         kind, _, object_id = path.partition("/")
+        if object_id.endswith("-media"):
+            self._check_gated(path)
         if kind == "channels":
             if self.channels.pop(object_id, None) is None:
                 raise AriNotFound(404, "Channel not found")
@@ -160,6 +171,10 @@ class FakeAri:
                 raise AriNotFound(404, "Bridge not found")
             self.bridges.discard(object_id)
         return None
+
+    def _check_gated(self, path: str) -> None:
+        if self.gate is not None and self.gate.holders[0] is not Use.CHANGE:
+            self.ungated.append(path)
 
     def _create_late(self, snoop_id: str) -> None:
         self.channels[snoop_id] = {"id": snoop_id, "state": "Up"}
@@ -186,6 +201,7 @@ async def env():
             mark_every_ms=100,
         )
         ari.service = service
+        ari.gate = service.media.gate
         yield ari, service
         await asyncio.wait_for(service.shutdown(), 10)
         for sink in service.media.transports:
@@ -241,6 +257,24 @@ async def test_concurrent_stops_tear_down_once(env):
     assert sum(1 for call in ari.calls if call == ("DELETE", f"bridges/{APP}-{record.id}-bridge")) == 1
     assert ari.leftovers() == []
     assert len(service.media.transports) == 1 and service.media.unreleased() == []
+
+
+async def test_media_channels_are_made_and_removed_only_while_no_media_path_connects(env):
+    """speakd.media.channel_gate: four sessions stop while four others start."""
+    ari, service = env
+    for i in range(2, 9):
+        ari.channels[f"call-{i}"] = {"id": f"call-{i}", "state": "Up"}
+    first = [await service.create("c1", request(f"call-{i}")) for i in range(1, 5)]
+    await until(lambda: all(r.status == "active" for r in first))
+    started = await asyncio.gather(
+        *(service.stop("c1", r.id) for r in first), *(service.create("c1", request(f"call-{i}")) for i in range(5, 9))
+    )
+    await until(lambda: all(r.status == "active" for r in started[4:]))
+    made = [call for call in ari.calls if call == ("POST", "channels/externalMedia")]
+    removed = [call for call in ari.calls if call[0] == "DELETE" and call[1].endswith("-media")]
+    assert (len(made), len(removed), len(service.media.transports)) == (8, 4, 8)
+    assert ari.ungated == []
+    assert service.media.gate.holders == (None, 0)
 
 
 async def test_conflict_and_reuse_after_stop(env):
