@@ -7,8 +7,8 @@ proxy's unlink) write-lock that table. A lookup that runs while another thread h
 the lock adjusts a lock it does not hold (``__adjust_lock``), and can leave the table locked
 for good. After that, no media channel can be made and none can be hung up until Asterisk
 restarts (seen on CI: every ``POST channels/externalMedia`` timed out after four sessions
-stopped at once; reproduced in seconds by 16 clients making, connecting and hanging up media
-channels straight over ARI: docs/media.md).
+stopped at once; 16 clients making, connecting and removing media channels with no gate wedge
+the sandbox Asterisk within half a minute: docs/media.md).
 
 So speakd never connects while it makes or removes a media channel. Connects may overlap
 each other, and makes and removals may overlap each other; the two groups take turns, served
