@@ -268,12 +268,13 @@ async def test_every_party_hears_the_whole_speech_on_a_busy_host(
         await api.close()
         await daemon.stop()
 
-    daemon_saw = says_as_the_daemon_saw_them(daemon.log_text(), speaking_ids)
+    log_text = daemon.log_text()
+    daemon_saw = says_as_the_daemon_saw_them(log_text, speaking_ids)
     whos = [
         f"call {i + 1} ({call.test_id}, {saw}) alice"
         for i, (call, saw) in enumerate(zip(calls, daemon_saw, strict=True))
     ]
-    warnings = logged_warnings(daemon.log_text())
+    warnings = logged_warnings(log_text)
     context = (
         f"{CALLS} calls, {loops} busy loops, {polls.requests} polling GETs; {stalls.summary()}; "
         f"{describe(host_before, host_after)}; {describe_process('Asterisk', asterisk_before, asterisk_after)}, "
