@@ -60,6 +60,21 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Why each rerun test failed before it passed (the summary lists only its name): a flake
+    seen once on CI is then diagnosable from CI's log."""
+    reruns = terminalreporter.stats.get("rerun", [])
+    if not reruns:
+        return
+    terminalreporter.section("why tests were rerun")
+    for report in reruns:
+        errors = [line for line in report.longreprtext.splitlines() if line.startswith("E ")]
+        terminalreporter.write_line(f"{report.nodeid}: {' | '.join(errors[:3])[:1500]}")
+        for name, text in report.sections:
+            if name == "host during the test":
+                terminalreporter.write_line(f"  host: {text.strip()}")
+
+
 @pytest.fixture(scope="session")
 def ari_settings() -> dict[str, str]:
     if os.environ.get("SPEAKD_TEST_ARI_URL"):
