@@ -7,7 +7,7 @@ Prints a markdown table (with the date) to stdout; progress goes to stderr.
 
 ``--clients`` loops, each making an ExternalMedia WebSocket channel (``connection_type=server``),
 connecting its media WebSocket until MEDIA_START, then closing it and removing the channel, all
-through speakd's own MediaPaths and AriClient (tests/harness/media_channels.py), for ``--seconds``:
+through speakd's own set-up and teardown code (tests/harness/media_channels.py), for ``--seconds``:
 
 * **speakd's gate** (speakd.media.channel_gate): connects never overlap makes or removals;
 * **no gate**: what speakd did before it.
@@ -33,32 +33,33 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent / "tests"))
 
 import structlog  # noqa: E402
-from harness.media_channels import NoGate, run_clients, websocket_media  # noqa: E402
+from harness.media_channels import STEP_TIMEOUT, NoGate, run_clients, websocket_media  # noqa: E402
+from transports import progress  # noqa: E402
 
 from speakd import sandbox  # noqa: E402
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-async def column(gated: bool, args: argparse.Namespace) -> tuple[int, float, bool]:
-    """(channels done, seconds, wedged)."""
+async def column(gated: bool, args: argparse.Namespace) -> tuple[int, float | None]:
+    """(channels done, seconds into the run a step hung: None if none did)."""
     url = os.environ.get("SPEAKD_TEST_ARI_URL", "http://127.0.0.1:18088")
     user = os.environ.get("SPEAKD_TEST_ARI_USER", "speakd")
     password = os.environ.get("SPEAKD_TEST_ARI_PASSWORD", "speakd")
+    done = 0
+
+    def count() -> None:
+        nonlocal done
+        done += 1
+
     started = time.monotonic()
-    async with websocket_media(url, user, password) as (ari, media, app):
+    hung_at = None
+    async with websocket_media(url, user, password) as ctx:
         if not gated:
-            media.gate = NoGate()  # type: ignore[assignment]
-        done, wedged = 0, False
-        # In slices, to count what was done before a wedge.
-        while not wedged and time.monotonic() - started < args.seconds:
-            try:
-                done += await run_clients(ari, media, app, args.clients, min(5.0, args.seconds))
-            except* TimeoutError:
-                wedged = True
-    return done, time.monotonic() - started, wedged
+            ctx.media.gate = NoGate()  # type: ignore[assignment]
+        try:
+            await run_clients(ctx, args.clients, args.seconds, count)
+        except* TimeoutError:
+            hung_at = time.monotonic() - started - STEP_TIMEOUT
+    return done, hung_at
 
 
 def restart_sandbox() -> None:
@@ -73,19 +74,19 @@ async def main(args: argparse.Namespace) -> None:
     rows = []
     for gated in (True, False):
         name = "speakd's gate" if gated else "no gate"
-        progress(f"{name}: {args.clients} clients for up to {args.seconds:g} s")
-        done, took, wedged = await column(gated, args)
-        rows.append((name, done, took, wedged))
-        progress(f"{name}: {done} channels in {took:.1f} s{', wedged' if wedged else ''}")
-        if wedged:
+        progress(f"{name}: {args.clients} clients for {args.seconds:g} s")
+        done, hung_at = await column(gated, args)
+        rows.append((name, done, hung_at))
+        progress(f"{name}: {done} channels" + (f", a step hung at {hung_at:.1f} s" if hung_at is not None else ""))
+        if hung_at is not None:
             progress("restarting the sandbox Asterisk")
             restart_sandbox()
     print(f"chan_websocket race, {datetime.date.today()} ({platform.node()}, {os.cpu_count()} cores)\n")
-    print("| media channels made, connected, removed | channels | seconds | chan_websocket afterwards |")
-    print("|---|---|---|---|")
-    for name, done, took, wedged in rows:
-        after = f"locked for good after {took:.0f} s" if wedged else "working"
-        print(f"| {name}, {args.clients} clients | {done} | {took:.0f} | {after} |")
+    print("| media channels made, connected, removed | channels | chan_websocket |")
+    print("|---|---|---|")
+    for name, done, hung_at in rows:
+        after = f"locked for good {hung_at:.0f} s in" if hung_at is not None else f"working after {args.seconds:g} s"
+        print(f"| {name}, {args.clients} clients | {done} | {after} |")
 
 
 if __name__ == "__main__":

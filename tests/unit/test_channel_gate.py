@@ -21,15 +21,20 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _arrive(tasks: asyncio.TaskGroup, gate: ChannelGate, use: Use, log: list[str], name: str, release):
+    """A holder started and at the gate (in, or waiting)."""
+    task = tasks.create_task(_hold(gate, use, log, name, release))
+    await _settle()
+    return task
+
+
 async def test_the_same_use_holds_it_together_and_the_other_waits_for_all_of_them():
     gate, log = ChannelGate(), []
     first, second, connect = asyncio.Event(), asyncio.Event(), asyncio.Event()
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(_hold(gate, Use.CHANGE, log, "make", first))
-        tasks.create_task(_hold(gate, Use.CHANGE, log, "remove", second))
-        await _settle()
-        tasks.create_task(_hold(gate, Use.CONNECT, log, "connect", connect))
-        await _settle()
+        await _arrive(tasks, gate, Use.CHANGE, log, "make", first)
+        await _arrive(tasks, gate, Use.CHANGE, log, "remove", second)
+        await _arrive(tasks, gate, Use.CONNECT, log, "connect", connect)
         assert log == ["make in", "remove in"] and gate.holders == (Use.CHANGE, 2)
         first.set()
         await _settle()
@@ -46,12 +51,9 @@ async def test_a_change_arriving_behind_a_waiting_connect_waits_its_turn():
     gate, log = ChannelGate(), []
     change, connect, late = asyncio.Event(), asyncio.Event(), asyncio.Event()
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(_hold(gate, Use.CHANGE, log, "change", change))
-        await _settle()
-        tasks.create_task(_hold(gate, Use.CONNECT, log, "connect", connect))
-        await _settle()
-        tasks.create_task(_hold(gate, Use.CHANGE, log, "late change", late))
-        await _settle()
+        await _arrive(tasks, gate, Use.CHANGE, log, "change", change)
+        await _arrive(tasks, gate, Use.CONNECT, log, "connect", connect)
+        await _arrive(tasks, gate, Use.CHANGE, log, "late change", late)
         assert log == ["change in"]
         change.set()
         await _settle()
@@ -65,11 +67,9 @@ async def test_waiters_of_one_use_in_a_row_go_in_together():
     gate, log = ChannelGate(), []
     change, connects = asyncio.Event(), asyncio.Event()
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(_hold(gate, Use.CHANGE, log, "change", change))
-        await _settle()
+        await _arrive(tasks, gate, Use.CHANGE, log, "change", change)
         for name in ("a", "b", "c"):
-            tasks.create_task(_hold(gate, Use.CONNECT, log, name, connects))
-        await _settle()
+            await _arrive(tasks, gate, Use.CONNECT, log, name, connects)
         change.set()
         await _settle()
         assert gate.holders == (Use.CONNECT, 3)
@@ -81,12 +81,9 @@ async def test_a_waiter_cancelled_lets_the_ones_behind_it_in():
     gate, log = ChannelGate(), []
     change, connect, other = asyncio.Event(), asyncio.Event(), asyncio.Event()
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(_hold(gate, Use.CHANGE, log, "change", change))
-        await _settle()
-        waiting = tasks.create_task(_hold(gate, Use.CONNECT, log, "connect", connect))
-        await _settle()
-        tasks.create_task(_hold(gate, Use.CHANGE, log, "other change", other))
-        await _settle()
+        await _arrive(tasks, gate, Use.CHANGE, log, "change", change)
+        waiting = await _arrive(tasks, gate, Use.CONNECT, log, "connect", connect)
+        await _arrive(tasks, gate, Use.CHANGE, log, "other change", other)
         assert log == ["change in"]  # behind the waiting connect
         waiting.cancel()
         await _settle()
